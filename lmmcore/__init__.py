@@ -1,0 +1,60 @@
+"""lmmcore: linear mixed-effects models that give lme4's numbers, in plain numpy/scipy.
+
+The pipeline has lme4's four seams (Bates et al. 2015, JSS 67(1), Table 1):
+
+1. ``lmmcore.design.build_design``  formula + data -> :class:`MixedDesign` (lFormula)
+2. ``lmmcore.deviance``              design -> profiled deviance of theta (mkLmerDevfun)
+3. ``lmmcore.optimize``              minimise it over theta (optimizeLmer)
+4. ``lmmcore.mixed.MixedFit``        package the optimum (mkMerMod)
+
+Public API (tests, pages and tools rely on these names):
+
+- ``lmer(formula, data, reml=True) -> MixedFit``
+- ``lm(formula, data) -> LinearFit``
+- ``anova(*fits, names=None) -> DataFrame``
+- ``pooling_estimates``, ``shrinkage_sd``, ``re_contours``
+- ``load_table(data: bytes, filename) -> DataFrame``
+- ``parse_formula(text) -> Formula``
+- errors: ``LmmError`` and its subclasses ``FormulaError``, ``DataError``,
+  ``FitError``, ``FitTimeout``
+"""
+
+from lmmcore.errors import DataError, FitError, FitTimeout, FormulaError, LmmError
+
+__all__ = [
+    "LmmError", "FormulaError", "DataError", "FitError", "FitTimeout",
+    "parse_formula", "build_design",
+    "lmer", "MixedFit", "lm", "LinearFit", "anova",
+    "pooling_estimates", "shrinkage_sd", "re_contours", "load_table",
+]
+
+# Public names resolve lazily (PEP 562): `import lmmcore` stays cheap for the worker
+# processes and the command line, and each submodule is imported on first use.
+_PUBLIC = {
+    "parse_formula": "lmmcore.formula",
+    "build_design": "lmmcore.design",
+    "lmer": "lmmcore.mixed",
+    "MixedFit": "lmmcore.mixed",
+    "lm": "lmmcore.linear",
+    "LinearFit": "lmmcore.linear",
+    "anova": "lmmcore.compare",
+    "pooling_estimates": "lmmcore.pooling",
+    "shrinkage_sd": "lmmcore.pooling",
+    "re_contours": "lmmcore.pooling",
+    "load_table": "lmmcore.io",
+}
+
+
+def __getattr__(name):
+    module_name = _PUBLIC.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'lmmcore' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))
