@@ -1,0 +1,156 @@
+"""Fits in a worker process: same results, errors come back as themselves, a time limit that holds,
+and a long fit that does not block anyone else."""
+
+import importlib.util
+import os
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import deploy_jobs
+import lmmcore
+from lmmcore import worker
+from lmmcore.errors import FitError, FitTimeout, FormulaError, LmmError
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+ENGINE = importlib.util.find_spec("lmmcore.mixed") is not None
+needs_engine = pytest.mark.skipif(not ENGINE, reason="lmmcore.mixed (the fitting engine) is not there yet")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def started_server():
+    # The fork server starts once per test process (a second or two, importing the
+    # scientific stack); timings below are about fits, not about that.
+    worker.warm_up()
+    worker.run_in_worker(deploy_jobs.pid, timeout=60)
+    yield
+    worker.set_max_workers(max(1, os.cpu_count() or 1))
+
+
+def test_runs_in_another_process():
+    child = worker.run_in_worker(deploy_jobs.pid, timeout=30)
+    assert child != os.getpid()
+    assert worker.run_in_worker(deploy_jobs.busy, 0.01, timeout=30) > 0
+
+
+def test_lmm_error_comes_back_with_its_class_message_and_position():
+    with pytest.raises(FormulaError) as info:
+        worker.run_in_worker(deploy_jobs.raise_formula_error, "y ~ )x", timeout=30)
+    assert str(info.value) == "unexpected ')' at position 3 in 'y ~ )x'"
+    assert info.value.position == 3
+    assert info.value.formula == "y ~ )x"
+    assert isinstance(info.value, LmmError)
+
+
+def test_other_errors_keep_their_class_and_the_child_traceback():
+    with pytest.raises(ZeroDivisionError) as info:
+        worker.run_in_worker(deploy_jobs.raise_zero_division, timeout=30)
+    assert "raise_zero_division" in str(info.value.__cause__)
+
+
+def test_a_child_that_dies_gives_a_fit_error():
+    with pytest.raises(FitError, match="stopped unexpectedly"):
+        worker.run_in_worker(deploy_jobs.die_hard, timeout=30)
+
+
+def test_timeout_stops_the_job_and_says_what_to_do():
+    start = time.monotonic()
+    with pytest.raises(FitTimeout) as info:
+        worker.run_in_worker(deploy_jobs.busy, 120, timeout=1.0)
+    elapsed = time.monotonic() - start
+    assert elapsed < 1.0 + 1.5, elapsed
+    assert "longer than 1 s" in str(info.value)
+    assert "POOLING_FIT_TIMEOUT_S" in str(info.value)
+    # the killed child is gone, not left burning a core
+    assert not [p for p in __import__("multiprocessing").active_children() if p.name == "lmmcore-fit"]
+
+
+def test_a_long_job_does_not_block_a_small_one():
+    worker.set_max_workers(2)
+    long_done = threading.Event()
+
+    def long_job():
+        try:
+            worker.run_in_worker(deploy_jobs.busy, 2.5, timeout=30)
+        finally:
+            long_done.set()
+
+    thread = threading.Thread(target=long_job)
+    thread.start()
+    time.sleep(0.3)  # let the long job start and take its core
+    start = time.monotonic()
+    worker.run_in_worker(deploy_jobs.busy, 0.05, timeout=30)
+    small = time.monotonic() - start
+    assert not long_done.is_set(), "the long job should still be running"
+    # generous: the small job needs ~0.05 s of CPU plus a fork; the long one needs 2.5 s
+    assert small < 1.5, small
+    thread.join()
+
+
+def test_concurrent_workers_are_bounded():
+    worker.set_max_workers(1)
+    assert worker.max_workers() == 1
+    thread = threading.Thread(target=worker.run_in_worker, args=(deploy_jobs.busy, 1.2),
+                              kwargs={"timeout": 30})
+    thread.start()
+    time.sleep(0.3)
+    with pytest.raises(FitTimeout, match="busy with other large fits"):
+        worker.run_in_worker(deploy_jobs.pid, timeout=0.5)
+    thread.join()
+    # once the slot is free again, jobs run
+    assert worker.run_in_worker(deploy_jobs.pid, timeout=30) != os.getpid()
+
+
+def test_rejects_unknown_kinds_and_bad_timeouts():
+    with pytest.raises(ValueError):
+        worker.fit_in_worker("glmer", "y ~ x", pd.DataFrame(), timeout=5)
+    with pytest.raises(ValueError):
+        worker.run_in_worker(deploy_jobs.pid, timeout=0)
+    with pytest.raises(ValueError):
+        worker.set_max_workers(0)
+
+
+@needs_engine
+def test_lmer_in_worker_gives_the_in_process_numbers():
+    data = pd.read_csv(DATA / "sleepstudy.csv")
+    formula = "Reaction ~ Days + (Days | Subject)"
+    here = lmmcore.lmer(formula, data)
+    there = worker.fit_in_worker("lmer", formula, data, timeout=60)
+    assert type(there) is type(here)
+    pd.testing.assert_series_equal(there.fixef, here.fixef, rtol=1e-12)
+    pd.testing.assert_series_equal(there.se, here.se, rtol=1e-12)
+    assert there.sigma == pytest.approx(here.sigma, rel=1e-12)
+    assert there.deviance == pytest.approx(here.deviance, rel=1e-12)
+    # lme4: REML criterion 1743.628, fixed effects 251.405 and 10.467
+    assert there.reml_criterion == pytest.approx(1743.628, abs=1e-3)
+    assert there.fixef["(Intercept)"] == pytest.approx(251.405105, rel=1e-5)
+    assert there.fixef["Days"] == pytest.approx(10.467286, rel=1e-5)
+    ml = worker.fit_in_worker("lmer", formula, data, timeout=60, reml=False)
+    assert ml.reml_criterion is None
+
+
+@needs_engine
+def test_lm_and_formula_errors_in_worker():
+    data = pd.read_csv(DATA / "sleepstudy.csv")
+    fit = worker.fit_in_worker("lm", "Reaction ~ Days", data, timeout=60)
+    # R: lm(Reaction ~ Days, sleepstudy): 251.405, 10.467 (same as lmer for balanced data)
+    assert fit.fixef["Days"] == pytest.approx(10.467286, rel=1e-5)
+    with pytest.raises(FormulaError):
+        worker.fit_in_worker("lmer", "Reaction ~ Days + (1 | ", data, timeout=60)
+    with pytest.raises(LmmError):
+        worker.fit_in_worker("lmer", "Reaction ~ NoSuchColumn + (1 | Subject)", data, timeout=60)
+
+
+@needs_engine
+@pytest.mark.slow
+def test_instEval_sized_fit_is_stopped_at_the_limit():
+    path = Path(__file__).resolve().parents[1] / "bench" / "data" / "InstEval.csv"
+    data = pd.read_csv(path)
+    start = time.monotonic()
+    with pytest.raises(FitTimeout, match="longer than 0.5 s"):
+        worker.fit_in_worker("lmer", "y ~ service + (1 | s) + (1 | d) + (1 | dept:service)",
+                             data, timeout=0.5)
+    assert time.monotonic() - start < 0.5 + 1.5
