@@ -1,0 +1,408 @@
+"""Benchmark: the time lmmcore takes to fit a linear mixed model, against its peers.
+
+One run fits the same four models with lmmcore, mixedlm (a Rust-backed lme4 port, the
+fastest Python peer), statsmodels' MixedLM and, when ``Rscript`` is on the PATH, lme4
+itself (``bench/bench_lme4.R``, timed inside R).  Every time is the median of several
+in-process fits of an already loaded data frame, after an untimed warm-up, so imports,
+R's start-up and reading the CSV are outside the timing.  The BLAS and thread settings
+are left as the environment has them, for every peer alike, and recorded in the output.
+
+Printed: a table of times, lmmcore's speed-up over each peer (peer time / lmmcore time)
+and the optimum agreement (lmmcore's REML criterion minus lme4's and mixedlm's; negative
+means lmmcore found a lower, i.e. better, optimum).  Written: ``artifacts/bench.json``.
+
+Usage::
+
+    python bench/bench_fit.py [--quick] [--only MODEL] [--peers a,b] [--with-slow-statsmodels]
+
+Peers that are not installed are skipped with a message saying how to install them
+(``pip install -r bench/requirements.txt``; R: ``apt-get install r-base-core r-cran-lme4``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: lmmcore is the repo's package
+ARTIFACT = ROOT / "artifacts" / "bench.json"
+R_SCRIPT = Path(__file__).resolve().parent / "bench_lme4.R"
+PEERS = ("lmmcore", "mixedlm", "statsmodels", "lme4")
+# lmmcore's targets (issue 2): as fast as the fastest peer everywhere, 5x lme4 on the large ones.
+LME4_TARGET = 5.0
+
+
+# --------------------------------------------------------------------------- models
+def _sleepstudy() -> pd.DataFrame:
+    data = pd.read_csv(ROOT / "data" / "sleepstudy.csv")
+    data["Subject"] = data["Subject"].astype(str)
+    return data
+
+
+def _penicillin() -> pd.DataFrame:
+    return pd.read_csv(ROOT / "data" / "Penicillin.csv", dtype={"plate": str, "sample": str})
+
+
+def _simulated(n_groups: int = 2000, n_per_group: int = 50, seed: int = 20240601) -> pd.DataFrame:
+    """Correlated random intercepts and slopes: y = 10 + 2x + b0_g + b1_g x + e."""
+    rng = np.random.default_rng(seed)
+    cov = np.array([[1.0, 0.3], [0.3, 0.5]])
+    b = rng.multivariate_normal([0.0, 0.0], cov, size=n_groups)
+    g = np.repeat(np.arange(n_groups), n_per_group)
+    x = rng.normal(size=g.size)
+    y = 10.0 + 2.0 * x + b[g, 0] + b[g, 1] * x + rng.normal(scale=1.5, size=g.size)
+    return pd.DataFrame({"y": y, "x": x, "g": [f"g{i:04d}" for i in g]})
+
+
+def _insteval() -> pd.DataFrame:
+    cat = {c: str for c in ("s", "d", "dept", "service")}
+    return pd.read_csv(ROOT / "bench" / "data" / "InstEval.csv", dtype=cat)
+
+
+@dataclass
+class Model:
+    """One benchmark row: the data, the formula and how often to repeat each peer."""
+
+    key: str
+    label: str
+    formula: str
+    load: object
+    factors: tuple
+    repeats: int
+    quick_repeats: int
+    large: bool = False
+    statsmodels_note: str = ""
+    data: pd.DataFrame | None = field(default=None, repr=False)
+
+
+MODELS = [
+    Model("sleepstudy", "sleepstudy, random intercept", "Reaction ~ Days + (1 | Subject)",
+          _sleepstudy, ("Subject",), repeats=15, quick_repeats=5),
+    Model("penicillin", "Penicillin, crossed", "diameter ~ 1 + (1 | plate) + (1 | sample)",
+          _penicillin, ("plate", "sample"), repeats=15, quick_repeats=5),
+    Model("simulated", "simulated, 2,000 groups x 50 obs", "y ~ x + (x | g)",
+          _simulated, ("g",), repeats=5, quick_repeats=1, large=True),
+    Model("insteval", "InstEval, 73,421 rows, crossed",
+          "y ~ service + (1 | s) + (1 | d) + (1 | dept:service)",
+          _insteval, ("s", "d", "dept", "service"), repeats=3, quick_repeats=1, large=True,
+          statsmodels_note="skipped: known to take > 6 min and 10 GB "
+                           "(--with-slow-statsmodels runs it)"),
+]
+
+
+# --------------------------------------------------------------------------- peers
+# Each peer: fit(model, data) -> (objective, theta); the objective is the REML criterion
+# (-2 x the REML log-likelihood at the optimum), comparable across peers.
+
+def _fit_lmmcore(model: Model, data: pd.DataFrame):
+    import lmmcore
+
+    fit = lmmcore.lmer(model.formula, data, reml=True)
+    return float(fit.reml_criterion), np.asarray(fit.theta, dtype=float)
+
+
+def _fit_mixedlm(model: Model, data: pd.DataFrame):
+    import mixedlm
+
+    fit = mixedlm.lmer(model.formula, data, REML=True)
+    return float(fit.REMLcrit()), np.asarray(fit.theta, dtype=float)
+
+
+def _statsmodels_model(model: Model, data: pd.DataFrame):
+    """The same model in MixedLM's terms: crossed factors are variance components
+    within one all-covering group, as statsmodels' documentation does it."""
+    import statsmodels.formula.api as smf
+
+    if model.key == "sleepstudy":
+        return smf.mixedlm("Reaction ~ Days", data, groups=data["Subject"])
+    if model.key == "simulated":
+        return smf.mixedlm("y ~ x", data, groups=data["g"], re_formula="~x")
+    one = np.ones(len(data))
+    if model.key == "penicillin":
+        vc = {"plate": "0 + C(plate)", "sample": "0 + C(sample)"}
+        return smf.mixedlm("diameter ~ 1", data, groups=one, re_formula="0", vc_formula=vc)
+    if model.key == "insteval":
+        data = data.assign(dept_service=data["dept"] + ":" + data["service"])
+        vc = {"s": "0 + C(s)", "d": "0 + C(d)", "dept_service": "0 + C(dept_service)"}
+        return smf.mixedlm("y ~ service", data, groups=np.ones(len(data)), re_formula="0",
+                           vc_formula=vc)
+    raise KeyError(model.key)
+
+
+def _fit_statsmodels(model: Model, data: pd.DataFrame):
+    with warnings.catch_warnings():
+        # Its boundary and convergence warnings are about its own optimiser; the
+        # objective printed beside the time shows how well it did.
+        warnings.simplefilter("ignore")
+        result = _statsmodels_model(model, data).fit(reml=True)
+    return -2.0 * float(result.llf), np.array([])
+
+
+FITTERS = {"lmmcore": _fit_lmmcore, "mixedlm": _fit_mixedlm, "statsmodels": _fit_statsmodels}
+IMPORTS = {"lmmcore": "lmmcore", "mixedlm": "mixedlm", "statsmodels": "statsmodels"}
+INSTALL = {
+    "lmmcore": "lmmcore.lmer is not importable yet (is lmmcore/mixed.py written?)",
+    "mixedlm": "mixedlm is not installed: .venv/bin/pip install -r bench/requirements.txt",
+    "statsmodels": "statsmodels is not installed: .venv/bin/pip install -r requirements.txt",
+    "lme4": "Rscript or lme4 not found: apt-get install r-base-core r-cran-lme4",
+}
+
+
+def _available(peer: str) -> tuple[bool, str, str]:
+    """(available, version, reason if not)."""
+    if peer == "lme4":
+        rscript = shutil.which("Rscript")
+        if rscript is None:
+            return False, "", INSTALL["lme4"]
+        probe = subprocess.run(
+            [rscript, "-e", "cat(as.character(packageVersion('lme4')))"],
+            capture_output=True, text=True, timeout=120)
+        if probe.returncode != 0:
+            return False, "", INSTALL["lme4"]
+        return True, probe.stdout.strip(), ""
+    try:
+        module = importlib.import_module(IMPORTS[peer])
+        if peer == "lmmcore":
+            getattr(module, "lmer")
+    except Exception as exc:  # any import failure means: not benchmarkable now
+        return False, "", f"{INSTALL[peer]} ({type(exc).__name__}: {exc})"
+    if peer == "lmmcore":
+        return True, _git_revision(), ""
+    return True, importlib.metadata.version(peer), ""
+
+
+def _git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        return "git " + out.stdout.strip() if out.returncode == 0 else ""
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------- timing
+def _time_python(peer: str, model: Model, repeats: int, warmup: bool) -> dict:
+    fit = FITTERS[peer]
+    if warmup:
+        fit(model, model.data)
+    times = []
+    objective = theta = None
+    for _ in range(repeats):
+        gc.collect()  # a collection of the previous fit's garbage must not land in this timing
+        start = time.perf_counter()
+        objective, theta = fit(model, model.data)
+        times.append(time.perf_counter() - start)
+    return {"times": times, "median": statistics.median(times),
+            "objective": objective, "theta": theta.tolist()}
+
+
+def _time_lme4(model: Model, repeats: int, warmup: bool, csv_dir: Path) -> dict:
+    csv = csv_dir / f"{model.key}.csv"
+    if not csv.exists():
+        model.data.to_csv(csv, index=False)
+    cmd = [shutil.which("Rscript"), str(R_SCRIPT), str(csv), model.formula,
+           ",".join(model.factors), str(repeats), "1" if warmup else "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip()[-500:])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"times": out["times"], "median": out["median"], "objective": out["objective"],
+            "theta": out["theta"], "lme4_warnings": out["warnings"], "blas": out["blas"]}
+
+
+def _run_peer(peer: str, model: Model, repeats: int, quick: bool, csv_dir: Path) -> dict:
+    # A warm-up fit per model costs a whole extra fit on the large ones; the global warm-up
+    # on sleepstudy (main) has already paid the imports and first-call costs there.
+    warmup = not (model.large and quick)
+    if peer == "lme4":
+        return _time_lme4(model, repeats, warmup, csv_dir)
+    return _time_python(peer, model, repeats, warmup)
+
+
+# --------------------------------------------------------------------------- report
+def _fmt_time(seconds) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _fmt_ratio(ratio) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def _fmt_delta(delta) -> str:
+    return "-" if delta is None else f"{delta:+.2e}"
+
+
+def _summarise(rows: dict) -> dict:
+    """Add speed-ups and optimum differences to each model's row; check the targets."""
+    for key, row in rows.items():
+        peers = row["peers"]
+        own = peers.get("lmmcore", {}).get("median")
+        own_obj = peers.get("lmmcore", {}).get("objective")
+        row["speedup"], row["objective_diff"] = {}, {}
+        for peer in PEERS[1:]:
+            theirs = peers.get(peer, {})
+            if own and theirs.get("median"):
+                row["speedup"][peer] = theirs["median"] / own
+            if own_obj is not None and theirs.get("objective") is not None:
+                row["objective_diff"][peer] = own_obj - theirs["objective"]
+        # How far each peer's optimum is from lme4's: context for lmmcore's own difference.
+        ref = peers.get("lme4", {}).get("objective")
+        row["objective_vs_lme4"] = {p: info["objective"] - ref for p, info in peers.items()
+                                    if ref is not None and info.get("objective") is not None}
+        timed = [p for p in PEERS[1:] if peers.get(p, {}).get("median")]
+        checks = {}
+        if own and timed:
+            fastest = min(timed, key=lambda p: peers[p]["median"])
+            checks["fastest_peer"] = fastest
+            checks["as_fast_as_fastest_peer"] = own <= peers[fastest]["median"]
+        if own and row["large"] and "lme4" in row["speedup"]:
+            checks[f"at_least_{LME4_TARGET:g}x_lme4"] = row["speedup"]["lme4"] >= LME4_TARGET
+        row["targets"] = checks
+    return rows
+
+
+def _print_table(rows: dict) -> None:
+    head = ["model", *PEERS, "vs mixedlm", "vs statsm.", "vs lme4",
+            "obj - lme4", "obj - mixedlm"]
+    lines = []
+    for row in rows.values():
+        p = row["peers"]
+        lines.append([
+            row["label"],
+            *[_fmt_time(p.get(peer, {}).get("median")) for peer in PEERS],
+            *[_fmt_ratio(row["speedup"].get(peer)) for peer in PEERS[1:]],
+            _fmt_delta(row["objective_diff"].get("lme4")),
+            _fmt_delta(row["objective_diff"].get("mixedlm")),
+        ])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+    print()
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    print("  ".join("-" * w for w in widths))
+    for line in lines:
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
+    print("\nvs PEER = PEER time / lmmcore time (above 1: lmmcore is faster); "
+          "obj = REML criterion (negative: lmmcore's optimum is lower).")
+    for row in rows.values():
+        notes = [f"{peer}: {info['note']}" for peer, info in row["peers"].items()
+                 if info.get("note")]
+        targets = ", ".join(f"{k}={v}" for k, v in row["targets"].items())
+        if targets or notes:
+            print(f"- {row['label']}: " + "; ".join(filter(None, [targets, *notes])))
+
+
+def _environment() -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith(("OPENBLAS", "OMP_", "MKL_", "BLIS_", "VECLIB"))}
+    try:
+        from threadpoolctl import threadpool_info
+        pools = threadpool_info()
+    except ImportError:
+        pools = "threadpoolctl not installed (pip install -r bench/requirements.txt)"
+    return {"python": sys.version.split()[0], "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "numpy": np.__version__, "pandas": pd.__version__,
+            "blas_env": env, "threadpools": pools}
+
+
+# --------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repeats (one on the large models), no per-model warm-up there")
+    parser.add_argument("--only", choices=[m.key for m in MODELS], action="append",
+                        help="run only this model (may be given more than once)")
+    parser.add_argument("--peers", default=",".join(PEERS),
+                        help=f"comma-separated subset of {', '.join(PEERS)}")
+    parser.add_argument("--with-slow-statsmodels", action="store_true",
+                        help="also fit InstEval with statsmodels (> 6 min, ~10 GB)")
+    parser.add_argument("--output", type=Path, default=ARTIFACT)
+    args = parser.parse_args(argv)
+
+    wanted = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = sorted(set(wanted) - set(PEERS))
+    if unknown:
+        parser.error(f"unknown peer(s) {unknown}; choose from {', '.join(PEERS)}")
+    models = [m for m in MODELS if not args.only or m.key in args.only]
+
+    versions, missing = {}, {}
+    for peer in wanted:
+        ok, version, reason = _available(peer)
+        if ok:
+            versions[peer] = version
+        else:
+            missing[peer] = reason
+            print(f"[bench] {peer} skipped: {reason}", file=sys.stderr)
+    active = [p for p in PEERS if p in versions]
+    if not active:
+        print("[bench] no peer to run", file=sys.stderr)
+        return 2
+
+    # First calls pay imports, caches and compilation: do them once, outside all timings.
+    warm = MODELS[0]
+    warm.data = warm.load()
+    for peer in active:
+        if peer != "lme4":
+            FITTERS[peer](warm, warm.data)
+
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="lmm-bench-") as tmp:
+        for model in models:
+            if model.data is None:
+                model.data = model.load()
+            repeats = model.quick_repeats if args.quick else model.repeats
+            row = {"label": model.label, "formula": model.formula, "nobs": len(model.data),
+                   "large": model.large, "repeats": repeats, "peers": {}}
+            print(f"[bench] {model.label}: {model.formula} ({len(model.data)} rows, "
+                  f"{repeats} repeats)", file=sys.stderr)
+            for peer in active:
+                if (peer == "statsmodels" and model.statsmodels_note
+                        and not args.with_slow_statsmodels):
+                    row["peers"][peer] = {"note": model.statsmodels_note}
+                    continue
+                start = time.perf_counter()
+                try:
+                    result = _run_peer(peer, model, repeats, args.quick, Path(tmp))
+                except Exception as exc:  # a failing peer is a finding, not a crash
+                    result = {"note": f"failed: {type(exc).__name__}: {str(exc)[:300]}"}
+                row["peers"][peer] = result
+                print(f"[bench]   {peer:<12} median {_fmt_time(result.get('median')):>10}"
+                      f"   (wall {time.perf_counter() - start:.1f} s)", file=sys.stderr)
+            rows[model.key] = row
+
+    _summarise(rows)
+    _print_table(rows)
+    for peer, reason in missing.items():
+        print(f"- {peer} not run: {reason}")
+
+    report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick,
+              "versions": versions, "missing": missing, "environment": _environment(),
+              "models": rows}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2, default=str))
+    print(f"\nwritten: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+# Time lme4::lmer on one model, in-process, and print one JSON object on stdout.
+#
+# Called by bench/bench_fit.py, one Rscript process per model, so R's start-up and
+# package loading are outside the timing (as the Python peers' imports are):
+#
+#   Rscript bench/bench_lme4.R DATA.csv FORMULA FACTORS REPEATS WARMUP
+#
+# FACTORS is a comma-separated list of columns converted to R factors before timing
+# ("" for none); levels are sorted as text, as in the reference fixtures.  WARMUP 1 adds
+# an untimed first fit (byte-compilation, Matrix method dispatch caches); 0 skips it, for
+# quick runs of the large models, where one fit costs tens of seconds.
+# No jsonlite: the output is written by hand so only r-base-core and r-cran-lme4 are needed.
+
+suppressPackageStartupMessages(library(lme4))
+
+args <- commandArgs(trailingOnly = TRUE)
+if (length(args) != 5) {
+  stop("usage: Rscript bench_lme4.R DATA.csv FORMULA FACTORS REPEATS WARMUP")
+}
+path <- args[[1]]
+form <- as.formula(args[[2]])
+factors <- if (nzchar(args[[3]])) strsplit(args[[3]], ",", fixed = TRUE)[[1]] else character()
+repeats <- as.integer(args[[4]])
+warmup <- args[[5]] == "1"
+
+data <- read.csv(path)
+for (col in factors) {
+  data[[col]] <- factor(as.character(data[[col]]),
+                        levels = sort(unique(as.character(data[[col]]))))
+}
+
+fit_once <- function() lmer(form, data = data, REML = TRUE)
+
+if (warmup) fit <- fit_once()
+times <- numeric(repeats)
+for (i in seq_len(repeats)) {
+  start <- as.numeric(Sys.time())
+  fit <- fit_once()
+  times[i] <- as.numeric(Sys.time()) - start
+}
+
+num <- function(x) paste(sprintf("%.17g", x), collapse = ", ")
+msgs <- fit@optinfo$conv$lme4$messages
+cat(sprintf(paste0(
+  '{"peer": "lme4", "version": "%s", "r_version": "%s", "times": [%s], ',
+  '"median": %s, "objective": %s, "theta": [%s], "fixef": [%s], "sigma": %s, ',
+  '"singular": %s, "warnings": %d, "blas": "%s"}\n'),
+  as.character(packageVersion("lme4")), R.version$version.string,
+  num(times), num(median(times)), num(REMLcrit(fit)), num(getME(fit, "theta")),
+  num(fixef(fit)), num(sigma(fit)), tolower(as.character(isSingular(fit))),
+  length(msgs), gsub('"', "'", extSoftVersion()[["BLAS"]])))
