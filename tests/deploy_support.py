@@ -1,0 +1,185 @@
+"""Starting real servers for the deployment tests: Streamlit replicas and nginx on loopback.
+
+Used by tests/test_deploy_*.py and scripts/loadtest.py's own check.  Every process is
+started in its own process group and stopped by that group's id, so worker processes a
+replica forked go with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts" / "deploy"
+STARTUP_TIMEOUT_S = 60.0
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when a system tool is missing, except in CI (POOLING_REQUIRE_SYSTEM_TESTS=1)."""
+    if condition:
+        return
+    if os.environ.get("POOLING_REQUIRE_SYSTEM_TESTS") == "1":
+        pytest.fail(f"{reason} (POOLING_REQUIRE_SYSTEM_TESTS=1, so this is a failure)",
+                    pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_python() -> str:
+    venv = ROOT / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = STARTUP_TIMEOUT_S):
+    """Poll ``url`` until it answers 200; fail with the log's tail if the process dies."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode}:\n{tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} not healthy after {timeout:.0f} s:\n{tail(log)}")
+        time.sleep(0.3)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop the process group ``proc`` leads (SIGTERM, then SIGKILL)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def streamlit_command(port: int) -> list[str]:
+    """The Dockerfile's CMD, on a loopback port (the image listens on 0.0.0.0:8501)."""
+    return [server_python(), "-m", "streamlit", "run", "app.py",
+            f"--server.port={port}", "--server.address=127.0.0.1"]
+
+
+@contextlib.contextmanager
+def streamlit_replica(port: int, name: str, env_extra: dict | None = None):
+    """``streamlit run app.py`` from the repository root; yields ``(base_url, proc, log)``."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = ARTIFACTS / f"{name}.log"
+    env = dict(os.environ)
+    env.pop("POOLING_ACCESS_CODE", None)
+    env.update(env_extra or {})
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(streamlit_command(port), cwd=ROOT, env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(f"{base}/_stcore/health", proc, log)
+        yield base, proc, log
+    finally:
+        stop(proc)
+
+
+def local_server_conf(upstream_ports, listen_port: int, debug_header: bool = True) -> str:
+    """deploy/nginx.conf with its upstream pointed at loopback replicas and a loopback port.
+
+    ``debug_header`` adds ``X-Pooling-Upstream`` (which replica answered) for the tests;
+    the deployed config does not reveal it.
+    """
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;"
+                        for p in upstream_ports)
+    conf, n = re.subn(r"^\s*server app:8501[^;]*;", servers, conf, flags=re.M)
+    assert n == 1, "deploy/nginx.conf: upstream line `server app:8501 ...;` not found"
+    conf, n = re.subn(r"^\s*listen 80;", f"    listen 127.0.0.1:{listen_port};", conf, flags=re.M)
+    assert n == 1, "deploy/nginx.conf: `listen 80;` not found"
+    if debug_header:
+        conf = conf.replace("    location / {",
+                            "    add_header X-Pooling-Upstream $upstream_addr always;\n\n"
+                            "    location / {", 1)
+    return conf
+
+
+@contextlib.contextmanager
+def nginx_prefix(upstream_ports, listen_port: int):
+    """A temporary nginx prefix: a main config (foreground, no root paths) including
+    the transformed deploy/nginx.conf.  Yields ``(prefix, main_conf_path)``."""
+    with tempfile.TemporaryDirectory(prefix="pooling-nginx-") as tmp:
+        prefix = Path(tmp)
+        for sub in ("logs", "tmp"):
+            (prefix / sub).mkdir()
+        (prefix / "pooling.conf").write_text(local_server_conf(upstream_ports, listen_port))
+        # As root, nginx's workers would drop to `nobody` and could not use the temp dirs.
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        main = prefix / "nginx.conf"
+        main.write_text(f"""{user}daemon off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {prefix}/logs/access.log;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    include {prefix}/pooling.conf;
+}}
+""")
+        yield prefix, main
+
+
+@contextlib.contextmanager
+def nginx_proxy(upstream_ports, listen_port: int):
+    """Run Debian's nginx in the foreground in front of ``upstream_ports``; yields its URL."""
+    with nginx_prefix(upstream_ports, listen_port) as (prefix, conf):
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        log = ARTIFACTS / "nginx.log"
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(conf),
+                                     "-e", str(prefix / "logs" / "error.log")],
+                                    stdout=fh, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        base = f"http://127.0.0.1:{listen_port}"
+        try:
+            wait_healthy(f"{base}/_stcore/health", proc, log, timeout=20)
+            yield base
+        finally:
+            stop(proc)
+            with contextlib.suppress(OSError):
+                shutil.copy(prefix / "logs" / "error.log", ARTIFACTS / "nginx-error.log")
+                shutil.copy(prefix / "logs" / "access.log", ARTIFACTS / "nginx-access.log")
