@@ -1,0 +1,88 @@
+"""Waiting for Streamlit and reading a page for errors, shared by the browser tests.
+
+Streamlit renders asynchronously over a websocket: a page is "done" only when the
+script run has finished and its charts have drawn.  These helpers encode that, and what
+counts as an error on a page, in one place.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+# A page's script, fits included, must finish within this (ms); generous for a loaded
+# 2-core CI machine, small enough that a hung page fails rather than stalls the suite.
+RUN_TIMEOUT_MS = 45_000
+
+
+class ServerLog:
+    """The server's combined output, read incrementally so each test sees only its own."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._offset = 0
+
+    def mark(self) -> None:
+        self._offset = self.path.stat().st_size if self.path.exists() else 0
+
+    def since_mark(self) -> str:
+        if not self.path.exists():
+            return ""
+        with self.path.open("rb") as fh:
+            fh.seek(self._offset)
+            return fh.read().decode("utf-8", errors="replace")
+
+
+APP = '[data-testid="stApp"]'
+IDLE = f'{APP}[data-test-script-state="notRunning"]'
+
+
+def wait_for_app(pg, settle_ms: int = 600, timeout_ms: int = RUN_TIMEOUT_MS) -> None:
+    """Wait until Streamlit has finished running the page and the output has settled.
+
+    ``data-test-script-state`` on the app root is Streamlit's own run state (the
+    attribute its end-to-end tests use).  A page may rerun right after its first run
+    (query parameters, ``st.rerun``), so the idle state must hold for ``settle_ms``.
+    Charts draw after the run ends: wait for every Plotly chart's SVG as well.
+    """
+    deadline = time.monotonic() + timeout_ms / 1000
+    pg.wait_for_selector(IDLE, timeout=timeout_ms, state="attached")
+    stable_since = time.monotonic()
+    while time.monotonic() - stable_since < settle_ms / 1000:
+        if time.monotonic() > deadline:
+            raise AssertionError("the page kept rerunning")
+        state = pg.get_attribute(APP, "data-test-script-state")
+        if state != "notRunning":
+            pg.wait_for_selector(IDLE, timeout=max(1, int((deadline - time.monotonic()) * 1000)),
+                                 state="attached")
+            stable_since = time.monotonic()
+        pg.wait_for_timeout(100)
+    for chart in pg.locator('[data-testid="stPlotlyChart"]').all():
+        chart.locator(".main-svg").first.wait_for(state="attached", timeout=timeout_ms)
+    pg.locator('[data-testid="stSkeleton"]').first.wait_for(state="detached", timeout=timeout_ms)
+
+
+# Python exception names ("ValueError", "KeyError: 'x'") and tracebacks; "Std. Error" in
+# lme4's fixed-effects table is legitimate output and is not matched.
+EXCEPTION_TEXT = re.compile(r"Traceback \(most recent call last\)|\b[A-Z]\w*(Error|Exception)\b"
+                            r"|^Error\b|\bError:", re.MULTILINE)
+
+
+def page_problems(pg, server_log: ServerLog | None = None) -> list[str]:
+    """Everything on the page (and in the server log since the test began) that says
+    something went wrong; an empty list for a clean page."""
+    problems = []
+    for testid in ("stException", "stAlertContentError"):
+        for element in pg.locator(f'[data-testid="{testid}"]').all():
+            problems.append(f"{testid}: {element.inner_text()[:300]!r}")
+    text = pg.locator(APP).inner_text()
+    for match in EXCEPTION_TEXT.finditer(text):
+        start = max(0, match.start() - 80)
+        problems.append(f"exception text: {text[start:match.end() + 120]!r}")
+    if server_log is not None:
+        log = server_log.since_mark()
+        if "Traceback" in log:
+            problems.append(f"server log has a traceback:\n{log[-2000:]}")
+    problems.extend(f"javascript error: {e[:300]}" for e in getattr(pg, "console_errors", []))
+    return problems

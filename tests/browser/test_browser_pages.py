@@ -1,0 +1,115 @@
+"""The app in a real browser: every page renders clean, an upload reaches a fit.
+
+These tests drive headless Chromium against one ``streamlit run`` server (see
+conftest.py) and save a 1280x720 screenshot of every page, normal and in lecture mode,
+to ``artifacts/screenshots/`` for a person to look at.  What AppTest cannot see is the
+point here: the browser's own rendering, the file uploader's real input element,
+navigation between pages within one session, and the URL query parameters.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlencode
+
+import pytest
+
+from browser_support import page_problems, wait_for_app
+
+pytestmark = pytest.mark.browser
+
+PAGES = ("dataset", "model", "pooling", "shrinkage")
+
+# A student's export from a German-locale spreadsheet: semicolons, decimal commas.
+UPLOAD_NAME = "reaction times.csv"
+UPLOAD_CSV = "\n".join(
+    ["participant;day;rt"]
+    + [f"p{p};{d};{200 + 7 * p + (9 + p % 3) * d + (d * p) % 5},{(p * d) % 10}"
+       for p in range(1, 7) for d in range(5)]
+) + "\n"
+UPLOAD_ROWS = 30
+UPLOAD_FORMULA = "rt ~ day + (1 | participant)"
+
+
+def _open(pg, base_url: str, path: str, **query) -> None:
+    url = f"{base_url}/{path}"
+    if query:
+        url += "?" + urlencode(query, quote_via=quote)
+    pg.goto(url, wait_until="domcontentloaded")
+    wait_for_app(pg)
+
+
+def _main_text(pg) -> str:
+    return pg.locator('[data-testid="stMain"], [data-testid="stMainBlockContainer"]').first \
+        .inner_text()
+
+
+def _assert_clean(pg, server_log, what: str) -> None:
+    problems = page_problems(pg, server_log)
+    assert not problems, f"{what} shows a problem:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("lecture", [False, True], ids=["normal", "lecture"])
+@pytest.mark.parametrize("name", PAGES)
+def test_page_renders_clean(page, base_url, server_log, screenshot_dir, name, lecture):
+    """Each page loads with the default data and no clicks, shows content and no error."""
+    _open(page, base_url, name, **({"lecture": 1} if lecture else {}))
+    suffix = "-lecture" if lecture else ""
+    page.screenshot(path=str(screenshot_dir / f"{name}{suffix}.png"))
+    _assert_clean(page, server_log, f"page {name!r}{' (lecture mode)' if lecture else ''}")
+    text = _main_text(page)
+    assert len(text.split()) > 20, f"page {name!r} shows almost nothing: {text[:200]!r}"
+    if name in ("pooling", "shrinkage"):
+        assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1, \
+            f"page {name!r} draws no chart on first load"
+    if name == "model":
+        # lme4's summary layout is the model page's first output.
+        assert "REML criterion at convergence" in text
+
+
+def test_upload_semicolon_decimal_comma_then_fit(page, base_url, server_log, screenshot_dir):
+    """Upload a ';'-separated, decimal-comma CSV, see its preview, then fit it on the
+    model page in the same session (navigating by the sidebar, not by URL, which would
+    start a new session without the upload)."""
+    _open(page, base_url, "dataset")
+    uploader = page.locator('[data-testid="stFileUploaderDropzoneInput"]').first
+    uploader.set_input_files({"name": UPLOAD_NAME, "mimeType": "text/csv",
+                              "buffer": UPLOAD_CSV.encode("utf-8")})
+    page.get_by_text(UPLOAD_NAME, exact=False).first.wait_for()
+    page.locator('[data-testid="stDataFrame"]').first.wait_for()
+    wait_for_app(page)
+    page.screenshot(path=str(screenshot_dir / "dataset-upload.png"))
+    _assert_clean(page, server_log, "the dataset page after the upload")
+    # st.dataframe draws on a canvas; its accessible grid (textContent) holds the cells.
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    headers = set(grid.locator('[role="columnheader"]').all_text_contents())
+    assert {"participant", "day", "rt"} <= headers, f"preview columns: {sorted(headers)}"
+    assert "218.1" in grid.text_content(), "rt was not read as a number with a decimal comma"
+    assert str(UPLOAD_ROWS) in _main_text(page), "the preview does not give the row count"
+
+    page.locator('[data-testid="stSidebarNav"] a[href$="/model"], '
+                 '[data-testid="stSidebarNav"] a[href*="/model?"]').first.click()
+    page.wait_for_url("**/model*")
+    wait_for_app(page)
+    box = page.locator(".st-key-model-formula input, .st-key-model-formula textarea").first
+    box.fill(UPLOAD_FORMULA)
+    box.press("Enter" if box.evaluate("e => e.tagName") == "INPUT" else "Control+Enter")
+    wait_for_app(page)
+    fit_button = page.locator(".st-key-model-fit button")
+    if fit_button.count():
+        fit_button.first.click()
+        wait_for_app(page)
+    page.get_by_text("REML criterion at convergence").first.wait_for()
+    page.screenshot(path=str(screenshot_dir / "model-upload.png"))
+    _assert_clean(page, server_log, "the model page fitting the uploaded data")
+    text = _main_text(page)
+    assert "participant" in text and "Number of obs: 30" in text, \
+        "the fit on the model page is not the uploaded data's"
+
+
+def test_shared_link_opens_dataset_and_formula(page, base_url, server_log):
+    """A lecturer's link (page, built-in dataset, formula in the query) opens that fit."""
+    formula = "diameter ~ 1 + (1 | plate) + (1 | sample)"
+    _open(page, base_url, "model", dataset="penicillin", formula=formula)
+    _assert_clean(page, server_log, "the model page opened from a shared link")
+    text = _main_text(page)
+    assert "Number of obs: 144, groups:  plate, 24; sample, 6" in text
