@@ -1,0 +1,554 @@
+"""The profiled deviance: lme4's objective as a pure function of theta.
+
+This is lme4's ``mkLmerDevfun`` (Bates, Maechler, Bolker & Walker 2015, JSS 67(1),
+section 3) with MixedModels.jl's blocked Cholesky factor.  Everything that does not
+depend on theta is computed once from the design into a frozen
+:class:`CrossProducts` (the blocks Z'Z, Z'X, Z'y, X'X, X'y, y'y); the objective and the
+penalised least-squares solution are then pure functions of ``(cross_products, theta)``.
+
+Notes
+-----
+The random effects are ``b = Lambda(theta) u`` with ``u ~ N(0, sigma^2 I)``.  With
+``A = Lambda' Z'Z Lambda + I`` and its lower Cholesky factor ``L`` the profiled
+criteria are (JSS eq. 34 and 41)::
+
+    ML:   log|L|^2 + n (1 + log(2 pi pwrss / n))
+    REML: log|L|^2 + log|R_X|^2 + (n - p) (1 + log(2 pi pwrss / (n - p)))
+
+``L`` is blocked as in MixedModels.jl: the random term with the most columns ``k m``
+(the "lead" term) has ``A_11`` block diagonal (``m`` blocks of ``k x k``), factored in
+one batched numpy call; the remaining terms form ``A_22`` (dense, modest size), the
+off-diagonal block ``A_21`` is sparse, and ``[X y]`` comes last, so its Schur
+complement gives ``R_X`` and ``pwrss``.  No n x n matrix is ever formed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.linalg import cholesky as _dense_cholesky
+from scipy.linalg import solve_triangular
+
+from lmmcore.errors import FitError
+from lmmcore.structure import MixedDesign
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+#: Largest number of random-effect columns outside the lead term that the dense
+#: block A_22 may have (8000 columns = 512 MB); beyond that the fit is refused.
+MAX_DENSE_REST = 8000
+
+
+@dataclass(frozen=True)
+class TermLayout:
+    """Where one random term lives in theta and in u.
+
+    Attributes
+    ----------
+    k, m : int
+        Columns of the term and levels of its grouping factor.
+    theta_offset : int
+        Index of the term's first element in theta.
+    rows, cols : ndarray of int
+        Positions in the k x k template of the term's theta elements (lower triangle,
+        column by column, lme4's order).
+    """
+
+    k: int
+    m: int
+    theta_offset: int
+    rows: np.ndarray
+    cols: np.ndarray
+
+    @property
+    def n_theta(self) -> int:
+        return self.k * (self.k + 1) // 2
+
+    def template(self, theta: np.ndarray) -> np.ndarray:
+        """The term's k x k lower-triangular relative covariance factor."""
+        T = np.zeros((self.k, self.k))
+        T[self.rows, self.cols] = theta[self.theta_offset:self.theta_offset + self.n_theta]
+        return T
+
+
+def term_layouts(design: MixedDesign) -> tuple:
+    """One :class:`TermLayout` per random term, in lme4's order."""
+    layouts = []
+    offset = 0
+    for term in design.random_terms:
+        k = term.n_columns
+        # triu of the transpose walks the lower triangle column by column
+        c, r = np.triu_indices(k)
+        layouts.append(TermLayout(k, term.n_levels, offset, r, c))
+        offset += k * (k + 1) // 2
+    return tuple(layouts)
+
+
+def theta_lower(layouts) -> np.ndarray:
+    """Lower bounds of theta: 0 for diagonal elements of each factor, -inf otherwise."""
+    parts = [np.where(lay.rows == lay.cols, 0.0, -np.inf) for lay in layouts]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def theta_start(layouts) -> np.ndarray:
+    """lme4's starting value: 1 on the diagonals, 0 off them."""
+    parts = [np.where(lay.rows == lay.cols, 1.0, 0.0) for lay in layouts]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+@dataclass(frozen=True)
+class CrossProducts:
+    """The theta-free pieces of the model, computed once per design.
+
+    Attributes
+    ----------
+    n, p : int
+        Observations and fixed-effect columns.
+    layouts : tuple of TermLayout
+        The random terms in lme4's order.
+    lead : int
+        Index of the block-diagonal (largest) term.
+    rest : tuple of int
+        The other terms, in lme4's order; they make up the dense block.
+    rest_offsets : tuple of int
+        Column offset of each ``rest`` term inside the dense block.
+    A11 : ndarray (m1, k1, k1)
+        Z_1'Z_1, one block per level of the lead term.
+    C1 : ndarray (m1, k1, p + 1)
+        Z_1'[X y].
+    A21 : scipy.sparse.csr_matrix (q2, q1) or None
+        Z_2'Z_1.
+    A21_rows : ndarray or None
+        Row index of each stored element of ``A21`` (for cheap row scaling).
+    A22 : ndarray (q2, q2)
+        Z_2'Z_2 (dense).
+    C2 : ndarray (q2, p + 1)
+        Z_2'[X y].
+    M0 : ndarray (p + 1, p + 1)
+        [X y]'[X y].
+    rest_scalar : bool
+        Every rest term has one column (Lambda_2 is diagonal).
+    lam2_rows, lam2_cols, lam2_theta : ndarray
+        Sparsity pattern of Lambda_2 and the theta index of each element.
+    """
+
+    n: int
+    p: int
+    layouts: tuple
+    lead: int
+    rest: tuple
+    rest_offsets: tuple
+    A11: np.ndarray
+    C1: np.ndarray
+    A21: object
+    A21_rows: object
+    A22: np.ndarray
+    C2: np.ndarray
+    M0: np.ndarray
+    rest_scalar: bool
+    lam2_rows: np.ndarray
+    lam2_cols: np.ndarray
+    lam2_theta: np.ndarray
+
+    @property
+    def q1(self) -> int:
+        lay = self.layouts[self.lead]
+        return lay.k * lay.m
+
+    @property
+    def q2(self) -> int:
+        return int(self.A22.shape[0])
+
+    @property
+    def n_theta(self) -> int:
+        return sum(lay.n_theta for lay in self.layouts)
+
+
+def _term_matrix(term, k: int, m: int, n: int) -> sp.csr_matrix:
+    """The term's n x (k m) block of Z, level-major (lme4's column order)."""
+    cols = (term.codes[:, None] * k + np.arange(k)[None, :]).ravel()
+    rows = np.repeat(np.arange(n), k)
+    return sp.csr_matrix((np.asarray(term.Z_raw, float).ravel(), (rows, cols)), shape=(n, k * m))
+
+
+def cross_products(design: MixedDesign) -> CrossProducts:
+    """Precompute the blocks of [Z X y]'[Z X y] that every evaluation needs.
+
+    Parameters
+    ----------
+    design : MixedDesign
+        Must have at least one random term.
+
+    Returns
+    -------
+    CrossProducts
+    """
+    y = np.asarray(design.y, float)
+    X = np.asarray(design.X, float)
+    n, p = X.shape
+    terms = design.random_terms
+    if not terms:
+        raise FitError("The formula has no random-effects term such as (1 | group); "
+                       "use lm() for a model without random effects.")
+    layouts = term_layouts(design)
+    sizes = [lay.k * lay.m for lay in layouts]
+    lead = int(np.argmax(sizes))
+    rest = tuple(i for i in range(len(terms)) if i != lead)
+    XY = np.column_stack([X, y])
+
+    # Lead term: per-level sums of z_i z_i' and z_i [x_i y_i]' in one sparse product
+    # of the level indicator matrix with the row-wise outer products.
+    t1 = terms[lead]
+    k1, m1 = layouts[lead].k, layouts[lead].m
+    Z1 = np.asarray(t1.Z_raw, float).reshape(n, k1)
+    codes1 = np.asarray(t1.codes, np.intp)
+    V = np.column_stack([Z1, XY])
+    outer = (Z1[:, :, None] * V[:, None, :]).reshape(n, -1)
+    J = sp.csr_matrix((np.ones(n), (codes1, np.arange(n))), shape=(m1, n))
+    sums = np.asarray(J @ outer).reshape(m1, k1, k1 + p + 1)
+    A11 = np.ascontiguousarray(sums[:, :, :k1])
+    C1 = np.ascontiguousarray(sums[:, :, k1:])
+
+    q2 = sum(sizes[i] for i in rest)
+    if q2 > MAX_DENSE_REST:
+        raise FitError(
+            f"This model has {q2} random effects outside its largest grouping factor; "
+            f"lmmcore handles at most {MAX_DENSE_REST}. Use fewer or smaller crossed factors.")
+    rest_offsets = []
+    lam_r, lam_c, lam_t = [], [], []
+    off = 0
+    for i in rest:
+        lay = layouts[i]
+        rest_offsets.append(off)
+        base = off + np.arange(lay.m)[:, None] * lay.k
+        lam_r.append((base + lay.rows[None, :]).ravel())
+        lam_c.append((base + lay.cols[None, :]).ravel())
+        lam_t.append(np.tile(lay.theta_offset + np.arange(lay.n_theta), lay.m))
+        off += lay.k * lay.m
+    if rest:
+        Z1s = _term_matrix(t1, k1, m1, n).tocsc()
+        Z2 = sp.hstack([_term_matrix(terms[i], layouts[i].k, layouts[i].m, n) for i in rest],
+                       format="csc")
+        Z2t = Z2.T.tocsr()
+        A21 = (Z2t @ Z1s).tocsr()
+        A21.sort_indices()
+        A21_rows = np.repeat(np.arange(q2), np.diff(A21.indptr))
+        A22 = np.asarray((Z2t @ Z2).toarray())
+        C2 = np.asarray(Z2t @ XY)
+        lam2_rows = np.concatenate(lam_r)
+        lam2_cols = np.concatenate(lam_c)
+        lam2_theta = np.concatenate(lam_t)
+    else:
+        A21 = A21_rows = None
+        A22 = np.zeros((0, 0))
+        C2 = np.zeros((0, p + 1))
+        lam2_rows = lam2_cols = lam2_theta = np.zeros(0, np.intp)
+    return CrossProducts(
+        n=n, p=p, layouts=layouts, lead=lead, rest=rest, rest_offsets=tuple(rest_offsets),
+        A11=A11, C1=C1, A21=A21, A21_rows=A21_rows, A22=A22, C2=C2, M0=XY.T @ XY,
+        rest_scalar=all(layouts[i].k == 1 for i in rest),
+        lam2_rows=lam2_rows, lam2_cols=lam2_cols, lam2_theta=lam2_theta,
+    )
+
+
+# ---------------------------------------------------------------------------
+# batched k x k helpers for the lead term (closed forms for k = 1, 2: the common cases)
+
+def _batched_cholesky(S: np.ndarray) -> np.ndarray:
+    k = S.shape[-1]
+    if k == 1:
+        return np.sqrt(S)
+    if k == 2:
+        L = np.zeros_like(S)
+        l00 = np.sqrt(S[:, 0, 0])
+        l10 = S[:, 1, 0] / l00
+        L[:, 0, 0] = l00
+        L[:, 1, 0] = l10
+        L[:, 1, 1] = np.sqrt(S[:, 1, 1] - l10 * l10)
+        return L
+    return np.linalg.cholesky(S)
+
+
+def _batched_lower_inverse(L: np.ndarray) -> np.ndarray:
+    k = L.shape[-1]
+    if k == 1:
+        return 1.0 / L
+    if k == 2:
+        Li = np.zeros_like(L)
+        Li[:, 0, 0] = 1.0 / L[:, 0, 0]
+        Li[:, 1, 1] = 1.0 / L[:, 1, 1]
+        Li[:, 1, 0] = -L[:, 1, 0] * Li[:, 0, 0] * Li[:, 1, 1]
+        return Li
+    return np.linalg.inv(L)
+
+
+@dataclass(frozen=True)
+class Factor:
+    """The blocked Cholesky factor at one theta (the JSS paper's L_theta, R_ZX, R_X).
+
+    Attributes
+    ----------
+    theta : ndarray
+    T1 : ndarray (k1, k1)
+        Template of the lead term's Lambda block.
+    L11, L11inv : ndarray (m1, k1, k1)
+        Diagonal blocks of L for the lead term and their inverses.
+    lam2 : scipy.sparse.csr_matrix or ndarray or None
+        Lambda_2 (a vector when every rest term is scalar).
+    L21 : scipy.sparse.csr_matrix (q2, q1) or None
+    L22 : ndarray (q2, q2), lower
+    c1 : ndarray (m1, k1, p + 1)
+        L_11^{-1} Lambda_1' Z_1'[X y].
+    c2 : ndarray (q2, p + 1)
+        The rest part of L^{-1} Lambda' Z'[X y].
+    LM : ndarray (p + 1, p + 1)
+        Lower Cholesky factor of the Schur complement of [X y]; its top-left p x p
+        block is R_X' and its last diagonal element is sqrt(pwrss).
+    logdet_L2 : float
+        log det(L L') = 2 sum log diag L.
+    """
+
+    theta: np.ndarray
+    T1: np.ndarray
+    L11: np.ndarray
+    L11inv: np.ndarray
+    lam2: object
+    L21: object
+    L22: np.ndarray
+    c1: np.ndarray
+    c2: np.ndarray
+    LM: np.ndarray
+    logdet_L2: float
+
+
+def _lambda2(cp: CrossProducts, theta: np.ndarray):
+    if cp.rest_scalar:
+        return theta[cp.lam2_theta]
+    q2 = cp.q2
+    return sp.csr_matrix((theta[cp.lam2_theta], (cp.lam2_rows, cp.lam2_cols)), shape=(q2, q2))
+
+
+def factorize(cp: CrossProducts, theta) -> Factor:
+    """Update the blocked Cholesky factor for ``theta`` (set theta -> update L).
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        When the Schur complement of [X y] is not positive definite (a perfect fit).
+    """
+    theta = np.asarray(theta, float)
+    lay1 = cp.layouts[cp.lead]
+    k1, m1, p = lay1.k, lay1.m, cp.p
+    T1 = lay1.template(theta)
+    if k1 == 1:
+        t = T1[0, 0]
+        L11 = np.sqrt(cp.A11 * (t * t) + 1.0)
+        L11inv = 1.0 / L11
+        c1 = cp.C1 * (t * L11inv)
+    else:
+        S = T1.T @ cp.A11 @ T1
+        S[:, np.arange(k1), np.arange(k1)] += 1.0
+        L11 = _batched_cholesky(S)
+        L11inv = _batched_lower_inverse(L11)
+        c1 = L11inv @ (T1.T @ cp.C1)
+    logdet = 2.0 * float(np.log(np.diagonal(L11, axis1=1, axis2=2)).sum())
+    c1f = c1.reshape(m1 * k1, p + 1)
+    M = cp.M0 - c1f.T @ c1f
+
+    lam2 = L21 = None
+    L22 = np.zeros((0, 0))
+    c2 = np.zeros((0, p + 1))
+    if cp.rest:
+        lam2 = _lambda2(cp, theta)
+        # L21 = Lambda_2' A21 Lambda_1 L11^{-T}, block column by block column
+        if cp.rest_scalar:
+            L21 = cp.A21.copy()
+            L21.data *= lam2[cp.A21_rows]
+        else:
+            L21 = (lam2.T @ cp.A21).tocsr()
+        if k1 == 1:
+            L21.data *= (T1[0, 0] * L11inv.ravel())[L21.indices]
+        else:
+            R = T1 @ np.swapaxes(L11inv, 1, 2)
+            Rb = sp.bsr_matrix((R, np.arange(m1), np.arange(m1 + 1)), shape=(m1 * k1, m1 * k1))
+            L21 = (L21 @ Rb).tocsr()
+        if cp.rest_scalar:
+            A22 = cp.A22 * np.outer(lam2, lam2)
+            c2 = cp.C2 * lam2[:, None]
+        else:
+            A22 = np.asarray((lam2.T @ (lam2.T @ cp.A22).T))
+            c2 = np.asarray(lam2.T @ cp.C2)
+        A22 = A22 - (L21 @ L21.T).toarray()
+        A22[np.diag_indices_from(A22)] += 1.0
+        L22 = _dense_cholesky(A22, lower=True, check_finite=False, overwrite_a=True)
+        c2 = solve_triangular(L22, c2 - L21 @ c1f, lower=True, check_finite=False)
+        logdet += 2.0 * float(np.log(np.diagonal(L22)).sum())
+        M = M - c2.T @ c2
+    LM = np.linalg.cholesky(M)
+    return Factor(theta, T1, L11, L11inv, lam2, L21, L22, c1, c2, LM, logdet)
+
+
+def objective_from_factor(f: Factor, n: int, p: int, reml: bool) -> float:
+    """The profiled criterion from a factor: the one place the formula lives."""
+    pwrss = float(f.LM[p, p]) ** 2
+    if reml:
+        nmp = n - p
+        ldRX2 = 2.0 * float(np.log(np.diagonal(f.LM)[:p]).sum())
+        return f.logdet_L2 + ldRX2 + nmp * (1.0 + _LOG_2PI + np.log(pwrss / nmp))
+    return f.logdet_L2 + n * (1.0 + _LOG_2PI + np.log(pwrss / n))
+
+
+def objective(cp: CrossProducts, theta, reml: bool = True) -> float:
+    """The profiled REML criterion or ML deviance at ``theta`` (lme4's devfun value).
+
+    Returns ``inf`` when the factorization fails (e.g. y is fitted exactly).
+    """
+    try:
+        f = factorize(cp, theta)
+    except np.linalg.LinAlgError:
+        return float("inf")
+    val = objective_from_factor(f, cp.n, cp.p, reml)
+    return val if np.isfinite(val) else float("inf")
+
+
+class ProfiledDeviance:
+    """The profiled objective as a picklable callable: ``dev(theta) -> float``.
+
+    Parameters
+    ----------
+    cp : CrossProducts
+    reml : bool
+        REML criterion (True) or ML deviance (False).
+    """
+
+    def __init__(self, cp: CrossProducts, reml: bool):
+        self.cp = cp
+        self.reml = bool(reml)
+
+    def __call__(self, theta) -> float:
+        return objective(self.cp, theta, self.reml)
+
+    @property
+    def n_theta(self) -> int:
+        return self.cp.n_theta
+
+    def lower(self) -> np.ndarray:
+        return theta_lower(self.cp.layouts)
+
+    def start(self) -> np.ndarray:
+        return theta_start(self.cp.layouts)
+
+
+@dataclass(frozen=True)
+class Solution:
+    """Penalised least squares at one theta (lme4's state after the last devfun call).
+
+    Attributes
+    ----------
+    theta, beta : ndarray
+    u : tuple of ndarray
+        Spherical random effects per term (lme4's order), shape (m, k).
+    b : tuple of ndarray
+        Random effects ``Lambda u`` per term, shape (m, k).
+    pwrss : float
+        Penalised weighted residual sum of squares.
+    sigma : float
+        sqrt(pwrss / n) (ML) or sqrt(pwrss / (n - p)) (REML).
+    objective : float
+    logdet_L2, logdet_RX2 : float
+    RX : ndarray (p, p)
+        Upper triangular, R_X'R_X = X'X - R_ZX'R_ZX; vcov(beta) = sigma^2 (R_X'R_X)^{-1}.
+    factor : Factor
+    """
+
+    theta: np.ndarray
+    beta: np.ndarray
+    u: tuple
+    b: tuple
+    pwrss: float
+    sigma: float
+    objective: float
+    logdet_L2: float
+    logdet_RX2: float
+    RX: np.ndarray
+    factor: Factor
+
+    def unscaled_vcov(self) -> np.ndarray:
+        """(R_X'R_X)^{-1}: vcov(beta) / sigma^2."""
+        p = self.RX.shape[0]
+        Ri = solve_triangular(self.RX, np.eye(p), lower=False, check_finite=False)
+        return Ri @ Ri.T
+
+
+def solve(cp: CrossProducts, theta, reml: bool = True) -> Solution:
+    """Solve the penalised least-squares problem at ``theta`` (beta, u, b, sigma...)."""
+    f = factorize(cp, theta)
+    n, p = cp.n, cp.p
+    lay1 = cp.layouts[cp.lead]
+    k1, m1 = lay1.k, lay1.m
+    LX = f.LM[:p, :p]
+    beta = solve_triangular(LX.T, f.LM[p, :p], lower=False, check_finite=False) if p else np.zeros(0)
+    pwrss = float(f.LM[p, p]) ** 2
+    # residual of the spherical system: L' u = c_y - c_X beta
+    r1 = f.c1[:, :, p] - f.c1[:, :, :p] @ beta
+    u_rest = None
+    if cp.rest:
+        r2 = f.c2[:, p] - f.c2[:, :p] @ beta
+        u2 = solve_triangular(f.L22.T, r2, lower=False, check_finite=False)
+        r1 = r1 - np.asarray(f.L21.T @ u2).reshape(m1, k1)
+        u_rest = u2
+    u1 = np.einsum("mji,mj->mi", f.L11inv, r1)
+    b1 = u1 @ f.T1.T
+    us, bs = [None] * len(cp.layouts), [None] * len(cp.layouts)
+    us[cp.lead], bs[cp.lead] = u1, b1
+    if cp.rest:
+        theta_arr = np.asarray(theta, float)
+        b2 = (f.lam2 * u_rest) if cp.rest_scalar else np.asarray(f.lam2 @ u_rest)
+        for i, off in zip(cp.rest, cp.rest_offsets):
+            lay = cp.layouts[i]
+            sl = slice(off, off + lay.k * lay.m)
+            us[i] = u_rest[sl].reshape(lay.m, lay.k)
+            bs[i] = b2[sl].reshape(lay.m, lay.k)
+        del theta_arr
+    denom = (n - p) if reml else n
+    ldRX2 = 2.0 * float(np.log(np.diagonal(LX)).sum()) if p else 0.0
+    return Solution(
+        theta=np.asarray(theta, float).copy(), beta=beta, u=tuple(us), b=tuple(bs),
+        pwrss=pwrss, sigma=float(np.sqrt(pwrss / denom)),
+        objective=objective_from_factor(f, n, p, reml), logdet_L2=f.logdet_L2,
+        logdet_RX2=ldRX2, RX=np.ascontiguousarray(LX.T), factor=f,
+    )
+
+
+def conditional_variances(cp: CrossProducts, f: Factor) -> tuple:
+    """Unscaled conditional covariances of the random effects, per term and level.
+
+    Returns, for each term in lme4's order, an array (m, k, k): the diagonal blocks of
+    Lambda (L L')^{-1} Lambda'.  Multiplied by sigma^2 they are lme4's ``condVar``.
+    """
+    lay1 = cp.layouts[cp.lead]
+    k1, m1 = lay1.k, lay1.m
+    V1 = np.swapaxes(f.L11inv, 1, 2) @ f.L11inv
+    out = [None] * len(cp.layouts)
+    if cp.rest:
+        # W = L22^{-1} L21 L11^{-1}: the (2,1) block of L^{-1}, up to sign
+        if k1 == 1:
+            L21d = f.L21.multiply(f.L11inv.ravel()[None, :]).toarray()
+        else:
+            Bi = sp.bsr_matrix((f.L11inv, np.arange(m1), np.arange(m1 + 1)),
+                               shape=(m1 * k1, m1 * k1))
+            L21d = (f.L21 @ Bi).toarray()
+        W = solve_triangular(f.L22, L21d, lower=True, check_finite=False)
+        Wb = W.reshape(W.shape[0], m1, k1)
+        V1 = V1 + np.einsum("qmi,qmj->mij", Wb, Wb)
+        Li = solve_triangular(f.L22, np.eye(cp.q2), lower=True, check_finite=False)
+        for i, off in zip(cp.rest, cp.rest_offsets):
+            lay = cp.layouts[i]
+            blk = Li[:, off:off + lay.k * lay.m].reshape(cp.q2, lay.m, lay.k)
+            Vt = np.einsum("qmi,qmj->mij", blk, blk)
+            T = lay.template(f.theta)
+            out[i] = T @ Vt @ T.T
+    out[cp.lead] = f.T1 @ V1 @ f.T1.T
+    return tuple(out)
