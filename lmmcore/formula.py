@@ -81,6 +81,14 @@ class _Token:
     value: object = None
 
 
+_MAX_NUMBER = 1e300
+
+
+def _show(name: str, limit: int = 40) -> str:
+    """A name echoed in a message, shortened: messages are for students, not echoes."""
+    return name if len(name) <= limit else name[:limit] + "..."
+
+
 def _err(message: str, pos: int | None, text: str) -> FormulaError:
     if pos is not None:
         message = f"{message} (at character {pos + 1})"
@@ -110,9 +118,12 @@ def _tokenize(text: str) -> list:
             m = _NUMBER.match(text, i)
             j = m.end()
             if j < n and (text[j].isalpha() or text[j] in "._"):
-                raise _err(f"'{text[i:j + 1]}' is neither a number nor a column name; a name "
+                raise _err(f"'{_show(text[i:j + 1])}' is neither a number nor a column name; a name "
                            "must start with a letter (use back-quotes for other names)", i, text)
-            tokens.append(_Token("number", text[i:j], i, float(text[i:j])))
+            value = float(text[i:j])
+            if value > _MAX_NUMBER:
+                raise _err(f"the number {_show(text[i:j])} is too large for a formula", i, text)
+            tokens.append(_Token("number", text[i:j], i, value))
             i = j
             continue
         if _NAME_START.match(c) or c == ".":
@@ -124,7 +135,7 @@ def _tokenize(text: str) -> list:
                 raise _err("'.' (all other columns) is not supported: list the columns you want",
                            i, text)
             if _DUNDER.search(name):
-                raise _err(f"'{name}' is not allowed: names with double underscores look like "
+                raise _err(f"'{_show(name)}' is not allowed: names with double underscores look like "
                            "Python internals; if it really is a column, put it in back-quotes",
                            i, text)
             tokens.append(_Token("name", name, i))
@@ -149,7 +160,8 @@ def _tokenize(text: str) -> list:
             tokens.append(_Token(c, c, i))
             i += 1
             continue
-        hint = _FORBIDDEN_CHARS.get(c, f"the character '{c}' is not allowed in a formula")
+        shown = f"'{c}'" if c.isprintable() else f"U+{ord(c):04X}"
+        hint = _FORBIDDEN_CHARS.get(c, f"the character {shown} is not allowed in a formula")
         raise _err(hint, i, text)
     tokens.append(_Token("end", "", n))
     return tokens
@@ -297,7 +309,7 @@ class _Parser:
     def call(self, name_tok: _Token):
         fname = name_tok.text
         if name_tok.value == "quoted" or fname not in ALLOWED_FUNCTIONS:
-            raise _err(f"'{fname}(...)' is not an allowed function; allowed are "
+            raise _err(f"'{_show(fname)}(...)' is not an allowed function; allowed are "
                        + ", ".join(f"{f}()" for f in ALLOWED_FUNCTIONS), name_tok.pos, self.text)
         open_tok = self._advance()
         self._enter(open_tok.pos)
@@ -691,13 +703,11 @@ class _Encoder:
         return left
 
     def _interact(self, left: list, right: list, pos: int) -> list:
-        if len(left) * len(right) > 20 * MAX_TERMS:
+        if len(left) * len(right) > 4 * MAX_TERMS:
             raise _err(f"this interaction expands to more than {MAX_TERMS} terms; write the "
                        "terms you want explicitly", pos, self.text)
-        out = []
-        for b in right:
-            for a in left:
-                out = _union(out, [a | b])
+        out = dict.fromkeys(a | b for b in right for a in left)
+        out = list(out)
         if len(out) > MAX_TERMS:
             raise _err(f"this interaction expands to more than {MAX_TERMS} terms; write the "
                        "terms you want explicitly", pos, self.text)
@@ -731,33 +741,64 @@ def _make_variable(node, text: str) -> Variable:
     return Variable(label, "numeric", _strip_positions(node), tuple(columns))
 
 
-def _check_arithmetic(node, text: str, where: str, columns: list) -> None:
-    """Allow only arithmetic on columns and numbers inside a transform."""
+def _check_arithmetic(node, text: str, where: str, columns: list):
+    """Allow only arithmetic on columns and numbers inside a transform.
+
+    Returns the value of a constant subexpression (None if it uses a column), so that
+    a constant that overflows (``9^9^9``) is refused here rather than at fitting.
+    """
+    value = _check_arithmetic_node(node, text, where, columns)
+    if value is not None and not (abs(value) <= _MAX_NUMBER):
+        raise _err(f"the constant {_show(_deparse(node))} inside {where}() is too large or "
+                   "not a number", _first_pos(node), text)
+    return value
+
+
+def _check_arithmetic_node(node, text: str, where: str, columns: list):
     kind = node[0]
     if kind == "name":
         if node[1] not in columns:
             columns.append(node[1])
-    elif kind == "num":
-        pass
-    elif kind == "paren":
-        _check_arithmetic(node[1], text, where, columns)
-    elif kind == "unary":
-        _check_arithmetic(node[2], text, where, columns)
-    elif kind == "binary":
+        return None
+    if kind == "num":
+        return node[1]
+    if kind == "paren":
+        return _check_arithmetic(node[1], text, where, columns)
+    if kind == "unary":
+        v = _check_arithmetic(node[2], text, where, columns)
+        return None if v is None else (-v if node[1] == "-" else v)
+    if kind == "binary":
         if node[1] not in ("+", "-", "*", "/", "^"):
             raise _err(f"'{node[1]}' is not arithmetic: inside {where}() use only + - * / ^, "
                        "numbers, columns and parentheses", node[4], text)
-        _check_arithmetic(node[2], text, where, columns)
-        _check_arithmetic(node[3], text, where, columns)
-    elif kind == "call":
+        a = _check_arithmetic(node[2], text, where, columns)
+        b = _check_arithmetic(node[3], text, where, columns)
+        if a is None or b is None:
+            return None
+        try:
+            if node[1] == "+":
+                return a + b
+            if node[1] == "-":
+                return a - b
+            if node[1] == "*":
+                return a * b
+            if node[1] == "/":
+                return a / b if b != 0 else float("inf")
+            if a == 0 and b < 0:
+                return float("inf")
+            result = a ** b
+            return result if isinstance(result, float) else float("nan")
+        except (OverflowError, ZeroDivisionError):
+            return float("inf")
+    if kind == "call":
         if node[1] in FACTOR_TRANSFORMS:
             raise _err(f"{node[1]}() makes a categorical variable and cannot be used inside "
                        f"{where}()", node[3], text)
         _check_arithmetic(node[2], text, node[1], columns)
-    elif kind == "bar":
+        return None
+    if kind == "bar":
         raise _err(f"'{node[1]}' cannot be used inside {where}()", node[4], text)
-    else:
-        raise AssertionError(kind)
+    raise AssertionError(kind)
 
 
 def _terms(text: str, node, variables: list | None = None,
