@@ -10,6 +10,7 @@ computed lazily on first access, so the fit itself stays fast.
 from __future__ import annotations
 
 import math
+import re
 from functools import cached_property
 
 import numpy as np
@@ -153,7 +154,8 @@ def _r_round(x, d: int):
 def _zapsmall(x, digits: int):
     x = np.asarray(x, float)
     mx = np.max(np.abs(x)) if x.size else 0
-    d = max(0, digits - int(math.ceil(math.log10(mx)))) if mx > 0 else digits
+    # R 4.2's zapsmall: round(x, digits - log10(mx)); round() takes the nearest integer
+    d = max(0, int(math.floor(digits - math.log10(mx) + 0.5))) if mx > 0 else digits
     return np.round(x, d)
 
 
@@ -487,7 +489,12 @@ class MixedFit:
                     corr = cov[a, c] / (sd[a] * sd[c]) if sd[a] > 0 and sd[c] > 0 else np.nan
                     rows.append((grp, names[a], names[c], cov[a, c], corr))
         rows.append(("Residual", None, None, self._sol.sigma ** 2, self._sol.sigma))
-        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
+        cols = list(zip(*rows))
+        # object columns keep None for R's NA (pandas would turn it into NaN)
+        return pd.DataFrame({
+            "grp": pd.Series(cols[0], dtype=object), "var1": pd.Series(cols[1], dtype=object),
+            "var2": pd.Series(cols[2], dtype=object),
+            "vcov": np.array(cols[3], float), "sdcor": np.array(cols[4], float)})
 
     # -- fitted values ------------------------------------------------------------
     @cached_property
@@ -565,7 +572,7 @@ class MixedFit:
             L.append("Linear mixed model fit by REML ['lmerMod']")
         else:
             L.append("Linear mixed model fit by maximum likelihood  ['lmerMod']")
-        L.append(f"Formula: {self.formula}")
+        L.append(f"Formula: {_deparse_double_bar(self.formula)}")
         L.append(f"   Data: {self.data_name}")
         L.append("")
         if self.reml:
@@ -683,6 +690,23 @@ def _r_num(x: float) -> str:
     if float(x) == int(x) and abs(x) < 1e15:
         return str(int(x))
     return f"{x:.7g}"
+
+
+_DOUBLE_BAR = re.compile(r"\(([^()|]*)\|\|([^()|]*)\)")
+
+
+def _deparse_double_bar(formula: str) -> str:
+    """Print ``(a || g)`` as R's deparse of lme4's expansion: ``((1 | g) + (0 + a | g))``."""
+
+    def expand(m):
+        items = [s.strip() for s in m.group(1).split("+") if s.strip()]
+        g = m.group(2).strip()
+        intercept = not any(s in ("0", "-1") for s in items)
+        parts = ([f"(1 | {g})"] if intercept else []) + [
+            f"(0 + {s} | {g})" for s in items if s not in ("0", "1", "-1")]
+        return "(" + " + ".join(parts) + ")" if len(parts) > 1 else (parts[0] if parts else m.group(0))
+
+    return _DOUBLE_BAR.sub(expand, formula)
 
 
 def _rebuild_fit(design, reml, cp, sol, record, check, data_name):
