@@ -528,11 +528,14 @@ class RandomPart:
         The grouping columns; more than one for an interaction ``b:a``.
     source : str
         The term as written, e.g. ``"(1 | batch/cask)"`` or ``"(Days || Subject)"``.
+    bar : {"|", "||"}
+        The bar it was written with (the parts of ``||`` are each uncorrelated).
     """
 
     terms: ModelTerms
     group: tuple
     source: str
+    bar: str = "|"
 
     @property
     def group_name(self) -> str:
@@ -882,7 +885,7 @@ def _random_parts(text: str, bar) -> list:
             pieces.append(ModelTerms((t,), False, used))
     else:
         pieces = [terms]
-    return [RandomPart(piece, g, source) for g in groups for piece in pieces]
+    return [RandomPart(piece, g, source, op) for g in groups for piece in pieces]
 
 
 def _positions(node, out: dict) -> None:
@@ -1071,8 +1074,8 @@ def decompose_formula(text) -> dict | None:
     """Read the model builder's fields back from a formula, or None if it is not one.
 
     The inverse of :func:`compose_formula` for the formulas it writes (and the same
-    models written differently, e.g. ``1 + Days``): returns a dict with keys
-    ``response, fixed, interaction, groups, random, slope, grouping``.
+    models written differently, e.g. ``1 + Days | Subject``): returns a dict with the
+    keys ``response, fixed, interaction, groups, random, slope, grouping``.
     """
     try:
         f = parse_formula(text)
@@ -1085,66 +1088,82 @@ def decompose_formula(text) -> dict | None:
         return None
     fixed = [t.variables[0].column for t in mains]
     higher = [t for t in f.fixed.terms if t.order > 1]
-    expected = parse_formula(compose_formula(f.response.column, fixed, True)).fixed.labels \
-        if len(fixed) > 1 else ()
-    if higher and f.fixed.labels != expected:
-        return None
-    interaction = bool(higher)
-    fields = {"response": f.response.column, "fixed": fixed, "interaction": interaction,
+    if higher:
+        full = _Encoder(f.text, list(f.fixed.variables[:len(fixed)]))
+        expected = full.encode(_star([("name", c, 0) for c in fixed]))
+        if sorted(map(sorted, (frozenset(v.label for v in t.variables)
+                               for t in f.fixed.terms)), key=str) != sorted(
+                map(sorted, (frozenset(full.variables[i].label for i in t) for t in expected)),
+                key=str):
+            return None
+    fields = {"response": f.response.column, "fixed": fixed, "interaction": bool(higher),
               "groups": [], "random": "intercept", "slope": None, "grouping": "crossed"}
     if not f.random:
         return fields
-    sources = []
+    by_source: dict = {}
     for part in f.random:
-        if part.source not in sources:
-            sources.append(part.source)
-    first = parse_formula(f"y ~ {sources[0]}").random
-    kind = _random_kind(first, sources[0])
-    if kind is None:
-        return None
-    random_kind, slope = kind
-    if len(sources) == 1 and len(first) > (2 if random_kind == "uncorrelated" else 1):
-        # one nested term a/b
-        groups = list(f.random[-1].group)
-        chain = [p.group for p in f.random]
-        if random_kind == "uncorrelated":
-            chain = chain[::2]
-        fields.update(groups=_nested_groups(chain), random=random_kind, slope=slope,
-                      grouping="nested")
-        return fields if groups else None
-    groups = []
-    for src in sources:
-        parts = parse_formula(f"y ~ {src}").random
-        k = _random_kind(parts, src)
-        if k != kind or len({p.group for p in parts}) != 1 or len(parts[0].group) != 1:
+        by_source.setdefault(part.source, []).append(part)
+    found = []
+    for parts in by_source.values():
+        chain = list(dict.fromkeys(p.group for p in parts))
+        kinds = {_random_kind([p for p in parts if p.group == g]) for g in chain}
+        if len(kinds) != 1 or None in kinds:
             return None
-        groups.append(parts[0].group[0])
-    fields.update(groups=groups, random=random_kind, slope=slope)
+        groups = _unnest(chain)
+        if groups is None:
+            return None
+        found.append((kinds.pop(), groups))
+    kind = found[0][0]
+    if any(k != kind for k, _ in found):
+        return None
+    if len(found) == 1 and len(found[0][1]) > 1:
+        groups, grouping = found[0][1], "nested"
+    elif all(len(g) == 1 for _, g in found):
+        groups, grouping = [g[0] for _, g in found], "crossed"
+    else:
+        return None
+    fields.update(groups=groups, random=kind[0], slope=kind[1], grouping=grouping)
     return fields
 
 
-def _nested_groups(chain) -> list:
-    """[("c","b","a"), ("b","a"), ("a",)] -> ["a", "b", "c"]."""
+def _star(nodes):
+    node = nodes[0]
+    for other in nodes[1:]:
+        node = ("binary", "*", node, other, 0)
+    return node
+
+
+def _unnest(chain) -> list | None:
+    """lme4's expansion of a/b/c, [("c","b","a"), ("b","a"), ("a",)], back to [a, b, c]."""
     outer = chain[-1]
-    names = list(outer)
-    for g in reversed(chain[:-1]):
-        names.insert(len(names), g[0])
+    if len(outer) != 1:
+        return None
+    names = [outer[0]]
+    for inner, g in zip(reversed(chain[:-1]), reversed(chain[1:])):
+        if len(inner) != len(g) + 1 or inner[1:] != g:
+            return None
+        names.append(inner[0])
     return names
 
 
-def _random_kind(parts, source: str):
+def _random_kind(parts):
     """("intercept"|"slope"|"both"|"uncorrelated", slope) for a builder-style term."""
-    if "||" in source:
-        if len(parts) % 2 == 1 and len(parts) > 0:
-            return None
+    def single(terms):
+        if len(terms.terms) == 1 and terms.terms[0].order == 1 \
+                and terms.terms[0].variables[0].kind == "column":
+            return terms.terms[0].variables[0].column
+        return None
+
+    if len(parts) == 2 and parts[0].bar == "||":
         a, b = parts[0].terms, parts[1].terms
-        if a.intercept and not a.terms and not b.intercept and len(b.terms) == 1 \
-                and b.terms[0].variables[0].kind == "column":
-            return "uncorrelated", b.terms[0].variables[0].column
+        if a.intercept and not a.terms and not b.intercept and single(b):
+            return "uncorrelated", single(b)
+        return None
+    if len(parts) != 1:
         return None
     t = parts[0].terms
     if not t.terms and t.intercept:
         return "intercept", None
-    if len(t.terms) == 1 and t.terms[0].order == 1 and t.terms[0].variables[0].kind == "column":
-        return ("both" if t.intercept else "slope"), t.terms[0].variables[0].column
+    if single(t):
+        return ("both" if t.intercept else "slope"), single(t)
     return None
