@@ -1,0 +1,97 @@
+"""Pooling Explorer: the entry point. Navigation, sidebar, access gate and shareable link.
+
+Run with ``streamlit run app.py``.  Each page is one file in ``pages/``; this script
+initialises the session state (``explorer.state``), draws the sidebar every run, and
+runs the page the URL names.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import streamlit as st
+
+from explorer import data as D
+from explorer import state as S
+from explorer.escape import md
+from explorer.settings import load_settings
+
+log = logging.getLogger("pooling_explorer")
+
+st.set_page_config(page_title="Pooling Explorer", page_icon="📊", layout="wide")
+
+PAGES = [
+    st.Page("pages/dataset.py", title="Dataset", icon="🗂️", url_path="dataset", default=True),
+    st.Page("pages/model.py", title="Model builder", icon="🧮", url_path="model"),
+    st.Page("pages/pooling.py", title="Pooling comparison", icon="📈", url_path="pooling"),
+    st.Page("pages/shrinkage.py", title="Shrinkage", icon="🎯", url_path="shrinkage"),
+]
+
+
+def _lecture_css() -> None:
+    # Bigger base text for a projector; charts get their own sizes from explorer.charts.
+    st.html("""<style>
+      .stMainBlockContainer p, .stMainBlockContainer li, .stMainBlockContainer label,
+      .stMainBlockContainer td, .stMainBlockContainer th { font-size: 1.3rem !important; }
+      .stMainBlockContainer code, .stMainBlockContainer pre { font-size: 1.1rem !important; }
+      .stMainBlockContainer h1 { font-size: 3rem !important; }
+      .stMainBlockContainer h2 { font-size: 2.3rem !important; }
+      .stMainBlockContainer h3 { font-size: 1.8rem !important; }
+    </style>""")
+
+
+def _gate(settings) -> bool:
+    """The class's access code, if the course set one; True once entered."""
+    if not settings.access_required or st.session_state.get(S.APP_ACCESS_OK):
+        return True
+
+    def locked():
+        st.title("Pooling Explorer")
+        st.write("This course server asks for the access code your lecturer gave you.")
+        code = st.text_input("Access code", type="password", key=S.APP_ACCESS_INPUT)
+        if code:
+            if settings.check_access_code(code):
+                st.session_state[S.APP_ACCESS_OK] = True
+                st.rerun()
+            st.error("That is not the access code.")
+
+    st.navigation([st.Page(locked, title="Access", url_path="access")], position="hidden").run()
+    return False
+
+
+def _sidebar() -> None:
+    with st.sidebar:
+        st.selectbox("Dataset", D.options(), key=S.DATA_KEY, format_func=D.label,
+                     on_change=D.on_dataset_change)
+        st.toggle("Lecture mode (projector)", key=S.APP_LECTURE)
+        st.radio("Chart download (camera icon)", ["png", "svg"], key=S.APP_IMAGE_FORMAT,
+                 horizontal=True, format_func=str.upper)
+        query = S.write_query()
+        if S.share_query().get("dataset"):
+            st.caption("Share this view: copy the address bar, or add this to the page address:")
+            st.code("?" + query if query else "", language=None)
+        else:
+            st.caption("Your own file stays in this browser session; a link cannot share it.")
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+    except ValueError as exc:  # a bad POOLING_* variable: the server admin must fix it
+        st.error(md(str(exc)))
+        st.stop()
+    S.init()
+    if not _gate(settings):
+        return
+    page = st.navigation(PAGES)
+    _sidebar()
+    if st.session_state.get(S.APP_LECTURE):
+        _lecture_css()
+    try:
+        page.run()
+    except Exception:  # pages guard their own steps; this is the last net, never a traceback
+        log.exception("page %s failed", page.title)
+        st.error("Something went wrong on this page. Pick another dataset or model, or reload.")
+
+
+main()

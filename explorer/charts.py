@@ -1,0 +1,361 @@
+"""Every chart's look in one place: Okabe-Ito colours, shapes per pooling method, lecture mode.
+
+Figures are drawn from lmmcore's outputs (estimates, contours, fitted values); nothing
+here computes a statistic.  Every label that can hold user text goes through
+:func:`explorer.escape.plotly_text`.  :func:`show` renders a figure with the modebar's
+camera button set to save PNG or SVG (plotly draws both in the browser: no kaleido).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from explorer.escape import plotly_text as esc
+
+# Okabe & Ito (2008), "Color Universal Design".
+OKABE_ITO = {
+    "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
+    "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7", "black": "#000000",
+}
+DATA_COLOUR = "#555555"
+
+# The same colour, line dash and marker shape for each pooling method on every page.
+METHODS = {
+    "complete": {"label": "complete pooling (one lm)", "colour": OKABE_ITO["orange"],
+                 "dash": "dash", "symbol": "square"},
+    "no": {"label": "no pooling (lm per group)", "colour": OKABE_ITO["blue"],
+           "dash": "dot", "symbol": "circle"},
+    "partial": {"label": "partial pooling (lmer)", "colour": OKABE_ITO["vermillion"],
+                "dash": "solid", "symbol": "diamond"},
+}
+FIXED = {"label": "fixed effects (partial pooling average)", "colour": OKABE_ITO["black"],
+         "symbol": "x"}
+CONTOUR_COLOUR = OKABE_ITO["sky"]
+MODEL_COLOURS = {"lm": OKABE_ITO["orange"], "lmer": OKABE_ITO["vermillion"]}
+
+
+def sizes(lecture: bool) -> dict:
+    """Font, line and marker sizes: lecture mode is for the back row of a lecture hall."""
+    if lecture:
+        return {"font": 22, "title": 26, "line": 4.5, "marker": 13, "data_marker": 10,
+                "panel_title": 20, "height": 1.35}
+    return {"font": 14, "title": 17, "line": 2.2, "marker": 8, "data_marker": 6,
+            "panel_title": 14, "height": 1.0}
+
+
+def _layout(fig: go.Figure, lecture: bool, height: int, title: str | None = None) -> go.Figure:
+    s = sizes(lecture)
+    fig.update_layout(
+        template="simple_white",
+        font={"size": s["font"], "family": "Arial, Helvetica, sans-serif"},
+        height=int(height * s["height"]),
+        margin={"l": 10, "r": 10, "t": 60 if title else 30, "b": 10},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0,
+                "font": {"size": s["font"]}},
+        hoverlabel={"font": {"size": s["font"]}},
+    )
+    if title:
+        fig.update_layout(title={"text": title, "font": {"size": s["title"]}, "x": 0, "xanchor": "left"})
+    fig.update_annotations(font_size=s["panel_title"])
+    return fig
+
+
+def plot_config(name: str, image_format: str = "png") -> dict:
+    """Plotly config: the camera button saves ``name``.png or .svg at double resolution."""
+    fmt = "svg" if image_format == "svg" else "png"
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:60] or "chart"
+    return {
+        "displaylogo": False,
+        "toImageButtonOptions": {"format": fmt, "filename": safe, "scale": 2},
+        "modeBarButtonsToRemove": ["lasso2d", "select2d", "autoScale2d"],
+    }
+
+
+def show(fig: go.Figure, key: str, name: str) -> None:
+    """Render a figure with the app's download format (``app.image_format``)."""
+    import streamlit as st
+
+    from explorer.state import APP_IMAGE_FORMAT
+    st.plotly_chart(fig, key=key, config=plot_config(name, st.session_state.get(APP_IMAGE_FORMAT, "png")),
+                    width="stretch", theme=None)
+
+
+def _line(a: float, b: float, x0: float, x1: float) -> tuple[list, list]:
+    return [x0, x1], [a + b * x0, a + b * x1]
+
+
+# ------------------------------------------------------------------ pooling
+
+
+def pooling_panels(data: pd.DataFrame, estimates: pd.DataFrame, response: str, predictor: str,
+                   group: str, groups: list, few: pd.Series, lecture: bool, ncols: int = 4) -> go.Figure:
+    """A panel per group: its data and the complete, no and partial pooling lines.
+
+    ``estimates`` is ``lmmcore.pooling_estimates`` output; each line's trace holds the
+    method's (intercept, slope) in ``customdata`` and spans the predictor's full range.
+    """
+    s = sizes(lecture)
+    n = max(1, len(groups))
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    titles = []
+    for g in groups:
+        rows = estimates[(estimates["group"].astype(str) == str(g))]
+        count = int(rows["n"].iloc[0]) if len(rows) else 0
+        flag = " ▲ few obs" if bool(few.get(str(g), False)) else ""
+        titles.append(f"{esc(g)} (n={count}){flag}")
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=titles, shared_xaxes=True,
+                        shared_yaxes=True, horizontal_spacing=0.03,
+                        vertical_spacing=min(0.12, 0.3 / max(nrows, 1)) + 0.04)
+    x = pd.to_numeric(data[predictor], errors="coerce")
+    x0, x1 = float(np.nanmin(x)), float(np.nanmax(x))
+    gcol = data[group].astype(str)
+    shown = set()
+    for i, g in enumerate(groups):
+        r, c = i // ncols + 1, i % ncols + 1
+        mask = gcol == str(g)
+        fig.add_trace(go.Scatter(
+            x=x[mask], y=data.loc[mask, response], mode="markers", name="data",
+            legendgroup="data", showlegend="data" not in shown,
+            marker={"color": DATA_COLOUR, "size": s["data_marker"], "opacity": 0.75},
+            hovertemplate=f"{esc(group)} {esc(g)}<br>%{{x}}, %{{y}}<extra></extra>"), row=r, col=c)
+        shown.add("data")
+        for method, style in METHODS.items():
+            row = estimates[(estimates["group"].astype(str) == str(g)) & (estimates["method"] == method)]
+            if row.empty:
+                continue
+            a, b = float(row["intercept"].iloc[0]), float(row["slope"].iloc[0])
+            if not (math.isfinite(a) and math.isfinite(b)):
+                note = str(row["note"].iloc[0]) if "note" in row and isinstance(row["note"].iloc[0], str) else ""
+                fig.add_annotation(text=esc(f"no {method}-pooling line" + (f": {note}" if note else "")),
+                                   xref="x domain", yref="y domain", x=0.02, y=0.02, showarrow=False,
+                                   xanchor="left", yanchor="bottom", row=r, col=c,
+                                   font={"size": max(10, s["font"] - 4), "color": style["colour"]})
+                continue
+            xs, ys = _line(a, b, x0, x1)
+            fig.add_trace(go.Scatter(
+                x=xs, y=ys, mode="lines+markers", name=style["label"], legendgroup=method,
+                showlegend=method not in shown, customdata=[[a, b, str(g)], [a, b, str(g)]],
+                meta={"method": method, "group": str(g)},
+                line={"color": style["colour"], "dash": style["dash"], "width": s["line"]},
+                marker={"symbol": style["symbol"], "size": s["marker"], "color": style["colour"]},
+                hovertemplate=(f"{style['label']}<br>{esc(g)}: intercept %{{customdata[0]:.4g}}, "
+                               "slope %{customdata[1]:.4g}<extra></extra>")), row=r, col=c)
+            shown.add(method)
+    fig.update_xaxes(title_text=None, showgrid=True)
+    fig.update_yaxes(title_text=None, showgrid=True)
+    for c in range(1, ncols + 1):
+        fig.update_xaxes(title_text=esc(predictor), row=nrows, col=c)
+    for r in range(1, nrows + 1):
+        fig.update_yaxes(title_text=esc(response), row=r, col=1)
+    return _layout(fig, lecture, height=110 + 230 * nrows)
+
+
+def pooling_means(data: pd.DataFrame, estimates: pd.DataFrame, response: str, group: str,
+                  groups: list, few: pd.Series, lecture: bool) -> go.Figure:
+    """Intercept-only pooling: per group its data, group mean (no pooling), lmer estimate
+    (partial pooling) and the grand mean (complete pooling), one row per group."""
+    s = sizes(lecture)
+    fig = go.Figure()
+    gcol = data[group].astype(str)
+    labels = {}
+    for g in groups:
+        rows = estimates[estimates["group"].astype(str) == str(g)]
+        count = int(rows["n"].iloc[0]) if len(rows) else 0
+        labels[str(g)] = f"{esc(g)} (n={count}){' ▲' if bool(few.get(str(g), False)) else ''}"
+    sub = data[gcol.isin([str(g) for g in groups])]
+    fig.add_trace(go.Scatter(
+        x=sub[response], y=[labels[str(v)] for v in sub[group].astype(str)], mode="markers",
+        name="data", marker={"color": DATA_COLOUR, "size": s["data_marker"], "opacity": 0.6},
+        hovertemplate="%{y}: %{x}<extra></extra>"))
+    for method, style in METHODS.items():
+        rows = estimates[(estimates["method"] == method) & estimates["group"].astype(str).isin(labels)]
+        if rows.empty:
+            continue
+        if method == "complete":
+            a = float(rows["intercept"].iloc[0])
+            fig.add_vline(x=a, line={"color": style["colour"], "dash": style["dash"], "width": s["line"]})
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=style["label"],
+                                     line={"color": style["colour"], "dash": style["dash"], "width": s["line"]},
+                                     customdata=[[a]], meta={"method": method}))
+            continue
+        fig.add_trace(go.Scatter(
+            x=rows["intercept"], y=[labels[str(v)] for v in rows["group"].astype(str)], mode="markers",
+            name=style["label"], customdata=rows[["intercept"]].to_numpy(), meta={"method": method},
+            marker={"symbol": style["symbol"], "size": s["marker"] + 4, "color": style["colour"],
+                    "line": {"width": 1, "color": "white"}},
+            hovertemplate=f"{style['label']}<br>%{{y}}: %{{x:.4g}}<extra></extra>"))
+    fig.update_yaxes(categoryorder="array", categoryarray=[labels[str(g)] for g in groups][::-1],
+                     title_text=esc(group))
+    fig.update_xaxes(title_text=esc(response), showgrid=True)
+    return _layout(fig, lecture, height=140 + 34 * len(groups))
+
+
+# ------------------------------------------------------------------ shrinkage
+
+
+def shrinkage_2d(estimates: pd.DataFrame, contours: pd.DataFrame | None, fixef: tuple, lecture: bool,
+                 predictor: str) -> go.Figure:
+    """Arrows from each group's no-pooling (intercept, slope) to its partial-pooling one,
+    over the contours of the fitted random-effects distribution."""
+    s = sizes(lecture)
+    fig = go.Figure()
+    if contours is not None and len(contours):
+        for i, (level, ring) in enumerate(contours.groupby("level", sort=True)):
+            fig.add_trace(go.Scatter(
+                x=ring["intercept"], y=ring["slope"], mode="lines", name="random-effects contours",
+                legendgroup="contours", showlegend=i == 0, meta={"level": float(level)},
+                line={"color": CONTOUR_COLOUR, "width": max(1.0, s["line"] / 2)},
+                hovertemplate=f"contour {float(level):g}<extra></extra>"))
+    no = estimates[estimates["method"] == "no"].set_index(estimates[estimates["method"] == "no"]["group"].astype(str))
+    part = estimates[estimates["method"] == "partial"]
+    part = part.set_index(part["group"].astype(str))
+    both = [g for g in part.index if g in no.index
+            and np.isfinite(no.loc[g, "intercept"]) and np.isfinite(no.loc[g, "slope"])]
+    lonely = [g for g in part.index if g not in both]
+    for g in both:
+        fig.add_annotation(x=part.loc[g, "intercept"], y=part.loc[g, "slope"], ax=no.loc[g, "intercept"],
+                           ay=no.loc[g, "slope"], xref="x", yref="y", axref="x", ayref="y", text="",
+                           showarrow=True, arrowhead=2, arrowsize=1.2, arrowwidth=max(1.0, s["line"] / 1.6),
+                           arrowcolor="#888888", standoff=s["marker"] / 2)
+    nost = METHODS["no"]
+    fig.add_trace(go.Scatter(
+        x=no.loc[both, "intercept"], y=no.loc[both, "slope"], mode="markers", name=nost["label"],
+        text=[esc(g) for g in both], customdata=np.array(both, dtype=object).reshape(-1, 1),
+        meta={"method": "no"},
+        marker={"symbol": nost["symbol"], "size": s["marker"], "color": nost["colour"]},
+        hovertemplate="%{text}: intercept %{x:.4g}, slope %{y:.4g}<extra>no pooling</extra>"))
+    pst = METHODS["partial"]
+    fig.add_trace(go.Scatter(
+        x=part["intercept"], y=part["slope"], mode="markers+text", name=pst["label"],
+        text=[esc(g) if g in lonely else "" for g in part.index], textposition="top center",
+        customdata=np.array(list(part.index), dtype=object).reshape(-1, 1), meta={"method": "partial"},
+        marker={"symbol": pst["symbol"], "size": s["marker"] + 2, "color": pst["colour"]},
+        textfont={"size": s["font"], "color": pst["colour"]},
+        hovertemplate="%{customdata[0]}: intercept %{x:.4g}, slope %{y:.4g}<extra>partial pooling</extra>"))
+    comp = estimates[estimates["method"] == "complete"]
+    if len(comp):
+        cst = METHODS["complete"]
+        fig.add_trace(go.Scatter(
+            x=[float(comp["intercept"].iloc[0])], y=[float(comp["slope"].iloc[0])], mode="markers",
+            name=cst["label"], meta={"method": "complete"},
+            marker={"symbol": cst["symbol"], "size": s["marker"] + 8, "color": cst["colour"],
+                    "line": {"width": 2, "color": "black"}}))
+    fig.add_trace(go.Scatter(
+        x=[fixef[0]], y=[fixef[1]], mode="markers", name=FIXED["label"], meta={"method": "fixed"},
+        marker={"symbol": FIXED["symbol"], "size": s["marker"] + 8, "color": FIXED["colour"],
+                "line": {"width": 2}}))
+    fig.update_xaxes(title_text="intercept", showgrid=True)
+    fig.update_yaxes(title_text=f"slope of {esc(predictor)}", showgrid=True)
+    return _layout(fig, lecture, height=620)
+
+
+def shrinkage_1d(estimates: pd.DataFrame, grand: float, lecture: bool, group: str,
+                 column: str = "intercept") -> go.Figure:
+    """One-coefficient shrinkage: each group's no-pooling estimate to its partial-pooling
+    estimate, arrows toward the fixed effect; rows labelled with the group size."""
+    s = sizes(lecture)
+    no = estimates[estimates["method"] == "no"]
+    no = no.set_index(no["group"].astype(str))
+    part = estimates[estimates["method"] == "partial"]
+    part = part.set_index(part["group"].astype(str))
+    order = list(part.sort_values(column).index)
+    labels = {g: f"{esc(g)} (n={int(part.loc[g, 'n'])})" for g in order}
+    fin = [g for g in order if g in no.index and np.isfinite(no.loc[g, column])]
+    fig = go.Figure()
+    for g in fin:
+        fig.add_annotation(x=part.loc[g, column], y=labels[g], ax=no.loc[g, column],
+                           ay=labels[g], xref="x", yref="y", axref="x", ayref="y", text="",
+                           showarrow=True, arrowhead=2, arrowwidth=max(1.0, s["line"] / 1.6),
+                           arrowcolor="#888888", standoff=s["marker"] / 2)
+    nost, pst = METHODS["no"], METHODS["partial"]
+    fig.add_trace(go.Scatter(
+        x=no.loc[fin, column], y=[labels[g] for g in fin], mode="markers", name=nost["label"],
+        customdata=np.array(fin, dtype=object).reshape(-1, 1), meta={"method": "no"},
+        marker={"symbol": nost["symbol"], "size": s["marker"] + 2, "color": nost["colour"]},
+        hovertemplate="%{y}: %{x:.4g}<extra>no pooling</extra>"))
+    fig.add_trace(go.Scatter(
+        x=part.loc[order, column], y=[labels[g] for g in order], mode="markers", name=pst["label"],
+        customdata=np.array(order, dtype=object).reshape(-1, 1), meta={"method": "partial"},
+        marker={"symbol": pst["symbol"], "size": s["marker"] + 4, "color": pst["colour"]},
+        hovertemplate="%{y}: %{x:.4g}<extra>partial pooling</extra>"))
+    fig.add_vline(x=grand, line={"color": FIXED["colour"], "width": s["line"] / 1.5})
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"fixed effect (average {column})",
+                             line={"color": FIXED["colour"], "width": s["line"] / 1.5}))
+    fig.update_yaxes(categoryorder="array", categoryarray=[labels[g] for g in order], title_text=esc(group))
+    fig.update_xaxes(title_text=column, showgrid=True)
+    return _layout(fig, lecture, height=140 + 32 * len(order))
+
+
+# ------------------------------------------------------------------ model diagnostics
+
+
+def fitted_pairs(panels: dict, kind: str, response: str, lecture: bool) -> go.Figure:
+    """Side-by-side panels for lm and lmer: ``kind`` "observed" (observed vs fitted, with
+    the y = x line) or "residuals" (residuals vs fitted, with y = 0)."""
+    s = sizes(lecture)
+    names = list(panels)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[esc(n) for n in names],
+                        horizontal_spacing=0.08)
+    for i, name in enumerate(names, start=1):
+        fitted, observed, residuals = panels[name]
+        y = observed if kind == "observed" else residuals
+        colour = MODEL_COLOURS.get(name.split()[0], OKABE_ITO["blue"])
+        fig.add_trace(go.Scatter(x=fitted, y=y, mode="markers", name=esc(name), showlegend=False,
+                                 marker={"color": colour, "size": s["data_marker"], "opacity": 0.7}),
+                      row=1, col=i)
+        lo, hi = float(np.nanmin(fitted)), float(np.nanmax(fitted))
+        if kind == "observed":
+            lo2, hi2 = min(lo, float(np.nanmin(y))), max(hi, float(np.nanmax(y)))
+            fig.add_trace(go.Scatter(x=[lo2, hi2], y=[lo2, hi2], mode="lines", showlegend=False,
+                                     line={"color": "black", "dash": "dash", "width": s["line"] / 1.5}),
+                          row=1, col=i)
+        else:
+            fig.add_hline(y=0, line={"color": "black", "dash": "dash", "width": s["line"] / 1.5}, row=1, col=i)
+        fig.update_xaxes(title_text="fitted", row=1, col=i, showgrid=True)
+        fig.update_yaxes(title_text=esc(response) if kind == "observed" else "residual", row=1, col=i,
+                         showgrid=True)
+    return _layout(fig, lecture, height=420)
+
+
+def qq_plot(qq: dict, lecture: bool) -> go.Figure:
+    """Normal Q-Q plot of residuals (points from ``lmmcore.teaching.qq_points``)."""
+    s = sizes(lecture)
+    t, r = qq["theoretical"], qq["sample"]
+    a, b = qq["line"]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=t, y=r, mode="markers", name="residuals",
+                             marker={"color": OKABE_ITO["vermillion"], "size": s["data_marker"]}))
+    fig.add_trace(go.Scatter(x=[t[0], t[-1]], y=[a + b * t[0], a + b * t[-1]], mode="lines",
+                             name="through the quartiles", line={"color": "black", "width": s["line"] / 1.5}))
+    fig.update_xaxes(title_text="normal quantiles", showgrid=True)
+    fig.update_yaxes(title_text="residual quantiles", showgrid=True)
+    return _layout(fig, lecture, height=420)
+
+
+def caterpillar_plot(table: pd.DataFrame, group: str, lecture: bool) -> go.Figure:
+    """Random effects with conditional intervals, one panel per term, levels sorted."""
+    s = sizes(lecture)
+    terms = list(dict.fromkeys(table["term"]))
+    fig = make_subplots(rows=1, cols=len(terms), subplot_titles=[esc(t) for t in terms],
+                        horizontal_spacing=0.08)
+    for i, term in enumerate(terms, start=1):
+        t = table[table["term"] == term]
+        fig.add_trace(go.Scatter(
+            x=t["estimate"], y=[esc(v) for v in t["level"]], mode="markers", showlegend=False,
+            error_x={"type": "data", "symmetric": False, "array": t["upper"] - t["estimate"],
+                     "arrayminus": t["estimate"] - t["lower"], "thickness": s["line"] / 1.5,
+                     "color": OKABE_ITO["blue"]},
+            marker={"color": OKABE_ITO["vermillion"], "size": s["marker"], "symbol": "diamond"},
+            hovertemplate="%{y}: %{x:.4g}<extra></extra>"), row=1, col=i)
+        fig.add_vline(x=0, line={"color": "black", "dash": "dash", "width": 1}, row=1, col=i)
+        fig.update_yaxes(categoryorder="array", categoryarray=[esc(v) for v in t["level"]], row=1, col=i,
+                         title_text=esc(group) if i == 1 else None)
+        fig.update_xaxes(showgrid=True, row=1, col=i)
+    n = table["level"].nunique()
+    return _layout(fig, lecture, height=160 + 20 * n)

@@ -1,0 +1,151 @@
+"""The dataset a student is working on: built-in or uploaded, with their column choices.
+
+:func:`active` returns it as an :class:`ActiveData` (the table with the student's column
+types applied, plus the arguments lmmcore's fitting functions take).  Uploads are read
+by ``lmmcore.load_table`` inside the uploader's callback and kept in this session's
+state only: never on disk, never in a shared cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import pandas as pd
+import streamlit as st
+
+import lmmcore
+from lmmcore import teaching
+from explorer import state as S
+from explorer.datasets import CATALOGUE, DEFAULT_KEY, read_bytes
+from explorer.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def load_builtin(key: str) -> pd.DataFrame:
+    """A built-in dataset read through lmmcore's loader (shared: the files are public)."""
+    d = CATALOGUE[key]
+    return lmmcore.load_table(read_bytes(key), d.file)
+
+
+@dataclass(frozen=True)
+class ActiveData:
+    """The current table and how its columns are treated.
+
+    Attributes
+    ----------
+    key : str
+        CATALOGUE key, ``"upload"`` or ``"long"``.
+    label, file : str
+        Display name and file name (user text for uploads: escape before rendering).
+    df : DataFrame
+        The table with the student's types applied (categorical columns as text).
+    types : dict
+        Column -> ``"numeric"`` / ``"categorical"``.
+    reference : dict
+        Column -> chosen reference level.
+    """
+
+    key: str
+    label: str
+    file: str
+    df: pd.DataFrame = field(repr=False)
+    types: dict
+    reference: dict
+
+    @property
+    def categorical(self) -> tuple:
+        return tuple(c for c, t in self.types.items() if t == "categorical")
+
+    @property
+    def numeric(self) -> tuple:
+        return tuple(c for c, t in self.types.items() if t == "numeric")
+
+    def fit_kwargs(self) -> dict:
+        """Keyword arguments for ``lmmcore.lmer`` / ``lmmcore.lm``."""
+        ref = {c: v for c, v in self.reference.items() if c in self.types and self.types[c] == "categorical"}
+        return {"categorical": list(self.categorical), "numeric": list(self.numeric),
+                "reference_levels": ref or None}
+
+
+def _raw(key: str) -> tuple[pd.DataFrame, str, str, tuple]:
+    if key in CATALOGUE:
+        d = CATALOGUE[key]
+        return load_builtin(key), d.title, d.file, d.categorical
+    user = st.session_state[S.DATA_USER][key]
+    return user["df"], user["label"], user["file"], ()
+
+
+def options() -> list:
+    """Keys the sidebar picker offers: the catalogue, then this session's own tables."""
+    return list(CATALOGUE) + [k for k in ("upload", "long") if k in st.session_state.get(S.DATA_USER, {})]
+
+
+def label(key: str) -> str:
+    if key in CATALOGUE:
+        return CATALOGUE[key].title
+    user = st.session_state.get(S.DATA_USER, {}).get(key)
+    return f"{'your file' if key == 'upload' else 'reshaped'}: {user['label']}" if user else key
+
+
+def active() -> ActiveData:
+    """The dataset picked in the sidebar, with the student's types and reference levels."""
+    key = st.session_state[S.DATA_KEY]
+    if key not in options():
+        key = DEFAULT_KEY
+    df, name, file, categorical = _raw(key)
+    overrides = st.session_state[S.DATA_TYPES].get(key)
+    types = teaching.column_types(df, categorical, overrides)
+    try:
+        typed = teaching.apply_types(df, types)
+    except lmmcore.LmmError:
+        # The switch callback refuses impossible types; this only guards stale state.
+        types = teaching.column_types(df, categorical)
+        typed = teaching.apply_types(df, types)
+    reference = dict(st.session_state[S.DATA_REFERENCE].get(key, {}))
+    return ActiveData(key, name, file, typed, types, reference)
+
+
+def store_user_table(slot: str, df: pd.DataFrame, name: str, file: str) -> None:
+    """Keep a student's table in this session and make it the current dataset."""
+    st.session_state[S.DATA_USER] = {**st.session_state[S.DATA_USER], slot: {"df": df, "label": name, "file": file}}
+    st.session_state[S.DATA_TYPES].pop(slot, None)
+    st.session_state[S.DATA_REFERENCE].pop(slot, None)
+    st.session_state[S.DATA_KEY] = slot
+    types = teaching.column_types(df)
+    S.reset_for_dataset(slot, teaching.guess_roles(df, types))
+
+
+def on_upload() -> None:
+    """File-uploader callback: read the file with lmmcore's loader, within the limits."""
+    ss = st.session_state
+    uploaded = ss.get(S.DATA_UPLOADER)
+    ss[S.DATA_UPLOAD_ERROR] = None
+    if uploaded is None:
+        return
+    settings = load_settings()
+    try:
+        data = uploaded.getvalue()
+        df = lmmcore.load_table(data, uploaded.name, max_bytes=settings.max_upload_bytes,
+                                max_rows=settings.max_rows, max_columns=settings.max_columns)
+    except lmmcore.LmmError as exc:
+        ss[S.DATA_UPLOAD_ERROR] = str(exc)
+        return
+    except Exception:  # a loader bug must not become a traceback on the page
+        log.exception("reading an uploaded file failed")
+        ss[S.DATA_UPLOAD_ERROR] = "This file could not be read. Save it as CSV (UTF-8) and try again."
+        return
+    store_user_table("upload", df, uploaded.name, uploaded.name)
+
+
+def on_dataset_change() -> None:
+    """Sidebar-picker callback: the new dataset's suggested formula and pooling columns."""
+    key = st.session_state[S.DATA_KEY]
+    if key in CATALOGUE:
+        S.reset_for_dataset(key)
+    else:
+        user = st.session_state[S.DATA_USER].get(key)
+        if user is not None:
+            S.reset_for_dataset(key, teaching.guess_roles(user["df"], teaching.column_types(user["df"])))

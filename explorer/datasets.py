@@ -1,0 +1,105 @@
+"""The catalogue of built-in datasets: file, description, column roles and suggested model.
+
+One entry per dataset in ``data/``.  The roles (``response``, ``predictor``, ``group``)
+are the defaults of the pooling and shrinkage pages; ``paired`` marks a two-condition
+within-group design for the paired t-test comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    """One built-in dataset.
+
+    Attributes
+    ----------
+    key : str
+        Short name used in the URL (``?dataset=sleepstudy``).
+    file : str
+        CSV file name in ``data/``.
+    title : str
+        Name shown in the picker.
+    description : str
+        One line for students.
+    categorical : tuple of str
+        Columns to treat as categorical (grouping columns stored as numbers included).
+    formula : str
+        Suggested lme4 formula.
+    response, predictor, group : str or None
+        Defaults for the pooling pages (``predictor`` None: intercept-only comparison).
+    """
+
+    key: str
+    file: str
+    title: str
+    description: str
+    categorical: tuple
+    formula: str
+    response: str
+    predictor: str | None
+    group: str
+
+    @property
+    def path(self) -> Path:
+        return DATA_DIR / self.file
+
+
+_ALL = (
+    BuiltinDataset(
+        "sleepstudy_fake", "sleepstudy_fake.csv", "sleepstudy + 2 incomplete subjects",
+        "Reaction times over 10 days of sleep deprivation, 18 subjects plus subject 374 "
+        "(2 days) and 373 (1 day): partial pooling for groups with little data.",
+        ("Subject",), "Reaction ~ Days + (Days | Subject)", "Reaction", "Days", "Subject"),
+    BuiltinDataset(
+        "sleepstudy", "sleepstudy.csv", "sleepstudy",
+        "Reaction times (ms) over 10 days of sleep deprivation, 18 subjects (lme4).",
+        ("Subject",), "Reaction ~ Days + (Days | Subject)", "Reaction", "Days", "Subject"),
+    BuiltinDataset(
+        "df_original", "df_original.csv", "df_original (paired conditions)",
+        "20 participants measured in 2 conditions: ignoring the dependence (lm) vs "
+        "modelling it (lmer), which equals a paired t-test.",
+        ("participant", "condition"), "value ~ condition + (1 | participant)",
+        "value", None, "participant"),
+    BuiltinDataset(
+        "dyestuff", "Dyestuff.csv", "Dyestuff",
+        "Yield of dyestuff from 6 batches, 5 samples each: one random intercept (lme4).",
+        ("Batch",), "Yield ~ 1 + (1 | Batch)", "Yield", None, "Batch"),
+    BuiltinDataset(
+        "dyestuff2", "Dyestuff2.csv", "Dyestuff2 (singular fit)",
+        "Simulated yields, 6 batches: the batch variance is estimated as 0 (a singular fit).",
+        ("Batch",), "Yield ~ 1 + (1 | Batch)", "Yield", None, "Batch"),
+    BuiltinDataset(
+        "penicillin", "Penicillin.csv", "Penicillin (crossed)",
+        "Inhibition zone diameters: 24 plates crossed with 6 penicillin samples (lme4).",
+        ("plate", "sample"), "diameter ~ 1 + (1 | plate) + (1 | sample)",
+        "diameter", None, "plate"),
+    BuiltinDataset(
+        "pastes", "Pastes.csv", "Pastes (nested)",
+        "Paste strength: 3 casks nested in each of 10 batches, 2 assays each (lme4).",
+        ("batch", "cask", "sample"), "strength ~ 1 + (1 | batch/cask)",
+        "strength", None, "batch"),
+    BuiltinDataset(
+        "orthodont", "Orthodont.csv", "Orthodont",
+        "Jaw growth (distance, mm) of 27 children from age 8 to 14, by sex (nlme).",
+        ("Subject", "Sex"), "distance ~ age + Sex + (age | Subject)",
+        "distance", "age", "Subject"),
+    BuiltinDataset(
+        "chickweight", "ChickWeight.csv", "ChickWeight",
+        "Weights of 50 chicks on 4 diets over 21 days, unbalanced (R datasets).",
+        ("Chick", "Diet"), "weight ~ Time * Diet + (Time | Chick)",
+        "weight", "Time", "Chick"),
+)
+
+CATALOGUE: dict[str, BuiltinDataset] = {d.key: d for d in _ALL}
+DEFAULT_KEY = "sleepstudy_fake"
+
+
+def read_bytes(key: str) -> bytes:
+    """The raw bytes of a built-in dataset's CSV file."""
+    return CATALOGUE[key].path.read_bytes()

@@ -1,0 +1,84 @@
+"""Fits for the pages: cached per session inputs, large ones in a worker process, errors as messages.
+
+``st.cache_data`` keys each fit on the table's content, the formula and the options, so a
+page switch or a rerun does not refit; ``max_entries`` bounds the memory.  A table with
+at least ``worker_min_rows`` rows is fitted by ``lmmcore.worker.fit_in_worker`` with the
+course's time limit.  :func:`guard` turns any failure into a message on the page.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import pandas as pd
+import streamlit as st
+
+import lmmcore
+from explorer.escape import md
+from explorer.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+GENERIC_ERROR = ("Something went wrong while computing this. Try another model or dataset; "
+                 "if it keeps happening, tell your lecturer what you did.")
+
+
+@contextmanager
+def guard(what: str = "this"):
+    """Show an lmmcore error's message, or a short generic message for anything else.
+
+    Streamlit's own control flow (rerun, stop) derives from BaseException and passes.
+    """
+    try:
+        yield
+    except lmmcore.LmmError as exc:
+        st.error(md(str(exc)), icon="⚠️")
+    except Exception:
+        log.exception("unexpected error in %s", what)
+        st.error(GENERIC_ERROR, icon="⚠️")
+
+
+def _kwargs(kind: str, reml: bool, categorical, numeric, reference) -> dict:
+    kw = {"categorical": list(categorical) or None, "numeric": list(numeric) or None,
+          "reference_levels": dict(reference) or None}
+    if kind == "lmer":
+        kw["reml"] = reml
+    return {k: v for k, v in kw.items() if v is not None or k == "reml"}
+
+
+@st.cache_data(max_entries=48, show_spinner=False)
+def _fit(kind: str, formula: str, df: pd.DataFrame, reml: bool, categorical: tuple, numeric: tuple,
+         reference: tuple, data_name: str | None = None):
+    kw = _kwargs(kind, reml, categorical, numeric, reference)
+    if kind == "lmer" and data_name:
+        kw["data_name"] = data_name
+    settings = load_settings()
+    if len(df) >= settings.worker_min_rows:
+        from lmmcore.worker import fit_in_worker
+        return fit_in_worker(kind, formula, df, timeout=settings.fit_timeout_s, **kw)
+    fn = lmmcore.lmer if kind == "lmer" else lmmcore.lm
+    return fn(formula, df, **kw)
+
+
+def fit(kind: str, formula: str, data, reml: bool = True):
+    """Fit ``kind`` ("lmer" or "lm") to an :class:`explorer.data.ActiveData`; cached.
+
+    Raises ``lmmcore.LmmError`` with a student-readable message on bad input.
+    """
+    kw = data.fit_kwargs()
+    ref = tuple(sorted((kw["reference_levels"] or {}).items()))
+    # lme4 prints "Data: <name>": the dataset's key for built-ins, "data" for a student's file.
+    name = data.key if data.key not in ("upload", "long") else "data"
+    return _fit(kind, formula, data.df, bool(reml) if kind == "lmer" else True,
+                tuple(kw["categorical"]), tuple(kw["numeric"]), ref, name)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _pooling(df: pd.DataFrame, response: str, predictor, group: str, random: str) -> pd.DataFrame:
+    return lmmcore.pooling_estimates(df, response, predictor, group, random=random)
+
+
+def pooling(data, response: str, predictor, group: str, random: str) -> pd.DataFrame:
+    """``lmmcore.pooling_estimates`` on the current table; cached."""
+    return _pooling(data.df, response, predictor, group, random)

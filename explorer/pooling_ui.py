@@ -1,0 +1,62 @@
+"""The column pickers shared by the pooling and shrinkage pages (same keys on both)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from explorer import state as S
+from explorer.escape import md
+
+RANDOM_LABELS = {"intercept+slope": "intercept and slope", "intercept": "intercept only",
+                 "slope": "slope only"}
+
+
+def controls(data) -> tuple | None:
+    """Response, predictor (None for intercept only), group and random part, from widgets.
+
+    Returns None (after saying why) when the table has no numeric response or no
+    categorical grouping column.
+    """
+    ss = st.session_state
+    numeric = list(data.numeric)
+    groups = [c for c in data.categorical if 1 < data.df[c].nunique() < len(data.df)]
+    if not numeric or not groups:
+        st.warning("These pages need a numeric response and a categorical grouping column. "
+                   "Switch column types on the Dataset page.")
+        return None
+    if ss.get(S.POOL_RESPONSE) not in numeric:
+        ss[S.POOL_RESPONSE] = numeric[-1]
+    if ss.get(S.POOL_GROUP) not in groups:
+        ss[S.POOL_GROUP] = groups[0]
+    c1, c2, c3, c4 = st.columns(4)
+    response = c1.selectbox("Response", numeric, key=S.POOL_RESPONSE)
+    predictors = [S.NO_PREDICTOR] + [c for c in numeric if c != response]
+    if ss.get(S.POOL_PREDICTOR) not in predictors:
+        ss[S.POOL_PREDICTOR] = predictors[1] if len(predictors) > 1 else S.NO_PREDICTOR
+    predictor = c2.selectbox("Numeric predictor", predictors, key=S.POOL_PREDICTOR)
+    group = c3.selectbox("Grouping factor", groups, key=S.POOL_GROUP)
+    if predictor == S.NO_PREDICTOR:
+        ss[S.POOL_RANDOM] = "intercept"
+        c4.selectbox("Random part", ["intercept"], key=S.POOL_RANDOM, format_func=RANDOM_LABELS.get,
+                     disabled=True)
+        predictor = None
+    else:
+        if ss.get(S.POOL_RANDOM) not in RANDOM_LABELS:
+            ss[S.POOL_RANDOM] = "intercept+slope"
+        c4.selectbox("Random part", list(RANDOM_LABELS), key=S.POOL_RANDOM, format_func=RANDOM_LABELS.get)
+    random = ss[S.POOL_RANDOM]
+    return response, predictor, group, random
+
+
+def model_text(response: str, predictor, group: str, random: str) -> str:
+    """The partial-pooling model in lme4 syntax, for the page's caption."""
+    from lmmcore.formula import compose_formula
+
+    kind = {"intercept+slope": "both", "intercept": "intercept", "slope": "slope"}[random]
+    return compose_formula(response, fixed=(predictor,) if predictor else (), groups=(group,),
+                           random=kind, slope=predictor)
+
+
+def describe(response, predictor, group, random) -> None:
+    st.caption("Partial pooling is the lmer fit `" + md(model_text(response, predictor, group, random))
+               .replace("`", "") + "`")

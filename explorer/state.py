@@ -1,0 +1,152 @@
+"""Session state of one student: every key, its default, and the shareable URL query.
+
+All keys are initialised here, in :func:`init`, called once at the top of every run by
+``app.py``.  Keys are namespaced by page (``data.*``, ``model.*``, ``pool.*``,
+``app.*``).  Widgets whose value must survive a page switch are listed in
+``PERSISTENT``: Streamlit drops a widget's state when a run does not draw it, so
+:func:`init` writes those values back each run (Streamlit's documented pattern).
+
+The URL query carries ``dataset``, ``formula`` and ``lecture``: read on a session's first
+run, written back whenever they change, so a lecturer can post a link to a view.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import streamlit as st
+
+from explorer.datasets import CATALOGUE, DEFAULT_KEY
+
+# ----------------------------------------------------------------------- keys
+APP_READY = "app.ready"              # init() has run in this session
+APP_LECTURE = "app.lecture"          # sidebar toggle: lecture mode
+APP_IMAGE_FORMAT = "app.image_format"  # "png" or "svg": what the charts' camera button saves
+APP_ACCESS_OK = "app.access_ok"      # the access code was entered
+APP_ACCESS_INPUT = "app.access_input"
+APP_QUERY = "app.query"              # the query last written to the URL
+
+DATA_KEY = "data.key"                # sidebar picker: a CATALOGUE key, "upload" or "long"
+DATA_USER = "data.user"              # {"upload"|"long": {"label", "file", "df"}} this session only
+DATA_TYPES = "data.types"            # {dataset key: {column: "numeric"|"categorical"}}
+DATA_REFERENCE = "data.reference"    # {dataset key: {column: reference level}}
+DATA_UPLOADER = "data.uploader"
+DATA_UPLOAD_ERROR = "data.upload_error"
+
+MODEL_FORMULA = "model.formula"      # the formula box (text)
+MODEL_METHOD = "model.method"        # "REML" or "ML"
+MODEL_SAVED = "model.saved"          # {name: {"formula", "reml", "kind", "dataset"}}
+MODEL_SAVE_NAME = "model.save_name"
+MODEL_SAVE_KIND = "model.save_kind"
+MODEL_COMPARE = "model.compare"
+
+BUILD_PREFIX = "build."              # builder widgets: build.response, build.fixed, ...
+
+POOL_RESPONSE = "pool.response"
+POOL_PREDICTOR = "pool.predictor"
+POOL_GROUP = "pool.group"
+POOL_RANDOM = "pool.random"          # "intercept+slope", "intercept", "slope"
+POOL_SELECTED = "pool.selected"      # groups picked to show (empty: page through all)
+POOL_SORT = "pool.sort"
+POOL_PAGE = "pool.page"
+
+NO_PREDICTOR = "(none: intercept only)"
+
+PERSISTENT = (
+    MODEL_FORMULA, MODEL_METHOD, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP, POOL_RANDOM,
+    POOL_SELECTED, POOL_SORT, POOL_PAGE, APP_IMAGE_FORMAT,
+)
+
+
+def _catalogue_defaults(key: str) -> dict:
+    d = CATALOGUE[key]
+    return {
+        MODEL_FORMULA: d.formula,
+        POOL_RESPONSE: d.response,
+        POOL_PREDICTOR: d.predictor or NO_PREDICTOR,
+        POOL_GROUP: d.group,
+        POOL_RANDOM: "intercept+slope" if d.predictor else "intercept",
+        POOL_SELECTED: [],
+        POOL_SORT: "name",
+        POOL_PAGE: 1,
+    }
+
+
+def init() -> None:
+    """Give every key its default (first run of a session: from the URL query) and keep
+    persistent widget values alive across pages.  Call first thing in every run."""
+    ss = st.session_state
+    if not ss.get(APP_READY):
+        query = {k: st.query_params.get(k) for k in ("dataset", "formula", "lecture")}
+        key = query["dataset"] if query["dataset"] in CATALOGUE else DEFAULT_KEY
+        ss[DATA_KEY] = key
+        ss[DATA_USER] = {}
+        ss[DATA_TYPES] = {}
+        ss[DATA_REFERENCE] = {}
+        ss[DATA_UPLOAD_ERROR] = None
+        ss[MODEL_METHOD] = "REML"
+        ss[MODEL_SAVED] = {}
+        ss[APP_LECTURE] = query["lecture"] in ("1", "true", "yes")
+        ss[APP_IMAGE_FORMAT] = "png"
+        ss[APP_ACCESS_OK] = False
+        ss[APP_QUERY] = None
+        for k, v in _catalogue_defaults(key).items():
+            ss[k] = v
+        if query["formula"]:
+            # Only the first 2,000 characters: a link is not the place for a huge formula,
+            # and lmmcore checks the rest.
+            ss[MODEL_FORMULA] = str(query["formula"])[:2000]
+        ss[APP_READY] = True
+    for k in PERSISTENT:
+        if k in ss:
+            ss[k] = ss[k]
+
+
+def reset_for_dataset(key: str, guessed: dict | None = None) -> None:
+    """Set the formula and pooling choices to a dataset's suggestions (after a switch).
+
+    ``guessed`` (from ``lmmcore.teaching.guess_roles``) stands in for the catalogue entry
+    of an uploaded table.  Safe in a callback, before the widgets are drawn.
+    """
+    ss = st.session_state
+    if key in CATALOGUE:
+        values = _catalogue_defaults(key)
+    else:
+        g = guessed or {}
+        values = {
+            MODEL_FORMULA: g.get("formula") or "",
+            POOL_RESPONSE: g.get("response"),
+            POOL_PREDICTOR: g.get("predictor") or NO_PREDICTOR,
+            POOL_GROUP: g.get("group"),
+            POOL_RANDOM: "intercept+slope" if g.get("predictor") else "intercept",
+            POOL_SELECTED: [], POOL_SORT: "name", POOL_PAGE: 1,
+        }
+    for k, v in values.items():
+        ss[k] = v
+    for k in list(ss.keys()):
+        if str(k).startswith(BUILD_PREFIX):
+            del ss[k]
+
+
+def share_query() -> dict:
+    """The URL query of the current view: built-in dataset, formula, lecture mode."""
+    ss = st.session_state
+    q = {}
+    if ss.get(DATA_KEY) in CATALOGUE:
+        q["dataset"] = ss[DATA_KEY]
+        formula = (ss.get(MODEL_FORMULA) or "").strip()
+        if formula and formula != CATALOGUE[ss[DATA_KEY]].formula:
+            q["formula"] = formula
+    if ss.get(APP_LECTURE):
+        q["lecture"] = "1"
+    return q
+
+
+def write_query() -> str:
+    """Write the current view into the URL (only when it changed); return the query text."""
+    q = share_query()
+    # Compared with the URL itself, not a remembered copy: a page switch may clear it.
+    if st.query_params.to_dict() != q:
+        st.query_params.from_dict(q)
+    st.session_state[APP_QUERY] = q
+    return urlencode(q)

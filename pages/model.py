@@ -1,0 +1,316 @@
+"""Model builder page: formula box and builder, lmer and lm fits, lme4's output, saved
+models with anova, diagnostic plots, the paired t-test link and "reproduce this"."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import lmmcore
+from lmmcore import teaching
+from lmmcore.compare import format_anova
+from lmmcore.formula import compose_formula
+from explorer import charts
+from explorer import data as D
+from explorer import state as S
+from explorer.escape import md
+from explorer.fitting import fit, guard
+
+B_RESPONSE, B_FIXED, B_INTERACTION = "build.response", "build.fixed", "build.interaction"
+B_GROUPS, B_RANDOM, B_SLOPE, B_GROUPING = "build.groups", "build.random", "build.slope", "build.grouping"
+B_APPLY, B_ERROR = "build.apply", "build.error"
+K_SAVE = "model.save"
+K_RANEF_GROUP = "model.ranef_group"
+K_CAT_GROUP = "model.caterpillar_group"
+
+RANDOM_LABELS = {"intercept": "intercept (1 | g)", "slope": "slope only (0 + x | g)",
+                 "both": "intercept and slope (x | g)", "uncorrelated": "both, uncorrelated (x || g)"}
+
+
+# ------------------------------------------------------------------ formula and builder
+
+def _clear_builder() -> None:
+    for k in list(st.session_state.keys()):
+        if str(k).startswith(S.BUILD_PREFIX):
+            del st.session_state[k]
+
+
+def _apply_builder() -> None:
+    ss = st.session_state
+    try:
+        text = compose_formula(
+            ss[B_RESPONSE], fixed=tuple(ss[B_FIXED]), interaction=bool(ss[B_INTERACTION]),
+            groups=tuple(ss[B_GROUPS]), random=ss[B_RANDOM], slope=ss.get(B_SLOPE) or None,
+            grouping=ss[B_GROUPING])
+    except lmmcore.LmmError as exc:
+        ss[B_ERROR] = str(exc)
+        return
+    ss[B_ERROR] = None
+    ss[S.MODEL_FORMULA] = text
+
+
+def _builder(data) -> None:
+    ss = st.session_state
+    cols = list(data.df.columns)
+    numeric = [c for c in data.numeric]
+    categorical = [c for c in data.categorical]
+    choice = teaching.builder_choices(ss.get(S.MODEL_FORMULA, "")) or {}
+    defaults = {
+        B_RESPONSE: choice.get("response") if choice.get("response") in numeric else (numeric[-1] if numeric else None),
+        B_FIXED: [c for c in choice.get("fixed", []) if c in cols],
+        B_INTERACTION: bool(choice.get("interaction", False)),
+        B_GROUPS: [c for c in choice.get("groups", []) if c in categorical],
+        B_RANDOM: choice.get("random", "intercept"),
+        B_SLOPE: choice.get("slope"),
+        B_GROUPING: choice.get("grouping", "crossed"),
+    }
+    for k, v in defaults.items():
+        if k not in ss:
+            ss[k] = v
+    with st.expander("Build the formula with menus", expanded=False):
+        c1, c2, c3 = st.columns(3)
+        with c1:
+            st.selectbox("Response", numeric, key=B_RESPONSE)
+            st.multiselect("Fixed effects", [c for c in cols if c != ss.get(B_RESPONSE)], key=B_FIXED)
+            st.checkbox("With all interactions (a * b)", key=B_INTERACTION)
+        with c2:
+            st.multiselect("Grouping factor(s)", categorical, key=B_GROUPS)
+            st.radio("Several groups are", ["crossed", "nested"], key=B_GROUPING, horizontal=True,
+                     help="crossed: (1 | a) + (1 | b); nested: (1 | a/b), b within a (first one outermost)")
+        with c3:
+            st.radio("Random effects", list(RANDOM_LABELS), key=B_RANDOM, format_func=RANDOM_LABELS.get)
+            slopes = [c for c in ss.get(B_FIXED, []) if c in numeric]
+            if ss.get(B_SLOPE) not in slopes:
+                ss[B_SLOPE] = slopes[0] if slopes else None
+            st.selectbox("Random slope of", slopes, key=B_SLOPE,
+                         disabled=ss.get(B_RANDOM) == "intercept" or not slopes)
+        st.button("Write this formula", key=B_APPLY, on_click=_apply_builder, type="primary")
+        if ss.get(B_ERROR):
+            st.error(md(ss[B_ERROR]))
+
+
+def _formula_error(text: str, exc: lmmcore.FormulaError) -> None:
+    st.error(md(str(exc)), icon="⚠️")
+    pos = getattr(exc, "position", None)
+    if pos is not None and 0 <= pos <= len(text) and len(text) <= 400:
+        st.code(text + "\n" + " " * pos + "^ here", language=None)
+
+
+# ------------------------------------------------------------------ results
+
+def _messages(fitted, kind: str) -> None:
+    for msg in getattr(fitted, "messages", ()) or ():
+        st.warning(f"**{kind}:** " + md(msg), icon="⚠️")
+
+
+def _tables(data, mixed, linear) -> None:
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Fixed effects** (lmer)" if mixed is not None else "**Coefficients** (lm)")
+        if mixed is not None:
+            fe = pd.DataFrame({"Estimate": mixed.fixef, "Std. Error": mixed.se, "t value": mixed.tvalue})
+        else:
+            fe = pd.DataFrame({"Estimate": linear.fixef, "Std. Error": linear.se, "t value": linear.tvalue,
+                               "Pr(>|t|)": linear.pvalue})
+        st.dataframe(fe, width="stretch")
+        if mixed is not None and linear is not None:
+            st.markdown("**The same fixed effects in lm** (ignores the grouping)")
+            st.dataframe(pd.DataFrame({"Estimate": linear.fixef, "Std. Error": linear.se,
+                                       "t value": linear.tvalue, "Pr(>|t|)": linear.pvalue}), width="stretch")
+    if mixed is None:
+        return
+    with right:
+        st.markdown("**Variance components** (VarCorr)")
+        st.dataframe(mixed.varcorr, hide_index=True, width="stretch")
+        icc = teaching.icc(mixed)
+        if icc is not None:
+            st.markdown("**Intraclass correlation (ICC)**: the share of the variance that lies between groups")
+            cols = st.columns(min(4, len(icc)))
+            for i, (g, v) in enumerate(icc.items()):
+                cols[i % len(cols)].metric(f"ICC {g}", f"{v:.3f}")
+    groups = list(mixed.ranef)
+    g = st.selectbox("Random effects of", groups, key=K_RANEF_GROUP) if len(groups) > 1 else groups[0]
+    c1, c2 = st.columns(2)
+    for col, what, table in ((c1, "coef()", mixed.coef[g]), (c2, "ranef()", mixed.ranef[g])):
+        with col:
+            st.markdown(f"**{what}**: " + ("fixed + random effect per level" if what == "coef()"
+                                           else "each level's deviation from the fixed effects"))
+            st.dataframe(table, width="stretch", height=300)
+            st.download_button(f"Download {what} as CSV", table.to_csv().encode("utf-8"),
+                               file_name=f"{what.strip('()')}_{''.join(ch for ch in g if ch.isalnum())}.csv",
+                               mime="text/csv", key=f"model.download_{what.strip('()')}")
+
+
+def _plots(data, mixed, linear, response: str, lecture: bool) -> None:
+    panels = {}
+    if linear is not None:
+        panels["lm (complete pooling)"] = (linear.fitted, linear.fitted + linear.residuals, linear.residuals)
+    if mixed is not None:
+        panels["lmer (partial pooling)"] = (mixed.fitted, mixed.fitted + mixed.residuals, mixed.residuals)
+    st.markdown("**Observed vs fitted**: points on the dashed line are explained by the model.")
+    charts.show(charts.fitted_pairs(panels, "observed", response, lecture), "model.chart_observed",
+                "observed_vs_fitted")
+    st.markdown("**Residuals vs fitted**: what is left over.")
+    charts.show(charts.fitted_pairs(panels, "residuals", response, lecture), "model.chart_residuals",
+                "residuals_vs_fitted")
+    main = mixed if mixed is not None else linear
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown("**Normal Q-Q plot of the residuals**" + (" (lmer)" if mixed is not None else " (lm)"))
+        charts.show(charts.qq_plot(teaching.qq_points(main.residuals), lecture), "model.chart_qq", "qq_plot")
+    if mixed is not None:
+        with c2:
+            groups = list(mixed.ranef)
+            g = st.selectbox("Caterpillar plot of", groups, key=K_CAT_GROUP) if len(groups) > 1 else groups[0]
+            st.markdown("**Random effects with 95% conditional intervals**")
+            charts.show(charts.caterpillar_plot(teaching.caterpillar(mixed, g), g, lecture),
+                        "model.chart_caterpillar", "caterpillar")
+
+
+def _saved_models(data, current: str, reml: bool, has_random: bool) -> None:
+    ss = st.session_state
+    saved = ss[S.MODEL_SAVED]
+    mine = {n: m for n, m in saved.items() if m["dataset"] == data.key}
+    st.markdown("Save fits under a name, then compare two or more with a likelihood-ratio test "
+                "(lme4's `anova()`: REML fits are refitted with ML first).")
+    c1, c2, c3 = st.columns([2, 2, 1])
+    if not ss.get(S.MODEL_SAVE_NAME):
+        ss[S.MODEL_SAVE_NAME] = f"fm{len(mine) + 1}"
+    c1.text_input("Name", key=S.MODEL_SAVE_NAME, max_chars=40)
+    kinds = ["lmer", "lm"] if has_random else ["lm"]
+    if ss.get(S.MODEL_SAVE_KIND) not in kinds:
+        ss[S.MODEL_SAVE_KIND] = kinds[0]
+    c2.radio("Save the", kinds, key=S.MODEL_SAVE_KIND, horizontal=True,
+             format_func=lambda k: "lmer fit" if k == "lmer" else "lm with the same fixed effects")
+
+    def save() -> None:
+        name = (ss.get(S.MODEL_SAVE_NAME) or "").strip() or f"fm{len(saved) + 1}"
+        kind = ss.get(S.MODEL_SAVE_KIND, "lmer")
+        formula = current if kind == "lmer" else lmmcore.parse_formula(current).fixed_text
+        ss[S.MODEL_SAVED] = {**ss[S.MODEL_SAVED], name: {"formula": formula, "reml": reml, "kind": kind,
+                                                         "dataset": data.key}}
+        ss[S.MODEL_SAVE_NAME] = ""
+        chosen = [n for n in ss.get(S.MODEL_COMPARE, []) if n in ss[S.MODEL_SAVED]]
+        ss[S.MODEL_COMPARE] = chosen + [name] if name not in chosen else chosen
+
+    c3.button("Save", key=K_SAVE, on_click=save)
+    if not mine:
+        st.caption("No saved models for this dataset yet.")
+        return
+    st.dataframe(pd.DataFrame([{"name": n, "model": m["kind"], "formula": m["formula"],
+                                "method": "REML" if m["reml"] and m["kind"] == "lmer" else "ML/OLS"}
+                               for n, m in mine.items()]), hide_index=True, width="stretch")
+    ss[S.MODEL_COMPARE] = [n for n in ss.get(S.MODEL_COMPARE, []) if n in mine]
+    names = st.multiselect("Compare", list(mine), key=S.MODEL_COMPARE)
+    if len(names) < 2:
+        st.caption("Pick two or more saved models to compare.")
+        return
+    with guard("anova"):
+        fits = [fit(mine[n]["kind"], mine[n]["formula"], data, mine[n]["reml"]) for n in names]
+        table = lmmcore.anova(*fits, names=names)
+        st.code(format_anova(table), language=None)
+        for note in table.attrs.get("notes", []) or []:
+            st.caption(md(note))
+
+
+def _paired(data, mixed) -> None:
+    res = teaching.paired_comparison(mixed, data.df) if mixed is not None else None
+    if res is None:
+        st.caption("This tab is for a model like `value ~ condition + (1 | participant)` where every "
+                   "participant is measured once in each of two conditions (try the df_original dataset).")
+        return
+    st.markdown(f"Every level of **{md(res['group'])}** is measured once in each of two conditions of "
+                f"**{md(res['condition'])}**: the random-intercept model is the paired t-test.")
+    c1, c2, c3 = st.columns(3)
+    c1.metric(f"lmer t for {res['coefficient']}", f"{res['lmer_t']:.4f}")
+    c2.metric("paired t-test t", f"{res['paired_t']:.4f}")
+    c3.metric("df, p (paired t)", f"{res['df']}, {res['p_value']:.3g}")
+    st.caption(f"Mean difference {res['mean_difference']:.4g} = the lmer estimate {res['lmer_estimate']:.4g}. "
+               "An lm that ignores the pairing treats the observations as independent and gets a much "
+               "smaller t (see the lm table).")
+
+
+def _reproduce(data, formula: str, reml: bool, has_random: bool, parsed) -> None:
+    raw = D._raw(data.key)[0]
+    used = [c for c in parsed.columns if c in data.types]
+    categorical = [c for c in used if data.types[c] == "categorical"]
+    numeric = [c for c in used if data.types[c] == "numeric" and not pd.api.types.is_numeric_dtype(raw[c])]
+    refs = {c: v for c, v in data.reference.items() if c in categorical}
+    kind = "lmer" if has_random else "lm"
+    r_code, py_code = teaching.reproduce_code(formula, data.file, reml, kind=kind, categorical=categorical,
+                                              numeric=numeric, reference_levels=refs)
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown("**R (lme4)**")
+        st.code(r_code, language="r")
+    with c2:
+        st.markdown("**Python (lmmcore)**")
+        st.code(py_code, language="python")
+    if data.key in ("upload", "long"):
+        st.download_button("Download the data as CSV", data.df.to_csv(index=False).encode("utf-8"),
+                           file_name=data.file if data.file.endswith(".csv") else "data.csv",
+                           mime="text/csv", key="model.download_data")
+
+
+def render() -> None:
+    ss = st.session_state
+    lecture = bool(ss.get(S.APP_LECTURE))
+    st.title("Model builder")
+    with guard("model page"):
+        data = D.active()
+        st.caption(f"Dataset: {md(data.label)} · {len(data.df):,} rows · columns: "
+                   + ", ".join(md(c) for c in data.df.columns[:30]))
+        _builder(data)
+        c1, c2 = st.columns([5, 1])
+        c1.text_input("Formula (lme4 syntax)", key=S.MODEL_FORMULA, on_change=_clear_builder,
+                      max_chars=5000, placeholder="Reaction ~ Days + (Days | Subject)")
+        c2.radio("Estimation", ["REML", "ML"], key=S.MODEL_METHOD, horizontal=True)
+        text = (ss.get(S.MODEL_FORMULA) or "").strip()
+        if not text:
+            st.info("Write a formula, e.g. `response ~ predictor + (1 | group)`, or use the menus above.")
+            return
+        try:
+            parsed = lmmcore.parse_formula(text)
+        except lmmcore.FormulaError as exc:
+            _formula_error(text, exc)
+            return
+        formula = str(parsed)
+        reml = ss.get(S.MODEL_METHOD, "REML") == "REML"
+        mixed = linear = None
+        if parsed.has_random:
+            with guard("lmer fit"), st.spinner("Fitting the mixed model..."):
+                mixed = fit("lmer", formula, data, reml)
+        with guard("lm fit"):
+            linear = fit("lm", parsed.fixed_text, data)
+        if mixed is None and linear is None:
+            return
+        if mixed is not None:
+            _messages(mixed, "lmer")
+        tabs = st.tabs(["lme4 summary", "Tables", "Plots", "Saved models & anova", "Paired t-test",
+                        "Reproduce this"])
+        with tabs[0]:
+            c1, c2 = st.columns(2) if (mixed is not None and linear is not None) else (st.container(), None)
+            with c1:
+                if mixed is not None:
+                    st.markdown(f"**lmer** ({'REML' if reml else 'ML'})")
+                    st.code(mixed.summary(), language=None)
+                else:
+                    st.markdown("**lm** (no random terms in the formula)")
+                    st.code(linear.summary(), language=None)
+            if c2 is not None:
+                with c2:
+                    st.markdown("**lm with the same fixed effects** (ignores the grouping)")
+                    st.code(linear.summary(), language=None)
+        with tabs[1], guard("tables"):
+            _tables(data, mixed, linear)
+        with tabs[2], guard("plots"):
+            _plots(data, mixed, linear, parsed.response.label, lecture)
+        with tabs[3], guard("saved models"):
+            _saved_models(data, formula, reml, parsed.has_random)
+        with tabs[4], guard("paired t"):
+            _paired(data, mixed)
+        with tabs[5], guard("reproduce"):
+            _reproduce(data, formula, reml, parsed.has_random, parsed)
+
+
+render()

@@ -1,0 +1,73 @@
+"""Shrinkage page: arrows from no-pooling to partial-pooling estimates over the fitted
+random-effects distribution (2-D), or along one axis for a single random coefficient."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import lmmcore
+from explorer import charts
+from explorer import data as D
+from explorer import state as S
+from explorer.fitting import fit, guard, pooling
+from explorer.pooling_ui import controls, describe, model_text
+
+EXPLANATION = """
+**Why the arrows point inward.** The no-pooling estimate of a group uses only that group's data.
+The mixed model also knows how groups vary around the average (the contours: the fitted normal
+distribution of the random effects). Each group's partial-pooling estimate is a compromise
+between its own data and that average, weighted by how much the group's data can say:
+
+- **groups with few observations shrink most**: their own estimate is noisy, so the average gets more weight;
+- **estimates far from the average shrink most**: an extreme value is more likely partly noise;
+- groups with many, consistent observations barely move.
+
+This is "borrowing strength": every group's estimate uses the information in all the others.
+"""
+
+
+def render() -> None:
+    ss = st.session_state
+    lecture = bool(ss.get(S.APP_LECTURE))
+    st.title("Shrinkage")
+    with guard("shrinkage page"):
+        data = D.active()
+        chosen = controls(data)
+        if chosen is None:
+            return
+        response, predictor, group, random = chosen
+        describe(response, predictor, group, random)
+        with st.spinner("Fitting..."):
+            est = pooling(data, response, predictor, group, random)
+            mixed = fit("lmer", model_text(response, predictor, group, random), data, True)
+        left, right = st.columns([3, 2]) if not lecture else (st.container(), st.container())
+        with left:
+            if random == "intercept+slope":
+                contours = lmmcore.re_contours(mixed, group)
+                fe = mixed.fixef
+                fig = charts.shrinkage_2d(est, contours, (float(fe.iloc[0]), float(fe.iloc[1])), lecture,
+                                          predictor)
+                st.markdown("Each arrow goes from a group's **no-pooling** estimate (its own lm) to its "
+                            "**partial-pooling** estimate (lmer's coef). Contours: the fitted distribution of "
+                            "the groups' (intercept, slope), levels .1 .3 .5 .7 .9, centred at the fixed effects.")
+                charts.show(fig, "shrink.chart", "shrinkage_2d")
+                lonely = est[(est["method"] == "no") & ~(est["intercept"].notna() & est["slope"].notna())]
+                if len(lonely):
+                    st.caption("Labelled points: groups too small for their own line; they get a "
+                               "partial-pooling estimate anyway.")
+            else:
+                column = "slope" if random == "slope" else "intercept"
+                grand = float(mixed.fixef[predictor] if column == "slope" else mixed.fixef.iloc[0])
+                st.markdown(f"Each arrow goes from a group's **no-pooling** {column} to its **partial-pooling** "
+                            f"{column}, toward the fixed effect (the average). Rows show each group's size.")
+                charts.show(charts.shrinkage_1d(est, grand, lecture, group, column), "shrink.chart",
+                            "shrinkage_1d")
+        with right:
+            st.markdown("**Spread of the group estimates** (SD across groups)")
+            sd = lmmcore.shrinkage_sd(est)
+            st.dataframe(sd.rename(index={"no": "no pooling", "partial": "partial pooling"}), width="stretch")
+            st.caption("Partial-pooling estimates vary less than no-pooling ones: that is the shrinkage.")
+            st.markdown(EXPLANATION)
+
+
+render()
