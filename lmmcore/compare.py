@@ -30,6 +30,18 @@ def _check_fit(fit, position: int) -> None:
             )
 
 
+def _printed_formula(fit) -> str:
+    """The formula as lme4's anova heading shows it (``||`` expanded as R deparses it)."""
+    text = str(fit.formula)
+    if "||" in text:
+        try:
+            from lmmcore.mixed import _deparse_double_bar
+        except ImportError:  # the engine's printing helper; fall back to the text
+            return text
+        return _deparse_double_bar(text)
+    return text
+
+
 def anova(*fits, names=None) -> pd.DataFrame:
     """Likelihood-ratio comparison of nested models, as lme4's ``anova()`` prints it.
 
@@ -109,7 +121,7 @@ def anova(*fits, names=None) -> pd.DataFrame:
     data_names = [getattr(f, "data_name", None) for f in fits]
     table.attrs["notes"] = notes
     table.attrs["data_name"] = next((d for d in data_names if d), "data")
-    table.attrs["formulas"] = {nm: str(f.formula) for nm, f in zip(names, fits)}
+    table.attrs["formulas"] = {nm: _printed_formula(f) for nm, f in zip(names, fits)}
     return table
 
 
