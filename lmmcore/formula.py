@@ -730,14 +730,15 @@ def _union(a: list, b: list) -> list:
 def _make_variable(node, text: str) -> Variable:
     kind = node[0]
     if kind == "name":
-        return Variable(node[1], "column", ("col", node[1]), (node[1],))
+        # R labels a non-syntactic name with its back-quotes: "`reaction time`"
+        return Variable(quote_name(node[1]), "column", ("col", node[1]), (node[1],))
     # a call
     fname, arg = node[1], node[2]
     label = _deparse(node)
     if fname in FACTOR_TRANSFORMS:
         if arg[0] != "name":
             raise _err(f"{fname}() takes a single column name, e.g. {fname}(Days)",
-                       arg[-1], text)
+                       _first_pos(arg), text)
         return Variable(label, "factor", _strip_positions(node), (arg[1],))
     columns: list = []
     _check_arithmetic(arg, text, fname, columns)
@@ -983,19 +984,24 @@ def parse_formula(text: str) -> Formula:
     _positions(lhs_node, positions)
     _positions(rhs_node, positions)
     columns = tuple(sorted(positions, key=positions.get))
-    for part in random:
-        for g in part.group:
+    for bar in bars:
+        found: dict = {}
+        _positions(bar[3], found)
+        for g, pos in found.items():
             if g in response.columns:
-                raise _err(f"the response {g} cannot also be a grouping factor",
-                           positions.get(g), text)
+                raise _err(f"the response {g} cannot also be a grouping factor", pos, text)
     return Formula(text, response, fixed, tuple(random), columns, positions,
                    (lhs_node, rhs_node))
 
 
 def _first_pos(node) -> int:
-    found: dict = {}
-    _positions(node, found)
-    return min(found.values()) if found else node[-1]
+    """The position of the leftmost token of ``node``."""
+    kind = node[0]
+    if kind == "binary":
+        return _first_pos(node[2])
+    if kind == "paren":
+        return node[2]
+    return node[3] if kind in ("call", "unary") else node[-1]
 
 
 def _bar_pos(node) -> int:
