@@ -1,6 +1,6 @@
 """Pooling Explorer: the entry point. Navigation, sidebar, access gate and shareable link.
 
-Run with ``streamlit run app.py``.  Each page is one file in ``pages/``; this script
+Run with ``streamlit run app.py``.  Each page is one file in ``app_pages/`` (not ``pages/``: Streamlit treats a ``pages/`` folder as the old multipage layout and would run a deep-linked page without this script on a fresh server); this script
 initialises the session state (``explorer.state``), draws the sidebar every run, and
 runs the page the URL names.
 """
@@ -21,11 +21,21 @@ log = logging.getLogger("pooling_explorer")
 st.set_page_config(page_title="Pooling Explorer", page_icon="📊", layout="wide")
 
 PAGES = [
-    st.Page("pages/dataset.py", title="Dataset", icon="🗂️", url_path="dataset", default=True),
-    st.Page("pages/model.py", title="Model builder", icon="🧮", url_path="model"),
-    st.Page("pages/pooling.py", title="Pooling comparison", icon="📈", url_path="pooling"),
-    st.Page("pages/shrinkage.py", title="Shrinkage", icon="🎯", url_path="shrinkage"),
+    # The root URL shows the dataset page; "/dataset" must also work for shared links, and
+    # Streamlit serves the default page at the root only, so the same file is registered
+    # twice: a hidden default at the root and the visible "/dataset".
+    st.Page("app_pages/dataset.py", title="Dataset", icon=":material/table_view:", url_path="home", default=True,
+            visibility="hidden"),
+    st.Page("app_pages/dataset.py", title="Dataset", icon=":material/table_view:", url_path="dataset"),
+    st.Page("app_pages/model.py", title="Model builder", icon=":material/functions:", url_path="model"),
+    st.Page("app_pages/pooling.py", title="Pooling comparison", icon=":material/stacked_line_chart:", url_path="pooling"),
+    st.Page("app_pages/shrinkage.py", title="Shrinkage", icon=":material/compress:", url_path="shrinkage"),
 ]
+
+
+def _base_css() -> None:
+    # Less empty space above the title: on a 1280x720 projector every line counts.
+    st.html("<style>.stMainBlockContainer { padding-top: 2.2rem !important; }</style>")
 
 
 def _lecture_css() -> None:
@@ -59,7 +69,7 @@ def _gate(settings) -> bool:
     return False
 
 
-def _sidebar() -> None:
+def _sidebar(page) -> None:
     with st.sidebar:
         st.selectbox("Dataset", D.options(), key=S.DATA_KEY, format_func=D.label,
                      on_change=D.on_dataset_change)
@@ -68,8 +78,10 @@ def _sidebar() -> None:
                  horizontal=True, format_func=str.upper)
         query = S.write_query()
         if S.share_query().get("dataset"):
-            st.caption("Share this view: copy the address bar, or add this to the page address:")
-            st.code("?" + query if query else "", language=None)
+            base = (st.context.url or "").rstrip("/")
+            path = page.url_path if page.url_path not in ("", "home") else "dataset"
+            st.caption("Link to this view (page, dataset, formula, lecture mode):")
+            st.code(f"{base}/{path}?{query}", language=None, wrap_lines=True)
         else:
             st.caption("Your own file stays in this browser session; a link cannot share it.")
 
@@ -84,7 +96,8 @@ def main() -> None:
     if not _gate(settings):
         return
     page = st.navigation(PAGES)
-    _sidebar()
+    _sidebar(page)
+    _base_css()
     if st.session_state.get(S.APP_LECTURE):
         _lecture_css()
     try:

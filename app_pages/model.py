@@ -90,7 +90,7 @@ def _builder(data) -> None:
 
 
 def _formula_error(text: str, exc: lmmcore.FormulaError) -> None:
-    st.error(md(str(exc)), icon="⚠️")
+    st.error(md(str(exc)), icon=":material/warning:")
     pos = getattr(exc, "position", None)
     if pos is not None and 0 <= pos <= len(text) and len(text) <= 400:
         st.code(text + "\n" + " " * pos + "^ here", language=None)
@@ -100,7 +100,7 @@ def _formula_error(text: str, exc: lmmcore.FormulaError) -> None:
 
 def _messages(fitted, kind: str) -> None:
     for msg in getattr(fitted, "messages", ()) or ():
-        st.warning(f"**{kind}:** " + md(msg), icon="⚠️")
+        st.warning(f"**{kind}:** " + md(msg), icon=":material/warning:")
 
 
 def _tables(data, mixed, linear) -> None:

@@ -235,9 +235,10 @@ def shrinkage_2d(estimates: pd.DataFrame, contours: pd.DataFrame | None, fixef: 
         x=part["intercept"], y=part["slope"], mode="markers+text", name=pst["label"],
         text=[esc(g) if g in lonely else "" for g in part.index], textposition="top center",
         customdata=np.array(list(part.index), dtype=object).reshape(-1, 1), meta={"method": "partial"},
+        hovertext=[esc(g) for g in part.index],
         marker={"symbol": pst["symbol"], "size": s["marker"] + 2, "color": pst["colour"]},
         textfont={"size": s["font"], "color": pst["colour"]},
-        hovertemplate="%{customdata[0]}: intercept %{x:.4g}, slope %{y:.4g}<extra>partial pooling</extra>"))
+        hovertemplate="%{hovertext}: intercept %{x:.4g}, slope %{y:.4g}<extra>partial pooling</extra>"))
     comp = estimates[estimates["method"] == "complete"]
     if len(comp):
         cst = METHODS["complete"]
@@ -252,7 +253,10 @@ def shrinkage_2d(estimates: pd.DataFrame, contours: pd.DataFrame | None, fixef: 
                 "line": {"width": 2}}))
     fig.update_xaxes(title_text="intercept", showgrid=True)
     fig.update_yaxes(title_text=f"slope of {esc(predictor)}", showgrid=True)
-    return _layout(fig, lecture, height=620)
+    _layout(fig, lecture, height=640)
+    # The legend under the plot: above it, four entries would push the arrows off a projector.
+    fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.12, "x": 0})
+    return fig
 
 
 def shrinkage_1d(estimates: pd.DataFrame, grand: float, lecture: bool, group: str,

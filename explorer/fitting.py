@@ -33,10 +33,10 @@ def guard(what: str = "this"):
     try:
         yield
     except lmmcore.LmmError as exc:
-        st.error(md(str(exc)), icon="⚠️")
+        st.error(md(str(exc)), icon=":material/warning:")
     except Exception:
         log.exception("unexpected error in %s", what)
-        st.error(GENERIC_ERROR, icon="⚠️")
+        st.error(GENERIC_ERROR, icon=":material/warning:")
 
 
 def _kwargs(kind: str, reml: bool, categorical, numeric, reference) -> dict:

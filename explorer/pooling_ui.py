@@ -58,5 +58,4 @@ def model_text(response: str, predictor, group: str, random: str) -> str:
 
 
 def describe(response, predictor, group, random) -> None:
-    st.caption("Partial pooling is the lmer fit `" + md(model_text(response, predictor, group, random))
-               .replace("`", "") + "`")
+    st.caption("Partial pooling is the lmer fit " + md(model_text(response, predictor, group, random)))
