@@ -7,6 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*ROOT.glob("lmmcore/*.py"), *ROOT.glob("explorer/*.py"), *ROOT.glob("pages/*.py"),
+                  *ROOT.glob("app_pages/*.py"),
                   ROOT / "app.py"])
 
 # Calls that run text as code, or turn bytes into arbitrary objects.
