@@ -341,8 +341,9 @@ def format_named_vector(values, names, digits: int = 7, width: int = 80) -> list
 
 
 def format_g(x: float, digits: int) -> str:
-    """R's ``formatC(x, digits=digits)`` (C's ``%.*g``)."""
-    return f"{x:.{digits}g}"
+    """R's ``formatC(x, digits=digits)``: C's ``%.*g`` right-justified in ``digits + 1``
+    characters (formatC's default width), e.g. ``formatC(71.3, digits=4)`` is " 71.3"."""
+    return f"{x:>{digits + 1}.{digits}g}"
 
 
 def format_signif(x: float, digits: int) -> str:
