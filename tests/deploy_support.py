@@ -151,7 +151,8 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log info;
 events {{ worker_connections 1024; }}
 http {{
-    access_log {prefix}/logs/access.log;
+    log_format pooling '$status "$request" upstream=$upstream_addr affinity=$cookie_pooling_affinity';
+    access_log {prefix}/logs/access.log pooling;
     client_body_temp_path {prefix}/tmp/body;
     proxy_temp_path {prefix}/tmp/proxy;
     fastcgi_temp_path {prefix}/tmp/fastcgi;
@@ -165,7 +166,10 @@ http {{
 
 @contextlib.contextmanager
 def nginx_proxy(upstream_ports, listen_port: int):
-    """Run Debian's nginx in the foreground in front of ``upstream_ports``; yields its URL."""
+    """Run Debian's nginx in the foreground in front of ``upstream_ports``.
+
+    Yields ``(base_url, access_log_path)``; each access-log line names the replica that
+    answered (``upstream=``) and the browser's affinity cookie (``affinity=``)."""
     with nginx_prefix(upstream_ports, listen_port) as (prefix, conf):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         log = ARTIFACTS / "nginx.log"
@@ -177,7 +181,7 @@ def nginx_proxy(upstream_ports, listen_port: int):
         base = f"http://127.0.0.1:{listen_port}"
         try:
             wait_healthy(f"{base}/_stcore/health", proc, log, timeout=20)
-            yield base
+            yield base, prefix / "logs" / "access.log"
         finally:
             stop(proc)
             with contextlib.suppress(OSError):

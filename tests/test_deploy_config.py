@@ -152,3 +152,36 @@ def test_compose_file_runs_n_replicas_behind_nginx():
     # the app service is reachable only through the proxy
     app = text.split("\n  proxy:")[0]
     assert "ports:" not in app.split("services:")[1]
+
+
+@pytest.mark.slow
+def test_the_images_command_serves_a_healthy_app():
+    """No Docker engine here: run the Dockerfile's CMD itself (on a free loopback port) from
+    the repository root, as WORKDIR /app would, and call the HEALTHCHECK's URL."""
+    import json
+    import os
+
+    import deploy_support as ds
+
+    if not (ROOT / "app.py").exists():
+        pytest.skip("app.py is not there yet")
+    cmd = json.loads(dict(_dockerfile_instructions())["CMD"])
+    venv_bin = ROOT / ".venv" / "bin"
+    port = ds.free_port()
+    cmd = [str(venv_bin / cmd[0]) if (venv_bin / cmd[0]).exists() else cmd[0]] + [
+        f"--server.port={port}" if a.startswith("--server.port") else
+        "--server.address=127.0.0.1" if a.startswith("--server.address") else a for a in cmd[1:]]
+    log = ROOT / "artifacts" / "deploy" / "image-cmd.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")}
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        ds.wait_healthy(f"http://127.0.0.1:{port}/_stcore/health", proc, log)
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+            assert resp.status == 200
+    finally:
+        ds.stop(proc)

@@ -1,0 +1,149 @@
+"""Two ``streamlit run app.py`` replicas behind Debian's nginx with deploy/nginx.conf: health,
+page, websocket and a whole student session (upload, fit) through the proxy, on one replica.
+
+Skips without nginx or Chromium, except under POOLING_REQUIRE_SYSTEM_TESTS=1 (CI).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import socket
+import urllib.parse
+import urllib.request
+
+import pytest
+
+import deploy_support as ds
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+UPLOAD_NAME = "class data.csv"
+# 6 participants x 5 days; a random-intercept model's lme4 printout names 30 observations.
+UPLOAD_CSV = "\n".join(
+    ["participant,day,rt"]
+    + [f"p{p},{d},{200 + 7 * p + (9 + p % 3) * d + (d * p) % 5}.{(p * d) % 10}"
+       for p in range(1, 7) for d in range(5)]) + "\n"
+FORMULA = "rt ~ day + (1 | participant)"
+
+
+@pytest.fixture(scope="module")
+def proxy():
+    ds.require(shutil.which("nginx") is not None,
+               "nginx is not installed (apt-get install nginx); proxy test skipped")
+    ds.require((ds.ROOT / "app.py").exists(), "app.py is not there yet")
+    ports = [ds.free_port(), ds.free_port()]
+    with ds.streamlit_replica(ports[0], "replica-a") as a, \
+            ds.streamlit_replica(ports[1], "replica-b") as b, \
+            ds.nginx_proxy(ports, ds.free_port()) as (base, access_log):
+        yield {"base": base, "access_log": access_log,
+               "replicas": {f"127.0.0.1:{ports[0]}": a, f"127.0.0.1:{ports[1]}": b}}
+
+
+def _get(url, cookie=None):
+    req = urllib.request.Request(url, headers={"Cookie": cookie} if cookie else {})
+    with urllib.request.urlopen(req, timeout=20) as resp:
+        headers = dict(resp.headers)
+        # Streamlit sets its own XSRF cookie too: keep every Set-Cookie, not the last one
+        headers["Set-Cookie"] = resp.headers.get_all("Set-Cookie") or []
+        return resp.status, headers, resp.read()
+
+
+def _affinity(headers):
+    return next((c.split(";")[0] for c in headers["Set-Cookie"]
+                 if c.startswith("pooling_affinity=")), None)
+
+
+def test_health_and_page_through_the_proxy(proxy):
+    status, headers, body = _get(f"{proxy['base']}/_stcore/health")
+    assert status == 200 and body == b"ok"
+    status, headers, body = _get(f"{proxy['base']}/")
+    assert status == 200
+    assert b'<div id="root">' in body and b"<script" in body
+    # a browser without the affinity cookie is given one
+    assert _affinity(headers), headers["Set-Cookie"]
+
+
+def test_cookie_keeps_a_browser_on_one_replica_and_new_browsers_spread(proxy):
+    status, headers, _ = _get(f"{proxy['base']}/_stcore/health")
+    cookie = _affinity(headers)
+    first = headers["X-Pooling-Upstream"]
+    for _ in range(15):
+        _, again, _ = _get(f"{proxy['base']}/_stcore/health", cookie)
+        assert again["X-Pooling-Upstream"] == first
+        assert _affinity(again) is None  # only new browsers are given a cookie
+    fresh = {_get(f"{proxy['base']}/_stcore/health")[1]["X-Pooling-Upstream"] for _ in range(30)}
+    assert fresh == set(proxy["replicas"]), "new browsers should be spread over both replicas"
+
+
+def test_websocket_upgrade_reaches_streamlit(proxy):
+    host, port = urllib.parse.urlsplit(proxy["base"]).netloc.split(":")
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+               "Sec-WebSocket-Protocol: streamlit\r\n\r\n")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request.encode())
+        reply = sock.recv(4096).decode("latin-1")
+    assert reply.startswith("HTTP/1.1 101"), reply[:200]
+    assert re.search(r"(?im)^upgrade:\s*websocket", reply)
+
+
+def test_upload_over_the_limit_is_refused_by_nginx(proxy):
+    big = b"x" * (22 * 1024 * 1024)
+    req = urllib.request.Request(f"{proxy['base']}/_stcore/upload_file/s/f", data=big, method="PUT")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=30)
+    assert info.value.code == 413
+
+
+def test_a_student_session_through_the_proxy(proxy, tmp_path):
+    """Page load, CSV upload, model fit: every request of the session on one replica."""
+    executable = shutil.which("chromium")
+    ds.require(executable is not None, "chromium is not installed; browser session skipped")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    import sys
+    sys.path.insert(0, str(ds.ROOT / "tests" / "browser"))
+    from browser_support import page_problems, wait_for_app
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu"])
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 720})
+            context.set_default_timeout(45_000)
+            page = context.new_page()
+            page.goto(f"{proxy['base']}/dataset", wait_until="domcontentloaded")
+            wait_for_app(page)
+            uploader = page.locator('[data-testid="stFileUploaderDropzoneInput"]').first
+            uploader.set_input_files({"name": UPLOAD_NAME, "mimeType": "text/csv",
+                                      "buffer": UPLOAD_CSV.encode()})
+            page.get_by_text(UPLOAD_NAME, exact=False).first.wait_for()
+            wait_for_app(page)
+            page.locator('[data-testid="stSidebarNav"] a[href$="/model"], '
+                         '[data-testid="stSidebarNav"] a[href*="/model?"]').first.click()
+            page.wait_for_url("**/model*")
+            wait_for_app(page)
+            box = page.locator(".st-key-model-formula input").first
+            box.fill(FORMULA)
+            box.press("Enter")
+            page.get_by_text("Number of obs: 30").first.wait_for()
+            wait_for_app(page)
+            ds.ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ds.ARTIFACTS / "proxy-session.png"))
+            text = page.locator('[data-testid="stMain"]').first.inner_text()
+            assert "REML criterion at convergence" in text
+            assert "participant" in text
+            assert page_problems(page) == []
+            cookie = next(c["value"] for c in context.cookies() if c["name"] == "pooling_affinity")
+        finally:
+            browser.close()
+
+    lines = [line for line in proxy["access_log"].read_text().splitlines()
+             if f"affinity={cookie}" in line]
+    upstreams = {re.search(r"upstream=(\S+)", line).group(1) for line in lines}
+    assert any("/_stcore/stream" in line for line in lines), "no websocket in the session"
+    assert any("/_stcore/upload_file" in line for line in lines), "no upload in the session"
+    assert len(upstreams) == 1, f"one session was served by several replicas: {upstreams}"
