@@ -1,0 +1,172 @@
+"""Pooling estimates, shrinkage SD and contour ellipses on the sleepstudy data."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from lmmcore import LmmError, lm, lmer
+from lmmcore.pooling import pooling_estimates, pooling_formulas, re_contours, shrinkage_sd
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "tests" / "fixtures"
+
+
+def _nan(values):
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+@pytest.fixture(scope="module")
+def fake():
+    return pd.read_csv(ROOT / "data" / "sleepstudy_fake.csv")
+
+
+@pytest.fixture(scope="module")
+def sleep():
+    return pd.read_csv(ROOT / "data" / "sleepstudy.csv")
+
+
+@pytest.fixture(scope="module")
+def fake_estimates(fake):
+    return {r: pooling_estimates(fake, "Reaction", "Days", "Subject", random=r)
+            for r in ("intercept+slope", "intercept", "slope")}
+
+
+def test_sleepstudy_partial_equals_lme4_coef(sleep):
+    est = pooling_estimates(sleep, "Reaction", "Days", "Subject")
+    ref = json.loads((FIX / "lme4" / "sleepstudy_slope.json").read_text())["coef"]["Subject"]
+    part = est[est["method"] == "partial"]
+    assert part["group"].tolist() == ref["levels"]
+    want = np.array(ref["values"])
+    np.testing.assert_allclose(part["intercept"], want[:, 0], rtol=1e-4)
+    np.testing.assert_allclose(part["slope"], want[:, 1], rtol=1e-4)
+    assert set(est["method"]) == {"complete", "no", "partial"}
+    assert list(est.columns) == ["group", "method", "intercept", "slope", "n", "note"]
+    assert (est["n"] == 10).all()
+
+
+def test_sleepstudy_no_pooling_is_per_group_lm(sleep):
+    est = pooling_estimates(sleep, "Reaction", "Days", "Subject")
+    no = est[est["method"] == "no"].set_index("group")
+    for subject in ("308", "335", "372"):
+        fit = lm("Reaction ~ Days", sleep[sleep["Subject"].astype(str) == subject])
+        assert no.loc[subject, "intercept"] == pytest.approx(fit.fixef["(Intercept)"], rel=1e-10)
+        assert no.loc[subject, "slope"] == pytest.approx(fit.fixef["Days"], rel=1e-10)
+    comp = est[est["method"] == "complete"]
+    whole = lm("Reaction ~ Days", sleep)
+    np.testing.assert_allclose(comp["intercept"], whole.fixef["(Intercept)"], rtol=1e-12)
+    np.testing.assert_allclose(comp["slope"], whole.fixef["Days"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("random", ["intercept+slope", "intercept", "slope"])
+def test_fake_matches_r(fake_estimates, random):
+    est = fake_estimates[random]
+    ref = json.loads((FIX / "r" / f"pooling_sleepstudy_fake_{random.replace('+', '_')}.json").read_text())
+    by = {m: est[est["method"] == m] for m in ("complete", "no", "partial")}
+    for m in by.values():
+        assert m["group"].tolist() == ref["levels"]
+        assert m["n"].tolist() == ref["n"]
+    np.testing.assert_allclose(by["complete"][["intercept", "slope"]].iloc[0], ref["complete"], rtol=1e-10)
+    for col, key in (("intercept", "no_intercept"), ("slope", "no_slope")):
+        got, want = by["no"][col].to_numpy(), _nan(ref[key])
+        assert np.array_equal(np.isnan(got), np.isnan(want)), col
+        np.testing.assert_allclose(got[~np.isnan(want)], want[~np.isnan(want)], rtol=1e-9)
+    # Partial pooling: lme4's coef(), to the optimizer's tolerance.
+    np.testing.assert_allclose(by["partial"]["intercept"], ref["partial_intercept"], rtol=1e-4)
+    np.testing.assert_allclose(by["partial"]["slope"], ref["partial_slope"], rtol=1e-4)
+    assert est.attrs["formulas"]["partial"] == ref["formula"]
+    assert est.attrs["fixef"]["intercept"] == pytest.approx(ref["fixef"][0], rel=1e-5)
+
+
+def test_incomplete_groups_get_nan_with_a_reason(fake_estimates):
+    est = fake_estimates["intercept+slope"]
+    no = est[est["method"] == "no"].set_index("group")
+    assert np.isnan(no.loc["373", "slope"]) and np.isnan(no.loc["373", "intercept"])
+    assert no.loc["373", "note"] == "only 1 observation: no line can be fitted"
+    assert no.loc["373", "n"] == 1
+    # 374 has two points (Days 0 and 1): the line through them, (286, 2).
+    assert no.loc["374", "intercept"] == pytest.approx(286.0)
+    assert no.loc["374", "slope"] == pytest.approx(2.0)
+    assert (no.drop(index="373")["note"] == "").all()
+    part = est[est["method"] == "partial"].set_index("group")
+    assert np.isfinite(part.loc["373", ["intercept", "slope"]].astype(float)).all()
+    slope_only = fake_estimates["slope"]
+    note = slope_only[(slope_only["method"] == "no") & (slope_only["group"] == "373")]["note"].item()
+    assert "Days = 0" in note
+
+
+def test_no_variation_in_predictor_is_nan_not_zero(sleep):
+    d = sleep.copy()
+    d.loc[d["Subject"] == 308, "Days"] = 4
+    est = pooling_estimates(d, "Reaction", "Days", "Subject")
+    row = est[(est["method"] == "no") & (est["group"] == "308")].iloc[0]
+    assert np.isnan(row["slope"]) and np.isnan(row["intercept"])
+    assert "same Days value" in row["note"]
+
+
+def test_shrinkage_sd_partial_smaller(fake_estimates):
+    sd = shrinkage_sd(fake_estimates["intercept+slope"])
+    assert list(sd.index) == ["no", "partial"] and list(sd.columns) == ["intercept", "slope"]
+    assert sd.loc["partial", "intercept"] < sd.loc["no", "intercept"]
+    assert sd.loc["partial", "slope"] < sd.loc["no", "slope"]
+    est = fake_estimates["intercept+slope"]
+    no = est[est["method"] == "no"]
+    assert sd.loc["no", "slope"] == pytest.approx(np.nanstd(no["slope"], ddof=1))
+    # A coefficient common to all groups has no spread.
+    assert shrinkage_sd(fake_estimates["intercept"]).loc["no", "slope"] == 0.0
+
+
+def test_intercept_only(fake):
+    est = pooling_estimates(fake, "Reaction", None, "Subject")
+    no = est[est["method"] == "no"].set_index("group")
+    means = fake.groupby(fake["Subject"].astype(str))["Reaction"].mean()
+    np.testing.assert_allclose(no["intercept"], means[no.index], rtol=1e-12)
+    comp = est[est["method"] == "complete"]
+    np.testing.assert_allclose(comp["intercept"], fake["Reaction"].mean(), rtol=1e-12)
+    assert est["slope"].isna().all()
+    assert shrinkage_sd(est).loc["partial", "intercept"] < shrinkage_sd(est).loc["no", "intercept"]
+    assert pooling_formulas("Reaction", None, "Subject")["partial"] == "Reaction ~ 1 + (1 | Subject)"
+
+
+def test_quoted_names_and_bad_input():
+    d = pd.read_csv(ROOT / "data" / "sleepstudy.csv").rename(
+        columns={"Reaction": "reaction time", "Subject": "sub ject"})
+    est = pooling_estimates(d, "reaction time", "Days", "sub ject", random="intercept")
+    assert est.attrs["formulas"]["partial"] == "`reaction time` ~ Days + (1 | `sub ject`)"
+    assert len(est) == 3 * 18
+    with pytest.raises(LmmError, match="random must be"):
+        pooling_estimates(d, "reaction time", "Days", "sub ject", random="both")
+    with pytest.raises(LmmError, match="no column"):
+        pooling_estimates(d, "Reaction", "Days", "sub ject")
+    with pytest.raises(LmmError):
+        pooling_estimates(d, "reaction time", None, "sub ject", random="slope")
+
+
+def test_contours_satisfy_mahalanobis_equation(sleep):
+    fit = lmer("Reaction ~ Days + (Days | Subject)", sleep, categorical=["Subject"])
+    levels = (0.1, 0.3, 0.5, 0.7, 0.9)
+    cont = re_contours(fit, "Subject", levels=levels, n_points=60)
+    assert list(cont.columns) == ["level", "intercept", "slope"]
+    assert len(cont) == 60 * len(levels)
+    cov = fit.re_cov("Subject").loc[["(Intercept)", "Days"], ["(Intercept)", "Days"]].to_numpy()
+    inv = np.linalg.inv(cov)
+    center = np.array([fit.fixef["(Intercept)"], fit.fixef["Days"]])
+    for p in levels:
+        pts = cont.loc[cont["level"] == p, ["intercept", "slope"]].to_numpy() - center
+        d2 = np.einsum("ij,jk,ik->i", pts, inv, pts)
+        np.testing.assert_allclose(d2, stats.chi2.ppf(p, 2), rtol=1e-9)
+    # lme4's estimate of the covariance: sd 24.74 and 5.922, correlation 0.066.
+    assert np.sqrt(cov[0, 0]) == pytest.approx(24.7406579949841, rel=1e-4)
+    assert np.sqrt(cov[1, 1]) == pytest.approx(5.92213765889808, rel=1e-4)
+    assert cont.attrs["center"]["slope"] == pytest.approx(10.467285959596, rel=1e-6)
+
+
+def test_contours_need_intercept_and_one_slope(sleep):
+    fit = lmer("Reaction ~ Days + (1 | Subject)", sleep, categorical=["Subject"])
+    with pytest.raises(LmmError, match="random intercept and one random slope"):
+        re_contours(fit, "Subject")
+    with pytest.raises(LmmError):
+        re_contours(lm("Reaction ~ Days", sleep), "Subject")
