@@ -335,10 +335,17 @@ class _Parser:
 
     def group(self, bar: _Token):
         """A grouping factor: names joined by ':' (interaction) and '/' (nesting)."""
-        node = self._group_name(bar)
-        while self.tok.kind == "op" and self.tok.text in ("/", ":"):
+        node = self._group_interaction(bar)
+        while self.tok.kind == "op" and self.tok.text == "/":
             op = self._advance()
-            node = ("binary", op.text, node, self._group_name(op), op.pos)
+            node = ("binary", "/", node, self._group_interaction(op), op.pos)
+        return node
+
+    def _group_interaction(self, after: _Token):
+        node = self._group_name(after)
+        while self.tok.kind == "op" and self.tok.text == ":":
+            op = self._advance()
+            node = ("binary", ":", node, self._group_name(op), op.pos)
         return node
 
     def _group_name(self, after: _Token):
@@ -530,17 +537,21 @@ class RandomPart:
         The term as written, e.g. ``"(1 | batch/cask)"`` or ``"(Days || Subject)"``.
     bar : {"|", "||"}
         The bar it was written with (the parts of ``||`` are each uncorrelated).
+    name : str
+        The grouping factor's name as lme4 prints it (see :attr:`group_name`).
     """
 
     terms: ModelTerms
     group: tuple
     source: str
     bar: str = "|"
+    name: str = ""
 
     @property
     def group_name(self) -> str:
-        """The grouping factor's name as lme4 prints it: ``"Subject"``, ``"cask:batch"``."""
-        return ":".join(quote_name(g) for g in self.group)
+        """The grouping factor's name as lme4 prints it: ``"Subject"``, ``"cask:batch"``,
+        ``"c:(b:a)"`` for the innermost level of ``a/b/c``."""
+        return self.name or ":".join(quote_name(g) for g in self.group)
 
     def __str__(self) -> str:
         parts = (["1"] if self.terms.intercept else ["0"]) + list(self.terms.labels)
@@ -865,13 +876,20 @@ def _random_parts(text: str, bar) -> list:
     op, lhs, group_node = bar[1], bar[2], bar[3]
     source = _deparse(bar)
     chain = _group_chain(group_node)
-    # lme4's expandSlash: a/b/c -> c:b:a, b:a, a (innermost first)
-    groups = []
+    # lme4's expandSlash: a/b/c -> c:(b:a), b:a, a (innermost first), named as lme4
+    # deparses them: the inner interaction of a deeper level is in parentheses
+    groups, names = [], []
     for k in range(len(chain), 0, -1):
-        names: tuple = ()
+        columns: tuple = ()
         for level in reversed(chain[:k]):
-            names += level
-        groups.append(names)
+            columns += level
+        groups.append(columns)
+    name = ""
+    for level in chain:
+        here = ":".join(quote_name(g) for g in level)
+        name = here if not name else f"{here}:({name})" if ":" in name else f"{here}:{name}"
+        names.append(name)
+    names.reverse()
     terms = _terms(text, lhs)
     if not terms.terms and not terms.intercept:
         raise _err(f"the random term {source} has no columns: put 1 (intercept) or a column "
@@ -886,7 +904,8 @@ def _random_parts(text: str, bar) -> list:
             pieces.append(ModelTerms((t,), False, used))
     else:
         pieces = [terms]
-    return [RandomPart(piece, g, source, op) for g in groups for piece in pieces]
+    return [RandomPart(piece, g, source, op, nm) for g, nm in zip(groups, names)
+            for piece in pieces]
 
 
 def _positions(node, out: dict) -> None:

@@ -443,3 +443,33 @@ def test_large_design_builds_without_n_by_n(tmp_path):
     d = build_design("y ~ x + (x | g)", data)
     assert d.random_terms[0].n_levels == 2000
     assert d.X.nbytes + d.random_terms[0].Z_raw.nbytes < 5 * n * 8
+
+
+# --- against R's model.matrix() and lme4's lFormula() on many formulas ---------------------
+
+CODING = json.loads((ROOT / "tests" / "fixtures" / "formula" / "coding.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def coding_data():
+    return pd.read_csv(ROOT / "tests" / "fixtures" / "formula" / "small.csv", dtype={"k": str})
+
+
+@pytest.mark.parametrize("case", CODING, ids=[c["formula"][0] for c in CODING])
+def test_coding_matches_r(case, coding_data):
+    """Names, rank-dropped columns, random-term names, columns and level orders from R 4.2.2
+    and lme4 1.1-31 (tests/fixtures/formula/make_fixture.R)."""
+    d = build_design(case["formula"][0], coding_data)
+    assert list(d.fixed_names) == [c for c in case["fixed"] if c not in case["rank_dropped"]]
+    assert sorted(d.dropped_fixed) == sorted(case["rank_dropped"])
+    sums = dict(zip(case["fixed"], case["colsums"]))
+    np.testing.assert_allclose(d.X.sum(axis=0), [sums[c] for c in d.fixed_names], rtol=1e-9)
+    if "groups" in case:
+        zsum = sum(t.Z_raw.sum() for t in d.random_terms)
+        np.testing.assert_allclose(zsum, case["zsum"][0], rtol=1e-9)
+        assert [t.group_name for t in d.random_terms] == case["groups"]
+        assert [list(t.column_names) for t in d.random_terms] == case["cnms"]
+        assert [list(t.levels) for t in d.random_terms] == case["levels"]
+        assert sum(t.n_theta for t in d.random_terms) == case["theta_len"][0]
+    else:
+        assert d.random_terms == ()

@@ -147,7 +147,7 @@ def _random(text):
     ("y ~ x + (0 + x || g)", [("g", False, ("x",), "||")]),
     # lme4's expandSlash: a/b -> (1 | b:a) + (1 | a)
     ("y ~ 1 + (1 | batch/cask)", [("cask:batch", True, (), "|"), ("batch", True, (), "|")]),
-    ("y ~ (1 | a/b/c)", [("c:b:a", True, (), "|"), ("b:a", True, (), "|"), ("a", True, (), "|")]),
+    ("y ~ (1 | a/b/c)", [("c:(b:a)", True, (), "|"), ("b:a", True, (), "|"), ("a", True, (), "|")]),
     ("y ~ (1 | a:b)", [("a:b", True, (), "|")]),
     ("y ~ 1 + (1 | plate) + (1 | sample)", [("plate", True, (), "|"), ("sample", True, (), "|")]),
     ("y ~ (x | g) + x", [("g", True, ("x",), "|")]),
@@ -430,3 +430,12 @@ def test_compose_refuses_bad_fields():
         compose_formula("y", [], groups=["g"], random="slope")
     with pytest.raises(FormulaError, match="response"):
         compose_formula("", ["x"])
+
+
+def test_group_interactions_bind_tighter_than_nesting():
+    f = parse_formula("y ~ (1 | a/b:c) + (1 | a:b/c)")
+    assert [(p.group_name, p.group) for p in f.random] == [
+        ("b:c:a", ("b", "c", "a")), ("a", ("a",)),
+        ("c:(a:b)", ("c", "a", "b")), ("a:b", ("a", "b"))]
+    assert [p.group_name for p in parse_formula("y ~ (1 | a/b/c/d)").random] == [
+        "d:(c:(b:a))", "c:(b:a)", "b:a", "a"]
