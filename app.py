@@ -71,7 +71,9 @@ def _gate(settings) -> bool:
 
 def _sidebar(page) -> None:
     with st.sidebar:
-        st.selectbox("Dataset", D.options(), key=S.DATA_KEY, format_func=D.label,
+        # The labels are frozen into the format function: it may be called outside a run.
+        labels = {k: D.label(k) for k in D.options()}
+        st.selectbox("Dataset", list(labels), key=S.DATA_KEY, format_func=labels.__getitem__,
                      on_change=D.on_dataset_change)
         st.toggle("Lecture mode (projector)", key=S.APP_LECTURE)
         st.radio("Chart download (camera icon)", ["png", "svg"], key=S.APP_IMAGE_FORMAT,

@@ -211,6 +211,8 @@ def _saved_models(data, current: str, reml: bool, has_random: bool) -> None:
         st.code(format_anova(table), language=None)
         for note in table.attrs.get("notes", []) or []:
             st.caption(md(note))
+        with st.expander("All digits"):
+            st.dataframe(table, width="stretch")
 
 
 def _paired(data, mixed) -> None:

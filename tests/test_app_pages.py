@@ -1,0 +1,280 @@
+"""The app's pages through Streamlit's AppTest: each loads clean, an upload reaches a fit,
+the builder writes the formula box, saved models give lme4's anova, and the pooling and
+shrinkage figures draw lmmcore's estimates."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import lmmcore
+from lmmcore import teaching
+from lmmcore.formula import compose_formula
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+FIXTURES = ROOT / "tests" / "fixtures"
+PAGES = ["dataset", "model", "pooling", "shrinkage"]
+
+
+def _app(page: str = "dataset", **state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    if "data.key" in state:  # through the sidebar picker, so its callback runs as in a browser
+        at.selectbox(key="data.key").set_value(state.pop("data.key")).run()
+    for key, value in state.items():
+        at.session_state[key] = value
+    if page != "dataset":
+        at.switch_page(f"app_pages/{page}.py")
+    at.run()
+    return at
+
+
+def _problems(at: AppTest) -> list:
+    return [str(e.value) for e in at.exception] + [str(e.value) for e in at.error]
+
+
+def _codes(at: AppTest) -> str:
+    return "\n".join(str(c.value) for c in at.code)
+
+
+def _figures(at: AppTest) -> list:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def _arr(value) -> np.ndarray:
+    """A trace's data array: plotly sends numpy arrays as base64 typed arrays."""
+    if isinstance(value, dict) and "bdata" in value:
+        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        return out.reshape(value["shape"]) if "shape" in value and isinstance(value["shape"], list) else out
+    return np.asarray(value)
+
+
+def _traces(fig: dict, method: str) -> list:
+    return [t for t in fig["data"] if (t.get("meta") or {}).get("method") == method]
+
+
+@pytest.mark.parametrize("lecture", [False, True], ids=["normal", "lecture"])
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_loads_clean_with_defaults(page, lecture):
+    at = _app(page, **({"app.lecture": True} if lecture else {}))
+    assert _problems(at) == []
+    assert len(at.title) == 1
+    if page in ("pooling", "shrinkage"):
+        assert len(at.get("plotly_chart")) >= 1
+    if page == "model":
+        text = _codes(at)
+        assert "REML criterion at convergence" in text
+        assert "Number of obs: 183, groups:  Subject, 20" in text
+
+
+def test_model_page_prints_lme4_numbers_for_the_default_fit():
+    at = _app("model", **{"data.key": "sleepstudy"})
+    at.text_input(key="model.formula").set_value("Reaction ~ Days + (Days | Subject)").run()
+    ref = json.loads((FIXTURES / "lme4" / "sleepstudy_slope.json").read_text())
+    assert _problems(at) == []
+    assert f"REML criterion at convergence: {ref['objective']:.1f}" in _codes(at)
+
+
+def test_upload_through_the_uploader_then_fit():
+    csv = "participant;day;rt\n" + "\n".join(
+        f"p{p};{d};{200 + 7 * p + (9 + p % 3) * d + (d * p) % 5},{(p * d) % 10}"
+        for p in range(1, 7) for d in range(5)) + "\n"
+    at = _app("dataset")
+    at.file_uploader(key="data.uploader").set_value(("reaction times.csv", csv.encode(), "text/csv"))
+    at.run()
+    assert _problems(at) == []
+    assert at.session_state["data.key"] == "upload"
+    assert [m.value for m in at.metric][:2] == ["30", "3"]
+    at.switch_page("app_pages/model.py").run()
+    at.text_input(key="model.formula").set_value("rt ~ day + (1 | participant)").run()
+    assert _problems(at) == []
+    text = _codes(at)
+    assert "Number of obs: 30, groups:  participant, 6" in text
+    # The upload stayed in this session's state only
+    assert at.session_state["data.user"]["upload"]["label"] == "reaction times.csv"
+
+
+def test_broken_upload_gives_a_message_not_a_traceback():
+    at = _app("dataset")
+    at.file_uploader(key="data.uploader").set_value(("bad.xlsx", b"PK\x03\x04 not really", "application/zip"))
+    at.run()
+    assert len(at.exception) == 0
+    assert len(at.error) == 1
+    assert at.session_state["data.key"] == "sleepstudy_fake"
+
+
+def test_hostile_names_are_shown_escaped_everywhere():
+    csv = ('"<script>alert(1)</script>","$x$","**bold**"\n'
+           + "\n".join(f"{200 + i * 3 + (i % 4) * 7},{i % 5},g{i % 4}" for i in range(40)) + "\n")
+    at = _app("dataset")
+    at.file_uploader(key="data.uploader").set_value(("<b>evil</b> $1$.csv", csv.encode(), "text/csv"))
+    at.run()
+    assert _problems(at) == []
+    for page in ("model", "pooling", "shrinkage"):
+        at.switch_page(f"app_pages/{page}.py").run()
+        assert len(at.exception) == 0, page
+        for md in list(at.markdown) + list(at.caption) + list(at.error) + list(at.warning):
+            value = str(md.value)
+            assert "<script>" not in value and "<b>evil" not in value and "$x$" not in value, value
+        for fig in _figures(at):
+            blob = json.dumps(fig)
+            assert "<script>" not in blob and "<b>evil" not in blob
+
+
+def test_builder_writes_the_formula_box_and_reads_it_back():
+    at = _app("model", **{"data.key": "sleepstudy"})
+    at.multiselect(key="build.fixed").set_value(["Days"])
+    at.multiselect(key="build.groups").set_value(["Subject"])
+    at.radio(key="build.random").set_value("uncorrelated")
+    at.run()
+    at.button(key="build.apply").click().run()
+    expected = compose_formula("Reaction", fixed=("Days",), groups=("Subject",), random="uncorrelated",
+                               slope="Days")
+    assert at.text_input(key="model.formula").value == expected == "Reaction ~ Days + (Days || Subject)"
+    assert _problems(at) == []
+    # lme4 prints a || term expanded, as here
+    assert "Formula: Reaction ~ Days + ((1 | Subject) + (0 + Days | Subject))" in _codes(at)
+    # and the other way: a typed formula sets the builder's fields
+    at.text_input(key="model.formula").set_value("Reaction ~ Days + (1 | Subject)").run()
+    assert at.radio(key="build.random").value == "intercept"
+    assert at.multiselect(key="build.groups").value == ["Subject"]
+
+
+def test_formula_syntax_error_shows_where():
+    at = _app("model")
+    at.text_input(key="model.formula").set_value("Reaction ~ Days + (Days | ").run()
+    assert len(at.exception) == 0
+    assert len(at.error) == 1
+    assert "^ here" in _codes(at)
+
+
+def _save(at: AppTest, name: str, formula: str, kind: str = "lmer") -> None:
+    at.text_input(key="model.formula").set_value(formula).run()
+    at.text_input(key="model.save_name").set_value(name)
+    at.radio(key="model.save_kind").set_value(kind)
+    at.button(key="model.save").click().run()
+
+
+@pytest.mark.parametrize("case,models", [
+    ("anova_sleepstudy_int_slope", [("fm1", "Reaction ~ Days + (1 | Subject)", "lmer"),
+                                    ("fm2", "Reaction ~ Days + (Days | Subject)", "lmer")]),
+    ("anova_sleepstudy_lmer_lm", [("lm1", "Reaction ~ Days + (Days | Subject)", "lm"),
+                                  ("fm2", "Reaction ~ Days + (Days | Subject)", "lmer")]),
+])
+def test_saved_models_compared_give_lme4_anova(case, models):
+    ref = json.loads((FIXTURES / "r" / f"{case}.json").read_text())
+    at = _app("model", **{"data.key": "sleepstudy"})
+    for name, formula, kind in models:
+        _save(at, name, formula, kind)
+    assert at.multiselect(key="model.compare").value == [m[0] for m in models]
+    assert _problems(at) == []
+    table = next(d.value for d in at.dataframe if "logLik" in getattr(d.value, "columns", []))
+    table = table.loc[ref["rows"]]
+    np.testing.assert_allclose(table["logLik"], ref["logLik"], rtol=1e-6)
+    np.testing.assert_allclose(table["AIC"], ref["AIC"], rtol=1e-6)
+    np.testing.assert_allclose(table["BIC"], ref["BIC"], rtol=1e-6)
+    np.testing.assert_allclose(table["Chisq"].iloc[1], ref["Chisq"][1], rtol=1e-5)
+    np.testing.assert_allclose(table["Pr(>Chisq)"].iloc[1], ref["p"][1], rtol=1e-3)
+    assert list(table["npar"]) == ref["npar"]
+    printed = _codes(at)
+    assert "Models:" in printed and "Chisq Df Pr(>Chisq)" in printed
+    if "refitting model(s) with ML (instead of REML)" in ref["messages"]:
+        assert any("refitting" in str(c.value) for c in at.caption)
+
+
+def test_paired_design_shows_equal_t_values():
+    ref = json.loads((FIXTURES / "r" / "paired_t_df_original.json").read_text())
+    at = _app("model", **{"data.key": "df_original"})
+    at.run()
+    assert _problems(at) == []
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["paired t-test t"]) == pytest.approx(ref["t"], rel=1e-4)
+    assert float(metrics["lmer t for condition2"]) == pytest.approx(ref["lmer_t"], rel=1e-4)
+
+
+def test_shared_link_opens_dataset_and_formula():
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["dataset"] = "penicillin"
+    at.query_params["formula"] = "diameter ~ 1 + (1 | plate) + (1 | sample)"
+    at.run()
+    at.switch_page("app_pages/model.py").run()
+    assert _problems(at) == []
+    assert "Number of obs: 144, groups:  plate, 24; sample, 6" in _codes(at)
+    at.toggle(key="app.lecture").set_value(True).run()
+    assert at.query_params["lecture"] in ("1", ["1"])
+
+
+def _estimates(key: str, response: str, predictor, group: str, random: str, categorical) -> pd.DataFrame:
+    raw = pd.read_csv(ROOT / "data" / f"{key}.csv")
+    df = teaching.apply_types(raw, teaching.column_types(raw, categorical))
+    return lmmcore.pooling_estimates(df, response, predictor, group, random=random)
+
+
+def test_pooling_figure_draws_lmmcore_estimates():
+    at = _app("pooling")
+    assert _problems(at) == []
+    est = _estimates("sleepstudy_fake", "Reaction", "Days", "Subject", "intercept+slope", ["Subject"])
+    fig = _figures(at)[0]
+    checked = 0
+    for method in ("complete", "no", "partial"):
+        for trace in _traces(fig, method):
+            a, b, g = trace["customdata"][0]
+            row = est[(est["group"].astype(str) == g) & (est["method"] == method)].iloc[0]
+            assert a == pytest.approx(row["intercept"], rel=1e-12)
+            assert b == pytest.approx(row["slope"], rel=1e-12)
+            x0, x1 = trace["x"]
+            assert trace["y"] == pytest.approx([a + b * x0, a + b * x1], rel=1e-12)
+            checked += 1
+    assert checked == 3 * 12  # first page: 12 groups, three lines each
+    # the incomplete subjects: zoom on them
+    at.button(key="pool.zoom_few").click().run()
+    fig = _figures(at)[0]
+    shown = {t["meta"]["group"] for t in _traces(fig, "partial")}
+    assert shown == {"373", "374"}
+    # 373 has one observation: no no-pooling line, and the page says so
+    assert {t["meta"]["group"] for t in _traces(fig, "no")} == {"374"}
+
+
+def test_shrinkage_figure_draws_lmmcore_estimates_and_contours():
+    at = _app("shrinkage")
+    assert _problems(at) == []
+    est = _estimates("sleepstudy_fake", "Reaction", "Days", "Subject", "intercept+slope", ["Subject"])
+    fig = _figures(at)[0]
+    part = est[est["method"] == "partial"].set_index(est[est["method"] == "partial"]["group"].astype(str))
+    (ptrace,) = _traces(fig, "partial")
+    groups = [c[0] for c in ptrace["customdata"]]
+    np.testing.assert_allclose(_arr(ptrace["x"]), part.loc[groups, "intercept"], rtol=1e-12)
+    np.testing.assert_allclose(_arr(ptrace["y"]), part.loc[groups, "slope"], rtol=1e-12)
+    no = est[est["method"] == "no"].set_index(est[est["method"] == "no"]["group"].astype(str))
+    (ntrace,) = _traces(fig, "no")
+    ngroups = [c[0] for c in ntrace["customdata"]]
+    assert "373" not in ngroups and "374" in ngroups
+    np.testing.assert_allclose(_arr(ntrace["x"]), no.loc[ngroups, "intercept"], rtol=1e-12)
+    np.testing.assert_allclose(_arr(ntrace["y"]), no.loc[ngroups, "slope"], rtol=1e-12)
+    # 373 has no no-pooling estimate: its partial point is labelled
+    assert ptrace["text"][groups.index("373")] == "373"
+    (fixed,) = _traces(fig, "fixed")
+    ref = json.loads((FIXTURES / "r" / "pooling_sleepstudy_fake_intercept_slope.json").read_text())
+    assert [_arr(fixed["x"])[0], _arr(fixed["y"])[0]] == pytest.approx(ref["fixef"], rel=1e-5)
+    levels = sorted({t["meta"]["level"] for t in fig["data"] if "level" in (t.get("meta") or {})})
+    assert levels == pytest.approx([0.1, 0.3, 0.5, 0.7, 0.9])
+    sd = next(d.value for d in at.dataframe if "slope" in getattr(d.value, "columns", []))
+    np.testing.assert_allclose(sd.to_numpy(), lmmcore.shrinkage_sd(est).to_numpy(), rtol=1e-12)
+
+
+def test_shrinkage_1d_for_random_intercept_models():
+    at = _app("shrinkage", **{"data.key": "dyestuff"})
+    assert _problems(at) == []
+    fig = _figures(at)[0]
+    est = _estimates("Dyestuff", "Yield", None, "Batch", "intercept", ["Batch"])
+    (ptrace,) = _traces(fig, "partial")
+    part = est[est["method"] == "partial"].set_index(est[est["method"] == "partial"]["group"].astype(str))
+    groups = [c[0] for c in ptrace["customdata"]]
+    np.testing.assert_allclose(_arr(ptrace["x"]), part.loc[groups, "intercept"], rtol=1e-12)
