@@ -96,3 +96,21 @@ def test_bad_input_is_lmmerror():
         lm("Reaction ~ nosuchcolumn", data)
     with pytest.raises(LmmError):
         lm("Reaction ~ 0", data)
+
+
+def test_lmer_t_equals_paired_t_test():
+    """The lecture's point: with two conditions per participant, lmer's t is the paired t."""
+    from scipy import stats
+
+    from lmmcore import lmer
+
+    ref = json.loads((FIX / "paired_t_df_original.json").read_text())
+    data = pd.read_csv(ROOT / "data" / "df_original.csv")
+    fit = lmer(ref["lmer_formula"], data, categorical=["participant", "condition"])
+    wide = data.pivot(index="participant", columns="condition", values="value")
+    t_scipy = stats.ttest_rel(wide[2], wide[1]).statistic
+    assert t_scipy == pytest.approx(ref["t"], rel=1e-10)
+    assert fit.tvalue["condition2"] == pytest.approx(ref["t"], rel=1e-5)
+    assert fit.tvalue["condition2"] == pytest.approx(ref["lmer_t"], rel=1e-5)
+    # lm ignores the pairing: a much smaller t
+    assert lm("value ~ condition", data, categorical=["condition"]).tvalue["condition2"] < 1
