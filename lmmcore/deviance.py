@@ -39,6 +39,8 @@ _LOG_2PI = float(np.log(2.0 * np.pi))
 #: Largest number of random-effect columns outside the lead term that the dense
 #: block A_22 may have (8000 columns = 512 MB); beyond that the fit is refused.
 MAX_DENSE_REST = 8000
+#: Off-diagonal blocks up to this many elements are kept dense (faster for small models).
+DENSE_A21_MAX = 250_000
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,8 @@ class CrossProducts:
         Z_1'Z_1, one block per level of the lead term.
     C1 : ndarray (m1, k1, p + 1)
         Z_1'[X y].
-    A21 : scipy.sparse.csr_matrix (q2, q1) or None
-        Z_2'Z_1.
+    A21 : scipy.sparse.csr_matrix or ndarray (q2, q1), or None
+        Z_2'Z_1 (dense when small, see ``DENSE_A21_MAX``).
     A21_rows : ndarray or None
         Row index of each stored element of ``A21`` (for cheap row scaling).
     A22 : ndarray (q2, q2)
@@ -235,6 +237,10 @@ def cross_products(design: MixedDesign) -> CrossProducts:
         A21 = (Z2t @ Z1s).tocsr()
         A21.sort_indices()
         A21_rows = np.repeat(np.arange(q2), np.diff(A21.indptr))
+        if q2 * k1 * m1 <= DENSE_A21_MAX:
+            # small problems: numpy on a dense block beats scipy.sparse call overhead
+            A21 = A21.toarray()
+            A21_rows = None
         A22 = np.asarray((Z2t @ Z2).toarray())
         C2 = np.asarray(Z2t @ XY)
         lam2_rows = np.concatenate(lam_r)
@@ -363,24 +369,34 @@ def factorize(cp: CrossProducts, theta) -> Factor:
     if cp.rest:
         lam2 = _lambda2(cp, theta)
         # L21 = Lambda_2' A21 Lambda_1 L11^{-T}, block column by block column
-        if cp.rest_scalar:
-            L21 = cp.A21.copy()
-            L21.data *= lam2[cp.A21_rows]
+        dense = isinstance(cp.A21, np.ndarray)
+        if dense:
+            L21 = lam2[:, None] * cp.A21 if cp.rest_scalar else np.asarray(lam2.T @ cp.A21)
+            if k1 == 1:
+                L21 = L21 * (T1[0, 0] * L11inv.ravel())[None, :]
+            else:
+                R = T1 @ np.swapaxes(L11inv, 1, 2)
+                L21 = np.einsum("qmi,mij->qmj", L21.reshape(-1, m1, k1), R).reshape(-1, m1 * k1)
         else:
-            L21 = (lam2.T @ cp.A21).tocsr()
-        if k1 == 1:
-            L21.data *= (T1[0, 0] * L11inv.ravel())[L21.indices]
-        else:
-            R = T1 @ np.swapaxes(L11inv, 1, 2)
-            Rb = sp.bsr_matrix((R, np.arange(m1), np.arange(m1 + 1)), shape=(m1 * k1, m1 * k1))
-            L21 = (L21 @ Rb).tocsr()
+            if cp.rest_scalar:
+                L21 = cp.A21.copy()
+                L21.data *= lam2[cp.A21_rows]
+            else:
+                L21 = (lam2.T @ cp.A21).tocsr()
+            if k1 == 1:
+                L21.data *= (T1[0, 0] * L11inv.ravel())[L21.indices]
+            else:
+                R = T1 @ np.swapaxes(L11inv, 1, 2)
+                Rb = sp.bsr_matrix((R, np.arange(m1), np.arange(m1 + 1)),
+                                   shape=(m1 * k1, m1 * k1))
+                L21 = (L21 @ Rb).tocsr()
         if cp.rest_scalar:
             A22 = cp.A22 * np.outer(lam2, lam2)
             c2 = cp.C2 * lam2[:, None]
         else:
             A22 = np.asarray((lam2.T @ (lam2.T @ cp.A22).T))
             c2 = np.asarray(lam2.T @ cp.C2)
-        A22 = A22 - (L21 @ L21.T).toarray()
+        A22 = A22 - (L21 @ L21.T if dense else (L21 @ L21.T).toarray())
         A22[np.diag_indices_from(A22)] += 1.0
         L22 = _dense_cholesky(A22, lower=True, check_finite=False, overwrite_a=True)
         c2 = solve_triangular(L22, c2 - L21 @ c1f, lower=True, check_finite=False)
@@ -429,6 +445,14 @@ class ProfiledDeviance:
 
     def __call__(self, theta) -> float:
         return objective(self.cp, theta, self.reml)
+
+    def value_and_gradient(self, theta):
+        """``(value, gradient)``; the gradient is None when only finite differences work."""
+        return objective_and_gradient(self.cp, theta, self.reml)
+
+    @property
+    def has_gradient(self) -> bool:
+        return not self.cp.rest
 
     @property
     def n_theta(self) -> int:
@@ -534,7 +558,13 @@ def conditional_variances(cp: CrossProducts, f: Factor) -> tuple:
     out = [None] * len(cp.layouts)
     if cp.rest:
         # W = L22^{-1} L21 L11^{-1}: the (2,1) block of L^{-1}, up to sign
-        if k1 == 1:
+        if isinstance(f.L21, np.ndarray):
+            if k1 == 1:
+                L21d = f.L21 * f.L11inv.ravel()[None, :]
+            else:
+                L21d = np.einsum("qmi,mij->qmj", f.L21.reshape(-1, m1, k1),
+                                 f.L11inv).reshape(-1, m1 * k1)
+        elif k1 == 1:
             L21d = f.L21.multiply(f.L11inv.ravel()[None, :]).toarray()
         else:
             Bi = sp.bsr_matrix((f.L11inv, np.arange(m1), np.arange(m1 + 1)),
@@ -552,3 +582,61 @@ def conditional_variances(cp: CrossProducts, f: Factor) -> tuple:
             out[i] = T @ Vt @ T.T
     out[cp.lead] = f.T1 @ V1 @ f.T1.T
     return tuple(out)
+
+
+def objective_and_gradient(cp: CrossProducts, theta, reml: bool = True):
+    """The objective and its analytic gradient in theta (single random term only).
+
+    Returns ``(value, gradient)``; ``gradient`` is None for models with more than one
+    random term (the optimiser then uses finite differences).
+
+    Notes
+    -----
+    With ``A = Lambda'Z'Z Lambda + I``, ``V0 = I + Z Lambda Lambda'Z'``, residual ``r`` and
+    ``dLambda_k = dLambda/dtheta_k`` (envelope theorem for pwrss)::
+
+        d log|A|      = 2 tr(A^{-1} Lambda'Z'Z dLambda_k)
+        d pwrss       = -2 (Z'r)' dLambda_k u
+        d log|R_X|^2  = -2 tr(dLambda_k Lambda' G (R_X'R_X)^{-1} G'),  G = Z'V0^{-1}X
+
+    Every term is a sum over the levels of k x k blocks, so the gradient costs about as
+    much as the objective.
+    """
+    if cp.rest:
+        return objective(cp, theta, reml), None
+    theta = np.asarray(theta, float)
+    try:
+        f = factorize(cp, theta)
+    except np.linalg.LinAlgError:
+        return float("inf"), None
+    n, p = cp.n, cp.p
+    val = objective_from_factor(f, n, p, reml)
+    if not np.isfinite(val):
+        return float("inf"), None
+    lay = cp.layouts[0]
+    T, Li = f.T1, f.L11inv
+    LX = f.LM[:p, :p]
+    beta = solve_triangular(LX.T, f.LM[p, :p], lower=False, check_finite=False) if p else np.zeros(0)
+    pwrss = float(f.LM[p, p]) ** 2
+    r1 = f.c1[:, :, p] - f.c1[:, :, :p] @ beta
+    u = np.einsum("mji,mj->mi", Li, r1)                      # (m, k)
+    S = cp.A11
+    ST = S @ T                                               # Z_j'Z_j T
+    Ainv = np.swapaxes(Li, 1, 2) @ Li                        # A_j^{-1}
+    H = Ainv @ (T.T @ S)                                     # A_j^{-1} T'S_j
+    Zr = cp.C1[:, :, p] - cp.C1[:, :, :p] @ beta - np.einsum("mij,mj->mi", ST, u)
+    rows, cols = lay.rows, lay.cols
+    d_logA = 2.0 * H[:, cols, rows].sum(axis=0)
+    d_pwrss = -2.0 * (Zr[:, rows] * u[:, cols]).sum(axis=0)
+    if reml:
+        ZtX = cp.C1[:, :, :p]
+        G = ZtX - ST @ (Ainv @ (T.T @ ZtX))                   # (m, k, p)
+        LXi = solve_triangular(LX, np.eye(p), lower=True, check_finite=False)
+        GV = G @ LXi.T                                       # G R_X^{-1}
+        K = GV @ np.swapaxes(GV, 1, 2)                       # G (R_X'R_X)^{-1} G'
+        TK = T.T @ K
+        d_logRX = -2.0 * TK[:, cols, rows].sum(axis=0)
+        grad = d_logA + d_logRX + (n - p) * d_pwrss / pwrss
+    else:
+        grad = d_logA + n * d_pwrss / pwrss
+    return val, grad

@@ -73,11 +73,16 @@ class _Tracked:
     def __call__(self, theta):
         theta = np.array(theta, dtype=float)
         val = float(self.fun(theta))
+        self.record(theta, val)
+        return val
+
+    def record(self, theta, val):
+        theta = np.array(theta, dtype=float)
+        val = float(val)
         self.thetas.append(theta)
         self.values.append(val)
         if val < self.best_value:
             self.best_value, self.best_theta = val, theta
-        return val
 
 
 def _fd_value_and_gradient(f, x, lower, h):
@@ -120,18 +125,43 @@ def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
     h = 1e-6
 
+    analytic = getattr(fun, "has_gradient", False)
+
     def fg(x):
-        fx, g = _fd_value_and_gradient(tracked, np.asarray(x, float), lower, h)
+        x = np.asarray(x, float)
+        g = None
+        if analytic:
+            fx, g = fun.value_and_gradient(x)
+            tracked.record(x, fx)
+        if g is None:
+            fx, g = _fd_value_and_gradient(tracked, x, lower, h)
         if not np.isfinite(fx):
             # steer back: a large value with a zero gradient makes the line search shrink
             return 1e300, np.zeros_like(g)
         return fx, g
 
-    res = minimize(fg, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
-                   options={"ftol": 1e-15, "gtol": 1e-7, "maxiter": 2000,
-                            "maxfun": max_evaluations, "maxcor": 20})
+    opts = {"ftol": 1e-12, "gtol": 1e-6, "maxiter": 2000, "maxfun": max_evaluations,
+            "maxcor": 20}
+    res = minimize(fg, theta0, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
     theta = tracked.best_theta if tracked.best_theta is not None else np.asarray(res.x, float)
     value = tracked.best_value
+    # lme4's restart_edge: a diagonal element stuck at 0 may sit on a ridge where the
+    # gradient vanishes by symmetry (the objective is even in it); probe inside and
+    # restart when that is better.
+    for _ in range(3):
+        at_edge = np.flatnonzero(np.isfinite(lower) & (theta - lower < BOUNDARY_TOL))
+        best_trial, best_val = None, value - 1e-10 * abs(value)
+        for i in at_edge:
+            for step in (1e-3, 3e-2):
+                trial = theta.copy()
+                trial[i] = lower[i] + step
+                tv = tracked(trial)
+                if tv < best_val:
+                    best_trial, best_val = trial, tv
+        if best_trial is None:
+            break
+        res = minimize(fg, best_trial, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+        theta, value = tracked.best_theta, tracked.best_value
     # lme4's check.boundary: a diagonal element within boundary.tol of 0 is tried at 0
     near = np.isfinite(lower) & (theta - lower < BOUNDARY_TOL) & (theta != lower)
     if near.any():
@@ -143,7 +173,8 @@ def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
     converged = bool(res.success) or res.status == 2  # status 2: "ABNORMAL" line search at optimum
     message = str(res.message)
     record = OptimizerRecord(
-        method="L-BFGS-B (scipy), finite-difference gradient",
+        method="L-BFGS-B (scipy), " + ("analytic gradient" if analytic
+                                        else "finite-difference gradient"),
         theta_start=tuple(float(t) for t in theta0), theta_end=tuple(float(t) for t in theta),
         evaluations=len(tracked.values), converged=converged, message=message,
         path_theta=np.array(tracked.thetas).reshape(len(tracked.thetas), theta0.size),
