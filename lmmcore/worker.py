@@ -20,6 +20,9 @@ Design points
   raised again in the caller with the same class and message.
 * Nothing here imports streamlit; the app decides which fits go to a worker (see
   ``explorer.settings.Settings.worker_min_rows``).
+* As with any non-fork start method, the program's main module must be importable
+  without side effects: true for ``streamlit run``, pytest and ``python -m lmmcore``; a
+  script of your own needs the ``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ __all__ = ["fit_in_worker", "run_in_worker", "set_max_workers", "max_workers", "
 
 # The forkserver imports these once; every child then starts with them in memory.
 # A module that does not exist (yet) is skipped by multiprocessing, not an error.
+# statsmodels is listed because lmmcore.linear imports it only on the first lm() call.
 _PRELOAD = ["__main__", "numpy", "scipy.linalg", "scipy.optimize", "scipy.sparse", "pandas",
-            "lmmcore", "lmmcore.mixed", "lmmcore.linear"]
+            "statsmodels.api", "lmmcore", "lmmcore.formula", "lmmcore.design", "lmmcore.mixed",
+            "lmmcore.linear"]
 
 # How long a killed child gets to exit before we stop waiting for it.
 _REAP_SECONDS = 2.0

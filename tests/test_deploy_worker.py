@@ -154,3 +154,43 @@ def test_instEval_sized_fit_is_stopped_at_the_limit():
         worker.fit_in_worker("lmer", "y ~ service + (1 | s) + (1 | d) + (1 | dept:service)",
                              data, timeout=0.5)
     assert time.monotonic() - start < 0.5 + 1.5
+
+
+@needs_engine
+@pytest.mark.slow
+def test_a_large_fit_in_a_worker_leaves_small_fits_prompt():
+    """The app's situation: one student's big model runs in a worker; another student's
+    sleepstudy fit runs in the server process meanwhile and is not held up."""
+    sleep = pd.read_csv(DATA / "sleepstudy.csv")
+    small = "Reaction ~ Days + (Days | Subject)"
+    lmmcore.lmer(small, sleep)
+    start = time.monotonic()
+    for _ in range(3):
+        lmmcore.lmer(small, sleep)
+    alone = (time.monotonic() - start) / 3
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "data" / "InstEval.csv"
+    big = pd.read_csv(path)
+    outcome = {}
+
+    def large():
+        try:
+            outcome["fit"] = worker.fit_in_worker(
+                "lmer", "y ~ service + (1 | s) + (1 | d) + (1 | dept:service)", big, timeout=8)
+        except FitTimeout as exc:
+            outcome["timeout"] = exc
+
+    thread = threading.Thread(target=large)
+    thread.start()
+    time.sleep(1.0)  # the large fit has been sent and is running in its worker
+    timings = []
+    for _ in range(3):
+        start = time.monotonic()
+        fit = lmmcore.lmer(small, sleep)
+        timings.append(time.monotonic() - start)
+    busy_worker = thread.is_alive()
+    thread.join()
+    assert fit.reml_criterion == pytest.approx(1743.628, abs=1e-3)
+    # generous: at most 4x slower than alone, or half a second, whichever is larger
+    assert max(timings) < max(0.5, 4 * alone), (timings, alone)
+    assert busy_worker or outcome, "the large fit ended before the small ones could overlap it"
