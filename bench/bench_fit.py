@@ -109,21 +109,25 @@ MODELS = [
 
 
 # --------------------------------------------------------------------------- peers
-# Each peer: fit(model, data) -> (objective, theta); the objective is the REML criterion
-# (-2 x the REML log-likelihood at the optimum), comparable across peers.
+# Each peer: fit(model, data) -> (objective, theta, evaluations); the objective is the
+# REML criterion (-2 x the REML log-likelihood at the optimum), comparable across peers;
+# evaluations is the number of objective evaluations the optimiser made (None: unknown).
 
 def _fit_lmmcore(model: Model, data: pd.DataFrame):
     import lmmcore
 
     fit = lmmcore.lmer(model.formula, data, reml=True)
-    return float(fit.reml_criterion), np.asarray(fit.theta, dtype=float)
+    record = getattr(fit, "optimizer", None)
+    return (float(fit.reml_criterion), np.asarray(fit.theta, dtype=float),
+            getattr(record, "evaluations", None))
 
 
 def _fit_mixedlm(model: Model, data: pd.DataFrame):
     import mixedlm
 
     fit = mixedlm.lmer(model.formula, data, REML=True)
-    return float(fit.REMLcrit()), np.asarray(fit.theta, dtype=float)
+    return (float(fit.REMLcrit()), np.asarray(fit.theta, dtype=float),
+            getattr(fit, "function_evals", None))
 
 
 def _statsmodels_model(model: Model, data: pd.DataFrame):
@@ -153,7 +157,7 @@ def _fit_statsmodels(model: Model, data: pd.DataFrame):
         # objective printed beside the time shows how well it did.
         warnings.simplefilter("ignore")
         result = _statsmodels_model(model, data).fit(reml=True)
-    return -2.0 * float(result.llf), np.array([])
+    return -2.0 * float(result.llf), np.array([]), None
 
 
 FITTERS = {"lmmcore": _fit_lmmcore, "mixedlm": _fit_mixedlm, "statsmodels": _fit_statsmodels}
@@ -204,14 +208,15 @@ def _time_python(peer: str, model: Model, repeats: int, warmup: bool) -> dict:
     if warmup:
         fit(model, model.data)
     times = []
-    objective = theta = None
+    objective = theta = evaluations = None
     for _ in range(repeats):
         gc.collect()  # a collection of the previous fit's garbage must not land in this timing
         start = time.perf_counter()
-        objective, theta = fit(model, model.data)
+        objective, theta, evaluations = fit(model, model.data)
         times.append(time.perf_counter() - start)
-    return {"times": times, "median": statistics.median(times),
-            "objective": objective, "theta": theta.tolist()}
+    return {"times": times, "median": statistics.median(times), "min": min(times),
+            "objective": objective,
+            "theta": theta.tolist(), "evaluations": evaluations}
 
 
 def _time_lme4(model: Model, repeats: int, warmup: bool, csv_dir: Path) -> dict:
@@ -224,8 +229,10 @@ def _time_lme4(model: Model, repeats: int, warmup: bool, csv_dir: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.strip()[-500:])
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"times": out["times"], "median": out["median"], "objective": out["objective"],
-            "theta": out["theta"], "lme4_warnings": out["warnings"], "blas": out["blas"]}
+    return {"times": out["times"], "median": out["median"], "min": min(out["times"]),
+            "objective": out["objective"],
+            "theta": out["theta"], "evaluations": out["evaluations"],
+            "lme4_warnings": out["warnings"], "blas": out["blas"]}
 
 
 def _run_peer(peer: str, model: Model, repeats: int, quick: bool, csv_dir: Path) -> dict:
@@ -235,6 +242,48 @@ def _run_peer(peer: str, model: Model, repeats: int, quick: bool, csv_dir: Path)
     if peer == "lme4":
         return _time_lme4(model, repeats, warmup, csv_dir)
     return _time_python(peer, model, repeats, warmup)
+
+
+# --------------------------------------------------------------------------- profile
+def _profile_lmmcore(models, out_dir: Path, top: int = 15) -> dict:
+    """cProfile one lmmcore fit per model; print the hot spots, save the .prof files.
+
+    Also times the formula step (``build_design``) on its own, so a slow row can be
+    blamed on the design or on the engine (deviance + optimiser) before reading the profile.
+    """
+    import cProfile
+    import io
+    import pstats
+
+    import lmmcore
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for model in models:
+        design_times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            lmmcore.build_design(model.formula, model.data)
+            design_times.append(time.perf_counter() - start)
+        profiler = cProfile.Profile()
+        start = time.perf_counter()
+        profiler.runcall(_fit_lmmcore, model, model.data)
+        total = time.perf_counter() - start
+        path = out_dir / f"lmmcore-{model.key}.prof"
+        profiler.dump_stats(str(path))
+        text = io.StringIO()
+        # lmmcore's own functions by cumulative time first (where in our code), then every
+        # function by its own time (what the time is spent on: numpy, scipy, LAPACK calls).
+        pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(
+            r"lmmcore[/\\]", top)
+        pstats.Stats(profiler, stream=text).strip_dirs().sort_stats("tottime").print_stats(top)
+        design = statistics.median(design_times)
+        print(f"\n=== profile: lmmcore on {model.label} (build_design {_fmt_time(design)}, "
+              f"whole fit under the profiler {_fmt_time(total)}) -> {path}")
+        print(text.getvalue())
+        summary[model.key] = {"build_design_median": design, "profiled_total": total,
+                              "profile": str(path)}
+    return summary
 
 
 # --------------------------------------------------------------------------- report
@@ -321,6 +370,7 @@ def _environment() -> dict:
     except ImportError:
         pools = "threadpoolctl not installed (pip install -r bench/requirements.txt)"
     return {"python": sys.version.split()[0], "platform": platform.platform(),
+            "load_average": os.getloadavg(),
             "cpu_count": os.cpu_count(), "numpy": np.__version__, "pandas": pd.__version__,
             "blas_env": env, "threadpools": pools}
 
@@ -336,6 +386,8 @@ def main(argv=None) -> int:
                         help=f"comma-separated subset of {', '.join(PEERS)}")
     parser.add_argument("--with-slow-statsmodels", action="store_true",
                         help="also fit InstEval with statsmodels (> 6 min, ~10 GB)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also cProfile one lmmcore fit per model (artifacts/profile/)")
     parser.add_argument("--output", type=Path, default=ARTIFACT)
     args = parser.parse_args(argv)
 
@@ -354,6 +406,13 @@ def main(argv=None) -> int:
             missing[peer] = reason
             print(f"[bench] {peer} skipped: {reason}", file=sys.stderr)
     active = [p for p in PEERS if p in versions]
+    load = os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        # Multi-threaded BLAS on an oversubscribed machine slows down by 10x and more
+        # (threads wait for cores): such figures do not say anything about the code.
+        print(f"[bench] warning: load average {load:.1f} on {os.cpu_count()} cores; "
+              "other processes are running and the times will be inflated and noisy",
+              file=sys.stderr)
     if not active:
         print("[bench] no peer to run", file=sys.stderr)
         return 2
@@ -394,6 +453,11 @@ def main(argv=None) -> int:
     _print_table(rows)
     for peer, reason in missing.items():
         print(f"- {peer} not run: {reason}")
+
+    if args.profile and "lmmcore" in active:
+        profiles = _profile_lmmcore(models, args.output.parent / "profile")
+        for key, info in profiles.items():
+            rows[key]["lmmcore_profile"] = info
 
     report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick,
               "versions": versions, "missing": missing, "environment": _environment(),

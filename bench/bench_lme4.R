@@ -44,8 +44,8 @@ msgs <- fit@optinfo$conv$lme4$messages
 cat(sprintf(paste0(
   '{"peer": "lme4", "version": "%s", "r_version": "%s", "times": [%s], ',
   '"median": %s, "objective": %s, "theta": [%s], "fixef": [%s], "sigma": %s, ',
-  '"singular": %s, "warnings": %d, "blas": "%s"}\n'),
+  '"singular": %s, "warnings": %d, "evaluations": %d, "blas": "%s"}\n'),
   as.character(packageVersion("lme4")), R.version$version.string,
   num(times), num(median(times)), num(REMLcrit(fit)), num(getME(fit, "theta")),
   num(fixef(fit)), num(sigma(fit)), tolower(as.character(isSingular(fit))),
-  length(msgs), gsub('"', "'", extSoftVersion()[["BLAS"]])))
+  length(msgs), as.integer(fit@optinfo$feval), gsub('"', "'", extSoftVersion()[["BLAS"]])))
