@@ -70,13 +70,20 @@ def _as_number(value) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _as_text(s: pd.Series) -> pd.Series:
+    """Values as level labels: whole-number floats (a number column with gaps) lose ".0"."""
+    if pd.api.types.is_float_dtype(s) and s.dropna().apply(float.is_integer).all():
+        s = s.astype("Int64")
+    return s.astype("string").astype(object).where(s.notna(), None)
+
+
 def level_order(values) -> list:
     """A categorical column's levels in lmmcore's (and R's factor()) order, as text.
 
     Sorted as numbers when every level is a number, else as text; the first level is
     the default reference level.
     """
-    levels = pd.Series(values).dropna().astype(str).unique().tolist()
+    levels = _as_text(pd.Series(values)).dropna().unique().tolist()
     nums = [_as_number(v) for v in levels]
     if levels and all(n is not None for n in nums):
         return [v for _, v in sorted(zip(nums, levels))]
@@ -432,9 +439,7 @@ def apply_types(data: pd.DataFrame, types: dict) -> pd.DataFrame:
             continue
         s = out[col]
         if kind == "categorical":
-            if pd.api.types.is_float_dtype(s) and s.dropna().apply(float.is_integer).all():
-                s = s.astype("Int64")
-            out[col] = s.astype("string").astype(object).where(s.notna(), None)
+            out[col] = _as_text(s)
         elif not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
             num = pd.to_numeric(s, errors="coerce")
             bad = s.notna() & num.isna()
