@@ -61,12 +61,17 @@ def wait_for_app(pg, settle_ms: int = 600, timeout_ms: int = RUN_TIMEOUT_MS) -> 
     for chart in pg.locator('[data-testid="stPlotlyChart"]').all():
         chart.locator(".main-svg").first.wait_for(state="attached", timeout=timeout_ms)
     pg.locator('[data-testid="stSkeleton"]').first.wait_for(state="detached", timeout=timeout_ms)
+    # Icons are a web font (Material Symbols): a screenshot before it loads shows boxes.
+    pg.evaluate("document.fonts.ready.then(() => true)")
 
 
 # Python exception names ("ValueError", "KeyError: 'x'") and tracebacks; "Std. Error" in
 # lme4's fixed-effects table is legitimate output and is not matched.
 EXCEPTION_TEXT = re.compile(r"Traceback \(most recent call last\)|\b[A-Z]\w*(Error|Exception)\b"
                             r"|^Error\b|\bError:", re.MULTILINE)
+# Markdown escapes that reached the screen: text escaped twice, or escaped inside a code
+# span, shows students "Reaction \~ Days \+ \(Days \| Subject\)".
+VISIBLE_ESCAPE = re.compile(r"\\[~+()|*_\[\]`#<>{}!-]")
 
 
 def page_problems(pg, server_log: ServerLog | None = None) -> list[str]:
@@ -76,10 +81,15 @@ def page_problems(pg, server_log: ServerLog | None = None) -> list[str]:
     for testid in ("stException", "stAlertContentError"):
         for element in pg.locator(f'[data-testid="{testid}"]').all():
             problems.append(f"{testid}: {element.inner_text()[:300]!r}")
+    for dialog in pg.locator('[role="dialog"]').all():
+        if "not found" in dialog.inner_text().lower():
+            problems.append(f"dialog: {dialog.inner_text()[:200]!r}")
     text = pg.locator(APP).inner_text()
-    for match in EXCEPTION_TEXT.finditer(text):
-        start = max(0, match.start() - 80)
-        problems.append(f"exception text: {text[start:match.end() + 120]!r}")
+    for pattern, what in ((EXCEPTION_TEXT, "exception text"),
+                          (VISIBLE_ESCAPE, "markdown escape shown as text")):
+        for match in pattern.finditer(text):
+            start = max(0, match.start() - 80)
+            problems.append(f"{what}: {text[start:match.end() + 80]!r}")
     if server_log is not None:
         log = server_log.since_mark()
         if "Traceback" in log:

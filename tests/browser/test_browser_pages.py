@@ -113,3 +113,27 @@ def test_shared_link_opens_dataset_and_formula(page, base_url, server_log):
     _assert_clean(page, server_log, "the model page opened from a shared link")
     text = _main_text(page)
     assert "Number of obs: 144, groups:  plate, 24; sample, 6" in text
+
+
+def test_sidebar_link_reopens_the_same_view(page, base_url, server_log):
+    """The link the sidebar offers for sharing opens the same page, dataset and formula
+    in a new session (what students get when the lecturer posts it)."""
+    formula = "Reaction ~ Days + (1 | Subject)"
+    _open(page, base_url, "model", dataset="sleepstudy", formula=formula)
+    link = next((t for t in page.locator(
+        '[data-testid="stSidebar"] [data-testid="stCode"]').all_inner_texts()
+        if t.strip().startswith("http")), None)
+    assert link, "the sidebar offers no link to this view"
+    link = "".join(link.split())  # the code block wraps long links
+    assert link.startswith(base_url + "/model?"), f"the link is for another page: {link}"
+    fresh = page.context.browser.new_context(viewport=page.viewport_size)
+    try:
+        other = fresh.new_page()
+        other.goto(link, wait_until="domcontentloaded")
+        wait_for_app(other)
+        _assert_clean(other, server_log, f"the shared link {link}")
+        box = other.locator(".st-key-model-formula input, .st-key-model-formula textarea")
+        assert box.first.input_value() == formula
+        assert "Number of obs: 180, groups:  Subject, 18" in _main_text(other)
+    finally:
+        fresh.close()
