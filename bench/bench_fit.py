@@ -326,6 +326,10 @@ def _summarise(rows: dict) -> dict:
             fastest = min(timed, key=lambda p: peers[p]["median"])
             checks["fastest_peer"] = fastest
             checks["as_fast_as_fastest_peer"] = own <= peers[fastest]["median"]
+        if "lme4" in row["objective_diff"]:
+            # "The same optimum": not worse than lme4's beyond its own optimiser tolerance.
+            tol = 1e-6 * max(1.0, abs(peers["lme4"]["objective"]))
+            checks["optimum_no_worse_than_lme4"] = row["objective_diff"]["lme4"] <= tol
         if own and row["large"] and "lme4" in row["speedup"]:
             checks[f"at_least_{LME4_TARGET:g}x_lme4"] = row["speedup"]["lme4"] >= LME4_TARGET
         row["targets"] = checks
