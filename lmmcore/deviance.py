@@ -452,7 +452,7 @@ class ProfiledDeviance:
 
     @property
     def has_gradient(self) -> bool:
-        return not self.cp.rest
+        return True
 
     @property
     def n_theta(self) -> int:
@@ -603,7 +603,7 @@ def objective_and_gradient(cp: CrossProducts, theta, reml: bool = True):
     much as the objective.
     """
     if cp.rest:
-        return objective(cp, theta, reml), None
+        return _objective_and_gradient_blocked(cp, theta, reml)
     theta = np.asarray(theta, float)
     try:
         f = factorize(cp, theta)
@@ -639,4 +639,139 @@ def objective_and_gradient(cp: CrossProducts, theta, reml: bool = True):
         grad = d_logA + d_logRX + (n - p) * d_pwrss / pwrss
     else:
         grad = d_logA + n * d_pwrss / pwrss
+    return val, grad
+
+
+def _back_solve(cp: CrossProducts, f: Factor, r1: np.ndarray, r2: np.ndarray):
+    """Solve L' x = r for the blocked L; r1 (m1, k1, c), r2 (q2, c)."""
+    lay1 = cp.layouts[cp.lead]
+    m1, k1 = lay1.m, lay1.k
+    x2 = None
+    if cp.rest:
+        x2 = solve_triangular(f.L22.T, r2, lower=False, check_finite=False)
+        r1 = r1 - np.asarray(f.L21.T @ x2).reshape(m1, k1, -1)
+    x1 = np.swapaxes(f.L11inv, 1, 2) @ r1
+    return x1, x2
+
+
+def _lambda_times(cp: CrossProducts, f: Factor, x1, x2):
+    """Lambda x in blocked form."""
+    y1 = f.T1 @ x1
+    y2 = f.lam2[:, None] * x2 if cp.rest_scalar else np.asarray(f.lam2 @ x2)
+    return y1, y2
+
+
+def _ztz_times(cp: CrossProducts, v1, v2):
+    """Z'Z v in blocked form; v1 (m1, k1, c), v2 (q2, c)."""
+    m1, k1 = v1.shape[0], v1.shape[1]
+    v1f = v1.reshape(m1 * k1, -1)
+    w1 = cp.A11 @ v1 + np.asarray(cp.A21.T @ v2).reshape(m1, k1, -1)
+    w2 = np.asarray(cp.A21 @ v1f) + cp.A22 @ v2
+    return w1, w2
+
+
+def _diag_block_sums(blocks_flat, offset, lay):
+    """Sum over levels of a term's diagonal k x k blocks of a dense (q2, q2) matrix."""
+    k, m = lay.k, lay.m
+    idx = offset + np.arange(m)[:, None] * k + np.arange(k)[None, :]
+    return blocks_flat[idx[:, :, None], idx[:, None, :]].sum(axis=0)
+
+
+def _objective_and_gradient_blocked(cp: CrossProducts, theta, reml: bool):
+    """Objective and analytic gradient for several random terms (blocked L).
+
+    Uses tr(A^{-1} Lambda'Z'Z dLambda) = tr((I - A^{-1}) Lambda^{-1} dLambda), which needs
+    only the diagonal blocks of A^{-1}, so every template must be invertible; at a
+    boundary (a zero diagonal element) the gradient is left to finite differences.
+    """
+    theta = np.asarray(theta, float)
+    try:
+        f = factorize(cp, theta)
+    except np.linalg.LinAlgError:
+        return float("inf"), None
+    n, p = cp.n, cp.p
+    val = objective_from_factor(f, n, p, reml)
+    if not np.isfinite(val):
+        return float("inf"), None
+    templates = [lay.template(theta) for lay in cp.layouts]
+    if any(np.min(np.abs(np.diag(T))) < 1e-8 for T in templates):
+        return val, None
+    lay1 = cp.layouts[cp.lead]
+    m1, k1 = lay1.m, lay1.k
+    # P22 = A22'^{-1} from its Cholesky factor (LAPACK potri fills the lower triangle)
+    from scipy.linalg.lapack import dpotri
+    P22, info = dpotri(f.L22, lower=1)
+    if info != 0:
+        return val, None
+    P22 = np.tril(P22) + np.tril(P22, -1).T
+    # B = L21 L11^{-1}: then the lead blocks of A^{-1} are L11^{-T}L11^{-1} + B'P22 B
+    Xsum = [None] * len(cp.layouts)
+    X1 = (np.swapaxes(f.L11inv, 1, 2) @ f.L11inv).sum(axis=0)
+    if isinstance(f.L21, np.ndarray):
+        B = np.einsum("qmi,mij->qmj", f.L21.reshape(-1, m1, k1), f.L11inv)
+        PB = P22 @ B.reshape(-1, m1 * k1)
+        X1 = X1 + np.einsum("qmi,qmj->ij", B, PB.reshape(-1, m1, k1))
+    else:
+        if k1 == 1:
+            Bs = f.L21.multiply(f.L11inv.reshape(1, -1)).tocsc()
+        else:
+            Bi = sp.bsr_matrix((f.L11inv, np.arange(m1), np.arange(m1 + 1)),
+                               shape=(m1 * k1, m1 * k1))
+            Bs = (f.L21 @ Bi).tocsc()
+        cols = [Bs[:, r::k1] for r in range(k1)]
+        for r in range(k1):
+            for c in range(r + 1):
+                v = float((P22 * (cols[c] @ cols[r].T).toarray()).sum())
+                X1[r, c] += v
+                if r != c:
+                    X1[c, r] += v
+    Xsum[cp.lead] = X1
+    for i, off in zip(cp.rest, cp.rest_offsets):
+        Xsum[i] = _diag_block_sums(P22, off, cp.layouts[i])
+
+    # penalised least squares pieces: beta, u, b, Z'r
+    LX = f.LM[:p, :p]
+    beta = solve_triangular(LX.T, f.LM[p, :p], lower=False, check_finite=False) if p else np.zeros(0)
+    pwrss = float(f.LM[p, p]) ** 2
+    r1 = (f.c1[:, :, p] - f.c1[:, :, :p] @ beta)[:, :, None]
+    r2 = (f.c2[:, p] - f.c2[:, :p] @ beta)[:, None]
+    u1, u2 = _back_solve(cp, f, r1, r2)
+    b1, b2 = _lambda_times(cp, f, u1, u2)
+    w1, w2 = _ztz_times(cp, b1, b2)
+    Zr1 = cp.C1[:, :, p:] - cp.C1[:, :, :p] @ beta[:, None] - w1
+    Zr2 = cp.C2[:, p:] - cp.C2[:, :p] @ beta[:, None] - w2
+    if reml:
+        Y1, Y2 = _back_solve(cp, f, f.c1[:, :, :p], f.c2[:, :p])
+        LY1, LY2 = _lambda_times(cp, f, Y1, Y2)
+        g1, g2 = _ztz_times(cp, LY1, LY2)
+        G1 = cp.C1[:, :, :p] - g1
+        G2 = cp.C2[:, :p] - g2
+        LXi = solve_triangular(LX, np.eye(p), lower=True, check_finite=False)
+        Vx = LXi.T @ LXi
+
+    def term_parts(i):
+        lay = cp.layouts[i]
+        if i == cp.lead:
+            return u1[:, :, 0], Zr1[:, :, 0], (G1 if reml else None)
+        off = cp.rest_offsets[cp.rest.index(i)]
+        sl = slice(off, off + lay.k * lay.m)
+        G = G2[sl].reshape(lay.m, lay.k, p) if reml else None
+        return u2[sl, 0].reshape(lay.m, lay.k), Zr2[sl, 0].reshape(lay.m, lay.k), G
+
+    grad = np.zeros(theta.size)
+    denom = (n - p) if reml else n
+    for i, lay in enumerate(cp.layouts):
+        T = templates[i]
+        Ti = np.linalg.inv(T)
+        u, Zr, G = term_parts(i)
+        rows, cols_ = lay.rows, lay.cols
+        XT = Xsum[i] @ Ti
+        d_logA = 2.0 * (lay.m * Ti[cols_, rows] - XT[cols_, rows])
+        d_pwrss = -2.0 * (Zr[:, rows] * u[:, cols_]).sum(axis=0)
+        g = d_logA + denom * d_pwrss / pwrss
+        if reml:
+            TG = T.T @ G                                     # (m, k, p)
+            TK = (TG @ Vx) @ np.swapaxes(G, 1, 2)            # T' G_j Vx G_j'
+            g = g - 2.0 * TK[:, cols_, rows].sum(axis=0)
+        grad[lay.theta_offset:lay.theta_offset + lay.n_theta] = g
     return val, grad
