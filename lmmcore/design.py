@@ -85,6 +85,10 @@ def _factorize(series: pd.Series) -> tuple:
         codes = series.cat.codes.to_numpy().astype(np.intp)
         labels = [_level_label(c) for c in series.cat.categories]
         return _merge_labels(codes, labels, keep_order=True)
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        # ISO text sorts chronologically; dates without a time print as R prints them
+        midnight = (series.dropna().dt.normalize() == series.dropna()).all()
+        series = series.dt.strftime("%Y-%m-%d" if midnight else "%Y-%m-%d %H:%M:%S")
     codes, uniques = pd.factorize(series, sort=False, use_na_sentinel=True)
     codes = codes.astype(np.intp, copy=False)
     uniques = np.asarray(uniques)
@@ -427,6 +431,9 @@ def _variable_values(variables, cols: _Columns, keep: np.ndarray, constants: dic
             full = _evaluate(v.expr, cols.numeric, constants, fitting, v.label)
             arr = np.broadcast_to(full, (keep.shape[0],))[keep]
             bad = ~np.isfinite(arr)
+            if bad.any() and v.kind == "column":
+                raise DataError(f"column '{v.column}' has {int(bad.sum())} infinite value(s); "
+                                "fix them or remove those rows")
             if bad.any():
                 col = ", ".join(f"'{c}'" for c in v.columns)
                 raise DataError(

@@ -473,3 +473,31 @@ def test_coding_matches_r(case, coding_data):
         assert sum(t.n_theta for t in d.random_terms) == case["theta_len"][0]
     else:
         assert d.random_terms == ()
+
+
+def test_pandas_dtypes():
+    n = 12
+    data = pd.DataFrame({
+        "y": np.arange(n, dtype=float) ** 1.3,
+        "xi": pd.array([1, 2, 3, None] * 3, dtype="Int64"),
+        "fb": pd.array([True, False, None] * 4, dtype="boolean"),
+        "fs": pd.array(list("abcb") * 3, dtype="string"),
+        "dt": pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-03"] * 4),
+        "g": pd.array([1, 1, 2, 2, 3, 3] * 2, dtype="Int64"),
+        "obj": pd.Series([1, "1", 2.0, "b"] * 3, dtype=object),
+    })
+    d = build_design("y ~ xi", data)
+    assert d.fixed_names == ("(Intercept)", "xi") and d.n_dropped_na == 3
+    d = build_design("y ~ fb", data)
+    assert d.fixed_names == ("(Intercept)", "fbTRUE") and d.n_dropped_na == 4
+    d = build_design("y ~ fs + (1 | g)", data)
+    assert d.fixed_names == ("(Intercept)", "fsb", "fsc")
+    assert d.random_terms[0].levels == ("1", "2", "3")
+    assert build_design("y ~ dt", data).fixed_names == (
+        "(Intercept)", "dt2020-01-02", "dt2020-01-03")
+    assert build_design("y ~ obj", data).fixed_names == ("(Intercept)", "obj2", "objb")
+
+
+def test_infinite_values_in_a_column(small):
+    with pytest.raises(DataError, match="column 'x' has 12 infinite value"):
+        build_design("y ~ x", small.assign(x=[1.0, np.inf] * 12))
