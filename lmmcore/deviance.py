@@ -703,7 +703,9 @@ def _objective_and_gradient_blocked(cp: CrossProducts, theta, reml: bool):
     P22, info = dpotri(f.L22, lower=1)
     if info != 0:
         return val, None
-    P22 = np.tril(P22) + np.tril(P22, -1).T
+    # the upper triangle of L22 is zero, so potri leaves it zero: mirror the lower one
+    P22 = P22 + P22.T
+    P22[np.diag_indices_from(P22)] *= 0.5
     # B = L21 L11^{-1}: then the lead blocks of A^{-1} are L11^{-T}L11^{-1} + B'P22 B
     Xsum = [None] * len(cp.layouts)
     X1 = (np.swapaxes(f.L11inv, 1, 2) @ f.L11inv).sum(axis=0)
