@@ -80,8 +80,11 @@ def _sidebar(page) -> None:
                  horizontal=True, format_func=str.upper)
         query = S.write_query()
         if S.share_query().get("dataset"):
-            base = (st.context.url or "").rstrip("/")
             path = page.url_path if page.url_path not in ("", "home") else "dataset"
+            base = (st.context.url or "").rstrip("/")
+            for suffix in ("/" + page.url_path, "/home"):  # the browser's URL may hold the page
+                if page.url_path and base.endswith(suffix):
+                    base = base[: -len(suffix)]
             st.caption("Link to this view (page, dataset, formula, lecture mode):")
             st.code(f"{base}/{path}?{query}", language=None, wrap_lines=True)
         else:

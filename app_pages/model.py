@@ -291,18 +291,14 @@ def render() -> None:
         tabs = st.tabs(["lme4 summary", "Tables", "Plots", "Saved models & anova", "Paired t-test",
                         "Reproduce this"])
         with tabs[0]:
-            c1, c2 = st.columns(2) if (mixed is not None and linear is not None) else (st.container(), None)
-            with c1:
-                if mixed is not None:
-                    st.markdown(f"**lmer** ({'REML' if reml else 'ML'})")
-                    st.code(mixed.summary(), language=None)
-                else:
-                    st.markdown("**lm** (no random terms in the formula)")
-                    st.code(linear.summary(), language=None)
-            if c2 is not None:
-                with c2:
-                    st.markdown("**lm with the same fixed effects** (ignores the grouping)")
-                    st.code(linear.summary(), language=None)
+            if mixed is not None:
+                st.markdown(f"**lmer** ({'REML' if reml else 'ML'})")
+                st.code(mixed.summary(), language=None)
+                with st.expander("lm with the same fixed effects (ignores the grouping)"):
+                    st.code(linear.summary() if linear is not None else "", language=None)
+            else:
+                st.markdown("**lm** (no random terms in the formula)")
+                st.code(linear.summary(), language=None)
         with tabs[1], guard("tables"):
             _tables(data, mixed, linear)
         with tabs[2], guard("plots"):

@@ -39,9 +39,8 @@ def render() -> None:
     ss = st.session_state
     lecture = bool(ss.get(S.APP_LECTURE))
     st.title("Pooling comparison")
-    st.markdown("Three ways to estimate each group's line: **complete pooling** ignores the groups "
-                "(one lm for everyone), **no pooling** fits each group alone (an lm per group), "
-                "**partial pooling** (lmer) lets each group borrow strength from the others.")
+    st.markdown("**Complete pooling** ignores the groups (one lm) · **no pooling** fits each group "
+                "alone (an lm per group) · **partial pooling** (lmer) lets groups borrow strength.")
     with guard("pooling page"):
         data = D.active()
         chosen = controls(data)
@@ -56,9 +55,9 @@ def render() -> None:
         all_groups = [str(g) for g in dict.fromkeys(est["group"].astype(str))]
 
         per_page = 6 if lecture else 12
-        c1, c2, c3 = st.columns([3, 2, 1])
+        c1, c2, c3, c4 = st.columns([3, 2, 1, 2], vertical_alignment="bottom")
         ss[S.POOL_SELECTED] = [g for g in ss.get(S.POOL_SELECTED, []) if g in all_groups]
-        selected = c1.multiselect("Show only these groups (empty: all, page by page)", all_groups,
+        selected = c1.multiselect("Show only these groups", all_groups,
                                   key=S.POOL_SELECTED)
         if ss.get(S.POOL_SORT) not in SORTS:
             ss[S.POOL_SORT] = "name"
@@ -75,8 +74,8 @@ def render() -> None:
                 ss[S.POOL_SELECTED] = small
                 ss[S.POOL_PAGE] = 1
 
-            st.button(f"Zoom on the {len(small)} group(s) with few observations (▲)", key="pool.zoom_few",
-                      on_click=zoom)
+            c4.button(f"▲ Few observations ({len(small)})", key="pool.zoom_few", help="Show only the groups with few observations",
+                      on_click=zoom, width="stretch")
         view = shown[(page - 1) * per_page: page * per_page]
         if predictor is not None:
             fig = charts.pooling_panels(data.df, est, response, predictor, group, view, few, lecture,

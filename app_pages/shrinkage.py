@@ -40,7 +40,7 @@ def render() -> None:
         with st.spinner("Fitting..."):
             est = pooling(data, response, predictor, group, random)
             mixed = fit("lmer", model_text(response, predictor, group, random), data, True)
-        left, right = st.columns([3, 2]) if not lecture else (st.container(), st.container())
+        left, right = st.columns([2, 1]) if not lecture else (st.container(), st.container())
         with left:
             if random == "intercept+slope":
                 contours = lmmcore.re_contours(mixed, group)

@@ -109,9 +109,10 @@ def pooling_panels(data: pd.DataFrame, estimates: pd.DataFrame, response: str, p
         count = int(rows["n"].iloc[0]) if len(rows) else 0
         flag = " ▲ few obs" if bool(few.get(str(g), False)) else ""
         titles.append(f"{esc(g)} (n={count}){flag}")
+    height = 110 + 230 * nrows
     fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=titles, shared_xaxes=True,
                         shared_yaxes=True, horizontal_spacing=0.03,
-                        vertical_spacing=min(0.12, 0.3 / max(nrows, 1)) + 0.04)
+                        vertical_spacing=min(0.3, 45 / height) if nrows > 1 else 0.0)
     x = pd.to_numeric(data[predictor], errors="coerce")
     x0, x1 = float(np.nanmin(x)), float(np.nanmax(x))
     gcol = data[group].astype(str)
@@ -153,7 +154,7 @@ def pooling_panels(data: pd.DataFrame, estimates: pd.DataFrame, response: str, p
         fig.update_xaxes(title_text=esc(predictor), row=nrows, col=c)
     for r in range(1, nrows + 1):
         fig.update_yaxes(title_text=esc(response), row=r, col=1)
-    return _layout(fig, lecture, height=110 + 230 * nrows)
+    return _layout(fig, lecture, height=height)
 
 
 def pooling_means(data: pd.DataFrame, estimates: pd.DataFrame, response: str, group: str,
@@ -233,7 +234,7 @@ def shrinkage_2d(estimates: pd.DataFrame, contours: pd.DataFrame | None, fixef: 
     pst = METHODS["partial"]
     fig.add_trace(go.Scatter(
         x=part["intercept"], y=part["slope"], mode="markers+text", name=pst["label"],
-        text=[esc(g) if g in lonely else "" for g in part.index], textposition="top center",
+        text=[esc(g) if g in lonely else "" for g in part.index], textposition="top left",
         customdata=np.array(list(part.index), dtype=object).reshape(-1, 1), meta={"method": "partial"},
         hovertext=[esc(g) for g in part.index],
         marker={"symbol": pst["symbol"], "size": s["marker"] + 2, "color": pst["colour"]},
@@ -245,12 +246,13 @@ def shrinkage_2d(estimates: pd.DataFrame, contours: pd.DataFrame | None, fixef: 
         fig.add_trace(go.Scatter(
             x=[float(comp["intercept"].iloc[0])], y=[float(comp["slope"].iloc[0])], mode="markers",
             name=cst["label"], meta={"method": "complete"},
-            marker={"symbol": cst["symbol"], "size": s["marker"] + 8, "color": cst["colour"],
-                    "line": {"width": 2, "color": "black"}}))
+            # Open: the fixed effects usually sit almost on top of it.
+            marker={"symbol": cst["symbol"] + "-open", "size": s["marker"] + 14, "color": cst["colour"],
+                    "line": {"width": s["line"] + 0.5}}))
     fig.add_trace(go.Scatter(
         x=[fixef[0]], y=[fixef[1]], mode="markers", name=FIXED["label"], meta={"method": "fixed"},
-        marker={"symbol": FIXED["symbol"], "size": s["marker"] + 8, "color": FIXED["colour"],
-                "line": {"width": 2}}))
+        marker={"symbol": FIXED["symbol"], "size": s["marker"] + 4, "color": FIXED["colour"],
+                "line": {"width": 1, "color": "white"}}))
     fig.update_xaxes(title_text="intercept", showgrid=True)
     fig.update_yaxes(title_text=f"slope of {esc(predictor)}", showgrid=True)
     _layout(fig, lecture, height=640)
