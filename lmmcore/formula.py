@@ -399,11 +399,13 @@ def format_number(value: float) -> str:
 def quote_name(name: str) -> str:
     """``name`` as it must be written in a formula: back-quoted unless a plain R name."""
     if _SYNTACTIC.match(name) and name != "." and not _DUNDER.search(name) \
-            and name not in ALLOWED_FUNCTIONS + ("TRUE", "FALSE", "NA", "NULL", "Inf", "NaN"):
+            and name not in _R_RESERVED:
         return name
     return f"`{name}`"
 
 
+_R_RESERVED = frozenset(("if", "else", "repeat", "while", "function", "for", "next", "break",
+                         "in", "TRUE", "FALSE", "NULL", "Inf", "NaN", "NA"))
 _SPACED = {"+", "-", "*", "|", "||", "~"}
 
 

@@ -319,6 +319,43 @@ def test_hostile_text_is_refused_fast(text):
     assert len(str(info.value)) < 400
 
 
+NAMES = st.sampled_from(["x", "z", "Days", "my.var", "reaction time", "f"])
+
+
+def _atom(name):
+    return st.one_of(st.just(quote_name(name)), st.sampled_from(
+        ["log", "sqrt", "scale", "factor", "I"]).map(lambda fn: f"{fn}({quote_name(name)})"))
+
+
+TERMS = st.recursive(
+    NAMES.flatmap(_atom),
+    lambda inner: st.one_of(
+        st.tuples(inner, st.sampled_from([" + ", " * ", ":", " - ", "/"]), inner).map("".join),
+        inner.map(lambda t: f"({t})"),
+        inner.map(lambda t: f"({t})^2")),
+    max_leaves=6)
+RANDOM = st.tuples(st.sampled_from(["1", "x", "0 + x", "x + z"]), st.sampled_from(["|", "||"]),
+                   st.sampled_from(["g", "g/h", "g:h", "`my group`"])).map(
+    lambda t: f"({t[0]} {t[1]} {t[2]})")
+
+
+@settings(max_examples=300, deadline=None)
+@given(TERMS, st.lists(RANDOM, max_size=3), st.sampled_from(["", "0 + ", "1 + "]))
+def test_generated_formulas_print_and_parse_back_the_same(fixed, randoms, start):
+    text = "y ~ " + start + " + ".join([fixed] + randoms)
+    try:
+        f = parse_formula(text)
+    except FormulaError as err:
+        # only the documented limits, e.g. the response used as a predictor
+        assert err.position is None or 0 <= err.position <= len(text)
+        return
+    again = parse_formula(str(f))
+    assert again.fixed == f.fixed
+    assert [(p.terms, p.group, p.group_name, p.bar) for p in again.random] == \
+        [(p.terms, p.group, p.group_name, p.bar) for p in f.random]
+    assert str(again) == str(f)
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.text(alphabet=list("yxg~+-*/:^|()01 ._`'[],ImlogC"), max_size=60))
 def test_any_text_parses_or_raises_formula_error(text):
@@ -352,7 +389,9 @@ def test_quote_name():
     assert quote_name("reaction time") == "`reaction time`"
     assert quote_name("2nd") == "`2nd`"
     assert quote_name("_x") == "`_x`"
-    assert quote_name("log") == "`log`"
+    assert quote_name("log") == "log"          # a column may be called log: R prints it bare
+    assert quote_name("TRUE") == "`TRUE`"
+    assert quote_name("a.__b__") == "`a.__b__`"
 
 
 # --- the model builder ------------------------------------------------------------------
