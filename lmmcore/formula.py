@@ -821,7 +821,6 @@ def _check_arithmetic_node(node, text: str, where: str, columns: list):
 def _terms(text: str, node, variables: list | None = None,
            response: str | None = None) -> ModelTerms:
     enc = _Encoder(text, variables)
-    first = len(enc.variables)
     raw = enc.encode(node) if node is not None else []
     if response is not None and frozenset([0]) in raw:
         raise _err(f"the response {response} also appears as a predictor; remove it from the "
@@ -831,7 +830,6 @@ def _terms(text: str, node, variables: list | None = None,
     raw.sort(key=len)
     variables_t = tuple(enc.variables)
     terms = tuple(Term(tuple(variables_t[i] for i in sorted(t))) for t in raw)
-    del first
     return ModelTerms(terms, enc.intercept, variables_t)
 
 
