@@ -13,8 +13,8 @@ class LmmError(ValueError):
 class FormulaError(LmmError):
     """The formula text cannot be parsed or uses something not allowed.
 
-    ``position`` is the 0-based character offset of the problem in the formula, or
-    ``None`` when the problem is not at one place (e.g. an unknown column).
+    ``position`` is the 0-based character offset of the problem in the formula (for an
+    unknown column, where the name first appears), or ``None`` when it is not at one place.
     """
 
     def __init__(self, message: str, position: int | None = None, formula: str | None = None):

@@ -13,8 +13,8 @@ Conventions (all lme4's):
   names are R's coefficient names: ``"(Intercept)"``, ``"Days"``, ``"condition2"``,
   ``"SexMale"``, ``"Time:Diet2"``.
 * A random term ``(expr | g)`` is one :class:`RandomTerm` with ``k`` columns (the model
-  matrix of ``expr``) and ``m`` levels.  ``(a || g)`` has already been split into one
-  scalar term per column, and ``(1 | a/b)`` into ``(1 | b:a)`` and ``(1 | a)``.
+  matrix of ``expr``) and ``m`` levels.  ``(a || g)`` has already been split as lme4 1.1-31 does,
+  into one term per formula term (``(1 | g) + (0 + a | g)``), and ``(1 | a/b)`` into ``(1 | b:a)`` and ``(1 | a)``.
 * ``random_terms`` are in lme4's order: by decreasing number of levels when that is not
   already the case (``rev(order(nl))`` in ``mkReTrms``), else as written.  ``theta`` is
   laid out in this order: for each term, the lower triangle of its k x k relative
