@@ -77,7 +77,7 @@ def _check_design(design: MixedDesign) -> None:
         raise DataError("The response or a predictor contains infinite values; remove them.")
     for term in design.random_terms:
         m = term.n_levels
-        used = np.unique(term.codes).size
+        used = int(np.count_nonzero(np.bincount(np.asarray(term.codes), minlength=m)))
         if used < 2:
             raise FitError(
                 f"The grouping factor '{term.group_name}' has only one level in the data; "

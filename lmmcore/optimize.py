@@ -8,8 +8,10 @@ boundary check.  The result is kept in an :class:`OptimizerRecord`, together wit
 path of every theta evaluated, so the app can show how the optimiser moved.
 
 After the optimum, :func:`check_convergence` applies lme4's ``checkConv``: the singular
-fit test (a diagonal element of theta below 1e-4) and the scaled-gradient test from
-``deriv12`` (central differences, step 1e-4, tolerance 0.002).
+fit test (a diagonal element of theta below 1e-4), the scaled-gradient test (tolerance
+0.002) and the Hessian test.  lme4 gets gradient and Hessian from ``deriv12`` (central
+differences of the objective, step 1e-4); where the analytic gradient is available we
+use it and forward differences of it (step 1e-4), which is cheaper and at least as exact.
 """
 
 from __future__ import annotations
@@ -255,13 +257,37 @@ def _check_hessian(H, tol):
     return msgs
 
 
+def gradient_hessian(fun, theta, value, delta: float = 1e-4):
+    """Gradient and Hessian at the optimum for the convergence check.
+
+    With an analytic gradient: the gradient itself and forward differences of it
+    (n gradient evaluations instead of deriv12's 2n^2 objective evaluations); otherwise
+    lme4's ``deriv12``.
+    """
+    if getattr(fun, "has_gradient", False):
+        val, g = fun.value_and_gradient(theta)
+        if g is not None:
+            n = theta.size
+            H = np.empty((n, n))
+            for j in range(n):
+                x = theta.copy()
+                x[j] += delta
+                _, gj = fun.value_and_gradient(x)
+                if gj is None:
+                    break
+                H[:, j] = (gj - g) / delta
+            else:
+                return g, 0.5 * (H + H.T)
+    return deriv12(fun, theta, value)
+
+
 def check_convergence(fun, theta, value, lower) -> ConvergenceCheck:
     """Apply lme4's checkConv to an optimum (singular test, then gradient and Hessian)."""
     theta = np.asarray(theta, float)
     if is_singular(theta, lower):
         # lme4 returns after the singular message without the derivative checks
         return ConvergenceCheck(True, True, (SINGULAR_MESSAGE,))
-    g, H = deriv12(fun, theta, value)
+    g, H = gradient_hessian(fun, theta, value)
     if not np.all(np.isfinite(g)):
         return ConvergenceCheck(False, False, ("Gradient contains NAs",), g)
     msgs = []
