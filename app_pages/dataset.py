@@ -11,6 +11,7 @@ from explorer import data as D
 from explorer import state as S
 from explorer.datasets import CATALOGUE
 from explorer.escape import md
+from explorer.tables import table as show_table
 from explorer.fitting import guard
 from explorer.settings import load_settings
 
@@ -51,7 +52,7 @@ def _on_reference() -> None:
 def _types_section(data) -> None:
     st.subheader("Columns")
     overview = teaching.column_overview(data.df, data.types)
-    st.dataframe(overview, hide_index=True, width="stretch")
+    show_table(overview, hide_index=True)
     missing = int(data.df.isna().any(axis=1).sum())
     if missing:
         st.info(f"{missing} rows have a missing value; a model drops the rows with a missing "
@@ -102,7 +103,7 @@ def _reshape_section(data) -> None:
         with guard("reshape"):
             long = teaching.wide_to_long(data.df, id_col, measures, cond, value)
             st.write(f"Long table: {len(long)} rows × {len(long.columns)} columns")
-            st.dataframe(long.head(20), hide_index=True, width="stretch")
+            show_table(long.head(20), hide_index=True, drop_empty=False)
 
             def use() -> None:
                 D.store_user_table("long", long, f"{data.label} (long)", "long.csv")
@@ -128,7 +129,7 @@ def render() -> None:
         a.metric("Rows", f"{len(data.df):,}")
         b.metric("Columns", len(data.df.columns))
         c.metric("Rows with a missing value", int(data.df.isna().any(axis=1).sum()))
-        st.dataframe(data.df.head(500), hide_index=True, width="stretch", height=260)
+        show_table(data.df.head(500), hide_index=True, height=260, drop_empty=False)
         _types_section(data)
         _reshape_section(data)
 

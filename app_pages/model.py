@@ -14,6 +14,7 @@ from explorer import charts
 from explorer import data as D
 from explorer import state as S
 from explorer.escape import md
+from explorer.tables import table as show_table
 from explorer.fitting import fit, guard
 
 B_RESPONSE, B_FIXED, B_INTERACTION = "build.response", "build.fixed", "build.interaction"
@@ -112,16 +113,16 @@ def _tables(data, mixed, linear) -> None:
         else:
             fe = pd.DataFrame({"Estimate": linear.fixef, "Std. Error": linear.se, "t value": linear.tvalue,
                                "Pr(>|t|)": linear.pvalue})
-        st.dataframe(fe, width="stretch")
+        show_table(fe)
         if mixed is not None and linear is not None:
             st.markdown("**The same fixed effects in lm** (ignores the grouping)")
-            st.dataframe(pd.DataFrame({"Estimate": linear.fixef, "Std. Error": linear.se,
-                                       "t value": linear.tvalue, "Pr(>|t|)": linear.pvalue}), width="stretch")
+            show_table(pd.DataFrame({"Estimate": linear.fixef, "Std. Error": linear.se,
+                                       "t value": linear.tvalue, "Pr(>|t|)": linear.pvalue}))
     if mixed is None:
         return
     with right:
         st.markdown("**Variance components** (VarCorr)")
-        st.dataframe(mixed.varcorr, hide_index=True, width="stretch")
+        show_table(mixed.varcorr, hide_index=True, drop_empty=False)
         icc = teaching.icc(mixed)
         if icc is not None:
             st.markdown("**Intraclass correlation (ICC)**: the share of the variance that lies between groups")
@@ -135,7 +136,7 @@ def _tables(data, mixed, linear) -> None:
         with col:
             st.markdown(f"**{what}**: " + ("fixed + random effect per level" if what == "coef()"
                                            else "each level's deviation from the fixed effects"))
-            st.dataframe(table, width="stretch", height=300)
+            show_table(table, height=300)
             st.download_button(f"Download {what} as CSV", table.to_csv().encode("utf-8"),
                                file_name=f"{what.strip('()')}_{''.join(ch for ch in g if ch.isalnum())}.csv",
                                mime="text/csv", key=f"model.download_{what.strip('()')}")
@@ -197,9 +198,9 @@ def _saved_models(data, current: str, reml: bool, has_random: bool) -> None:
     if not mine:
         st.caption("No saved models for this dataset yet.")
         return
-    st.dataframe(pd.DataFrame([{"name": n, "model": m["kind"], "formula": m["formula"],
+    show_table(pd.DataFrame([{"name": n, "model": m["kind"], "formula": m["formula"],
                                 "method": "REML" if m["reml"] and m["kind"] == "lmer" else "ML/OLS"}
-                               for n, m in mine.items()]), hide_index=True, width="stretch")
+                               for n, m in mine.items()]), hide_index=True)
     ss[S.MODEL_COMPARE] = [n for n in ss.get(S.MODEL_COMPARE, []) if n in mine]
     names = st.multiselect("Compare", list(mine), key=S.MODEL_COMPARE)
     if len(names) < 2:
@@ -212,7 +213,7 @@ def _saved_models(data, current: str, reml: bool, has_random: bool) -> None:
         for note in table.attrs.get("notes", []) or []:
             st.caption(md(note))
         with st.expander("All digits"):
-            st.dataframe(table, width="stretch")
+            show_table(table)
 
 
 def _paired(data, mixed) -> None:

@@ -12,6 +12,7 @@ from explorer import charts
 from explorer import data as D
 from explorer import state as S
 from explorer.escape import md
+from explorer.tables import table as show_table
 from explorer.fitting import guard, pooling
 from explorer.pooling_ui import controls, describe
 
@@ -75,7 +76,7 @@ def render() -> None:
                 ss[S.POOL_PAGE] = 1
 
             c4.button(f"▲ Few observations ({len(small)})", key="pool.zoom_few", help="Show only the groups with few observations",
-                      on_click=zoom, width="stretch")
+                      on_click=zoom)
         view = shown[(page - 1) * per_page: page * per_page]
         if predictor is not None:
             fig = charts.pooling_panels(data.df, est, response, predictor, group, view, few, lecture,
@@ -94,7 +95,7 @@ def render() -> None:
         table.columns = [f"{v} ({m})" for v, m in table.columns]
         table = table.reindex(index=all_groups) if set(all_groups) <= set(table.index.astype(str)) else table
         table.insert(0, "n", n_by_group.reindex(table.index.astype(str)).to_numpy())
-        st.dataframe(table, width="stretch")
+        show_table(table)
         st.download_button("Download the estimates (CSV)", est.to_csv(index=False).encode("utf-8"),
                            file_name="pooling_estimates.csv", mime="text/csv", key="pool.download")
 

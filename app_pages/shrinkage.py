@@ -9,6 +9,7 @@ import lmmcore
 from explorer import charts
 from explorer import data as D
 from explorer import state as S
+from explorer.tables import table as show_table
 from explorer.fitting import fit, guard, pooling
 from explorer.pooling_ui import controls, describe, model_text
 
@@ -65,7 +66,7 @@ def render() -> None:
         with right:
             st.markdown("**Spread of the group estimates** (SD across groups)")
             sd = lmmcore.shrinkage_sd(est)
-            st.dataframe(sd.rename(index={"no": "no pooling", "partial": "partial pooling"}), width="stretch")
+            show_table(sd.rename(index={"no": "no pooling", "partial": "partial pooling"}))
             st.caption("Partial-pooling estimates vary less than no-pooling ones: that is the shrinkage.")
             st.markdown(EXPLANATION)
 

@@ -278,3 +278,26 @@ def test_shrinkage_1d_for_random_intercept_models():
     part = est[est["method"] == "partial"].set_index(est[est["method"] == "partial"]["group"].astype(str))
     groups = [c[0] for c in ptrace["customdata"]]
     np.testing.assert_allclose(_arr(ptrace["x"]), part.loc[groups, "intercept"], rtol=1e-12)
+
+
+def _strict_json(text):
+    def no_constants(name):
+        raise ValueError(f"{name} is not valid JSON for the browser")
+    return json.loads(text, parse_constant=no_constants)
+
+
+@pytest.mark.parametrize("dataset", ["dyestuff", "sleepstudy_fake"])
+def test_tables_reach_the_browser_as_valid_json(dataset):
+    """The browser parses each table's Arrow schema metadata with JSON.parse, which
+    rejects NaN: a NaN in DataFrame.attrs once broke the estimates table."""
+    import pyarrow as pa
+
+    at = _app("dataset", **{"data.key": dataset})
+    for page in PAGES:
+        at.switch_page(f"app_pages/{page}.py").run()
+        assert _problems(at) == [], page
+        for df in at.dataframe:
+            data = df.proto.arrow_data.data
+            schema = pa.ipc.open_stream(data).schema
+            for value in (schema.metadata or {}).values():
+                _strict_json(value.decode("utf-8"))
