@@ -2,9 +2,10 @@
 
 lme4's ``optimizeLmer`` runs BOBYQA from theta = (1 on diagonals, 0 off) with the
 diagonal elements of each relative covariance factor bounded below by 0.  Here the
-same bound-constrained problem is solved with scipy's L-BFGS-B on a finite-difference
-gradient (central differences, one-sided at an active bound), followed by lme4's
-boundary check.  The result is kept in an :class:`OptimizerRecord`, together with the
+same bound-constrained problem is solved with scipy's L-BFGS-B, on the analytic gradient
+of the profiled objective where it exists (``ProfiledDeviance.value_and_gradient``) and
+on central finite differences otherwise (one-sided at an active bound), followed by
+lme4's ``restart_edge`` and boundary checks.  The result is kept in an :class:`OptimizerRecord`, together with the
 path of every theta evaluated, so the app can show how the optimiser moved.
 
 After the optimum, :func:`check_convergence` applies lme4's ``checkConv``: the singular
@@ -111,7 +112,9 @@ def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
     Parameters
     ----------
     fun : callable
-        The profiled objective (returns ``inf`` where it cannot be evaluated).
+        The profiled objective (returns ``inf`` where it cannot be evaluated).  When it
+        has ``has_gradient`` true, ``fun.value_and_gradient(theta)`` is used; a ``None``
+        gradient there (e.g. on a boundary) falls back to finite differences.
     theta0, lower : array_like
     max_evaluations : int
 
