@@ -618,7 +618,12 @@ class MixedFit:
         L.append("Random effects:")
         L.extend(self._varcorr_lines())
         groups = "; ".join(f"{g}, {m}" for g, m in self.ngroups.items())
-        L.append(f"Number of obs: {self.nobs}, groups:  {groups}")
+        # cat(..., fill = TRUE): the group list moves to its own line past 80 columns
+        head = f"Number of obs: {self.nobs}, groups: "
+        if len(head) + 1 + len(groups) > 80:
+            L.extend([head, groups])
+        else:
+            L.append(f"{head} {groups}")
         p = self._cp.p
         if p > 0:
             L.append("")
