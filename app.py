@@ -47,6 +47,8 @@ def _lecture_css() -> None:
       .stMainBlockContainer h1 { font-size: 3rem !important; }
       .stMainBlockContainer h2 { font-size: 2.3rem !important; }
       .stMainBlockContainer h3 { font-size: 1.8rem !important; }
+      .stMainBlockContainer input, .stMainBlockContainer textarea,
+      .stMainBlockContainer [data-baseweb="select"] div { font-size: 1.25rem !important; }
     </style>""")
 
 

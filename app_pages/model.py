@@ -216,7 +216,7 @@ def _saved_models(data, current: str, reml: bool, has_random: bool) -> None:
             show_table(table)
 
 
-def _paired(data, mixed) -> None:
+def _paired(data, mixed, linear) -> None:
     res = teaching.paired_comparison(mixed, data.df) if mixed is not None else None
     if res is None:
         st.caption("This tab is for a model like `value ~ condition + (1 | participant)` where every "
@@ -224,10 +224,12 @@ def _paired(data, mixed) -> None:
         return
     st.markdown(f"Every level of **{md(res['group'])}** is measured once in each of two conditions of "
                 f"**{md(res['condition'])}**: the random-intercept model is the paired t-test.")
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     c1.metric(f"lmer t for {res['coefficient']}", f"{res['lmer_t']:.4f}")
     c2.metric("paired t-test t", f"{res['paired_t']:.4f}")
     c3.metric("df, p (paired t)", f"{res['df']}, {res['p_value']:.3g}")
+    if linear is not None and res["coefficient"] in linear.tvalue.index:
+        c4.metric("lm t (ignores the pairing)", f"{float(linear.tvalue[res['coefficient']]):.4f}")
     st.caption(f"Mean difference {res['mean_difference']:.4g} = the lmer estimate {res['lmer_estimate']:.4g}. "
                "An lm that ignores the pairing treats the observations as independent and gets a much "
                "smaller t (see the lm table).")
@@ -242,13 +244,10 @@ def _reproduce(data, formula: str, reml: bool, has_random: bool, parsed) -> None
     kind = "lmer" if has_random else "lm"
     r_code, py_code = teaching.reproduce_code(formula, data.file, reml, kind=kind, categorical=categorical,
                                               numeric=numeric, reference_levels=refs)
-    c1, c2 = st.columns(2)
-    with c1:
-        st.markdown("**R (lme4)**")
-        st.code(r_code, language="r")
-    with c2:
-        st.markdown("**Python (lmmcore)**")
-        st.code(py_code, language="python")
+    st.markdown("**R (lme4)**: the copy icon at the top right of each box copies the code")
+    st.code(r_code, language="r", wrap_lines=True)
+    st.markdown("**Python (lmmcore)**")
+    st.code(py_code, language="python", wrap_lines=True)
     if data.key in ("upload", "long"):
         st.download_button("Download the data as CSV", data.df.to_csv(index=False).encode("utf-8"),
                            file_name=data.file if data.file.endswith(".csv") else "data.csv",
@@ -307,7 +306,7 @@ def render() -> None:
         with tabs[3], guard("saved models"):
             _saved_models(data, formula, reml, parsed.has_random)
         with tabs[4], guard("paired t"):
-            _paired(data, mixed)
+            _paired(data, mixed, linear)
         with tabs[5], guard("reproduce"):
             _reproduce(data, formula, reml, parsed.has_random, parsed)
 

@@ -67,7 +67,7 @@ def render() -> None:
         pages = max(1, math.ceil(len(shown) / per_page))
         if not isinstance(ss.get(S.POOL_PAGE), int) or not 1 <= ss[S.POOL_PAGE] <= pages:
             ss[S.POOL_PAGE] = 1
-        page = c3.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key=S.POOL_PAGE)
+        page = c3.number_input(f"Page /{pages}", min_value=1, max_value=pages, step=1, key=S.POOL_PAGE)
         if few.any():
             small = [g for g in all_groups if few.get(g, False)]
 
@@ -75,7 +75,7 @@ def render() -> None:
                 ss[S.POOL_SELECTED] = small
                 ss[S.POOL_PAGE] = 1
 
-            c4.button(f"▲ Few observations ({len(small)})", key="pool.zoom_few", help="Show only the groups with few observations",
+            c4.button(f"▲ Few obs. ({len(small)})", key="pool.zoom_few", help="Show only the groups with few observations",
                       on_click=zoom)
         view = shown[(page - 1) * per_page: page * per_page]
         if predictor is not None:

@@ -307,7 +307,7 @@ def fitted_pairs(panels: dict, kind: str, response: str, lecture: bool) -> go.Fi
     s = sizes(lecture)
     names = list(panels)
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=[esc(n) for n in names],
-                        horizontal_spacing=0.08)
+                        horizontal_spacing=0.12)
     for i, name in enumerate(names, start=1):
         fitted, observed, residuals = panels[name]
         y = observed if kind == "observed" else residuals
