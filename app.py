@@ -67,7 +67,10 @@ def _gate(settings) -> bool:
                 st.rerun()
             st.error("That is not the access code.")
 
-    st.navigation([st.Page(locked, title="Access", url_path="access")], position="hidden").run()
+    # The lock answers at every page's address, so a shared link opens its page once unlocked.
+    paths = ["home", "dataset", "model", "pooling", "shrinkage"]
+    st.navigation([st.Page(locked, title="Access", url_path=p, default=(p == "home")) for p in paths],
+                  position="hidden").run()
     return False
 
 

@@ -301,3 +301,71 @@ def test_tables_reach_the_browser_as_valid_json(dataset):
             schema = pa.ipc.open_stream(data).schema
             for value in (schema.metadata or {}).values():
                 _strict_json(value.decode("utf-8"))
+
+
+def test_access_code_gate(monkeypatch):
+    monkeypatch.setenv("POOLING_ACCESS_CODE", "stats-2026")
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert len(at.exception) == 0
+    assert [t.value for t in at.title] == ["Pooling Explorer"]
+    assert len(at.dataframe) == 0  # nothing of the app before the code
+    at.text_input(key="app.access_input").set_value("wrong").run()
+    assert len(at.error) == 1 and len(at.dataframe) == 0
+    at.text_input(key="app.access_input").set_value("stats-2026").run()
+    assert _problems(at) == []
+    assert [t.value for t in at.title] == ["Dataset"]
+
+
+def test_wide_to_long_reshape_then_fit():
+    wide = "id,before,after\n" + "\n".join(f"s{i},{10 + i % 7},{12 + i % 7 + (i % 3) * 0.5}"
+                                          for i in range(12)) + "\n"
+    at = _app("dataset")
+    at.file_uploader(key="data.uploader").set_value(("wide.csv", wide.encode(), "text/csv")).run()
+    at.selectbox(key="data.wide_id").set_value("id").run()
+    at.multiselect(key="data.wide_measures").set_value(["before", "after"]).run()
+    at.text_input(key="data.wide_condition").set_value("time").run()
+    at.text_input(key="data.wide_value").set_value("score").run()
+    assert _problems(at) == []
+    at.button(key="data.wide_use").click().run()
+    assert at.session_state["data.key"] == "long"
+    assert [m.value for m in at.metric][:2] == ["24", "3"]
+    at.switch_page("app_pages/model.py").run()
+    at.text_input(key="model.formula").set_value("score ~ time + (1 | id)").run()
+    assert _problems(at) == []
+    assert "Number of obs: 24, groups:  id, 12" in _codes(at)
+    # the two-condition design is recognised: lmer t equals the paired t
+    metrics = {m.label: float(m.value) for m in at.metric if m.label.endswith(" t") or "lmer t" in m.label}
+    assert metrics["paired t-test t"] == pytest.approx(metrics["lmer t for timebefore"], rel=1e-4)
+
+
+def test_reference_level_and_type_switch_reach_the_fit():
+    at = _app("dataset", **{"data.key": "df_original"})
+    at.selectbox(key="data.ref_column").set_value("condition").run()
+    at.selectbox(key="data.ref_level").set_value("2").run()
+    at.switch_page("app_pages/model.py").run()
+    assert _problems(at) == []
+    assert "condition1" in _codes(at)
+    # condition switched to numeric (its values are 1 and 2): one slope, no level coefficient
+    at.switch_page("app_pages/dataset.py").run()
+    at.multiselect(key="data.categorical").set_value(["participant"]).run()
+    assert at.session_state["data.types"]["df_original"]["condition"] == "numeric"
+    at.switch_page("app_pages/model.py").run()
+    fixed = next(d.value for d in at.dataframe if "t value" in getattr(d.value, "columns", []))
+    assert list(fixed.index) == ["(Intercept)", "condition"]
+    # a column holding text cannot become numeric: a message, and the types stay
+    at.switch_page("app_pages/dataset.py").run()
+    at.selectbox(key="data.key").set_value("penicillin").run()
+    at.multiselect(key="data.categorical").set_value(["sample"]).run()
+    assert len(at.exception) == 0
+    assert any("cannot be numeric" in str(e.value) for e in at.error)
+    assert "penicillin" not in at.session_state["data.types"]
+
+
+@pytest.mark.slow
+def test_large_fits_go_through_the_worker(monkeypatch):
+    monkeypatch.setenv("POOLING_WORKER_MIN_ROWS", "100")
+    at = _app("model", **{"data.key": "sleepstudy"})
+    at.text_input(key="model.formula").set_value("Reaction ~ Days + (1 | Subject)").run(timeout=120)
+    assert _problems(at) == []
+    ref = json.loads((FIXTURES / "lme4" / "sleepstudy_intercept.json").read_text())
+    assert f"REML criterion at convergence: {ref['objective']:.1f}" in _codes(at)
