@@ -76,6 +76,12 @@ def fit(kind: str, formula: str, data, reml: bool = True):
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _pooling(df: pd.DataFrame, response: str, predictor, group: str, random: str) -> pd.DataFrame:
+    settings = load_settings()
+    if len(df) >= settings.worker_min_rows:
+        # One lm per group plus an lmer: as heavy as a fit, so under the same time limit.
+        from lmmcore.worker import run_in_worker
+        return run_in_worker(lmmcore.pooling_estimates, df, response, predictor, group, random=random,
+                             timeout=settings.fit_timeout_s)
     return lmmcore.pooling_estimates(df, response, predictor, group, random=random)
 
 

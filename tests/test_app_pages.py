@@ -369,3 +369,11 @@ def test_large_fits_go_through_the_worker(monkeypatch):
     assert _problems(at) == []
     ref = json.loads((FIXTURES / "lme4" / "sleepstudy_intercept.json").read_text())
     assert f"REML criterion at convergence: {ref['objective']:.1f}" in _codes(at)
+
+
+@pytest.mark.slow
+def test_pooling_of_large_tables_goes_through_the_worker(monkeypatch):
+    monkeypatch.setenv("POOLING_WORKER_MIN_ROWS", "100")
+    at = _app("pooling")
+    assert _problems(at) == []
+    assert len(_traces(_figures(at)[0], "partial")) == 12
