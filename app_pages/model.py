@@ -99,9 +99,16 @@ def _formula_error(text: str, exc: lmmcore.FormulaError) -> None:
 
 # ------------------------------------------------------------------ results
 
+SINGULAR_ADVICE = ("What to do: the data cannot tell this variance apart from zero. Simplify the random "
+                   "part (drop a random slope, or its correlation with `||`), or keep the model and "
+                   "report that this variance is estimated as zero; with few groups this is common.")
+
+
 def _messages(fitted, kind: str) -> None:
     for msg in getattr(fitted, "messages", ()) or ():
         st.warning(f"**{kind}:** " + md(msg), icon=":material/warning:")
+    if getattr(fitted, "is_singular", False):
+        st.caption(SINGULAR_ADVICE)
 
 
 def _tables(data, mixed, linear) -> None:

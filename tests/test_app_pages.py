@@ -377,3 +377,19 @@ def test_pooling_of_large_tables_goes_through_the_worker(monkeypatch):
     at = _app("pooling")
     assert _problems(at) == []
     assert len(_traces(_figures(at)[0], "partial")) == 12
+
+
+@pytest.mark.parametrize("dataset", ["sleepstudy", "df_original", "dyestuff", "dyestuff2", "penicillin",
+                                     "pastes", "orthodont", "chickweight"])
+def test_every_builtin_dataset_works_on_every_page(dataset):
+    at = _app("dataset", **{"data.key": dataset})
+    for page in PAGES:
+        at.switch_page(f"app_pages/{page}.py").run()
+        assert _problems(at) == [], (dataset, page)
+        if page == "model":
+            assert "Number of obs:" in _codes(at)
+        if page in ("pooling", "shrinkage"):
+            assert len(at.get("plotly_chart")) >= 1
+    if dataset == "dyestuff2":
+        at.switch_page("app_pages/model.py").run()
+        assert any("singular" in str(w.value) for w in at.warning)
