@@ -145,9 +145,6 @@ def test_shrinkage_1d_labels_are_escaped():
     assert any(plotly_text(HOSTILE[0]) in s for _, s in _rendered_strings(fig.to_plotly_json()))
 
 
-@pytest.mark.xfail(strict=True, reason="explorer/charts.shrinkage_2d: the partial-pooling hover "
-                   "template shows %{customdata[0]}, the raw group name (plotly draws it as "
-                   "pseudo-HTML); reported to the APP helper")
 def test_shrinkage_2d_labels_are_escaped():
     from explorer import charts
 
