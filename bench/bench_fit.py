@@ -410,7 +410,8 @@ def main(argv=None) -> int:
             missing[peer] = reason
             print(f"[bench] {peer} skipped: {reason}", file=sys.stderr)
     active = [p for p in PEERS if p in versions]
-    load = os.getloadavg()[0]
+    load_at_start = os.getloadavg()
+    load = load_at_start[0]
     if load > 0.5 * (os.cpu_count() or 1):
         # Multi-threaded BLAS on an oversubscribed machine slows down by 10x and more
         # (threads wait for cores): such figures do not say anything about the code.
@@ -464,6 +465,7 @@ def main(argv=None) -> int:
             rows[key]["lmmcore_profile"] = info
 
     report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick,
+              "load_average_at_start": load_at_start,
               "versions": versions, "missing": missing, "environment": _environment(),
               "models": rows}
     args.output.parent.mkdir(parents=True, exist_ok=True)
