@@ -137,3 +137,18 @@ def test_sidebar_link_reopens_the_same_view(page, base_url, server_log):
         assert "Number of obs: 180, groups:  Subject, 18" in _main_text(other)
     finally:
         fresh.close()
+
+
+def _body_font_px(pg) -> float:
+    """Computed font size of the main area's first paragraph of text."""
+    para = pg.locator('[data-testid="stMain"] [data-testid="stMarkdownContainer"] p').first
+    return float(para.evaluate("e => parseFloat(getComputedStyle(e).fontSize)"))
+
+
+def test_lecture_mode_enlarges_text(page, base_url):
+    """Lecture mode is for a projector: body text at least 1.2x the normal size."""
+    _open(page, base_url, "shrinkage")
+    normal = _body_font_px(page)
+    _open(page, base_url, "shrinkage", lecture=1)
+    lecture = _body_font_px(page)
+    assert lecture >= 1.2 * normal, f"lecture font {lecture}px vs normal {normal}px"
