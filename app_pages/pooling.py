@@ -56,7 +56,7 @@ def render() -> None:
         all_groups = [str(g) for g in dict.fromkeys(est["group"].astype(str))]
 
         per_page = 6 if lecture else 12
-        c1, c2, c3, c4 = st.columns([3, 2, 1, 2], vertical_alignment="bottom")
+        c1, c2, c3, c4 = st.columns([2.6, 2, 1.4, 1.8], vertical_alignment="bottom")
         ss[S.POOL_SELECTED] = [g for g in ss.get(S.POOL_SELECTED, []) if g in all_groups]
         selected = c1.multiselect("Show only these groups", all_groups,
                                   key=S.POOL_SELECTED)
@@ -67,7 +67,8 @@ def render() -> None:
         pages = max(1, math.ceil(len(shown) / per_page))
         if not isinstance(ss.get(S.POOL_PAGE), int) or not 1 <= ss[S.POOL_PAGE] <= pages:
             ss[S.POOL_PAGE] = 1
-        page = c3.number_input(f"Page /{pages}", min_value=1, max_value=pages, step=1, key=S.POOL_PAGE)
+        page = c3.number_input(f"Page (1–{pages})" if pages > 1 else "Page", min_value=1, max_value=pages,
+                               step=1, key=S.POOL_PAGE, disabled=pages == 1)
         if few.any():
             small = [g for g in all_groups if few.get(g, False)]
 
@@ -84,7 +85,8 @@ def render() -> None:
         else:
             fig = charts.pooling_means(data.df, est, response, group, view, few, lecture)
         charts.show(fig, "pool.chart", "pooling_comparison")
-        st.caption(f"Showing {len(view)} of {len(all_groups)} groups. ▲ marks groups with few observations. "
+        where = f"Page {page} of {pages}: " if pages > 1 else ""
+        st.caption(f"{where}showing {len(view)} of {len(all_groups)} groups. ▲ marks groups with few observations. "
                    "A group whose data cannot give a no-pooling line shows none and says why.")
         notes = est[est["note"].fillna("").astype(str) != ""] if "note" in est else est.iloc[0:0]
         for _, row in notes.drop_duplicates(["group", "note"]).iterrows():

@@ -154,7 +154,26 @@ def pooling_panels(data: pd.DataFrame, estimates: pd.DataFrame, response: str, p
         fig.update_xaxes(title_text=esc(predictor), row=nrows, col=c)
     for r in range(1, nrows + 1):
         fig.update_yaxes(title_text=esc(response), row=r, col=1)
-    return _layout(fig, lecture, height=height)
+    _layout(fig, lecture, height=height)
+    return _legend_above_panel_titles(fig, lecture)
+
+
+def _legend_above_panel_titles(fig: go.Figure, lecture: bool) -> go.Figure:
+    """Lift the legend clear of the first row's panel titles.
+
+    Panel titles are annotations just above the plot area, where the legend's default
+    place (paper y 1.02) also is; a legend that wraps to two lines (lecture mode) then
+    covers them.  The legend's bottom goes one title height (in pixels, converted to paper
+    units) above the plot area; plotly grows the top margin to fit however many lines the
+    legend takes.
+    """
+    s = sizes(lecture)
+    margin = fig.layout.margin
+    plot_px = max(100, int(fig.layout.height) - int(margin.t or 0) - int(margin.b or 0))
+    title_px = s["panel_title"] * 1.5 + 8
+    fig.update_layout(legend={"yref": "paper", "y": 1 + title_px / plot_px, "yanchor": "bottom"},
+                      margin={"t": int(title_px) + 10})
+    return fig
 
 
 def pooling_means(data: pd.DataFrame, estimates: pd.DataFrame, response: str, group: str,
@@ -233,13 +252,13 @@ def shrinkage_2d(estimates: pd.DataFrame, contours: pd.DataFrame | None, fixef: 
         hovertemplate="%{text}: intercept %{x:.4g}, slope %{y:.4g}<extra>no pooling</extra>"))
     pst = METHODS["partial"]
     fig.add_trace(go.Scatter(
-        x=part["intercept"], y=part["slope"], mode="markers+text", name=pst["label"],
-        text=[esc(g) if g in lonely else "" for g in part.index], textposition="top left",
+        x=part["intercept"], y=part["slope"], mode="markers", name=pst["label"],
         customdata=np.array(list(part.index), dtype=object).reshape(-1, 1), meta={"method": "partial"},
         hovertext=[esc(g) for g in part.index],
         marker={"symbol": pst["symbol"], "size": s["marker"] + 2, "color": pst["colour"]},
-        textfont={"size": s["font"], "color": pst["colour"]},
         hovertemplate="%{hovertext}: intercept %{x:.4g}, slope %{y:.4g}<extra>partial pooling</extra>"))
+    _label_lonely(fig, part, lonely, pd.concat([part[["intercept", "slope"]],
+                                                no.loc[both, ["intercept", "slope"]]]), s)
     comp = estimates[estimates["method"] == "complete"]
     if len(comp):
         cst = METHODS["complete"]
@@ -259,6 +278,54 @@ def shrinkage_2d(estimates: pd.DataFrame, contours: pd.DataFrame | None, fixef: 
     # The legend under the plot: above it, four entries would push the arrows off a projector.
     fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.12, "x": 0})
     return fig
+
+
+def _label_lonely(fig: go.Figure, part: pd.DataFrame, lonely: list, others: pd.DataFrame,
+                  s: dict) -> None:
+    """Name each group without a no-pooling estimate beside its partial-pooling point.
+
+    Such groups shrink to near the middle, where the other points crowd: each label sits
+    at the end of a leader line, in whichever of eight directions leaves it (and the
+    line's midpoint) furthest from every other point, in rough screen units (both axes
+    taken as about 500 px).  ``others`` holds every plotted (intercept, slope).
+    """
+    if not lonely:
+        return
+    pts = others[["intercept", "slope"]].astype(float).to_numpy()
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    screen = (pts - lo) / span * 500.0
+    colour = METHODS["partial"]["colour"]
+    placed = []
+    for i, g in enumerate(lonely):
+        x, y = float(part.loc[g, "intercept"]), float(part.loc[g, "slope"])
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        here = (np.array([x, y]) - lo) / span * 500.0
+        reach = 50 + s["font"] + 15 * i
+        best, best_score = (-1.0, 1.0), -math.inf
+        for k in range(8):
+            angle = math.pi / 4 * k + math.pi / 8
+            d = np.array([math.cos(angle), math.sin(angle)])
+            label = here + d * (reach + s["font"])
+            middle = here + d * reach / 2
+            near = np.vstack([screen, np.array(placed).reshape(-1, 2)])
+            score = min(np.hypot(*(near - label).T).min(), np.hypot(*(near - middle).T).min() * 1.5)
+            if not (0 <= label[0] <= 500 and 0 <= label[1] <= 500):
+                score -= 200  # a label off the data's range pushes the axes out
+            if score > best_score:
+                best, best_score = (float(d[0]), float(d[1])), score
+        placed.append(here + np.array(best) * (reach + s["font"]))
+        fig.add_annotation(
+            x=x, y=y, xref="x", yref="y", text=esc(g), showarrow=True, arrowhead=0,
+            arrowwidth=max(1.0, s["line"] / 2), arrowcolor=colour, standoff=s["marker"] / 2 + 2,
+            # plotly's ay grows downward; the data's y grows upward
+            ax=best[0] * reach, ay=-best[1] * reach,
+            xanchor="left" if best[0] > 0.3 else "right" if best[0] < -0.3 else "center",
+            yanchor="bottom" if best[1] > 0.3 else "top" if best[1] < -0.3 else "middle",
+            font={"size": s["font"], "color": colour}, bgcolor="rgba(255,255,255,0.9)",
+            bordercolor=colour, borderwidth=1, borderpad=3, name="lonely group")
 
 
 def shrinkage_1d(estimates: pd.DataFrame, grand: float, lecture: bool, group: str,

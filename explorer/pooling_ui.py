@@ -28,7 +28,8 @@ def controls(data) -> tuple | None:
         ss[S.POOL_RESPONSE] = numeric[-1]
     if ss.get(S.POOL_GROUP) not in groups:
         ss[S.POOL_GROUP] = groups[0]
-    c1, c2, c3, c4 = st.columns(4)
+    # The random part gets more room: "intercept and slope" must fit in lecture mode.
+    c1, c2, c3, c4 = st.columns([1, 1, 1, 1.3])
     response = c1.selectbox("Response", numeric, key=S.POOL_RESPONSE)
     predictors = [S.NO_PREDICTOR] + [c for c in numeric if c != response]
     if ss.get(S.POOL_PREDICTOR) not in predictors:

@@ -258,8 +258,12 @@ def test_shrinkage_figure_draws_lmmcore_estimates_and_contours():
     assert "373" not in ngroups and "374" in ngroups
     np.testing.assert_allclose(_arr(ntrace["x"]), no.loc[ngroups, "intercept"], rtol=1e-12)
     np.testing.assert_allclose(_arr(ntrace["y"]), no.loc[ngroups, "slope"], rtol=1e-12)
-    # 373 has no no-pooling estimate: its partial point is labelled
-    assert ptrace["text"][groups.index("373")] == "373"
+    # 373 has no no-pooling estimate: its partial point is labelled, on a leader line
+    # (an annotation pointing at the point from a clear spot), and no other point is
+    (label,) = [a for a in fig["layout"]["annotations"] if a.get("name") == "lonely group"]
+    assert label["text"] == "373" and label["showarrow"] is True
+    assert [label["x"], label["y"]] == pytest.approx(list(part.loc["373", ["intercept", "slope"]]), rel=1e-12)
+    assert abs(label["ax"]) > 30 and abs(label["ay"]) > 10  # away from the crowded middle
     (fixed,) = _traces(fig, "fixed")
     ref = json.loads((FIXTURES / "r" / "pooling_sleepstudy_fake_intercept_slope.json").read_text())
     assert [_arr(fixed["x"])[0], _arr(fixed["y"])[0]] == pytest.approx(ref["fixef"], rel=1e-5)
@@ -393,3 +397,71 @@ def test_every_builtin_dataset_works_on_every_page(dataset):
     if dataset == "dyestuff2":
         at.switch_page("app_pages/model.py").run()
         assert any("singular" in str(w.value) for w in at.warning)
+
+
+def test_shrinkage_contours_are_in_data_units():
+    """The outer contour's horizontal extent is fixef +/- sqrt(chi2_2(.9)) * SD of the
+    intercepts, as an ellipse in data units must be (it only looks round because of the
+    axes' scales); the page says so with VarCorr's SDs."""
+    from scipy import stats
+
+    at = _app("shrinkage")
+    fig = _figures(at)[0]
+    fit = lmmcore.lmer("Reaction ~ Days + (Days | Subject)",
+                       teaching.apply_types(pd.read_csv(ROOT / "data" / "sleepstudy_fake.csv"),
+                                            {"Subject": "categorical", "Days": "numeric",
+                                             "Reaction": "numeric"}))
+    sd = teaching.random_sd(fit, "Subject")
+    (outer,) = [t for t in fig["data"] if (t.get("meta") or {}).get("level") == pytest.approx(0.9)]
+    x, y = _arr(outer["x"]), _arr(outer["y"])
+    half = np.sqrt(stats.chi2.ppf(0.9, 2))
+    assert (x.max() - x.min()) / 2 == pytest.approx(half * sd.iloc[0], rel=2e-3)
+    assert (y.max() - y.min()) / 2 == pytest.approx(half * sd.iloc[1], rel=2e-3)
+    caption = " ".join(str(c.value) for c in at.caption)
+    assert f"SD {sd.iloc[0]:.3g}" in caption and f"SD {sd.iloc[1]:.3g}" in caption
+
+
+@pytest.mark.parametrize("lecture", [False, True], ids=["normal", "lecture"])
+def test_pooling_legend_sits_above_the_panel_titles(lecture):
+    """The legend once wrapped onto the first row's panel titles in lecture mode: its
+    bottom must be above the titles, i.e. more than a title's height over the plot area."""
+    from explorer.charts import sizes
+
+    at = _app("pooling", **({"app.lecture": True} if lecture else {}))
+    assert _problems(at) == []
+    layout = _figures(at)[0]["layout"]
+    legend, margin = layout["legend"], layout["margin"]
+    plot_px = layout["height"] - margin["t"] - margin["b"]
+    assert legend["yanchor"] == "bottom" and legend.get("yref", "paper") == "paper"
+    title_px = sizes(lecture)["panel_title"] * 1.3
+    assert (legend["y"] - 1) * plot_px > title_px
+    assert margin["t"] > title_px  # room for the titles above the first row
+
+
+def test_pooling_page_number_reads_naturally():
+    at = _app("pooling")
+    (page,) = at.number_input
+    assert page.label == "Page (1–2)"
+    at.number_input(key="pool.page").set_value(2).run()
+    assert _problems(at) == []
+    assert any("Page 2 of 2: showing 8 of 20 groups" in str(c.value) for c in at.caption)
+
+
+def test_dataset_page_offers_the_upload_before_the_table():
+    """At 1280x720 the uploader must be visible without scrolling: it comes straight
+    after the title, before the preview."""
+    at = _app("dataset")
+    kinds = [type(e).__name__ for e in at.main]
+    assert kinds.index("FileUploader") < kinds.index("Dataframe")
+    assert kinds.index("FileUploader") <= 4
+
+
+def test_lecture_mode_draws_small_tables_large():
+    """The data grid is a canvas the lecture CSS cannot enlarge: small tables become
+    HTML tables, with lmmcore's numbers."""
+    at = _app("shrinkage", **{"app.lecture": True})
+    assert _problems(at) == []
+    est = _estimates("sleepstudy_fake", "Reaction", "Days", "Subject", "intercept+slope", ["Subject"])
+    (sd,) = [t.value for t in at.table]
+    np.testing.assert_allclose(sd.to_numpy(float), lmmcore.shrinkage_sd(est).to_numpy(), rtol=1e-12)
+    assert len(at.dataframe) == 0
