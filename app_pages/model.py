@@ -9,7 +9,7 @@ import streamlit as st
 import lmmcore
 from lmmcore import teaching
 from lmmcore.compare import format_anova
-from lmmcore.formula import compose_formula
+from lmmcore.formula import compose_formula, decompose_formula
 from explorer import charts
 from explorer import data as D
 from explorer import state as S
@@ -55,7 +55,8 @@ def _builder(data) -> None:
     cols = list(data.df.columns)
     numeric = [c for c in data.numeric]
     categorical = [c for c in data.categorical]
-    choice = teaching.builder_choices(ss.get(S.MODEL_FORMULA, "")) or {}
+    # None for a formula the menus cannot show (a transform, mixed random parts): empty menus.
+    choice = decompose_formula(ss.get(S.MODEL_FORMULA, "")) or {}
     defaults = {
         B_RESPONSE: choice.get("response") if choice.get("response") in numeric else (numeric[-1] if numeric else None),
         B_FIXED: [c for c in choice.get("fixed", []) if c in cols],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 import lmmcore
+from lmmcore import teaching
 from explorer import charts
 from explorer import data as D
 from explorer import state as S
@@ -52,6 +53,10 @@ def render() -> None:
                             "**partial-pooling** estimate (lmer's coef). Contours: the fitted distribution of "
                             "the groups' (intercept, slope), levels .1 .3 .5 .7 .9, centred at the fixed effects.")
                 charts.show(fig, "shrink.chart", "shrinkage_2d")
+                sd = teaching.random_sd(mixed, group)
+                st.caption(f"The contours are drawn in the data's units: the groups' intercepts spread with "
+                           f"SD {sd.iloc[0]:.3g} and their slopes with SD {sd.iloc[1]:.3g} (VarCorr), so "
+                           "each contour is an ellipse; how round it looks depends on the two axes' scales.")
                 lonely = est[(est["method"] == "no") & ~(est["intercept"].notna() & est["slope"].notna())]
                 if len(lonely):
                     st.caption("Labelled points: groups too small for their own line; they get a "

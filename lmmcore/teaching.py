@@ -21,8 +21,8 @@ from lmmcore.errors import DataError, FitError
 
 __all__ = [
     "column_types", "column_overview", "level_order", "wide_to_long", "guess_roles",
-    "quote_name", "icc", "paired_design", "paired_comparison", "caterpillar",
-    "qq_points", "few_observations", "reproduce_code", "apply_types", "builder_choices",
+    "quote_name", "icc", "random_sd", "paired_design", "paired_comparison", "caterpillar",
+    "qq_points", "few_observations", "reproduce_code", "apply_types",
 ]
 
 _IDENT = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
@@ -222,6 +222,25 @@ def icc(fit) -> pd.Series | None:
     if not total > 0:
         return None
     return pd.Series(groups["vcov"].to_numpy() / total, index=groups["grp"].to_numpy(), name="ICC")
+
+
+def random_sd(fit, group: str) -> pd.Series:
+    """The standard deviation of each random coefficient of one grouping factor.
+
+    The ``Std.Dev.`` column of lme4's VarCorr for ``group``, indexed by coefficient
+    (``(Intercept)``, ``Days``): how far the groups' coefficients spread around the fixed
+    effects, in the data's units.
+
+    Raises
+    ------
+    FitError
+        The model has no random effects for ``group``.
+    """
+    vc = fit.varcorr
+    rows = vc[(vc["grp"] == group) & vc["var2"].isna()]
+    if rows.empty:
+        raise FitError(f"The model has no random effects for {group!r}.")
+    return pd.Series(rows["sdcor"].to_numpy(float), index=rows["var1"].to_numpy(), name="sd")
 
 
 def paired_design(fit, data: pd.DataFrame) -> tuple | None:
@@ -449,49 +468,3 @@ def apply_types(data: pd.DataFrame, types: dict) -> pd.DataFrame:
                                 "not a number. Switch it back to categorical.")
             out[col] = num.astype(float)
     return out
-
-
-def builder_choices(formula: str) -> dict | None:
-    """The model builder's fields that write ``formula`` back (best effort).
-
-    Returns
-    -------
-    dict or None
-        Keys ``response``, ``fixed`` (columns), ``interaction``, ``groups``, ``random``
-        ("intercept", "slope", "both", "uncorrelated"), ``slope``, ``grouping``
-        ("crossed", "nested"); None when the formula does not parse or uses transforms
-        the builder cannot express.
-    """
-    from lmmcore.errors import LmmError
-    from lmmcore.formula import parse_formula
-
-    try:
-        f = parse_formula(formula)
-    except LmmError:
-        return None
-    response = f.response.column
-    if response is None:
-        return None
-    fixed = [v.column for v in f.fixed.variables if v.column]
-    interaction = any(t.order > 1 for t in f.fixed.terms)
-    parts = list(f.random)
-    nested = any(len(p.group) > 1 for p in parts)
-    if nested:
-        longest = max(parts, key=lambda p: len(p.group))
-        groups = list(reversed(longest.group))
-    else:
-        groups = list(dict.fromkeys(p.group[0] for p in parts))
-    random, slope = "intercept", None
-    if parts:
-        first_group = parts[0].group
-        same = [p for p in parts if p.group == first_group]
-        slopes = [v.column for p in same for v in p.terms.variables if v.column]
-        intercept = any(p.terms.intercept for p in same)
-        if slopes:
-            slope = slopes[0]
-            if "||" in parts[0].source:
-                random = "uncorrelated"
-            else:
-                random = "both" if intercept else "slope"
-    return {"response": response, "fixed": fixed, "interaction": interaction, "groups": groups,
-            "random": random, "slope": slope, "grouping": "nested" if nested else "crossed"}

@@ -12,7 +12,7 @@ from scipy import stats
 
 import lmmcore
 from lmmcore import teaching
-from lmmcore.formula import compose_formula
+from lmmcore.formula import compose_formula, decompose_formula
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures"
@@ -169,12 +169,26 @@ def test_few_observations_marks_the_incomplete_subjects():
     "Reaction ~ Days + (Days | Subject)", "Reaction ~ Days + (Days || Subject)",
     "Reaction ~ Days + (1 | Subject)", "y ~ x + (0 + x | g)", "strength ~ 1 + (1 | batch/cask)",
     "diameter ~ 1 + (1 | plate) + (1 | sample)", "weight ~ Time * Diet + (Time | Chick)"])
-def test_builder_choices_write_the_formula_back(formula):
-    assert compose_formula(**teaching.builder_choices(formula)) == formula
+def test_builder_fields_write_the_formula_back(formula):
+    """The model page fills its menus with decompose_formula (teaching.builder_choices,
+    its duplicate, is gone): every catalogue-style formula goes round the builder."""
+    assert compose_formula(**decompose_formula(formula)) == formula
 
 
-def test_builder_choices_of_a_broken_formula_is_none():
-    assert teaching.builder_choices("y ~ (x | ") is None
+def test_builder_fields_of_a_broken_formula_are_none():
+    assert decompose_formula("y ~ (x | ") is None
+    assert not hasattr(teaching, "builder_choices")
+
+
+def test_random_sd_is_lme4s_std_dev():
+    ref = _ref("lme4/sleepstudy_slope.json")
+    fit = lmmcore.lmer(ref["formula"], _data("sleepstudy", ["Subject"]))
+    sd = teaching.random_sd(fit, "Subject")
+    assert list(sd.index) == ["(Intercept)", "Days"]
+    expected = [r["sdcor"] for r in ref["varcorr"] if r["grp"] == "Subject" and not r["var2"]]
+    np.testing.assert_allclose(sd.to_numpy(), expected, rtol=1e-4)
+    with pytest.raises(lmmcore.LmmError, match="no random effects"):
+        teaching.random_sd(fit, "Days")
 
 
 def test_guess_roles_for_an_upload():
