@@ -43,7 +43,15 @@ def _lecture_css() -> None:
     st.html("""<style>
       .stMainBlockContainer p, .stMainBlockContainer li, .stMainBlockContainer label,
       .stMainBlockContainer td, .stMainBlockContainer th { font-size: 1.3rem !important; }
-      .stMainBlockContainer code, .stMainBlockContainer pre { font-size: 1.1rem !important; }
+      .stMainBlockContainer code, .stMainBlockContainer pre { font-size: 1.3rem !important; }
+      .stMainBlockContainer [data-testid="stCaptionContainer"] p { font-size: 1.2rem !important; }
+      .stMainBlockContainer [data-testid="stMetricValue"] { font-size: 2.6rem !important; }
+      .stMainBlockContainer [data-testid="stTable"] td, .stMainBlockContainer [data-testid="stTable"] th
+        { font-size: 1.25rem !important; padding: 0.35rem 0.7rem !important; }
+      section[data-testid="stSidebar"] p, section[data-testid="stSidebar"] label,
+      section[data-testid="stSidebar"] span, section[data-testid="stSidebar"] li,
+      section[data-testid="stSidebar"] [data-baseweb="select"] div { font-size: 1.2rem !important; }
+      section[data-testid="stSidebar"] code, section[data-testid="stSidebar"] pre { font-size: 1rem !important; }
       .stMainBlockContainer h1 { font-size: 3rem !important; }
       .stMainBlockContainer h2 { font-size: 2.3rem !important; }
       .stMainBlockContainer h3 { font-size: 1.8rem !important; }

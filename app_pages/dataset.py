@@ -113,9 +113,23 @@ def _reshape_section(data) -> None:
                                file_name="long.csv", mime="text/csv", key="data.wide_download")
 
 
+def _upload_section(settings) -> None:
+    # First on the page: a student who came to use their own data sees it without scrolling.
+    st.file_uploader(
+        f"**Upload your own data**: CSV, TSV/TXT or Excel (XLSX), one row per observation; up to "
+        f"{settings.max_upload_mb} MB, {settings.max_rows:,} rows, {settings.max_columns} columns",
+        help="Your file stays in this browser session: it is never saved on the server or shown to anyone else.",
+        type=["csv", "tsv", "txt", "xlsx"], key=S.DATA_UPLOADER, on_change=D.on_upload,
+        max_upload_size=settings.max_upload_mb)
+    if st.session_state.get(S.DATA_UPLOAD_ERROR):
+        st.error(md(st.session_state[S.DATA_UPLOAD_ERROR]))
+
+
 def render() -> None:
     settings = load_settings()
     st.title("Dataset")
+    st.caption("Pick a built-in dataset in the sidebar, or upload your own table here.")
+    _upload_section(settings)
     with guard("dataset"):
         data = D.active()
         entry = CATALOGUE.get(data.key)
@@ -132,15 +146,6 @@ def render() -> None:
         show_table(data.df.head(500), hide_index=True, height=260, drop_empty=False)
         _types_section(data)
         _reshape_section(data)
-
-    st.subheader("Upload your own data")
-    st.file_uploader(
-        f"CSV, TSV/TXT or Excel (XLSX), one row per observation; up to {settings.max_upload_mb} MB, "
-        f"{settings.max_rows:,} rows, {settings.max_columns} columns",
-        type=["csv", "tsv", "txt", "xlsx"], key=S.DATA_UPLOADER, on_change=D.on_upload,
-        max_upload_size=settings.max_upload_mb)
-    if st.session_state.get(S.DATA_UPLOAD_ERROR):
-        st.error(md(st.session_state[S.DATA_UPLOAD_ERROR]))
 
 
 render()
