@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
 
-.PHONY: run test bench clean
+.PHONY: run test bench loadtest clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,17 @@ run: $(VENV)/.runtime
 test: $(VENV)/.dev
 	$(PY) -m pytest
 
+# The peers (mixedlm, and lme4 when Rscript is installed) are needed only here.
 bench: $(VENV)/.dev
+	$(PY) -m pip install --quiet -r bench/requirements.txt
 	$(PY) bench/bench_fit.py
+
+# 30 simulated students against a local server (scripts/loadtest.py).
+loadtest: $(VENV)/.dev
+	$(PY) -m streamlit run app.py --server.headless true --server.port 8599 & pid=$$!; \
+	  for i in $$(seq 60); do $(PY) -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8599/_stcore/health')" 2>/dev/null && break; sleep 1; done; \
+	  $(PY) scripts/loadtest.py http://127.0.0.1:8599 --server-pid $$pid --sessions 30 --think 10; \
+	  rc=$$?; kill $$pid; exit $$rc
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache
