@@ -47,7 +47,7 @@ def _lecture_css() -> None:
       .stMainBlockContainer [data-testid="stCaptionContainer"] p { font-size: 1.2rem !important; }
       .stMainBlockContainer [data-testid="stMetricValue"] { font-size: 2.6rem !important; }
       .stMainBlockContainer [data-testid="stTable"] td, .stMainBlockContainer [data-testid="stTable"] th
-        { font-size: 1.25rem !important; padding: 0.35rem 0.7rem !important; }
+        { font-size: 1.25rem !important; padding: 0.3rem 0.5rem !important; }
       section[data-testid="stSidebar"] p, section[data-testid="stSidebar"] label,
       section[data-testid="stSidebar"] span, section[data-testid="stSidebar"] li,
       section[data-testid="stSidebar"] [data-baseweb="select"] div { font-size: 1.2rem !important; }

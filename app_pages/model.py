@@ -24,6 +24,8 @@ K_SAVE = "model.save"
 K_RANEF_GROUP = "model.ranef_group"
 K_CAT_GROUP = "model.caterpillar_group"
 
+VARCORR_HEADINGS = {"grp": "Groups", "var1": "Name", "var2": "with", "vcov": "Variance / Cov.",
+                    "sdcor": "Std.Dev. / Corr."}
 RANDOM_LABELS = {"intercept": "intercept (1 | g)", "slope": "slope only (0 + x | g)",
                  "both": "intercept and slope (x | g)", "uncorrelated": "both, uncorrelated (x || g)"}
 
@@ -100,20 +102,20 @@ def _formula_error(text: str, exc: lmmcore.FormulaError) -> None:
 
 # ------------------------------------------------------------------ results
 
-SINGULAR_ADVICE = ("What to do: the data cannot tell this variance apart from zero. Simplify the random "
-                   "part (drop a random slope, or its correlation with `||`), or keep the model and "
-                   "report that this variance is estimated as zero; with few groups this is common.")
-
-
 def _messages(fitted, kind: str) -> None:
     for msg in getattr(fitted, "messages", ()) or ():
         st.warning(f"**{kind}:** " + md(msg), icon=":material/warning:")
-    if getattr(fitted, "is_singular", False):
-        st.caption(SINGULAR_ADVICE)
+    for advice in teaching.what_to_do(fitted):
+        st.caption("**What to do:** " + advice)
 
 
-def _tables(data, mixed, linear) -> None:
-    left, right = st.columns(2)
+def _side_by_side(lecture: bool):
+    # In lecture mode the tables are large HTML tables: two abreast would be cut off.
+    return (st.container(), st.container()) if lecture else st.columns(2)
+
+
+def _tables(data, mixed, linear, lecture: bool = False) -> None:
+    left, right = _side_by_side(lecture)
     with left:
         st.markdown("**Fixed effects** (lmer)" if mixed is not None else "**Coefficients** (lm)")
         if mixed is not None:
@@ -130,7 +132,11 @@ def _tables(data, mixed, linear) -> None:
         return
     with right:
         st.markdown("**Variance components** (VarCorr)")
-        show_table(mixed.varcorr, hide_index=True, drop_empty=False)
+        # lme4's own headings, and blanks where lme4 prints nothing (not "None").
+        vc = mixed.varcorr.rename(columns=VARCORR_HEADINGS)
+        vc[["Groups", "Name", "with"]] = vc[["Groups", "Name", "with"]].fillna("")
+        show_table(vc, hide_index=True, drop_empty=False)
+        st.caption("A row with a second name is the covariance (and correlation) of the two.")
         icc = teaching.icc(mixed)
         if icc is not None:
             st.markdown("**Intraclass correlation (ICC)**: the share of the variance that lies between groups")
@@ -139,7 +145,7 @@ def _tables(data, mixed, linear) -> None:
                 cols[i % len(cols)].metric(f"ICC {g}", f"{v:.3f}")
     groups = list(mixed.ranef)
     g = st.selectbox("Random effects of", groups, key=K_RANEF_GROUP) if len(groups) > 1 else groups[0]
-    c1, c2 = st.columns(2)
+    c1, c2 = _side_by_side(lecture)
     for col, what, table in ((c1, "coef()", mixed.coef[g]), (c2, "ranef()", mixed.ranef[g])):
         with col:
             st.markdown(f"**{what}**: " + ("fixed + random effect per level" if what == "coef()"
@@ -287,10 +293,11 @@ def render() -> None:
         formula = str(parsed)
         reml = ss.get(S.MODEL_METHOD, "REML") == "REML"
         mixed = linear = None
+        shown: set = set()
         if parsed.has_random:
-            with guard("lmer fit"), st.spinner("Fitting the mixed model..."):
+            with guard("lmer fit", shown), st.spinner("Fitting the mixed model..."):
                 mixed = fit("lmer", formula, data, reml)
-        with guard("lm fit"):
+        with guard("lm fit", shown):
             linear = fit("lm", parsed.fixed_text, data)
         if mixed is None and linear is None:
             return
@@ -308,7 +315,7 @@ def render() -> None:
                 st.markdown("**lm** (no random terms in the formula)")
                 st.code(linear.summary(), language=None)
         with tabs[1], guard("tables"):
-            _tables(data, mixed, linear)
+            _tables(data, mixed, linear, lecture)
         with tabs[2], guard("plots"):
             _plots(data, mixed, linear, parsed.response.label, lecture)
         with tabs[3], guard("saved models"):

@@ -373,8 +373,10 @@ def fitted_pairs(panels: dict, kind: str, response: str, lecture: bool) -> go.Fi
     the y = x line) or "residuals" (residuals vs fitted, with y = 0)."""
     s = sizes(lecture)
     names = list(panels)
+    # One y scale for both panels: the point is how much less the lmer leaves over, and
+    # panels scaled each to its own range would make the residuals look alike.
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=[esc(n) for n in names],
-                        horizontal_spacing=0.12)
+                        horizontal_spacing=0.06, shared_yaxes=True)
     for i, name in enumerate(names, start=1):
         fitted, observed, residuals = panels[name]
         y = observed if kind == "observed" else residuals
@@ -391,8 +393,9 @@ def fitted_pairs(panels: dict, kind: str, response: str, lecture: bool) -> go.Fi
         else:
             fig.add_hline(y=0, line={"color": "black", "dash": "dash", "width": s["line"] / 1.5}, row=1, col=i)
         fig.update_xaxes(title_text="fitted", row=1, col=i, showgrid=True)
-        fig.update_yaxes(title_text=esc(response) if kind == "observed" else "residual", row=1, col=i,
-                         showgrid=True)
+        fig.update_yaxes(title_text=(esc(response) if kind == "observed" else "residual") if i == 1 else None,
+                         row=1, col=i, showgrid=True)
+    fig.update_xaxes(matches="x")  # the same fitted-value scale too: lm's narrow range shows as narrow
     return _layout(fig, lecture, height=420)
 
 
@@ -411,10 +414,21 @@ def qq_plot(qq: dict, lecture: bool) -> go.Figure:
     return _layout(fig, lecture, height=420)
 
 
+# Above this many levels a caterpillar plot stops naming each row: the names would
+# overlap, and a chart thousands of pixels tall is no overview.  Hover still names them.
+CATERPILLAR_NAMED = 40
+
+
 def caterpillar_plot(table: pd.DataFrame, group: str, lecture: bool) -> go.Figure:
-    """Random effects with conditional intervals, one panel per term, levels sorted."""
+    """Random effects with conditional intervals, one panel per term, levels sorted.
+
+    Up to :data:`CATERPILLAR_NAMED` levels each row is named; beyond that the plot keeps
+    a fixed height, drops the row names (hover shows them) and thins the markers.
+    """
     s = sizes(lecture)
     terms = list(dict.fromkeys(table["term"]))
+    n = table["level"].nunique()
+    named = n <= CATERPILLAR_NAMED
     fig = make_subplots(rows=1, cols=len(terms), subplot_titles=[esc(t) for t in terms],
                         horizontal_spacing=0.08)
     for i, term in enumerate(terms, start=1):
@@ -422,13 +436,18 @@ def caterpillar_plot(table: pd.DataFrame, group: str, lecture: bool) -> go.Figur
         fig.add_trace(go.Scatter(
             x=t["estimate"], y=[esc(v) for v in t["level"]], mode="markers", showlegend=False,
             error_x={"type": "data", "symmetric": False, "array": t["upper"] - t["estimate"],
-                     "arrayminus": t["estimate"] - t["lower"], "thickness": s["line"] / 1.5,
+                     "arrayminus": t["estimate"] - t["lower"],
+                     "thickness": s["line"] / 1.5 if named else 1, "width": 3 if named else 0,
                      "color": OKABE_ITO["blue"]},
-            marker={"color": OKABE_ITO["vermillion"], "size": s["marker"], "symbol": "diamond"},
+            marker={"color": OKABE_ITO["vermillion"], "size": s["marker"] if named else max(3, s["marker"] / 2),
+                    "symbol": "diamond"},
             hovertemplate="%{y}: %{x:.4g}<extra></extra>"), row=1, col=i)
         fig.add_vline(x=0, line={"color": "black", "dash": "dash", "width": 1}, row=1, col=i)
+        title = esc(group) if named else f"{esc(group)} ({n} levels, sorted; hover for names)"
         fig.update_yaxes(categoryorder="array", categoryarray=[esc(v) for v in t["level"]], row=1, col=i,
-                         title_text=esc(group) if i == 1 else None)
+                         title_text=title if i == 1 else None, showticklabels=named,
+                         ticks="" if not named else "outside")
         fig.update_xaxes(showgrid=True, row=1, col=i)
-    n = table["level"].nunique()
-    return _layout(fig, lecture, height=160 + 20 * n)
+    # Final heights in pixels; _layout scales by the lecture factor, so divide it out.
+    final = 160 + (30 if lecture else 20) * n if named else (760 if lecture else 640)
+    return _layout(fig, lecture, height=round(final / s["height"]))

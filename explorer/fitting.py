@@ -25,18 +25,27 @@ GENERIC_ERROR = ("Something went wrong while computing this. Try another model o
 
 
 @contextmanager
-def guard(what: str = "this"):
+def guard(what: str = "this", shown: set | None = None):
     """Show an lmmcore error's message, or a short generic message for anything else.
 
-    Streamlit's own control flow (rerun, stop) derives from BaseException and passes.
+    ``shown``: messages already on the page; one met again is not repeated (the lmer and
+    the lm of one formula fail alike on an unknown column).  Streamlit's own control
+    flow (rerun, stop) derives from BaseException and passes.
     """
+    def show(text: str) -> None:
+        if shown is not None:
+            if text in shown:
+                return
+            shown.add(text)
+        st.error(text, icon=":material/warning:")
+
     try:
         yield
     except lmmcore.LmmError as exc:
-        st.error(md(str(exc)), icon=":material/warning:")
+        show(md(str(exc)))
     except Exception:
         log.exception("unexpected error in %s", what)
-        st.error(GENERIC_ERROR, icon=":material/warning:")
+        show(GENERIC_ERROR)
 
 
 def _kwargs(kind: str, reml: bool, categorical, numeric, reference) -> dict:

@@ -21,7 +21,7 @@ from lmmcore.errors import DataError, FitError
 
 __all__ = [
     "column_types", "column_overview", "level_order", "wide_to_long", "guess_roles",
-    "quote_name", "icc", "random_sd", "paired_design", "paired_comparison", "caterpillar",
+    "quote_name", "icc", "random_sd", "what_to_do", "paired_design", "paired_comparison", "caterpillar",
     "qq_points", "few_observations", "reproduce_code", "apply_types",
 ]
 
@@ -241,6 +241,45 @@ def random_sd(fit, group: str) -> pd.Series:
     if rows.empty:
         raise FitError(f"The model has no random effects for {group!r}.")
     return pd.Series(rows["sdcor"].to_numpy(float), index=rows["var1"].to_numpy(), name="sd")
+
+
+def what_to_do(fit) -> list[str]:
+    """What a student can do about each warning of a fit, in plain words.
+
+    The fit's ``messages`` say what happened (lme4's wording included); these lines say
+    what to do next, fitted to the model: a singular fit of random intercepts only is
+    different advice from one with a random slope.
+
+    Returns
+    -------
+    list of str
+        One line per problem: dropped (linearly dependent) fixed-effects columns, a
+        singular fit, a failed convergence; empty for a clean fit.
+    """
+    out = []
+    design = getattr(fit, "design", None)
+    dropped = tuple(getattr(design, "dropped_fixed", ()) or ())
+    if dropped:
+        out.append("Two or more fixed effects carry the same information (one is a multiple or a sum "
+                   f"of others), so {', '.join(dropped)} cannot be estimated. Remove "
+                   f"{'it' if len(dropped) == 1 else 'them'} from the formula; the other estimates "
+                   "are unaffected.")
+    if getattr(fit, "is_singular", False):
+        vc = fit.varcorr
+        slopes = vc[(vc["grp"] != "Residual") & (vc["var1"] != "(Intercept)")]
+        if len(slopes):
+            out.append("A random slope's variance is estimated as (almost) zero, or two random effects "
+                       "as perfectly correlated. Simplify the random part: drop the random slope, or its "
+                       "correlation with `||`; or keep the model and report the zero variance.")
+        else:
+            out.append("The groups differ no more than chance would make them: their variance is estimated "
+                       "as zero, so partial pooling pools completely and the fixed effects equal the lm's. "
+                       "Keep the model and report the zero variance (common with few groups), or collect "
+                       "more groups.")
+    if not getattr(fit, "converged", True):
+        out.append("Rescale predictors with large values (e.g. `scale(x)` or days instead of seconds), or "
+                   "simplify the random part, then fit again; until then treat the numbers with care.")
+    return out
 
 
 def paired_design(fit, data: pd.DataFrame) -> tuple | None:

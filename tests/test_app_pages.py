@@ -465,3 +465,58 @@ def test_lecture_mode_draws_small_tables_large():
     (sd,) = [t.value for t in at.table]
     np.testing.assert_allclose(sd.to_numpy(float), lmmcore.shrinkage_sd(est).to_numpy(), rtol=1e-12)
     assert len(at.dataframe) == 0
+
+
+def test_an_unknown_column_is_reported_once():
+    at = _app("model", **{"data.key": "sleepstudy"})
+    at.text_input(key="model.formula").set_value("Reaction ~ Dayz + (1 | Subject)").run()
+    assert len(at.exception) == 0
+    (err,) = at.error  # the lmer and the lm fail alike: one message, not two
+    text = str(err.value).replace("\\", "")  # markdown escapes
+    assert "no column 'Dayz'" in text and "did you mean 'Days'" in text
+
+
+def test_rank_deficient_and_singular_fits_say_what_to_do():
+    at = _app("model", **{"data.key": "sleepstudy"})
+    at.text_input(key="model.formula").set_value("Reaction ~ Days + I(Days*2) + (1 | Subject)").run()
+    assert _problems(at) == []
+    assert any("linearly dependent" in str(w.value) for w in at.warning)
+    assert any("What to do" in str(c.value) and "Remove it" in str(c.value) for c in at.caption)
+    at = _app("model", **{"data.key": "dyestuff2"})
+    assert any("singular" in str(w.value) for w in at.warning)
+    assert any("What to do" in str(c.value) and "equal the lm" in str(c.value) for c in at.caption)
+
+
+def test_varcorr_table_has_lme4_headings_and_no_none():
+    at = _app("model")
+    vc = next(d.value for d in at.dataframe if "Groups" in getattr(d.value, "columns", []))
+    assert list(vc.columns) == ["Groups", "Name", "with", "Variance / Cov.", "Std.Dev. / Corr."]
+    assert "None" not in vc.astype(str).to_numpy() and not vc["with"].isna().any()
+
+
+def test_residual_panels_share_one_scale():
+    """lm and lmer residuals on one y scale, or the lmer's smaller residuals look alike."""
+    at = _app("model")
+    figs = _figures(at)
+    assert len(figs) >= 2
+    for fig in figs[:2]:
+        layout = fig["layout"]
+        assert layout["yaxis2"].get("matches") == "y"
+        assert layout["xaxis2"].get("matches") == "x"
+
+
+def test_caterpillar_with_many_levels_stays_an_overview():
+    from explorer import charts
+
+    n = 180
+    table = pd.DataFrame({"level": [f"s{i:03d}" for i in range(n)], "term": "(Intercept)",
+                          "estimate": np.linspace(-2, 2, n)})
+    table["lower"], table["upper"] = table["estimate"] - 0.5, table["estimate"] + 0.5
+    for lecture in (False, True):
+        fig = charts.caterpillar_plot(table, "student", lecture)
+        assert fig.layout.height <= 800
+        assert fig.layout.yaxis.showticklabels is False
+        assert "180 levels" in fig.layout.yaxis.title.text
+        np.testing.assert_allclose(fig.data[0].x, table["estimate"])
+    small = charts.caterpillar_plot(table.head(20), "student", False)
+    assert small.layout.yaxis.showticklabels is True and small.layout.height == 160 + 20 * 20

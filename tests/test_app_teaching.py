@@ -196,3 +196,19 @@ def test_guess_roles_for_an_upload():
     roles = teaching.guess_roles(df, teaching.column_types(df))
     assert roles == {"response": "rt", "predictor": "day", "group": "participant",
                      "formula": "rt ~ day + (1 | participant)"}
+
+
+def test_what_to_do_fits_the_problem():
+    sleep = _data("sleepstudy", ["Subject"])
+    assert teaching.what_to_do(lmmcore.lmer("Reaction ~ Days + (Days | Subject)", sleep)) == []
+    rank = lmmcore.lmer("Reaction ~ Days + I(Days*2) + (1 | Subject)", sleep)
+    (advice,) = teaching.what_to_do(rank)
+    assert "I(Days * 2)" in advice and "Remove it" in advice
+    ref = _ref("lme4/dyestuff2_singular.json")
+    singular = lmmcore.lmer(ref["formula"], _data("Dyestuff2", ["Batch"]))
+    assert singular.is_singular == ref["singular"] is True
+    (advice,) = teaching.what_to_do(singular)
+    # random intercepts only: no random slope to drop; the fixed effects equal the lm's
+    assert "slope" not in advice and "equal the lm's" in advice
+    lm = lmmcore.lm("Yield ~ 1", _data("Dyestuff2", ["Batch"]))
+    assert float(singular.fixef.iloc[0]) == pytest.approx(float(lm.fixef.iloc[0]), rel=1e-8)
