@@ -45,12 +45,13 @@ def _lecture_css() -> None:
       .stMainBlockContainer td, .stMainBlockContainer th { font-size: 1.3rem !important; }
       .stMainBlockContainer code, .stMainBlockContainer pre { font-size: 1.3rem !important; }
       .stMainBlockContainer [data-testid="stCaptionContainer"] p { font-size: 1.2rem !important; }
-      .stMainBlockContainer [data-testid="stMetricValue"] { font-size: 2.6rem !important; }
+      .stMainBlockContainer [data-testid="stMetricValue"] p { font-size: 2.8rem !important; }
       .stMainBlockContainer [data-testid="stTable"] td, .stMainBlockContainer [data-testid="stTable"] th
         { font-size: 1.25rem !important; padding: 0.3rem 0.5rem !important; }
       section[data-testid="stSidebar"] p, section[data-testid="stSidebar"] label,
-      section[data-testid="stSidebar"] span, section[data-testid="stSidebar"] li,
-      section[data-testid="stSidebar"] [data-baseweb="select"] div { font-size: 1.2rem !important; }
+      section[data-testid="stSidebar"] span, section[data-testid="stSidebar"] li
+        { font-size: 1.2rem !important; }
+      section[data-testid="stSidebar"] input { font-size: 1.1rem !important; }
       section[data-testid="stSidebar"] code, section[data-testid="stSidebar"] pre { font-size: 1rem !important; }
       .stMainBlockContainer h1 { font-size: 3rem !important; }
       .stMainBlockContainer h2 { font-size: 2.3rem !important; }

@@ -52,7 +52,7 @@ class BuiltinDataset:
 
 _ALL = (
     BuiltinDataset(
-        "sleepstudy_fake", "sleepstudy_fake.csv", "sleepstudy + 2 incomplete subjects",
+        "sleepstudy_fake", "sleepstudy_fake.csv", "sleepstudy (2 incomplete)",
         "Reaction times over 10 days of sleep deprivation, 18 subjects plus subject 374 "
         "(2 days) and 373 (1 day): partial pooling for groups with little data.",
         ("Subject",), "Reaction ~ Days + (Days | Subject)", "Reaction", "Days", "Subject"),

@@ -520,3 +520,15 @@ def test_caterpillar_with_many_levels_stays_an_overview():
         np.testing.assert_allclose(fig.data[0].x, table["estimate"])
     small = charts.caterpillar_plot(table.head(20), "student", False)
     assert small.layout.yaxis.showticklabels is True and small.layout.height == 160 + 20 * 20
+
+
+def test_lecture_css_reaches_sidebar_summary_and_metrics():
+    """Lecture mode is read from the back of a room: the sidebar, the monospace summary
+    and the metric values grow too, not just body text."""
+    at = _app("model", **{"app.lecture": True})
+    css = "\n".join(str(h.proto.body) for h in at.get("html"))
+    assert 'section[data-testid="stSidebar"] p' in css
+    assert ".stMainBlockContainer code, .stMainBlockContainer pre { font-size: 1.3rem" in css
+    assert '[data-testid="stMetricValue"] p' in css
+    normal = _app("model")
+    assert 'stSidebar' not in "\n".join(str(h.proto.body) for h in normal.get("html"))
