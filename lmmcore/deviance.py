@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.linalg import cholesky as _dense_cholesky
 from scipy.linalg import solve_triangular
+from scipy.linalg.lapack import dpotrf, dpotri
 
 from lmmcore.errors import FitError
 from lmmcore.structure import MixedDesign
@@ -100,6 +100,28 @@ def theta_start(layouts) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
+def canonical_signs(layouts, theta) -> np.ndarray:
+    """Signs (+1 or -1 per element) that move ``theta`` inside lme4's bounds.
+
+    Flipping the sign of a column of a relative covariance factor T leaves T T', hence
+    the model and the objective, unchanged; so ``signs * theta`` has the same objective
+    as ``theta`` and a non-negative diagonal in every factor (for a scalar term: the
+    absolute value).  By the same symmetry the gradient there is ``signs * gradient``.
+    """
+    theta = np.asarray(theta, float)
+    signs = np.ones(theta.size)
+    for lay in layouts:
+        sl = slice(lay.theta_offset, lay.theta_offset + lay.n_theta)
+        flip = np.diag(lay.template(theta)) < 0          # per column of T
+        signs[sl] = np.where(flip[lay.cols], -1.0, 1.0)
+    return signs
+
+
+def canonical_theta(layouts, theta) -> np.ndarray:
+    """``theta`` moved inside lme4's bounds without changing the model (canonical_signs)."""
+    return canonical_signs(layouts, theta) * np.asarray(theta, float)
+
+
 @dataclass(frozen=True)
 class CrossProducts:
     """The theta-free pieces of the model, computed once per design.
@@ -134,6 +156,9 @@ class CrossProducts:
         Every rest term has one column (Lambda_2 is diagonal).
     lam2_rows, lam2_cols, lam2_theta : ndarray
         Sparsity pattern of Lambda_2 and the theta index of each element.
+    schur : SchurPattern or None
+        The fixed sparsity pattern of A21 W A21' (W diagonal) when every term is
+        scalar and A21 is sparse; None otherwise.
     """
 
     n: int
@@ -153,6 +178,7 @@ class CrossProducts:
     lam2_rows: np.ndarray
     lam2_cols: np.ndarray
     lam2_theta: np.ndarray
+    schur: object = None
 
     @property
     def q1(self) -> int:
@@ -166,6 +192,68 @@ class CrossProducts:
     @property
     def n_theta(self) -> int:
         return sum(lay.n_theta for lay in self.layouts)
+
+
+@dataclass(frozen=True)
+class SchurPattern:
+    """The pattern of the Schur complement of the lead block, computed once.
+
+    For scalar terms ``L21 L21' = Lambda_2' A21 W A21' Lambda_2`` with ``W`` diagonal
+    (``w_j = t^2 / (t^2 a_j + 1)`` for the lead level j), so the lower triangle of
+    ``A21 W A21'`` on its (theta-free) pattern is the matrix-vector product ``V w``,
+    with ``V[p, j] = A21[r_p, j] A21[c_p, j]`` for the pattern's pairs ``(r_p, c_p)``.
+    scipy's sparse product would recompute the pattern at every evaluation.
+
+    Attributes
+    ----------
+    flat : ndarray of int
+        ``r q2 + c`` for each pair (``r >= c``: the lower triangle, diagonal included).
+    V : scipy.sparse.csc_matrix (pairs, m1)
+    A22 : ndarray
+        Z_2'Z_2 at the pairs.
+    theta_r, theta_c : ndarray of int
+        Theta index of the pair's row and column term (Lambda_2 is theta on the diagonal).
+    weight : ndarray
+        2 off the diagonal, 1 on it: sum(weight * P * G) = tr(P G) for symmetric P, G.
+    """
+
+    flat: np.ndarray
+    V: sp.csc_matrix
+    A22: np.ndarray
+    theta_r: np.ndarray
+    theta_c: np.ndarray
+    weight: np.ndarray
+
+
+def _schur_pattern(A21: sp.csr_matrix, A22: np.ndarray, lam2_theta: np.ndarray) -> SchurPattern:
+    """Pairs of rows of A21 sharing a column (and A22's pattern), with the products."""
+    q2, m1 = A21.shape
+    A = A21.tocsc()
+    A.sort_indices()
+    counts = np.diff(A.indptr)
+    col_of = np.repeat(np.arange(m1), counts)
+    # entry e pairs with the entries of its column from the column's first up to itself
+    # (indices are sorted, so the pair's first row is at or below its second: lower triangle)
+    reach = np.arange(A.nnz) - A.indptr[col_of] + 1
+    first = np.repeat(np.arange(A.nnz), reach)
+    offset_in_run = np.arange(first.size) - np.repeat(np.cumsum(reach) - reach, reach)
+    second = np.repeat(A.indptr[col_of], reach) + offset_in_run
+    key = A.indices[first].astype(np.int64) * q2 + A.indices[second]
+    val = A.data[first] * A.data[second]
+    a22 = np.tril(A22)
+    mark = np.zeros(q2 * q2, bool)
+    mark[key] = True
+    mark[np.flatnonzero(a22)] = True
+    mark[::q2 + 1] = True          # the identity of A = Lambda'Z'Z Lambda + I
+    flat = np.flatnonzero(mark)
+    pos = np.cumsum(mark, dtype=np.int32) - 1
+    # the pairs come column by column: V is built in CSC form directly (no sorting,
+    # and its matrix-vector product is as fast as CSR's)
+    indptr = np.concatenate([[0], np.cumsum(counts * (counts + 1) // 2)]).astype(np.int32)
+    V = sp.csc_matrix((val, pos[key], indptr), shape=(flat.size, m1))
+    r, c = np.divmod(flat, q2)
+    return SchurPattern(flat=flat, V=V, A22=A22.ravel()[flat], theta_r=lam2_theta[r],
+                        theta_c=lam2_theta[c], weight=np.where(r == c, 1.0, 2.0))
 
 
 def _term_matrix(term, k: int, m: int, n: int) -> sp.csr_matrix:
@@ -246,8 +334,11 @@ def cross_products(design: MixedDesign) -> CrossProducts:
         lam2_rows = np.concatenate(lam_r)
         lam2_cols = np.concatenate(lam_c)
         lam2_theta = np.concatenate(lam_t)
+        schur = None
+        if k1 == 1 and A21_rows is not None and all(layouts[i].k == 1 for i in rest):
+            schur = _schur_pattern(A21, A22, lam2_theta)
     else:
-        A21 = A21_rows = None
+        A21 = A21_rows = schur = None
         A22 = np.zeros((0, 0))
         C2 = np.zeros((0, p + 1))
         lam2_rows = lam2_cols = lam2_theta = np.zeros(0, np.intp)
@@ -255,7 +346,7 @@ def cross_products(design: MixedDesign) -> CrossProducts:
         n=n, p=p, layouts=layouts, lead=lead, rest=rest, rest_offsets=tuple(rest_offsets),
         A11=A11, C1=C1, A21=A21, A21_rows=A21_rows, A22=A22, C2=C2, M0=XY.T @ XY,
         rest_scalar=all(layouts[i].k == 1 for i in rest),
-        lam2_rows=lam2_rows, lam2_cols=lam2_cols, lam2_theta=lam2_theta,
+        lam2_rows=lam2_rows, lam2_cols=lam2_cols, lam2_theta=lam2_theta, schur=schur,
     )
 
 
@@ -336,6 +427,70 @@ def _lambda2(cp: CrossProducts, theta: np.ndarray):
     return sp.csr_matrix((theta[cp.lam2_theta], (cp.lam2_rows, cp.lam2_cols)), shape=(q2, q2))
 
 
+def _cholesky_lower(S: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor of a C-ordered symmetric matrix, reading and overwriting
+    its lower triangle (LAPACK potrf on the transpose, an F-ordered upper triangle:
+    no copy), the upper triangle set to 0."""
+    U, info = dpotrf(S.T, lower=0, clean=1, overwrite_a=1)
+    if info != 0:
+        raise np.linalg.LinAlgError("the random-effects block is not positive definite")
+    return U.T
+
+
+def _scalar_rest(cp: CrossProducts, theta, lam2, d1):
+    """L21 and the lower triangle of A22 - L21 L21' + I when every term is scalar.
+
+    ``L21 = Lambda_2' A21 diag(d1)`` with ``d1 = t / L11``, so ``L21 L21'`` is
+    ``Lambda_2' (A21 diag(d1^2) A21') Lambda_2`` on the precomputed pattern.
+    """
+    sc = cp.schur
+    L21 = cp.A21.copy()
+    L21.data *= lam2[cp.A21_rows] * d1[L21.indices]
+    vals = theta[sc.theta_r] * theta[sc.theta_c] * (sc.A22 - sc.V @ (d1 * d1))
+    q2 = cp.q2
+    S = np.zeros(q2 * q2)
+    S[sc.flat] = vals
+    S[::q2 + 1] += 1.0
+    return L21, S.reshape(q2, q2)
+
+
+def _general_rest(cp: CrossProducts, T1, L11inv, lam2):
+    """L21, A22 - L21 L21' + I and Lambda_2'Z_2'[X y] for any terms (scipy products)."""
+    lay1 = cp.layouts[cp.lead]
+    k1, m1 = lay1.k, lay1.m
+    # L21 = Lambda_2' A21 Lambda_1 L11^{-T}, block column by block column
+    dense = isinstance(cp.A21, np.ndarray)
+    if dense:
+        L21 = lam2[:, None] * cp.A21 if cp.rest_scalar else np.asarray(lam2.T @ cp.A21)
+        if k1 == 1:
+            L21 = L21 * (T1[0, 0] * L11inv.ravel())[None, :]
+        else:
+            R = T1 @ np.swapaxes(L11inv, 1, 2)
+            L21 = np.einsum("qmi,mij->qmj", L21.reshape(-1, m1, k1), R).reshape(-1, m1 * k1)
+    else:
+        if cp.rest_scalar:
+            L21 = cp.A21.copy()
+            L21.data *= lam2[cp.A21_rows]
+        else:
+            L21 = (lam2.T @ cp.A21).tocsr()
+        if k1 == 1:
+            L21.data *= (T1[0, 0] * L11inv.ravel())[L21.indices]
+        else:
+            R = T1 @ np.swapaxes(L11inv, 1, 2)
+            Rb = sp.bsr_matrix((R, np.arange(m1), np.arange(m1 + 1)),
+                               shape=(m1 * k1, m1 * k1))
+            L21 = (L21 @ Rb).tocsr()
+    if cp.rest_scalar:
+        A22 = cp.A22 * np.outer(lam2, lam2)
+        c2 = cp.C2 * lam2[:, None]
+    else:
+        A22 = np.asarray((lam2.T @ (lam2.T @ cp.A22).T))
+        c2 = np.asarray(lam2.T @ cp.C2)
+    A22 = A22 - (L21 @ L21.T if dense else (L21 @ L21.T).toarray())
+    A22[np.diag_indices_from(A22)] += 1.0
+    return L21, np.ascontiguousarray(A22), c2
+
+
 def factorize(cp: CrossProducts, theta) -> Factor:
     """Update the blocked Cholesky factor for ``theta`` (set theta -> update L).
 
@@ -368,37 +523,12 @@ def factorize(cp: CrossProducts, theta) -> Factor:
     c2 = np.zeros((0, p + 1))
     if cp.rest:
         lam2 = _lambda2(cp, theta)
-        # L21 = Lambda_2' A21 Lambda_1 L11^{-T}, block column by block column
-        dense = isinstance(cp.A21, np.ndarray)
-        if dense:
-            L21 = lam2[:, None] * cp.A21 if cp.rest_scalar else np.asarray(lam2.T @ cp.A21)
-            if k1 == 1:
-                L21 = L21 * (T1[0, 0] * L11inv.ravel())[None, :]
-            else:
-                R = T1 @ np.swapaxes(L11inv, 1, 2)
-                L21 = np.einsum("qmi,mij->qmj", L21.reshape(-1, m1, k1), R).reshape(-1, m1 * k1)
-        else:
-            if cp.rest_scalar:
-                L21 = cp.A21.copy()
-                L21.data *= lam2[cp.A21_rows]
-            else:
-                L21 = (lam2.T @ cp.A21).tocsr()
-            if k1 == 1:
-                L21.data *= (T1[0, 0] * L11inv.ravel())[L21.indices]
-            else:
-                R = T1 @ np.swapaxes(L11inv, 1, 2)
-                Rb = sp.bsr_matrix((R, np.arange(m1), np.arange(m1 + 1)),
-                                   shape=(m1 * k1, m1 * k1))
-                L21 = (L21 @ Rb).tocsr()
-        if cp.rest_scalar:
-            A22 = cp.A22 * np.outer(lam2, lam2)
+        if cp.schur is not None:
+            L21, A22 = _scalar_rest(cp, theta, lam2, T1[0, 0] * L11inv.ravel())
             c2 = cp.C2 * lam2[:, None]
         else:
-            A22 = np.asarray((lam2.T @ (lam2.T @ cp.A22).T))
-            c2 = np.asarray(lam2.T @ cp.C2)
-        A22 = A22 - (L21 @ L21.T if dense else (L21 @ L21.T).toarray())
-        A22[np.diag_indices_from(A22)] += 1.0
-        L22 = _dense_cholesky(A22, lower=True, check_finite=False, overwrite_a=True)
+            L21, A22, c2 = _general_rest(cp, T1, L11inv, lam2)
+        L22 = _cholesky_lower(A22)
         c2 = solve_triangular(L22, c2 - L21 @ c1f, lower=True, check_finite=False)
         logdet += 2.0 * float(np.log(np.diagonal(L22)).sum())
         M = M - c2.T @ c2
@@ -442,13 +572,38 @@ class ProfiledDeviance:
     def __init__(self, cp: CrossProducts, reml: bool):
         self.cp = cp
         self.reml = bool(reml)
+        self._last = None
+
+    def __getstate__(self):
+        return {"cp": self.cp, "reml": self.reml}
+
+    def __setstate__(self, state):
+        self.__init__(state["cp"], state["reml"])
+
+    def _factor(self, theta):
+        """The factor at ``theta``, kept for one call: an optimiser that asks for the
+        value first and the gradient only for an accepted step pays one factorization."""
+        theta = np.array(theta, dtype=float)
+        last = self._last
+        if last is not None and np.array_equal(last[0], theta):
+            return theta, last[1]
+        f = _factor_or_none(self.cp, theta)
+        self._last = (theta, f)
+        return theta, f
 
     def __call__(self, theta) -> float:
-        return objective(self.cp, theta, self.reml)
+        theta, f = self._factor(theta)
+        if f is None:
+            return float("inf")
+        val = objective_from_factor(f, self.cp.n, self.cp.p, self.reml)
+        return val if np.isfinite(val) else float("inf")
 
     def value_and_gradient(self, theta):
         """``(value, gradient)``; the gradient is None when only finite differences work."""
-        return objective_and_gradient(self.cp, theta, self.reml)
+        theta, f = self._factor(theta)
+        if f is None:
+            return float("inf"), None
+        return objective_and_gradient(self.cp, theta, self.reml, factor=f)
 
     @property
     def has_gradient(self) -> bool:
@@ -463,6 +618,10 @@ class ProfiledDeviance:
 
     def start(self) -> np.ndarray:
         return theta_start(self.cp.layouts)
+
+    def canonical_signs(self, theta) -> np.ndarray:
+        """Signs moving ``theta`` inside lme4's bounds, same objective (canonical_signs)."""
+        return canonical_signs(self.cp.layouts, theta)
 
 
 @dataclass(frozen=True)
@@ -584,11 +743,20 @@ def conditional_variances(cp: CrossProducts, f: Factor) -> tuple:
     return tuple(out)
 
 
-def objective_and_gradient(cp: CrossProducts, theta, reml: bool = True):
-    """The objective and its analytic gradient in theta (single random term only).
+def _factor_or_none(cp: CrossProducts, theta):
+    try:
+        return factorize(cp, theta)
+    except np.linalg.LinAlgError:
+        return None
 
-    Returns ``(value, gradient)``; ``gradient`` is None for models with more than one
-    random term (the optimiser then uses finite differences).
+
+def objective_and_gradient(cp: CrossProducts, theta, reml: bool = True, factor=None):
+    """The objective and its analytic gradient in theta.
+
+    Returns ``(value, gradient)``; ``gradient`` is None where only finite differences
+    work (a vector term with a zero on its diagonal, see the blocked version).
+    ``factor``: :func:`factorize`'s result at ``theta`` if already computed (or None
+    when it failed).
 
     Notes
     -----
@@ -602,13 +770,12 @@ def objective_and_gradient(cp: CrossProducts, theta, reml: bool = True):
     Every term is a sum over the levels of k x k blocks, so the gradient costs about as
     much as the objective.
     """
-    if cp.rest:
-        return _objective_and_gradient_blocked(cp, theta, reml)
     theta = np.asarray(theta, float)
-    try:
-        f = factorize(cp, theta)
-    except np.linalg.LinAlgError:
+    f = _factor_or_none(cp, theta) if factor is None else factor
+    if f is None:
         return float("inf"), None
+    if cp.rest:
+        return _objective_and_gradient_blocked(cp, theta, reml, f)
     n, p = cp.n, cp.p
     val = objective_from_factor(f, n, p, reml)
     if not np.isfinite(val):
@@ -670,63 +837,73 @@ def _ztz_times(cp: CrossProducts, v1, v2):
     return w1, w2
 
 
-def _diag_block_sums(blocks_flat, offset, lay):
-    """Sum over levels of a term's diagonal k x k blocks of a dense (q2, q2) matrix."""
+def _diag_block_sums(P_lower, offset, lay):
+    """Sum over levels of a term's diagonal k x k blocks of a symmetric (q2, q2) matrix
+    of which only the lower triangle is filled (LAPACK potri's output)."""
     k, m = lay.k, lay.m
+    if k == 1:
+        return np.array([[np.diagonal(P_lower)[offset:offset + m].sum()]])
     idx = offset + np.arange(m)[:, None] * k + np.arange(k)[None, :]
-    return blocks_flat[idx[:, :, None], idx[:, None, :]].sum(axis=0)
+    S = P_lower[idx[:, :, None], idx[:, None, :]].sum(axis=0)
+    return np.tril(S) + np.tril(S, -1).T
 
 
-def _objective_and_gradient_blocked(cp: CrossProducts, theta, reml: bool):
+def _objective_and_gradient_blocked(cp: CrossProducts, theta, reml: bool, f: Factor):
     """Objective and analytic gradient for several random terms (blocked L).
 
     Uses tr(A^{-1} Lambda'Z'Z dLambda) = tr((I - A^{-1}) Lambda^{-1} dLambda), which needs
-    only the diagonal blocks of A^{-1}, so every template must be invertible; at a
-    boundary (a zero diagonal element) the gradient is left to finite differences.
+    only the diagonal blocks of A^{-1} and the term's own template to be invertible.  A
+    scalar term at 0 has gradient 0 there (the objective is even in it: flipping the sign
+    of u_k maps the model onto itself); a vector term with a zero on its diagonal leaves
+    the whole gradient to finite differences (``None``).
     """
-    theta = np.asarray(theta, float)
-    try:
-        f = factorize(cp, theta)
-    except np.linalg.LinAlgError:
-        return float("inf"), None
     n, p = cp.n, cp.p
     val = objective_from_factor(f, n, p, reml)
     if not np.isfinite(val):
         return float("inf"), None
     templates = [lay.template(theta) for lay in cp.layouts]
-    if any(np.min(np.abs(np.diag(T))) < 1e-8 for T in templates):
+    at_zero = [bool(np.min(np.abs(np.diag(T))) < 1e-12) for T in templates]
+    if any(z and lay.k > 1 for z, lay in zip(at_zero, cp.layouts)):
         return val, None
     lay1 = cp.layouts[cp.lead]
     m1, k1 = lay1.m, lay1.k
-    # P22 = A22'^{-1} from its Cholesky factor (LAPACK potri fills the lower triangle)
-    from scipy.linalg.lapack import dpotri
-    P22, info = dpotri(f.L22, lower=1)
+    # P22 = A22'^{-1} from its Cholesky factor; potri on the F-ordered transpose fills the
+    # upper triangle there, i.e. the lower triangle of the C-ordered P22
+    Pt, info = dpotri(f.L22.T, lower=0)
     if info != 0:
         return val, None
-    # the upper triangle of L22 is zero, so potri leaves it zero: mirror the lower one
-    P22 = P22 + P22.T
-    P22[np.diag_indices_from(P22)] *= 0.5
+    P22 = Pt.T
     # B = L21 L11^{-1}: then the lead blocks of A^{-1} are L11^{-T}L11^{-1} + B'P22 B
     Xsum = [None] * len(cp.layouts)
     X1 = (np.swapaxes(f.L11inv, 1, 2) @ f.L11inv).sum(axis=0)
-    if isinstance(f.L21, np.ndarray):
-        B = np.einsum("qmi,mij->qmj", f.L21.reshape(-1, m1, k1), f.L11inv)
-        PB = P22 @ B.reshape(-1, m1 * k1)
-        X1 = X1 + np.einsum("qmi,qmj->ij", B, PB.reshape(-1, m1, k1))
+    if cp.schur is not None:
+        # tr(P22 B B'), with B B' = Lambda_2' A21 diag(d1^2 / L11^2) A21' Lambda_2 on the
+        # precomputed pattern (only P22's lower triangle is needed)
+        sc = cp.schur
+        li = f.L11inv.ravel()
+        d1 = f.T1[0, 0] * li
+        BBt = theta[sc.theta_r] * theta[sc.theta_c] * (sc.V @ (d1 * d1 * li * li))
+        X1 = X1 + float(np.dot(sc.weight * P22.ravel()[sc.flat], BBt))
     else:
-        if k1 == 1:
-            Bs = f.L21.multiply(f.L11inv.reshape(1, -1)).tocsc()
+        P22 = np.tril(P22) + np.tril(P22, -1).T
+        if isinstance(f.L21, np.ndarray):
+            B = np.einsum("qmi,mij->qmj", f.L21.reshape(-1, m1, k1), f.L11inv)
+            PB = P22 @ B.reshape(-1, m1 * k1)
+            X1 = X1 + np.einsum("qmi,qmj->ij", B, PB.reshape(-1, m1, k1))
         else:
-            Bi = sp.bsr_matrix((f.L11inv, np.arange(m1), np.arange(m1 + 1)),
-                               shape=(m1 * k1, m1 * k1))
-            Bs = (f.L21 @ Bi).tocsc()
-        cols = [Bs[:, r::k1] for r in range(k1)]
-        for r in range(k1):
-            for c in range(r + 1):
-                v = float((P22 * (cols[c] @ cols[r].T).toarray()).sum())
-                X1[r, c] += v
-                if r != c:
-                    X1[c, r] += v
+            if k1 == 1:
+                Bs = f.L21.multiply(f.L11inv.reshape(1, -1)).tocsc()
+            else:
+                Bi = sp.bsr_matrix((f.L11inv, np.arange(m1), np.arange(m1 + 1)),
+                                   shape=(m1 * k1, m1 * k1))
+                Bs = (f.L21 @ Bi).tocsc()
+            cols = [Bs[:, r::k1] for r in range(k1)]
+            for r in range(k1):
+                for c in range(r + 1):
+                    v = float((P22 * (cols[c] @ cols[r].T).toarray()).sum())
+                    X1[r, c] += v
+                    if r != c:
+                        X1[c, r] += v
     Xsum[cp.lead] = X1
     for i, off in zip(cp.rest, cp.rest_offsets):
         Xsum[i] = _diag_block_sums(P22, off, cp.layouts[i])
@@ -763,6 +940,8 @@ def _objective_and_gradient_blocked(cp: CrossProducts, theta, reml: bool):
     grad = np.zeros(theta.size)
     denom = (n - p) if reml else n
     for i, lay in enumerate(cp.layouts):
+        if at_zero[i]:
+            continue                                         # even in theta_i: 0
         T = templates[i]
         Ti = np.linalg.inv(T)
         u, Zr, G = term_parts(i)
