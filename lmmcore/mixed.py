@@ -134,7 +134,7 @@ def _fit_design(design: MixedDesign, reml: bool, data_name: str) -> "MixedFit":
     if not np.isfinite(value):
         raise FitError("The model could not be fitted: the response is fitted exactly by the "
                        "fixed effects, so there is no residual variation to split up.")
-    check = check_convergence(dev, theta, value, lower)
+    check = check_convergence(dev, theta, value, lower, record.final_gradient)
     sol = _dev.solve(cp, theta, reml)
     return MixedFit(design, bool(reml), cp, sol, record, check, data_name)
 
@@ -638,7 +638,7 @@ class MixedFit:
         if warn or not self.optimizer.converged:
             code = 0 if self.optimizer.converged else 1
             state = "(OK)" if code == 0 else f"({self.optimizer.message})"
-            L.append(f"optimizer (L-BFGS-B) convergence code: {code} {state}")
+            L.append(f"optimizer (BFGS) convergence code: {code} {state}")
             L.extend(warn)
             L.append("")
         return "\n".join(L) + "\n"

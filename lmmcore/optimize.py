@@ -1,12 +1,14 @@
 """The optimiser: minimise the profiled deviance over theta, and lme4's checks of the result.
 
 lme4's ``optimizeLmer`` runs BOBYQA from theta = (1 on diagonals, 0 off) with the
-diagonal elements of each relative covariance factor bounded below by 0.  Here the
-same bound-constrained problem is solved with scipy's L-BFGS-B, on the analytic gradient
-of the profiled objective where it exists (``ProfiledDeviance.value_and_gradient``) and
-on central finite differences otherwise (one-sided at an active bound), followed by
-lme4's ``restart_edge`` and boundary checks.  The result is kept in an :class:`OptimizerRecord`, together with the
-path of every theta evaluated, so the app can show how the optimiser moved.
+diagonal elements of each relative covariance factor bounded below by 0.  Those bounds
+only choose between sign-flipped factors that give the same model, so here the same
+problem is solved without them (BFGS on the analytic gradient of the profiled objective,
+``ProfiledDeviance.value_and_gradient``) and every theta is mapped back inside them;
+a generic objective without that symmetry goes to scipy's L-BFGS-B with the bounds.
+Then come lme4's ``restart_edge`` and boundary checks.  The result is kept in an
+:class:`OptimizerRecord`, together with the path of every theta evaluated, so the app
+can show how the optimiser moved.
 
 After the optimum, :func:`check_convergence` applies lme4's ``checkConv``: the singular
 fit test (a diagonal element of theta below 1e-4), the scaled-gradient test (tolerance
@@ -51,6 +53,9 @@ class OptimizerRecord:
         Every theta evaluated, in order.
     path_objective : ndarray (evaluations,)
         The objective at each of them.
+    final_gradient : ndarray or None
+        The analytic gradient at ``theta_end`` when the optimiser computed it there
+        (the convergence check reuses it).
     """
 
     method: str
@@ -61,17 +66,24 @@ class OptimizerRecord:
     message: str
     path_theta: np.ndarray = field(repr=False)
     path_objective: np.ndarray = field(repr=False)
+    final_gradient: object = field(default=None, repr=False)
 
 
 class _Tracked:
-    """Objective wrapper that remembers every evaluation (the optimiser's path)."""
+    """Objective wrapper that remembers every evaluation (the optimiser's path).
 
-    def __init__(self, fun):
+    With ``signs`` (see ``ProfiledDeviance.canonical_signs``) every theta is recorded
+    inside lme4's bounds, where the objective is the same; the gradient is mapped with it.
+    """
+
+    def __init__(self, fun, signs=None):
         self.fun = fun
+        self.signs = signs
         self.thetas = []
         self.values = []
         self.best_theta = None
         self.best_value = np.inf
+        self.best_gradient = None
 
     def __call__(self, theta):
         theta = np.array(theta, dtype=float)
@@ -79,13 +91,27 @@ class _Tracked:
         self.record(theta, val)
         return val
 
-    def record(self, theta, val):
+    def record(self, theta, val, gradient=None):
         theta = np.array(theta, dtype=float)
+        if self.signs is not None:
+            s = self.signs(theta)
+            theta = s * theta
+            if gradient is not None:
+                gradient = s * gradient
         val = float(val)
         self.thetas.append(theta)
         self.values.append(val)
         if val < self.best_value:
-            self.best_value, self.best_theta = val, theta
+            self.best_value, self.best_theta, self.best_gradient = val, theta, gradient
+
+    def attach_gradient(self, theta, gradient):
+        """The gradient at the last recorded theta (computed after its value)."""
+        if self.signs is not None:
+            s = self.signs(theta)
+            theta = s * np.asarray(theta, float)
+            gradient = s * gradient
+        if self.best_theta is not None and np.array_equal(theta, self.best_theta):
+            self.best_gradient = gradient
 
 
 def _fd_value_and_gradient(f, x, lower, h):
@@ -106,6 +132,90 @@ def _fd_value_and_gradient(f, x, lower, h):
     return fx, g
 
 
+#: Stop when the quadratic model predicts less than this decrease (relative to |f|,
+#: plus the same absolute): far below lme4's own accuracy (BOBYQA stops ~1e-8 above).
+DECREMENT_TOL = 1e-14
+#: Below this predicted decrease (relative to |f|) a failed line search is rounding noise.
+NOISE_DECREMENT = 1e-11
+#: Step for the forward-difference Hessian of the analytic gradient (lme4's deriv12 step).
+HESSIAN_STEP = 1e-4
+
+
+def _fd_hessian(grad_at, x, g, delta=HESSIAN_STEP):
+    """Forward differences of the gradient: column j is (g(x + delta e_j) - g(x)) / delta.
+
+    ``grad_at(x)`` returns the gradient or None; the Hessian is None when one is None.
+    """
+    n = x.size
+    H = np.empty((n, n))
+    for j in range(n):
+        xj = x.copy()
+        xj[j] += delta
+        gj = grad_at(xj)
+        if gj is None:
+            return None
+        H[:, j] = (gj - g) / delta
+    return 0.5 * (H + H.T)
+
+
+def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500):
+    """Unconstrained BFGS (full k x k Hessian approximation) with a backtracking line search.
+
+    The first step has unit length along -g (L-BFGS-B's choice), after which the
+    Hessian approximation starts from the scaled identity (y'y / s'y) I (Shanno-Phua) and
+    is updated by BFGS.  Trial points are evaluated without the gradient; only an
+    accepted point pays for it.  Stops when the quadratic model predicts a decrease
+    below ``DECREMENT_TOL`` (the test that ends Newton's method), which near the optimum
+    is reached one superlinear step after the objective stops changing.
+
+    Returns (x, f, g, converged, message).
+    """
+    x, f, g = x0, f0, g0
+    H = np.eye(x.size) * max(float(np.linalg.norm(g)), 1e-8)
+    first = True
+    for _ in range(max_iter):
+        p = -np.linalg.solve(H, g)
+        decrement = -0.5 * float(g @ p)            # predicted decrease of the quadratic model
+        tol = DECREMENT_TOL * (1.0 + abs(f))
+        if decrement <= tol:
+            return x, f, g, True, "predicted decrease below tolerance"
+        big = np.abs(p).max() / (2.0 * max(1.0, np.abs(x).max()))
+        if big > 1.0:
+            # a step far beyond the scale of theta comes from a poor early Hessian: shorten
+            p = p / big
+        slope = float(g @ p)
+        # near the optimum the objective's rounding noise can exceed the predicted
+        # decrease: a few failed trials there mean "converged", not "keep halving"
+        near = decrement <= NOISE_DECREMENT * (1.0 + abs(f))
+        t, trials = 1.0, 0
+        while True:
+            xn = x + t * p
+            fn = value(xn)
+            trials += 1
+            if fn <= f + 1e-4 * t * slope:           # Armijo: sufficient decrease
+                break
+            if t < 1e-10 or (near and trials >= 3):
+                return x, f, g, near, ("no further decrease at the rounding level" if near
+                                       else "line search failed")
+            if np.isfinite(fn):
+                # minimiser of the parabola through f, slope and fn, kept in [0.1 t, 0.5 t]
+                tq = -slope * t * t / (2.0 * (fn - f - slope * t))
+                t = min(max(tq, 0.1 * t), 0.5 * t)
+            else:
+                t *= 0.1
+        fn, gn = value_and_gradient(xn)
+        s_, y_ = xn - x, gn - g
+        sy = float(s_ @ y_)
+        if sy > 1e-12 * float(np.linalg.norm(s_) * np.linalg.norm(y_)):
+            if first:
+                H = np.eye(x.size) * (float(y_ @ y_) / sy)
+                first = False
+            Hs = H @ s_
+            H = H - np.outer(Hs, Hs) / float(s_ @ Hs) + np.outer(y_, y_) / sy
+        x, f, g = xn, fn, gn
+    return x, f, g, False, "iteration limit reached"
+
+
 def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
     """Minimise ``fun(theta)`` subject to ``theta >= lower`` from ``theta0``.
 
@@ -114,42 +224,84 @@ def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
     fun : callable
         The profiled objective (returns ``inf`` where it cannot be evaluated).  When it
         has ``has_gradient`` true, ``fun.value_and_gradient(theta)`` is used; a ``None``
-        gradient there (e.g. on a boundary) falls back to finite differences.
+        gradient there (e.g. a vector term with a zero on its diagonal) falls back to
+        finite differences.  When it also has ``canonical_signs``, the problem is solved
+        without bounds by BFGS (see Notes); otherwise by scipy's L-BFGS-B.
     theta0, lower : array_like
     max_evaluations : int
+        For L-BFGS-B.
 
     Returns
     -------
     theta : ndarray
     value : float
     record : OptimizerRecord
+        ``record.final_gradient`` holds the gradient at ``theta`` when it is known.
+
+    Notes
+    -----
+    lme4's bounds (each factor's diagonal >= 0) only pick one of the sign-flipped copies
+    of a factor that give the same model: ``fun(signs * theta) == fun(theta)``.  So the
+    bound-constrained minimum equals the unconstrained one mapped by ``canonical_signs``,
+    and the unconstrained problem is easier: a variance near 0 is a smooth, even
+    minimum instead of a kink at a bound where a bounded method stalls (its projected
+    gradient is 0 there).  Every recorded theta is mapped inside the bounds.
     """
     theta0 = np.asarray(theta0, float)
     lower = np.asarray(lower, float)
-    tracked = _Tracked(fun)
-    bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
-    h = 1e-6
-
+    signs = getattr(fun, "canonical_signs", None)
     analytic = getattr(fun, "has_gradient", False)
+    tracked = _Tracked(fun, signs)
+    unbounded = signs is not None and analytic
+    if unbounded:
+        bounds = None
+        fd_lower = np.full(theta0.size, -np.inf)
+    else:
+        bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
+        fd_lower = lower
+    h = 1e-6
 
     def fg(x):
         x = np.asarray(x, float)
         g = None
         if analytic:
             fx, g = fun.value_and_gradient(x)
-            tracked.record(x, fx)
+            tracked.record(x, fx, g)
         if g is None:
-            fx, g = _fd_value_and_gradient(tracked, x, lower, h)
+            fx, g = _fd_value_and_gradient(tracked, x, fd_lower, h)
         if not np.isfinite(fx):
             # steer back: a large value with a zero gradient makes the line search shrink
             return 1e300, np.zeros_like(g)
         return fx, g
 
+    def value(x):
+        fx = tracked(x)
+        return fx if np.isfinite(fx) else np.inf
+
+    def value_and_gradient(x):
+        # the point was just evaluated by value(): ProfiledDeviance reuses its factor
+        fx, g = fun.value_and_gradient(x)
+        if g is None:
+            fx, g = _fd_value_and_gradient(fun, x, fd_lower, h)
+        tracked.attach_gradient(x, g)
+        return fx, g
+
     opts = {"ftol": 1e-12, "gtol": 1e-6, "maxiter": 2000, "maxfun": max_evaluations,
             "maxcor": 20}
-    res = minimize(fg, theta0, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
-    theta = tracked.best_theta if tracked.best_theta is not None else np.asarray(res.x, float)
-    value = tracked.best_value
+
+    def run(start):
+        if not unbounded:
+            res = minimize(fg, start, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+            return bool(res.success) or res.status == 2, str(res.message)
+        start = np.asarray(start, float)
+        if not np.isfinite(value(start)):
+            return False, "the objective cannot be evaluated at the start"
+        f0, g0 = value_and_gradient(start)
+        _, _, _, ok, msg = _bfgs(value, value_and_gradient, start, f0, g0)
+        return ok, msg
+
+    converged, message = run(theta0)
+    theta, value = tracked.best_theta, tracked.best_value
     # lme4's restart_edge: a diagonal element stuck at 0 may sit on a ridge where the
     # gradient vanishes by symmetry (the objective is even in it); probe inside and
     # restart when that is better.
@@ -165,8 +317,9 @@ def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
                     best_trial, best_val = trial, tv
         if best_trial is None:
             break
-        res = minimize(fg, best_trial, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+        converged, message = run(best_trial)
         theta, value = tracked.best_theta, tracked.best_value
+    gradient = tracked.best_gradient
     # lme4's check.boundary: a diagonal element within boundary.tol of 0 is tried at 0
     near = np.isfinite(lower) & (theta - lower < BOUNDARY_TOL) & (theta != lower)
     if near.any():
@@ -174,16 +327,14 @@ def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
         trial[near] = lower[near]
         tv = tracked(trial)
         if tv <= value:
-            theta, value = trial, tv
-    converged = bool(res.success) or res.status == 2  # status 2: "ABNORMAL" line search at optimum
-    message = str(res.message)
+            theta, value, gradient = trial, tv, None
+    method = ("BFGS on the unbounded problem" if unbounded else "L-BFGS-B (scipy)")
     record = OptimizerRecord(
-        method="L-BFGS-B (scipy), " + ("analytic gradient" if analytic
-                                        else "finite-difference gradient"),
+        method=method + (", analytic gradient" if analytic else ", finite-difference gradient"),
         theta_start=tuple(float(t) for t in theta0), theta_end=tuple(float(t) for t in theta),
         evaluations=len(tracked.values), converged=converged, message=message,
         path_theta=np.array(tracked.thetas).reshape(len(tracked.thetas), theta0.size),
-        path_objective=np.array(tracked.values),
+        path_objective=np.array(tracked.values), final_gradient=gradient,
     )
     return theta, value, record
 
@@ -260,37 +411,35 @@ def _check_hessian(H, tol):
     return msgs
 
 
-def gradient_hessian(fun, theta, value, delta: float = 1e-4):
+def gradient_hessian(fun, theta, value, delta: float = HESSIAN_STEP, gradient=None):
     """Gradient and Hessian at the optimum for the convergence check.
 
-    With an analytic gradient: the gradient itself and forward differences of it
-    (n gradient evaluations instead of deriv12's 2n^2 objective evaluations); otherwise
-    lme4's ``deriv12``.
+    With an analytic gradient: the gradient itself (``gradient`` when the optimiser
+    already has it) and forward differences of it (n gradient evaluations instead of
+    deriv12's 2n^2 objective evaluations); otherwise lme4's ``deriv12``.
     """
+    theta = np.asarray(theta, float)
     if getattr(fun, "has_gradient", False):
-        val, g = fun.value_and_gradient(theta)
+        g = gradient
+        if g is None:
+            _, g = fun.value_and_gradient(theta)
         if g is not None:
-            n = theta.size
-            H = np.empty((n, n))
-            for j in range(n):
-                x = theta.copy()
-                x[j] += delta
-                _, gj = fun.value_and_gradient(x)
-                if gj is None:
-                    break
-                H[:, j] = (gj - g) / delta
-            else:
-                return g, 0.5 * (H + H.T)
+            H = _fd_hessian(lambda x: fun.value_and_gradient(x)[1], theta, g, delta)
+            if H is not None:
+                return g, H
     return deriv12(fun, theta, value)
 
 
-def check_convergence(fun, theta, value, lower) -> ConvergenceCheck:
-    """Apply lme4's checkConv to an optimum (singular test, then gradient and Hessian)."""
+def check_convergence(fun, theta, value, lower, gradient=None) -> ConvergenceCheck:
+    """Apply lme4's checkConv to an optimum (singular test, then gradient and Hessian).
+
+    ``gradient``: the gradient at ``theta`` if already known (OptimizerRecord.final_gradient).
+    """
     theta = np.asarray(theta, float)
     if is_singular(theta, lower):
         # lme4 returns after the singular message without the derivative checks
         return ConvergenceCheck(True, True, (SINGULAR_MESSAGE,))
-    g, H = gradient_hessian(fun, theta, value)
+    g, H = gradient_hessian(fun, theta, value, gradient=gradient)
     if not np.all(np.isfinite(g)):
         return ConvergenceCheck(False, False, ("Gradient contains NAs",), g)
     msgs = []

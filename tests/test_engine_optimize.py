@@ -1,0 +1,67 @@
+"""The optimiser: the sign symmetry it relies on, its path, and lme4's checks."""
+
+import numpy as np
+import pytest
+
+from engine_designs import FIXTURE_NAMES, hand_design, load_fixture
+from lmmcore import deviance as dv
+from lmmcore.mixed import fit_design
+from lmmcore.optimize import gradient_hessian
+
+
+@pytest.mark.parametrize("name", ["sleepstudy_slope", "orthodont", "penicillin_crossed",
+                                  "pastes_nested", "chickweight"])
+def test_objective_is_invariant_to_flipping_a_factor_column(name):
+    """lme4's bounds only pick one of the sign-flipped factors: same objective, and the
+    gradient maps with the signs (what the unbounded optimiser relies on)."""
+    fx = load_fixture(name)
+    cp = dv.cross_products(hand_design(name))
+    rng = np.random.default_rng(7)
+    theta = np.abs(np.asarray(fx["theta"], float)) + 0.1
+    flipped = theta * np.where(rng.random(theta.size) < 0.5, -1.0, 1.0)
+    flipped[dv.theta_lower(cp.layouts) == 0] *= -1.0          # every diagonal negative
+    signs = dv.canonical_signs(cp.layouts, flipped)
+    canon = signs * flipped
+    assert np.all(canon >= dv.theta_lower(cp.layouts))
+    v1, g1 = dv.objective_and_gradient(cp, flipped, fx["REML"])
+    v2, g2 = dv.objective_and_gradient(cp, canon, fx["REML"])
+    assert v1 == pytest.approx(v2, rel=1e-12)
+    np.testing.assert_allclose(signs * g1, g2, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_path_stays_inside_lme4_bounds_and_ends_at_the_optimum(name):
+    fx = load_fixture(name)
+    fit = fit_design(hand_design(name), reml=fx["REML"])
+    rec = fit.optimizer
+    lower = dv.theta_lower(fit._cp.layouts)
+    assert np.all(rec.path_theta >= lower)
+    assert rec.theta_start == tuple(dv.theta_start(fit._cp.layouts))
+    assert rec.converged
+    assert fit.objective == pytest.approx(rec.path_objective.min(), rel=1e-13)
+    # a handful of evaluations for these small models (lme4's BOBYQA takes 20-150)
+    assert rec.evaluations <= 30
+
+
+def test_analytic_gradient_at_a_zero_variance_of_a_crossed_model():
+    """At a scalar term's 0 the gradient is 0 there (even objective) and the others match
+    central differences: no finite-difference fallback on the boundary."""
+    cp = dv.cross_products(hand_design("penicillin_crossed"))
+    theta = np.array([1.5, 0.0])
+    val, g = dv.objective_and_gradient(cp, theta, True)
+    h = 1e-6
+    fd = (dv.objective(cp, theta + [h, 0]) - dv.objective(cp, theta - [h, 0])) / (2 * h)
+    assert g[1] == 0.0
+    assert g[0] == pytest.approx(fd, rel=1e-6)
+
+
+def test_hessian_from_the_gradient_matches_lme4_deriv12():
+    fx = load_fixture("sleepstudy_slope")
+    fit = fit_design(hand_design("sleepstudy_slope"), reml=True)
+    dev = fit.deviance_function()
+    g, H = gradient_hessian(dev, fit.theta, fit.objective)
+    from lmmcore.optimize import deriv12
+    g12, H12 = deriv12(dev, fit.theta, fit.objective)
+    np.testing.assert_allclose(H, H12, rtol=1e-3, atol=1e-2)
+    assert np.max(np.abs(g)) < 1e-3
+    assert fx["objective"] >= fit.objective - 1e-9
