@@ -28,8 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.linalg import solve_triangular
-from scipy.linalg.lapack import dpotrf, dpotri
+from scipy.linalg.lapack import dpotrf, dpotri, dtrtrs
 
 from lmmcore.errors import FitError
 from lmmcore.structure import MixedDesign
@@ -100,7 +99,16 @@ def theta_start(layouts) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def canonical_signs(layouts, theta) -> np.ndarray:
+def column_diagonal_index(layouts) -> np.ndarray:
+    """For each theta element, the theta index of the diagonal element of its column."""
+    out = []
+    for lay in layouts:
+        diag_pos = {int(c): i for i, (r, c) in enumerate(zip(lay.rows, lay.cols)) if r == c}
+        out.append(lay.theta_offset + np.array([diag_pos[int(c)] for c in lay.cols], np.intp))
+    return np.concatenate(out) if out else np.zeros(0, np.intp)
+
+
+def canonical_signs(layouts, theta, diag_index=None) -> np.ndarray:
     """Signs (+1 or -1 per element) that move ``theta`` inside lme4's bounds.
 
     Flipping the sign of a column of a relative covariance factor T leaves T T', hence
@@ -108,13 +116,9 @@ def canonical_signs(layouts, theta) -> np.ndarray:
     as ``theta`` and a non-negative diagonal in every factor (for a scalar term: the
     absolute value).  By the same symmetry the gradient there is ``signs * gradient``.
     """
-    theta = np.asarray(theta, float)
-    signs = np.ones(theta.size)
-    for lay in layouts:
-        sl = slice(lay.theta_offset, lay.theta_offset + lay.n_theta)
-        flip = np.diag(lay.template(theta)) < 0          # per column of T
-        signs[sl] = np.where(flip[lay.cols], -1.0, 1.0)
-    return signs
+    if diag_index is None:
+        diag_index = column_diagonal_index(layouts)
+    return np.where(np.asarray(theta, float)[diag_index] < 0, -1.0, 1.0)
 
 
 def canonical_theta(layouts, theta) -> np.ndarray:
@@ -427,6 +431,20 @@ def _lambda2(cp: CrossProducts, theta: np.ndarray):
     return sp.csr_matrix((theta[cp.lam2_theta], (cp.lam2_rows, cp.lam2_cols)), shape=(q2, q2))
 
 
+def _trsolve(T: np.ndarray, b: np.ndarray, lower: bool, trans: bool = False) -> np.ndarray:
+    """Solve ``T x = b`` (``T' x = b`` with ``trans``) for triangular T by LAPACK trtrs.
+
+    A C-ordered T is passed as its F-ordered transpose (no copy); scipy's
+    triangular solver costs ~30 us of checks per call, a fit makes thousands of calls.
+    """
+    if not T.flags.f_contiguous and T.flags.c_contiguous:
+        T, lower, trans = T.T, not lower, not trans
+    x, info = dtrtrs(T, b, lower=int(lower), trans=int(trans))
+    if info != 0:
+        raise np.linalg.LinAlgError("singular triangular factor")
+    return x
+
+
 def _cholesky_lower(S: np.ndarray) -> np.ndarray:
     """Lower Cholesky factor of a C-ordered symmetric matrix, reading and overwriting
     its lower triangle (LAPACK potrf on the transpose, an F-ordered upper triangle:
@@ -529,7 +547,7 @@ def factorize(cp: CrossProducts, theta) -> Factor:
         else:
             L21, A22, c2 = _general_rest(cp, T1, L11inv, lam2)
         L22 = _cholesky_lower(A22)
-        c2 = solve_triangular(L22, c2 - L21 @ c1f, lower=True, check_finite=False)
+        c2 = _trsolve(L22, c2 - L21 @ c1f, lower=True)
         logdet += 2.0 * float(np.log(np.diagonal(L22)).sum())
         M = M - c2.T @ c2
     LM = np.linalg.cholesky(M)
@@ -573,6 +591,7 @@ class ProfiledDeviance:
         self.cp = cp
         self.reml = bool(reml)
         self._last = None
+        self._diag_index = None
 
     def __getstate__(self):
         return {"cp": self.cp, "reml": self.reml}
@@ -621,7 +640,9 @@ class ProfiledDeviance:
 
     def canonical_signs(self, theta) -> np.ndarray:
         """Signs moving ``theta`` inside lme4's bounds, same objective (canonical_signs)."""
-        return canonical_signs(self.cp.layouts, theta)
+        if self._diag_index is None:
+            self._diag_index = column_diagonal_index(self.cp.layouts)
+        return canonical_signs(self.cp.layouts, theta, self._diag_index)
 
 
 @dataclass(frozen=True)
@@ -661,7 +682,7 @@ class Solution:
     def unscaled_vcov(self) -> np.ndarray:
         """(R_X'R_X)^{-1}: vcov(beta) / sigma^2."""
         p = self.RX.shape[0]
-        Ri = solve_triangular(self.RX, np.eye(p), lower=False, check_finite=False)
+        Ri = _trsolve(self.RX, np.eye(p), lower=False)
         return Ri @ Ri.T
 
 
@@ -672,14 +693,14 @@ def solve(cp: CrossProducts, theta, reml: bool = True) -> Solution:
     lay1 = cp.layouts[cp.lead]
     k1, m1 = lay1.k, lay1.m
     LX = f.LM[:p, :p]
-    beta = solve_triangular(LX.T, f.LM[p, :p], lower=False, check_finite=False) if p else np.zeros(0)
+    beta = _trsolve(LX, f.LM[p, :p], lower=True, trans=True) if p else np.zeros(0)
     pwrss = float(f.LM[p, p]) ** 2
     # residual of the spherical system: L' u = c_y - c_X beta
     r1 = f.c1[:, :, p] - f.c1[:, :, :p] @ beta
     u_rest = None
     if cp.rest:
         r2 = f.c2[:, p] - f.c2[:, :p] @ beta
-        u2 = solve_triangular(f.L22.T, r2, lower=False, check_finite=False)
+        u2 = _trsolve(f.L22, r2, lower=True, trans=True)
         r1 = r1 - np.asarray(f.L21.T @ u2).reshape(m1, k1)
         u_rest = u2
     u1 = np.einsum("mji,mj->mi", f.L11inv, r1)
@@ -729,10 +750,10 @@ def conditional_variances(cp: CrossProducts, f: Factor) -> tuple:
             Bi = sp.bsr_matrix((f.L11inv, np.arange(m1), np.arange(m1 + 1)),
                                shape=(m1 * k1, m1 * k1))
             L21d = (f.L21 @ Bi).toarray()
-        W = solve_triangular(f.L22, L21d, lower=True, check_finite=False)
+        W = _trsolve(f.L22, L21d, lower=True)
         Wb = W.reshape(W.shape[0], m1, k1)
         V1 = V1 + np.einsum("qmi,qmj->mij", Wb, Wb)
-        Li = solve_triangular(f.L22, np.eye(cp.q2), lower=True, check_finite=False)
+        Li = _trsolve(f.L22, np.eye(cp.q2), lower=True)
         for i, off in zip(cp.rest, cp.rest_offsets):
             lay = cp.layouts[i]
             blk = Li[:, off:off + lay.k * lay.m].reshape(cp.q2, lay.m, lay.k)
@@ -783,7 +804,7 @@ def objective_and_gradient(cp: CrossProducts, theta, reml: bool = True, factor=N
     lay = cp.layouts[0]
     T, Li = f.T1, f.L11inv
     LX = f.LM[:p, :p]
-    beta = solve_triangular(LX.T, f.LM[p, :p], lower=False, check_finite=False) if p else np.zeros(0)
+    beta = _trsolve(LX, f.LM[p, :p], lower=True, trans=True) if p else np.zeros(0)
     pwrss = float(f.LM[p, p]) ** 2
     r1 = f.c1[:, :, p] - f.c1[:, :, :p] @ beta
     u = np.einsum("mji,mj->mi", Li, r1)                      # (m, k)
@@ -798,7 +819,7 @@ def objective_and_gradient(cp: CrossProducts, theta, reml: bool = True, factor=N
     if reml:
         ZtX = cp.C1[:, :, :p]
         G = ZtX - ST @ (Ainv @ (T.T @ ZtX))                   # (m, k, p)
-        LXi = solve_triangular(LX, np.eye(p), lower=True, check_finite=False)
+        LXi = _trsolve(LX, np.eye(p), lower=True)
         GV = G @ LXi.T                                       # G R_X^{-1}
         K = GV @ np.swapaxes(GV, 1, 2)                       # G (R_X'R_X)^{-1} G'
         TK = T.T @ K
@@ -815,7 +836,7 @@ def _back_solve(cp: CrossProducts, f: Factor, r1: np.ndarray, r2: np.ndarray):
     m1, k1 = lay1.m, lay1.k
     x2 = None
     if cp.rest:
-        x2 = solve_triangular(f.L22.T, r2, lower=False, check_finite=False)
+        x2 = _trsolve(f.L22, r2, lower=True, trans=True)
         r1 = r1 - np.asarray(f.L21.T @ x2).reshape(m1, k1, -1)
     x1 = np.swapaxes(f.L11inv, 1, 2) @ r1
     return x1, x2
@@ -910,7 +931,7 @@ def _objective_and_gradient_blocked(cp: CrossProducts, theta, reml: bool, f: Fac
 
     # penalised least squares pieces: beta, u, b, Z'r
     LX = f.LM[:p, :p]
-    beta = solve_triangular(LX.T, f.LM[p, :p], lower=False, check_finite=False) if p else np.zeros(0)
+    beta = _trsolve(LX, f.LM[p, :p], lower=True, trans=True) if p else np.zeros(0)
     pwrss = float(f.LM[p, p]) ** 2
     r1 = (f.c1[:, :, p] - f.c1[:, :, :p] @ beta)[:, :, None]
     r2 = (f.c2[:, p] - f.c2[:, :p] @ beta)[:, None]
@@ -925,7 +946,7 @@ def _objective_and_gradient_blocked(cp: CrossProducts, theta, reml: bool, f: Fac
         g1, g2 = _ztz_times(cp, LY1, LY2)
         G1 = cp.C1[:, :, :p] - g1
         G2 = cp.C2[:, :p] - g2
-        LXi = solve_triangular(LX, np.eye(p), lower=True, check_finite=False)
+        LXi = _trsolve(LX, np.eye(p), lower=True)
         Vx = LXi.T @ LXi
 
     def term_parts(i):
@@ -943,7 +964,7 @@ def _objective_and_gradient_blocked(cp: CrossProducts, theta, reml: bool, f: Fac
         if at_zero[i]:
             continue                                         # even in theta_i: 0
         T = templates[i]
-        Ti = np.linalg.inv(T)
+        Ti = 1.0 / T if lay.k == 1 else np.linalg.inv(T)
         u, Zr, G = term_parts(i)
         rows, cols_ = lay.rows, lay.cols
         XT = Xsum[i] @ Ti
