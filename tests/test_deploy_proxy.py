@@ -99,47 +99,41 @@ def test_upload_over_the_limit_is_refused_by_nginx(proxy):
     assert info.value.code == 413
 
 
-def test_a_student_session_through_the_proxy(proxy, tmp_path):
+def test_a_student_session_through_the_proxy(proxy, chromium, tmp_path):
     """Page load, CSV upload, model fit: every request of the session on one replica."""
-    executable = shutil.which("chromium")
-    ds.require(executable is not None, "chromium is not installed; browser session skipped")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     import sys
     sys.path.insert(0, str(ds.ROOT / "tests" / "browser"))
     from browser_support import page_problems, wait_for_app
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu"])
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 720})
-            context.set_default_timeout(45_000)
-            page = context.new_page()
-            page.goto(f"{proxy['base']}/dataset", wait_until="domcontentloaded")
-            wait_for_app(page)
-            uploader = page.locator('[data-testid="stFileUploaderDropzoneInput"]').first
-            uploader.set_input_files({"name": UPLOAD_NAME, "mimeType": "text/csv",
-                                      "buffer": UPLOAD_CSV.encode()})
-            page.get_by_text(UPLOAD_NAME, exact=False).first.wait_for()
-            wait_for_app(page)
-            page.locator('[data-testid="stSidebarNav"] a[href$="/model"], '
-                         '[data-testid="stSidebarNav"] a[href*="/model?"]').first.click()
-            page.wait_for_url("**/model*")
-            wait_for_app(page)
-            box = page.locator(".st-key-model-formula input").first
-            box.fill(FORMULA)
-            box.press("Enter")
-            page.get_by_text("Number of obs: 30").first.wait_for()
-            wait_for_app(page)
-            ds.ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ds.ARTIFACTS / "proxy-session.png"))
-            text = page.locator('[data-testid="stMain"]').first.inner_text()
-            assert "REML criterion at convergence" in text
-            assert "participant" in text
-            assert page_problems(page) == []
-            cookie = next(c["value"] for c in context.cookies() if c["name"] == "pooling_affinity")
-        finally:
-            browser.close()
+    context = chromium.new_context(viewport={"width": 1280, "height": 720})
+    try:
+        context.set_default_timeout(45_000)
+        page = context.new_page()
+        page.goto(f"{proxy['base']}/dataset", wait_until="domcontentloaded")
+        wait_for_app(page)
+        uploader = page.locator('[data-testid="stFileUploaderDropzoneInput"]').first
+        uploader.set_input_files({"name": UPLOAD_NAME, "mimeType": "text/csv",
+                                  "buffer": UPLOAD_CSV.encode()})
+        page.get_by_text(UPLOAD_NAME, exact=False).first.wait_for()
+        wait_for_app(page)
+        page.locator('[data-testid="stSidebarNav"] a[href$="/model"], '
+                     '[data-testid="stSidebarNav"] a[href*="/model?"]').first.click()
+        page.wait_for_url("**/model*")
+        wait_for_app(page)
+        box = page.locator(".st-key-model-formula input").first
+        box.fill(FORMULA)
+        box.press("Enter")
+        page.get_by_text("Number of obs: 30").first.wait_for()
+        wait_for_app(page)
+        ds.ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ds.ARTIFACTS / "proxy-session.png"))
+        text = page.locator('[data-testid="stMain"]').first.inner_text()
+        assert "REML criterion at convergence" in text
+        assert "participant" in text
+        assert page_problems(page) == []
+        cookie = next(c["value"] for c in context.cookies() if c["name"] == "pooling_affinity")
+    finally:
+        context.close()
 
     lines = [line for line in proxy["access_log"].read_text().splitlines()
              if f"affinity={cookie}" in line]

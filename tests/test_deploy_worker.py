@@ -69,24 +69,22 @@ def test_timeout_stops_the_job_and_says_what_to_do():
 
 
 def test_a_long_job_does_not_block_a_small_one():
+    # Ordering, not a stopwatch (timed tests are flaky on a shared machine): a small job
+    # submitted while a long one runs must finish while the long one is still running.
     worker.set_max_workers(2)
     long_done = threading.Event()
 
     def long_job():
         try:
-            worker.run_in_worker(deploy_jobs.busy, 2.5, timeout=30)
+            worker.run_in_worker(deploy_jobs.busy, 8.0, timeout=60)
         finally:
             long_done.set()
 
     thread = threading.Thread(target=long_job)
     thread.start()
-    time.sleep(0.3)  # let the long job start and take its core
-    start = time.monotonic()
+    time.sleep(0.5)  # let the long job start and take its core
     worker.run_in_worker(deploy_jobs.busy, 0.05, timeout=30)
-    small = time.monotonic() - start
-    assert not long_done.is_set(), "the long job should still be running"
-    # generous: the small job needs ~0.05 s of CPU plus a fork; the long one needs 2.5 s
-    assert small < 1.5, small
+    assert not long_done.is_set(), "the small job waited for the long one"
     thread.join()
 
 

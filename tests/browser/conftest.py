@@ -30,14 +30,6 @@ SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 SERVER_LOG = ROOT / "artifacts" / "browser-server.log"
 VIEWPORT = {"width": 1280, "height": 720}
 STARTUP_TIMEOUT_S = 60.0
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def _require_system_tests() -> bool:
@@ -117,30 +109,6 @@ def streamlit_server():
                 break
             except subprocess.TimeoutExpired:
                 continue
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    """A headless Debian Chromium driven by Playwright, shared by the session's tests."""
-    executable = shutil.which("chromium")
-    if executable is None:
-        _missing("chromium is not installed (apt-get install chromium); browser tests skipped")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("the playwright python package is not installed (requirements-dev.txt)")
-    manager = sync_playwright().start()
-    try:
-        browser = manager.chromium.launch(executable_path=executable, headless=True,
-                                          args=CHROMIUM_ARGS)
-    except Exception as exc:
-        manager.stop()
-        pytest.fail(f"Chromium at {executable} did not start: {exc}", pytrace=False)
-    try:
-        yield browser
-    finally:
-        browser.close()
-        manager.stop()
 
 
 @pytest.fixture

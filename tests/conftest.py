@@ -1,0 +1,56 @@
+"""Fixtures shared across test folders.
+
+``chromium``: one headless Debian Chromium, driven through Playwright's sync API, for the
+whole test session.  Playwright's sync API runs an event loop in the main thread, so a
+second ``sync_playwright()`` in the same session fails; every browser test (tests/browser,
+the proxy test) therefore shares this one.  Without Chromium the tests skip, except under
+``POOLING_REQUIRE_SYSTEM_TESTS=1`` (set by ``.ci/run``), where a missing browser fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _missing(reason: str):
+    """Skip on a developer machine; fail where the system tests are required (CI)."""
+    if os.environ.get("POOLING_REQUIRE_SYSTEM_TESTS") == "1":
+        pytest.fail(f"{reason} (POOLING_REQUIRE_SYSTEM_TESTS=1, so this is a failure)",
+                    pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """A headless Debian Chromium driven by Playwright, shared by the session's tests."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        _missing("chromium is not installed (apt-get install chromium); browser tests skipped")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("the playwright python package is not installed (requirements-dev.txt)")
+    manager = sync_playwright().start()
+    try:
+        browser = manager.chromium.launch(executable_path=executable, headless=True,
+                                          args=CHROMIUM_ARGS)
+    except Exception as exc:
+        manager.stop()
+        pytest.fail(f"Chromium at {executable} did not start: {exc}", pytrace=False)
+    try:
+        yield browser
+    finally:
+        browser.close()
+        manager.stop()
