@@ -9,10 +9,16 @@ the proxy test) therefore shares this one.  Without Chromium the tests skip, exc
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 
 import pytest
+
+# Tests call explorer helpers (cached with st.cache_data) outside a Streamlit run; Streamlit
+# then logs "missing ScriptRunContext" for every call, which buries real output.
+logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").setLevel(logging.ERROR)
+logging.getLogger("streamlit.runtime.caching.cache_data_api").setLevel(logging.ERROR)
 
 CHROMIUM_ARGS = [
     "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
