@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.linalg.lapack import dpotrf, dpotri, dtrtrs
+from scipy.linalg.lapack import dpotrf, dpotri, dtrtri, dtrtrs
 
 from lmmcore.errors import FitError
 from lmmcore.structure import MixedDesign
@@ -322,19 +322,35 @@ def cross_products(design: MixedDesign) -> CrossProducts:
         lam_t.append(np.tile(lay.theta_offset + np.arange(lay.n_theta), lay.m))
         off += lay.k * lay.m
     if rest:
-        Z1s = _term_matrix(t1, k1, m1, n).tocsc()
-        Z2 = sp.hstack([_term_matrix(terms[i], layouts[i].k, layouts[i].m, n) for i in rest],
-                       format="csc")
-        Z2t = Z2.T.tocsr()
-        A21 = (Z2t @ Z1s).tocsr()
-        A21.sort_indices()
-        A21_rows = np.repeat(np.arange(q2), np.diff(A21.indptr))
+        # Each observation adds z_i2 z_i1' to A21 = Z_2'Z_1 and z_i2 z_i2' to A22 at its
+        # levels' columns: sums of outer products over index arrays (np.bincount, or one
+        # COO -> CSR conversion for a large sparse A21) without building Z itself.
+        idx2 = np.column_stack([
+            off + np.asarray(terms[i].codes, np.intp)[:, None] * layouts[i].k
+            + np.arange(layouts[i].k)[None, :]
+            for i, off in zip(rest, rest_offsets)])                     # (n, K2)
+        val2 = np.column_stack([np.asarray(terms[i].Z_raw, float).reshape(n, -1)
+                                for i in rest])
+        idx1 = codes1[:, None] * k1 + np.arange(k1)[None, :]             # (n, k1)
+        rows21 = np.broadcast_to(idx2[:, :, None], (n, idx2.shape[1], k1)).ravel()
+        cols21 = np.broadcast_to(idx1[:, None, :], (n, idx2.shape[1], k1)).ravel()
+        vals21 = (val2[:, :, None] * Z1[:, None, :]).ravel()
         if q2 * k1 * m1 <= DENSE_A21_MAX:
             # small problems: numpy on a dense block beats scipy.sparse call overhead
-            A21 = A21.toarray()
+            A21 = np.bincount(rows21 * (k1 * m1) + cols21, weights=vals21,
+                              minlength=q2 * k1 * m1).reshape(q2, k1 * m1)
             A21_rows = None
-        A22 = np.asarray((Z2t @ Z2).toarray())
-        C2 = np.asarray(Z2t @ XY)
+        else:
+            A21 = sp.coo_matrix((vals21, (rows21, cols21)), shape=(q2, k1 * m1)).tocsr()
+            A21.sum_duplicates()
+            A21.sort_indices()
+            A21_rows = np.repeat(np.arange(q2), np.diff(A21.indptr))
+        flat22 = (idx2[:, :, None] * q2 + idx2[:, None, :]).ravel()
+        A22 = np.bincount(flat22, weights=(val2[:, :, None] * val2[:, None, :]).ravel(),
+                          minlength=q2 * q2).reshape(q2, q2)
+        C2 = np.column_stack([
+            np.bincount(idx2.ravel(), weights=(val2 * XY[:, j:j + 1]).ravel(), minlength=q2)
+            for j in range(p + 1)])
         lam2_rows = np.concatenate(lam_r)
         lam2_cols = np.concatenate(lam_c)
         lam2_theta = np.concatenate(lam_t)
@@ -554,14 +570,136 @@ def factorize(cp: CrossProducts, theta) -> Factor:
     return Factor(theta, T1, L11, L11inv, lam2, L21, L22, c1, c2, LM, logdet)
 
 
-def objective_from_factor(f: Factor, n: int, p: int, reml: bool) -> float:
-    """The profiled criterion from a factor: the one place the formula lives."""
-    pwrss = float(f.LM[p, p]) ** 2
+def profiled_criterion(logdet_L2: float, LM: np.ndarray, n: int, p: int, reml: bool) -> float:
+    """The profiled criterion (JSS eq. 34 / 41): the one place the formula lives.
+
+    ``LM`` is the lower Cholesky factor of the Schur complement of [X y]: R_X' in its
+    top-left p x p block, sqrt(pwrss) as its last diagonal element.
+    """
+    pwrss = float(LM[p, p]) ** 2
     if reml:
         nmp = n - p
-        ldRX2 = 2.0 * float(np.log(np.diagonal(f.LM)[:p]).sum())
-        return f.logdet_L2 + ldRX2 + nmp * (1.0 + _LOG_2PI + np.log(pwrss / nmp))
-    return f.logdet_L2 + n * (1.0 + _LOG_2PI + np.log(pwrss / n))
+        ldRX2 = 2.0 * float(np.log(np.diagonal(LM)[:p]).sum())
+        return logdet_L2 + ldRX2 + nmp * (1.0 + _LOG_2PI + np.log(pwrss / nmp))
+    return logdet_L2 + n * (1.0 + _LOG_2PI + np.log(pwrss / n))
+
+
+def objective_from_factor(f: Factor, n: int, p: int, reml: bool) -> float:
+    """The profiled criterion from a blocked factor."""
+    return profiled_criterion(f.logdet_L2, f.LM, n, p, reml)
+
+
+#: Models with several random terms and at most this many random effects are evaluated
+#: on dense q x q matrices during the optimisation (a few LAPACK calls beat the blocked
+#: factor's many small ones).
+DENSE_Q_MAX = 120
+
+
+@dataclass(frozen=True)
+class DenseSystem:
+    """Z'Z, Z'[X y] and the pattern of Lambda as dense arrays, for small models.
+
+    The random effects are ordered as in the blocked factor (lead term, then the rest).
+    ``lam_rows[e], lam_cols[e]`` is the position in Lambda of theta element
+    ``lam_theta[e]``.
+    """
+
+    ZtZ: np.ndarray
+    ZtXY: np.ndarray
+    M0: np.ndarray
+    lam_rows: np.ndarray
+    lam_cols: np.ndarray
+    lam_theta: np.ndarray
+    n_theta: int
+
+
+def dense_system(cp: CrossProducts) -> DenseSystem:
+    """Assemble the dense system from the blocked cross products."""
+    lay1 = cp.layouts[cp.lead]
+    k1, m1, q1, q2 = lay1.k, lay1.m, cp.q1, cp.q2
+    q = q1 + q2
+    ZtZ = np.zeros((q, q))
+    idx = np.arange(m1)[:, None] * k1 + np.arange(k1)[None, :]
+    ZtZ[idx[:, :, None], idx[:, None, :]] = cp.A11
+    if q2:
+        A21 = cp.A21 if isinstance(cp.A21, np.ndarray) else cp.A21.toarray()
+        ZtZ[q1:, :q1] = A21
+        ZtZ[:q1, q1:] = A21.T
+        ZtZ[q1:, q1:] = cp.A22
+    ZtXY = np.vstack([cp.C1.reshape(q1, -1), cp.C2])
+    base = np.arange(m1)[:, None] * k1
+    rows = [(base + lay1.rows[None, :]).ravel(), q1 + cp.lam2_rows]
+    cols = [(base + lay1.cols[None, :]).ravel(), q1 + cp.lam2_cols]
+    thetas = [np.tile(lay1.theta_offset + np.arange(lay1.n_theta), m1), cp.lam2_theta]
+    return DenseSystem(ZtZ=ZtZ, ZtXY=ZtXY, M0=cp.M0,
+                       lam_rows=np.concatenate(rows).astype(np.intp),
+                       lam_cols=np.concatenate(cols).astype(np.intp),
+                       lam_theta=np.concatenate(thetas).astype(np.intp), n_theta=cp.n_theta)
+
+
+def dense_factor(ds: DenseSystem, theta):
+    """``(Lambda, Z'Z Lambda, L, c, LM, logdet)`` at theta, or None where a Cholesky
+    factorization fails; ``L L' = Lambda'Z'Z Lambda + I``, ``c = L^{-1} Lambda'Z'[X y]``."""
+    theta = np.asarray(theta, float)
+    q = ds.ZtZ.shape[0]
+    Lam = np.zeros((q, q))
+    Lam[ds.lam_rows, ds.lam_cols] = theta[ds.lam_theta]
+    ZL = ds.ZtZ @ Lam
+    A = Lam.T @ ZL
+    A[np.diag_indices(q)] += 1.0
+    try:
+        L = _cholesky_lower(A)
+        c = _trsolve(L, Lam.T @ ds.ZtXY, lower=True)
+        LM = np.linalg.cholesky(ds.M0 - c.T @ c)
+    except np.linalg.LinAlgError:
+        return None
+    return Lam, ZL, L, c, LM, 2.0 * float(np.log(np.diagonal(L)).sum())
+
+
+def dense_objective_and_gradient(ds: DenseSystem, theta, n: int, p: int, reml: bool,
+                                 gradient: bool = True, factor=None):
+    """Objective (and gradient) of a small model on dense matrices.
+
+    The same formulas as :func:`objective_and_gradient` with one q x q Cholesky
+    factor ``L L' = A = Lambda'Z'Z Lambda + I``; with ``E_e`` the unit matrix at the
+    position of theta element e in Lambda, the derivatives are sums over e of::
+
+        d log|A|       = 2 (A^{-1} Lambda'Z'Z)[c_e, r_e]
+        d pwrss        = -2 (Z'r)[r_e] u[c_e]
+        d log|R_X|^2   = -2 (Lambda' G (R_X'R_X)^{-1} G')[c_e, r_e],  G = Z'V0^{-1}X
+
+    They need no inverse of Lambda, so they hold on the boundary too.
+    Returns ``(value, gradient or None)``; ``(inf, None)`` where A or the Schur
+    complement of [X y] is not positive definite.  ``factor``: :func:`dense_factor`'s
+    result at theta if already computed.
+    """
+    fac = dense_factor(ds, theta) if factor is None else factor
+    if fac is None:
+        return float("inf"), None
+    Lam, ZL, L, c, LM, logdet = fac
+    val = profiled_criterion(logdet, LM, n, p, reml)
+    if not np.isfinite(val):
+        return float("inf"), None
+    if not gradient:
+        return val, None
+    LX = LM[:p, :p]
+    beta = _trsolve(LX, LM[p, :p], lower=True, trans=True) if p else np.zeros(0)
+    pwrss = float(LM[p, p]) ** 2
+    u = _trsolve(L, c[:, p] - c[:, :p] @ beta, lower=True, trans=True)
+    Zr = ds.ZtXY[:, p] - ds.ZtXY[:, :p] @ beta - ZL @ u
+    Ui, info = dtrtri(L.T, lower=0)                       # L'^{-1}: A^{-1} = Ui Ui'
+    M = Ui @ (Ui.T @ ZL.T)                                # A^{-1} Lambda'Z'Z
+    r, c_, t = ds.lam_rows, ds.lam_cols, ds.lam_theta
+    terms = 2.0 * M[c_, r]
+    denom = (n - p) if reml else n
+    terms -= 2.0 * denom / pwrss * Zr[r] * u[c_]
+    if reml and p:
+        ZtX = ds.ZtXY[:, :p]
+        G = ZtX - ZL @ (Ui @ (Ui.T @ (Lam.T @ ZtX)))
+        GV = _trsolve(LX, G.T, lower=True).T              # G R_X^{-1}
+        LK = (Lam.T @ GV) @ GV.T                          # Lambda' G (R_X'R_X)^{-1} G'
+        terms -= 2.0 * LK[c_, r]
+    return val, np.bincount(t, weights=terms, minlength=ds.n_theta)
 
 
 def objective(cp: CrossProducts, theta, reml: bool = True) -> float:
@@ -592,6 +730,9 @@ class ProfiledDeviance:
         self.reml = bool(reml)
         self._last = None
         self._diag_index = None
+        # one random term: the blocked factor is a batch of k x k blocks, already cheap
+        small = cp.rest and cp.q1 + cp.q2 <= DENSE_Q_MAX
+        self._dense = dense_system(cp) if small else None
 
     def __getstate__(self):
         return {"cp": self.cp, "reml": self.reml}
@@ -606,7 +747,10 @@ class ProfiledDeviance:
         last = self._last
         if last is not None and np.array_equal(last[0], theta):
             return theta, last[1]
-        f = _factor_or_none(self.cp, theta)
+        if self._dense is not None:
+            f = dense_factor(self._dense, theta)
+        else:
+            f = _factor_or_none(self.cp, theta)
         self._last = (theta, f)
         return theta, f
 
@@ -614,6 +758,9 @@ class ProfiledDeviance:
         theta, f = self._factor(theta)
         if f is None:
             return float("inf")
+        if self._dense is not None:
+            return dense_objective_and_gradient(self._dense, theta, self.cp.n, self.cp.p,
+                                                self.reml, gradient=False, factor=f)[0]
         val = objective_from_factor(f, self.cp.n, self.cp.p, self.reml)
         return val if np.isfinite(val) else float("inf")
 
@@ -622,6 +769,9 @@ class ProfiledDeviance:
         theta, f = self._factor(theta)
         if f is None:
             return float("inf"), None
+        if self._dense is not None:
+            return dense_objective_and_gradient(self._dense, theta, self.cp.n, self.cp.p,
+                                                self.reml, factor=f)
         return objective_and_gradient(self.cp, theta, self.reml, factor=f)
 
     @property
