@@ -15,6 +15,9 @@ from explorer import data as D
 from explorer import state as S
 from explorer.escape import md
 from explorer.settings import load_settings
+# Imported here, not only by the pages, so they are loaded before the heap is frozen.
+from explorer import charts as _charts, fitting as _fitting  # noqa: F401
+from explorer.runtime import freeze_imported_heap
 
 log = logging.getLogger("pooling_explorer")
 
@@ -106,6 +109,7 @@ def _sidebar(page) -> None:
 
 
 def main() -> None:
+    freeze_imported_heap()  # once per process: the per-run garbage collection skips the imports
     try:
         settings = load_settings()
     except ValueError as exc:  # a bad POOLING_* variable: the server admin must fix it

@@ -21,11 +21,12 @@ B_RESPONSE, B_FIXED, B_INTERACTION = "build.response", "build.fixed", "build.int
 B_GROUPS, B_RANDOM, B_SLOPE, B_GROUPING = "build.groups", "build.random", "build.slope", "build.grouping"
 B_APPLY, B_ERROR = "build.apply", "build.error"
 K_SAVE = "model.save"
-K_RANEF_GROUP = "model.ranef_group"
-K_CAT_GROUP = "model.caterpillar_group"
+K_RANEF_GROUP = S.MODEL_RANEF_GROUP
+K_CAT_GROUP = S.MODEL_CAT_GROUP
 
 VARCORR_HEADINGS = {"grp": "Groups", "var1": "Name", "var2": "with", "vcov": "Variance / Cov.",
                     "sdcor": "Std.Dev. / Corr."}
+SECTIONS = ["lme4 summary", "Tables", "Plots", "Saved models & anova", "Paired t-test", "Reproduce this"]
 RANDOM_LABELS = {"intercept": "intercept (1 | g)", "slope": "slope only (0 + x | g)",
                  "both": "intercept and slope (x | g)", "uncorrelated": "both, uncorrelated (x || g)"}
 
@@ -109,6 +110,17 @@ def _messages(fitted, kind: str) -> None:
         st.caption("**What to do:** " + advice)
 
 
+def _summary(mixed, linear, reml: bool) -> None:
+    if mixed is not None:
+        st.markdown(f"**lmer** ({'REML' if reml else 'ML'})")
+        st.code(mixed.summary(), language=None)
+        with st.expander("lm with the same fixed effects (ignores the grouping)"):
+            st.code(linear.summary() if linear is not None else "", language=None)
+    else:
+        st.markdown("**lm** (no random terms in the formula)")
+        st.code(linear.summary(), language=None)
+
+
 def _side_by_side(lecture: bool):
     # In lecture mode the tables are large HTML tables: two abreast would be cut off.
     return (st.container(), st.container()) if lecture else st.columns(2)
@@ -144,6 +156,8 @@ def _tables(data, mixed, linear, lecture: bool = False) -> None:
             for i, (g, v) in enumerate(icc.items()):
                 cols[i % len(cols)].metric(f"ICC {g}", f"{v:.3f}")
     groups = list(mixed.ranef)
+    if st.session_state.get(K_RANEF_GROUP) not in groups:  # kept from another model
+        st.session_state[K_RANEF_GROUP] = groups[0]
     g = st.selectbox("Random effects of", groups, key=K_RANEF_GROUP) if len(groups) > 1 else groups[0]
     c1, c2 = _side_by_side(lecture)
     for col, what, table in ((c1, "coef()", mixed.coef[g]), (c2, "ranef()", mixed.ranef[g])):
@@ -176,6 +190,8 @@ def _plots(data, mixed, linear, response: str, lecture: bool) -> None:
     if mixed is not None:
         with c2:
             groups = list(mixed.ranef)
+            if st.session_state.get(K_CAT_GROUP) not in groups:  # kept from another model
+                st.session_state[K_CAT_GROUP] = groups[0]
             g = st.selectbox("Caterpillar plot of", groups, key=K_CAT_GROUP) if len(groups) > 1 else groups[0]
             st.markdown("**Random effects with 95% conditional intervals**")
             charts.show(charts.caterpillar_plot(teaching.caterpillar(mixed, g), g, lecture),
@@ -303,27 +319,28 @@ def render() -> None:
             return
         if mixed is not None:
             _messages(mixed, "lmer")
-        tabs = st.tabs(["lme4 summary", "Tables", "Plots", "Saved models & anova", "Paired t-test",
-                        "Reproduce this"])
-        with tabs[0]:
-            if mixed is not None:
-                st.markdown(f"**lmer** ({'REML' if reml else 'ML'})")
-                st.code(mixed.summary(), language=None)
-                with st.expander("lm with the same fixed effects (ignores the grouping)"):
-                    st.code(linear.summary() if linear is not None else "", language=None)
-            else:
-                st.markdown("**lm** (no random terms in the formula)")
-                st.code(linear.summary(), language=None)
-        with tabs[1], guard("tables"):
-            _tables(data, mixed, linear, lecture)
-        with tabs[2], guard("plots"):
-            _plots(data, mixed, linear, parsed.response.label, lecture)
-        with tabs[3], guard("saved models"):
-            _saved_models(data, formula, reml, parsed.has_random)
-        with tabs[4], guard("paired t"):
-            _paired(data, mixed, linear)
-        with tabs[5], guard("reproduce"):
-            _reproduce(data, formula, reml, parsed.has_random, parsed)
-
+        # Only the open tab runs: each tab's content (charts above all) costs far more than the
+        # fit, and a student looks at one at a time.  Switching tabs reruns the page.
+        if ss.get(S.MODEL_SECTION) not in SECTIONS:
+            ss[S.MODEL_SECTION] = SECTIONS[0]
+        tabs = st.tabs(SECTIONS, key=S.MODEL_SECTION, on_change="rerun")
+        if tabs[0].open:
+            with tabs[0]:
+                _summary(mixed, linear, reml)
+        if tabs[1].open:
+            with tabs[1], guard("tables"):
+                _tables(data, mixed, linear, lecture)
+        if tabs[2].open:
+            with tabs[2], guard("plots"):
+                _plots(data, mixed, linear, parsed.response.label, lecture)
+        if tabs[3].open:
+            with tabs[3], guard("saved models"):
+                _saved_models(data, formula, reml, parsed.has_random)
+        if tabs[4].open:
+            with tabs[4], guard("paired t"):
+                _paired(data, mixed, linear)
+        if tabs[5].open:
+            with tabs[5], guard("reproduce"):
+                _reproduce(data, formula, reml, parsed.has_random, parsed)
 
 render()

@@ -8,7 +8,9 @@ state only: never on disk, never in a shared cache.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import pickle
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -46,6 +48,9 @@ class ActiveData:
         Column -> ``"numeric"`` / ``"categorical"``.
     reference : dict
         Column -> chosen reference level.
+    digest : str
+        Identifies ``df`` (content and column types) and ``reference``: the caches key
+        fits and figures on this short string instead of hashing the table every run.
     """
 
     key: str
@@ -54,6 +59,7 @@ class ActiveData:
     df: pd.DataFrame = field(repr=False)
     types: dict
     reference: dict
+    digest: str
 
     @property
     def categorical(self) -> tuple:
@@ -68,6 +74,31 @@ class ActiveData:
         ref = {c: v for c, v in self.reference.items() if c in self.types and self.types[c] == "categorical"}
         return {"categorical": list(self.categorical), "numeric": list(self.numeric),
                 "reference_levels": ref or None}
+
+
+def content_digest(df: pd.DataFrame) -> str:
+    """A digest of a table's content: every row, the column names and dtypes.
+
+    Computed once when a student's table is stored, not on every run.  Unlike the
+    hashing ``st.cache_data`` does on a DataFrame argument, it reads every row (Streamlit
+    samples tables past 100,000 rows, so two large tables differing elsewhere collide).
+    """
+    h = hashlib.sha256()
+    h.update(repr([(str(c), str(t)) for c, t in df.dtypes.items()]).encode("utf-8"))
+    try:
+        h.update(pd.util.hash_pandas_object(df, index=True).to_numpy().tobytes())
+    except (TypeError, ValueError):  # unhashable cells (mixed objects): the pickled bytes
+        h.update(pickle.dumps(df, protocol=pickle.HIGHEST_PROTOCOL))
+    return h.hexdigest()[:32]
+
+
+def _base_digest(key: str) -> str:
+    if key in CATALOGUE:
+        return f"builtin:{key}"  # the files in data/ do not change while the server runs
+    user = st.session_state[S.DATA_USER][key]
+    if not user.get("digest"):
+        user["digest"] = content_digest(user["df"])
+    return user["digest"]
 
 
 def _raw(key: str) -> tuple[pd.DataFrame, str, str, tuple]:
@@ -97,20 +128,32 @@ def active() -> ActiveData:
         key = DEFAULT_KEY
     df, name, file, categorical = _raw(key)
     overrides = st.session_state[S.DATA_TYPES].get(key)
-    types = teaching.column_types(df, categorical, overrides)
-    try:
-        typed = teaching.apply_types(df, types)
-    except lmmcore.LmmError:
-        # The switch callback refuses impossible types; this only guards stale state.
-        types = teaching.column_types(df, categorical)
-        typed = teaching.apply_types(df, types)
+    base = _base_digest(key)
+    # The typed table is kept from the last run while the table and the types stay the
+    # same (this session only): applying the types copies the table.
+    sig = (key, base, tuple(sorted((overrides or {}).items())))
+    memo = st.session_state.get(S.DATA_TYPED)
+    if memo is not None and memo[0] == sig:
+        types, typed = memo[1], memo[2]
+    else:
+        types = teaching.column_types(df, categorical, overrides)
+        try:
+            typed = teaching.apply_types(df, types)
+        except lmmcore.LmmError:
+            # The switch callback refuses impossible types; this only guards stale state.
+            types = teaching.column_types(df, categorical)
+            typed = teaching.apply_types(df, types)
+        st.session_state[S.DATA_TYPED] = (sig, types, typed)
+    types = dict(types)
     reference = dict(st.session_state[S.DATA_REFERENCE].get(key, {}))
-    return ActiveData(key, name, file, typed, types, reference)
+    digest = hashlib.sha256(repr((base, sorted(types.items()), sorted(reference.items()))).encode("utf-8"))
+    return ActiveData(key, name, file, typed, types, reference, digest.hexdigest()[:32])
 
 
 def store_user_table(slot: str, df: pd.DataFrame, name: str, file: str) -> None:
     """Keep a student's table in this session and make it the current dataset."""
-    st.session_state[S.DATA_USER] = {**st.session_state[S.DATA_USER], slot: {"df": df, "label": name, "file": file}}
+    st.session_state[S.DATA_USER] = {**st.session_state[S.DATA_USER],
+                                      slot: {"df": df, "label": name, "file": file, "digest": content_digest(df)}}
     st.session_state[S.DATA_TYPES].pop(slot, None)
     st.session_state[S.DATA_REFERENCE].pop(slot, None)
     st.session_state[S.DATA_KEY] = slot

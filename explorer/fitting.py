@@ -1,7 +1,9 @@
 """Fits for the pages: cached per session inputs, large ones in a worker process, errors as messages.
 
-``st.cache_data`` keys each fit on the table's content, the formula and the options, so a
-page switch or a rerun does not refit; ``max_entries`` bounds the memory.  A table with
+``st.cache_data`` keys each fit on the table's digest (``ActiveData.digest``: content,
+column types, reference levels; computed once, not hashed from the table every run), the
+formula and the options, so a page switch or a rerun does not refit; ``max_entries``
+bounds the memory.  A table with
 at least ``worker_min_rows`` rows is fitted by ``lmmcore.worker.fit_in_worker`` with the
 course's time limit.  :func:`guard` turns any failure into a message on the page.
 """
@@ -57,8 +59,10 @@ def _kwargs(kind: str, reml: bool, categorical, numeric, reference) -> dict:
 
 
 @st.cache_data(max_entries=48, show_spinner=False)
-def _fit(kind: str, formula: str, df: pd.DataFrame, reml: bool, categorical: tuple, numeric: tuple,
-         reference: tuple, data_name: str | None = None):
+def _fit(kind: str, formula: str, digest: str, reml: bool, categorical: tuple, numeric: tuple,
+         reference: tuple, data_name: str | None, _df: pd.DataFrame):
+    # ``_df`` is left out of the cache key (leading underscore): ``digest`` stands for it.
+    df = _df
     kw = _kwargs(kind, reml, categorical, numeric, reference)
     if kind == "lmer" and data_name:
         kw["data_name"] = data_name
@@ -79,12 +83,13 @@ def fit(kind: str, formula: str, data, reml: bool = True):
     ref = tuple(sorted((kw["reference_levels"] or {}).items()))
     # lme4 prints "Data: <name>": the dataset's key for built-ins, "data" for a student's file.
     name = data.key if data.key not in ("upload", "long") else "data"
-    return _fit(kind, formula, data.df, bool(reml) if kind == "lmer" else True,
-                tuple(kw["categorical"]), tuple(kw["numeric"]), ref, name)
+    return _fit(kind, formula, data.digest, bool(reml) if kind == "lmer" else True,
+                tuple(kw["categorical"]), tuple(kw["numeric"]), ref, name, _df=data.df)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def _pooling(df: pd.DataFrame, response: str, predictor, group: str, random: str) -> pd.DataFrame:
+def _pooling(digest: str, response: str, predictor, group: str, random: str, _df: pd.DataFrame) -> pd.DataFrame:
+    df = _df
     settings = load_settings()
     if len(df) >= settings.worker_min_rows:
         # One lm per group plus an lmer: as heavy as a fit, so under the same time limit.
@@ -96,4 +101,4 @@ def _pooling(df: pd.DataFrame, response: str, predictor, group: str, random: str
 
 def pooling(data, response: str, predictor, group: str, random: str) -> pd.DataFrame:
     """``lmmcore.pooling_estimates`` on the current table; cached."""
-    return _pooling(data.df, response, predictor, group, random)
+    return _pooling(data.digest, response, predictor, group, random, _df=data.df)

@@ -32,6 +32,7 @@ DATA_TYPES = "data.types"            # {dataset key: {column: "numeric"|"categor
 DATA_REFERENCE = "data.reference"    # {dataset key: {column: reference level}}
 DATA_UPLOADER = "data.uploader"
 DATA_UPLOAD_ERROR = "data.upload_error"
+DATA_TYPED = "data.typed"            # (signature, types, typed table) of the last run: reused while unchanged
 
 MODEL_FORMULA = "model.formula"      # the formula box (text)
 MODEL_METHOD = "model.method"        # "REML" or "ML"
@@ -39,6 +40,9 @@ MODEL_SAVED = "model.saved"          # {name: {"formula", "reml", "kind", "datas
 MODEL_SAVE_NAME = "model.save_name"
 MODEL_SAVE_KIND = "model.save_kind"
 MODEL_COMPARE = "model.compare"
+MODEL_SECTION = "model.section"      # the model page's open tab (only that tab runs)
+MODEL_RANEF_GROUP = "model.ranef_group"
+MODEL_CAT_GROUP = "model.caterpillar_group"
 
 BUILD_PREFIX = "build."              # builder widgets: build.response, build.fixed, ...
 
@@ -55,6 +59,7 @@ NO_PREDICTOR = "(none: intercept only)"
 PERSISTENT = (
     MODEL_FORMULA, MODEL_METHOD, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP, POOL_RANDOM,
     POOL_SELECTED, POOL_SORT, POOL_PAGE, APP_IMAGE_FORMAT, MODEL_COMPARE, MODEL_SAVE_KIND,
+    MODEL_SECTION, MODEL_RANEF_GROUP, MODEL_CAT_GROUP,
 )
 
 

@@ -36,6 +36,15 @@ def _app(page: str = "dataset", **state) -> AppTest:
     return at
 
 
+SECTIONS = ["lme4 summary", "Tables", "Plots", "Saved models & anova", "Paired t-test", "Reproduce this"]
+
+
+def _section(at: AppTest, label: str) -> AppTest:
+    """Open a tab of the model page (only the open tab runs, as when a student clicks it)."""
+    at.session_state["model.section"] = label
+    return at.run()
+
+
 def _problems(at: AppTest) -> list:
     return [str(e.value) for e in at.exception] + [str(e.value) for e in at.error]
 
@@ -119,13 +128,16 @@ def test_hostile_names_are_shown_escaped_everywhere():
     assert _problems(at) == []
     for page in ("model", "pooling", "shrinkage"):
         at.switch_page(f"app_pages/{page}.py").run()
-        assert len(at.exception) == 0, page
-        for md in list(at.markdown) + list(at.caption) + list(at.error) + list(at.warning):
-            value = str(md.value)
-            assert "<script>" not in value and "<b>evil" not in value and "$x$" not in value, value
-        for fig in _figures(at):
-            blob = json.dumps(fig)
-            assert "<script>" not in blob and "<b>evil" not in blob
+        for section in (SECTIONS if page == "model" else [None]):
+            if section:
+                _section(at, section)
+            assert len(at.exception) == 0, (page, section)
+            for md in list(at.markdown) + list(at.caption) + list(at.error) + list(at.warning):
+                value = str(md.value)
+                assert "<script>" not in value and "<b>evil" not in value and "$x$" not in value, value
+            for fig in _figures(at):
+                blob = json.dumps(fig)
+                assert "<script>" not in blob and "<b>evil" not in blob
 
 
 def test_builder_writes_the_formula_box_and_reads_it_back():
@@ -170,7 +182,7 @@ def _save(at: AppTest, name: str, formula: str, kind: str = "lmer") -> None:
 ])
 def test_saved_models_compared_give_lme4_anova(case, models):
     ref = json.loads((FIXTURES / "r" / f"{case}.json").read_text())
-    at = _app("model", **{"data.key": "sleepstudy"})
+    at = _section(_app("model", **{"data.key": "sleepstudy"}), "Saved models & anova")
     for name, formula, kind in models:
         _save(at, name, formula, kind)
     assert at.multiselect(key="model.compare").value == [m[0] for m in models]
@@ -191,8 +203,7 @@ def test_saved_models_compared_give_lme4_anova(case, models):
 
 def test_paired_design_shows_equal_t_values():
     ref = json.loads((FIXTURES / "r" / "paired_t_df_original.json").read_text())
-    at = _app("model", **{"data.key": "df_original"})
-    at.run()
+    at = _section(_app("model", **{"data.key": "df_original"}), "Paired t-test")
     assert _problems(at) == []
     metrics = {m.label: m.value for m in at.metric}
     assert float(metrics["paired t-test t"]) == pytest.approx(ref["t"], rel=1e-4)
@@ -299,12 +310,15 @@ def test_tables_reach_the_browser_as_valid_json(dataset):
     at = _app("dataset", **{"data.key": dataset})
     for page in PAGES:
         at.switch_page(f"app_pages/{page}.py").run()
-        assert _problems(at) == [], page
-        for df in at.dataframe:
-            data = df.proto.arrow_data.data
-            schema = pa.ipc.open_stream(data).schema
-            for value in (schema.metadata or {}).values():
-                _strict_json(value.decode("utf-8"))
+        for section in (SECTIONS if page == "model" else [None]):
+            if section:
+                _section(at, section)
+            assert _problems(at) == [], (page, section)
+            for df in at.dataframe:
+                data = df.proto.arrow_data.data
+                schema = pa.ipc.open_stream(data).schema
+                for value in (schema.metadata or {}).values():
+                    _strict_json(value.decode("utf-8"))
 
 
 def test_access_code_gate(monkeypatch):
@@ -337,6 +351,7 @@ def test_wide_to_long_reshape_then_fit():
     at.text_input(key="model.formula").set_value("score ~ time + (1 | id)").run()
     assert _problems(at) == []
     assert "Number of obs: 24, groups:  id, 12" in _codes(at)
+    _section(at, "Paired t-test")
     # the two-condition design is recognised: lmer t equals the paired t
     metrics = {m.label: float(m.value) for m in at.metric if m.label.endswith(" t") or "lmer t" in m.label}
     assert metrics["paired t-test t"] == pytest.approx(metrics["lmer t for timebefore"], rel=1e-4)
@@ -354,6 +369,7 @@ def test_reference_level_and_type_switch_reach_the_fit():
     at.multiselect(key="data.categorical").set_value(["participant"]).run()
     assert at.session_state["data.types"]["df_original"]["condition"] == "numeric"
     at.switch_page("app_pages/model.py").run()
+    _section(at, "Tables")
     fixed = next(d.value for d in at.dataframe if "t value" in getattr(d.value, "columns", []))
     assert list(fixed.index) == ["(Intercept)", "condition"]
     # a column holding text cannot become numeric: a message, and the types stay
@@ -392,6 +408,9 @@ def test_every_builtin_dataset_works_on_every_page(dataset):
         assert _problems(at) == [], (dataset, page)
         if page == "model":
             assert "Number of obs:" in _codes(at)
+            for section in SECTIONS[1:]:  # every tab of the model page, then back to the summary
+                assert _problems(_section(at, section)) == [], (dataset, section)
+            _section(at, SECTIONS[0])
         if page in ("pooling", "shrinkage"):
             assert len(at.get("plotly_chart")) >= 1
     if dataset == "dyestuff2":
@@ -488,7 +507,7 @@ def test_rank_deficient_and_singular_fits_say_what_to_do():
 
 
 def test_varcorr_table_has_lme4_headings_and_no_none():
-    at = _app("model")
+    at = _section(_app("model"), "Tables")
     vc = next(d.value for d in at.dataframe if "Groups" in getattr(d.value, "columns", []))
     assert list(vc.columns) == ["Groups", "Name", "with", "Variance / Cov.", "Std.Dev. / Corr."]
     assert "None" not in vc.astype(str).to_numpy() and not vc["with"].isna().any()
@@ -496,7 +515,7 @@ def test_varcorr_table_has_lme4_headings_and_no_none():
 
 def test_residual_panels_share_one_scale():
     """lm and lmer residuals on one y scale, or the lmer's smaller residuals look alike."""
-    at = _app("model")
+    at = _section(_app("model"), "Plots")
     figs = _figures(at)
     assert len(figs) >= 2
     for fig in figs[:2]:
