@@ -401,6 +401,34 @@ def _batched_lower_inverse(L: np.ndarray) -> np.ndarray:
     return np.linalg.inv(L)
 
 
+def _batched_gram(Li: np.ndarray) -> np.ndarray:
+    """Li_j' Li_j for every level j (closed form for k <= 2)."""
+    k = Li.shape[-1]
+    if k == 1:
+        return Li * Li
+    if k == 2:
+        a, b, c = Li[:, 0, 0], Li[:, 1, 0], Li[:, 1, 1]
+        G = np.empty_like(Li)
+        G[:, 0, 0] = a * a + b * b
+        G[:, 0, 1] = G[:, 1, 0] = b * c
+        G[:, 1, 1] = c * c
+        return G
+    return np.swapaxes(Li, 1, 2) @ Li
+
+
+def _left(M: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """``M @ X_j`` for every level j as one matrix product: with row-major flattening
+    the map X_j -> M X_j is the matrix kron(M', I)."""
+    m, k, c = X.shape
+    return (X.reshape(m, k * c) @ np.kron(M.T, np.eye(c))).reshape(m, M.shape[0], c)
+
+
+def _right(X: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """``X_j @ M`` for every level j as one matrix product."""
+    m, r, k = X.shape
+    return (X.reshape(m * r, k) @ M).reshape(m, r, M.shape[1])
+
+
 @dataclass(frozen=True)
 class Factor:
     """The blocked Cholesky factor at one theta (the JSS paper's L_theta, R_ZX, R_X).
@@ -543,11 +571,12 @@ def factorize(cp: CrossProducts, theta) -> Factor:
         L11inv = 1.0 / L11
         c1 = cp.C1 * (t * L11inv)
     else:
-        S = T1.T @ cp.A11 @ T1
+        # T' A_j T for all levels at once: row-major vec(T'AT) = vec(A) kron(T, T)
+        S = (cp.A11.reshape(m1, k1 * k1) @ np.kron(T1, T1)).reshape(m1, k1, k1)
         S[:, np.arange(k1), np.arange(k1)] += 1.0
         L11 = _batched_cholesky(S)
         L11inv = _batched_lower_inverse(L11)
-        c1 = L11inv @ (T1.T @ cp.C1)
+        c1 = L11inv @ _left(T1.T, cp.C1)
     logdet = 2.0 * float(np.log(np.diagonal(L11, axis1=1, axis2=2)).sum())
     c1f = c1.reshape(m1 * k1, p + 1)
     M = cp.M0 - c1f.T @ c1f
@@ -957,27 +986,51 @@ def objective_and_gradient(cp: CrossProducts, theta, reml: bool = True, factor=N
     beta = _trsolve(LX, f.LM[p, :p], lower=True, trans=True) if p else np.zeros(0)
     pwrss = float(f.LM[p, p]) ** 2
     r1 = f.c1[:, :, p] - f.c1[:, :, :p] @ beta
+    if lay.k == 1:
+        return val, _scalar_term_gradient(cp, f, r1[:, 0], beta, pwrss, reml)
     u = np.einsum("mji,mj->mi", Li, r1)                      # (m, k)
     S = cp.A11
-    ST = S @ T                                               # Z_j'Z_j T
-    Ainv = np.swapaxes(Li, 1, 2) @ Li                        # A_j^{-1}
-    H = Ainv @ (T.T @ S)                                     # A_j^{-1} T'S_j
+    m, k = S.shape[0], S.shape[1]
+    ST = _right(S, T)                                        # Z_j'Z_j T
+    Ainv = _batched_gram(Li)                                 # A_j^{-1}
     Zr = cp.C1[:, :, p] - cp.C1[:, :, :p] @ beta - np.einsum("mij,mj->mi", ST, u)
     rows, cols = lay.rows, lay.cols
-    d_logA = 2.0 * H[:, cols, rows].sum(axis=0)
+    # sum_j (A_j^{-1} T'S_j)[c, r] = sum_ab T[b, a] Q[c, a, b, r], Q = sum_j Ainv_j (x) S_j
+    Q = (Ainv.reshape(m, k * k).T @ S.reshape(m, k * k)).reshape(k, k, k, k)
+    H = np.einsum("cabr,ba->cr", Q, T)
+    d_logA = 2.0 * H[cols, rows]
     d_pwrss = -2.0 * (Zr[:, rows] * u[:, cols]).sum(axis=0)
     if reml:
         ZtX = cp.C1[:, :, :p]
-        G = ZtX - ST @ (Ainv @ (T.T @ ZtX))                   # (m, k, p)
+        G = ZtX - ST @ (Ainv @ _left(T.T, ZtX))              # (m, k, p)
         LXi = _trsolve(LX, np.eye(p), lower=True)
-        GV = G @ LXi.T                                       # G R_X^{-1}
-        K = GV @ np.swapaxes(GV, 1, 2)                       # G (R_X'R_X)^{-1} G'
-        TK = T.T @ K
-        d_logRX = -2.0 * TK[:, cols, rows].sum(axis=0)
+        GV = _right(G, LXi.T)                                # G R_X^{-1}
+        GVf = GV.transpose(1, 0, 2).reshape(k, m * p)
+        TK = T.T @ (GVf @ GVf.T)                             # T' sum_j G_j (R_X'R_X)^{-1} G_j'
+        d_logRX = -2.0 * TK[cols, rows]
         grad = d_logA + d_logRX + (n - p) * d_pwrss / pwrss
     else:
         grad = d_logA + n * d_pwrss / pwrss
     return val, grad
+
+
+def _scalar_term_gradient(cp: CrossProducts, f: Factor, r1, beta, pwrss, reml):
+    """objective_and_gradient's formulas for one scalar term: every block is 1 x 1."""
+    n, p = cp.n, cp.p
+    t = f.T1[0, 0]
+    li = f.L11inv[:, 0, 0]
+    a = cp.A11[:, 0, 0]
+    u = li * r1
+    ainv = li * li                                           # A_j^{-1}
+    Zr = cp.C1[:, 0, p] - cp.C1[:, 0, :p] @ beta - a * t * u
+    d_logA = 2.0 * t * float(ainv @ a)
+    d_pwrss = -2.0 * float(Zr @ u)
+    if not reml:
+        return np.array([d_logA + n * d_pwrss / pwrss])
+    G = cp.C1[:, 0, :p] * (1.0 - a * (t * t) * ainv)[:, None]   # Z_j'V0^{-1}X
+    GV = G @ _trsolve(f.LM[:p, :p], np.eye(p), lower=True).T
+    d_logRX = -2.0 * t * float(np.einsum("mp,mp->", GV, GV))
+    return np.array([d_logA + d_logRX + (n - p) * d_pwrss / pwrss])
 
 
 def _back_solve(cp: CrossProducts, f: Factor, r1: np.ndarray, r2: np.ndarray):
