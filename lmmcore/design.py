@@ -103,6 +103,10 @@ def _factorize(series: pd.Series) -> tuple:
     if uniques.dtype.kind == "b":
         labels = [_level_label(u) for u in uniques]
         return _merge_labels(codes, labels, keep_order=False)
+    if pd.api.types.is_string_dtype(series.dtype) and uniques.dtype == object:
+        labels = uniques.tolist()
+        if all(type(u) is str for u in labels):       # text is its own label (fast path)
+            return _merge_labels(codes, labels, keep_order=False)
     return _merge_labels(codes, [_level_label(u) for u in uniques], keep_order=False)
 
 
