@@ -17,7 +17,7 @@ from explorer.escape import md
 from explorer.settings import load_settings
 # Imported here, not only by the pages, so they are loaded before the heap is frozen.
 from explorer import charts as _charts, fitting as _fitting  # noqa: F401
-from explorer.runtime import freeze_imported_heap
+from explorer.runtime import freeze_new_modules
 
 log = logging.getLogger("pooling_explorer")
 
@@ -109,7 +109,7 @@ def _sidebar(page) -> None:
 
 
 def main() -> None:
-    freeze_imported_heap()  # once per process: the per-run garbage collection skips the imports
+    freeze_new_modules()  # the collection after every run then skips the imported libraries
     try:
         settings = load_settings()
     except ValueError as exc:  # a bad POOLING_* variable: the server admin must fix it
@@ -128,6 +128,7 @@ def main() -> None:
     except Exception:  # pages guard their own steps; this is the last net, never a traceback
         log.exception("page %s failed", page.title)
         st.error("Something went wrong on this page. Pick another dataset or model, or reload.")
+    freeze_new_modules()  # what the page imported on first use (statsmodels, plotly's figure classes)
 
 
 main()

@@ -15,7 +15,7 @@ from explorer import data as D
 from explorer import state as S
 from explorer.escape import md
 from explorer.tables import table as show_table
-from explorer.fitting import fit, guard
+from explorer.fitting import fit, guard, summary
 
 B_RESPONSE, B_FIXED, B_INTERACTION = "build.response", "build.fixed", "build.interaction"
 B_GROUPS, B_RANDOM, B_SLOPE, B_GROUPING = "build.groups", "build.random", "build.slope", "build.grouping"
@@ -55,6 +55,11 @@ def _apply_builder() -> None:
 
 def _builder(data) -> None:
     ss = st.session_state
+    # The menus run only while the expander is open: closed (the default), a run skips
+    # their seven widgets and the formula's decomposition.
+    box = st.expander("Build the formula with menus", key=S.MODEL_BUILDER_OPEN, on_change="rerun")
+    if not box.open:
+        return
     cols = list(data.df.columns)
     numeric = [c for c in data.numeric]
     categorical = [c for c in data.categorical]
@@ -72,7 +77,7 @@ def _builder(data) -> None:
     for k, v in defaults.items():
         if k not in ss:
             ss[k] = v
-    with st.expander("Build the formula with menus", expanded=False):
+    with box:
         c1, c2, c3 = st.columns(3)
         with c1:
             st.selectbox("Response", numeric, key=B_RESPONSE)
@@ -110,15 +115,16 @@ def _messages(fitted, kind: str) -> None:
         st.caption("**What to do:** " + advice)
 
 
-def _summary(mixed, linear, reml: bool) -> None:
+def _summary(data, formula: str, fixed: str, mixed, linear, reml: bool) -> None:
+    lm_text = summary("lm", fixed, data, True, linear) if linear is not None else ""
     if mixed is not None:
         st.markdown(f"**lmer** ({'REML' if reml else 'ML'})")
-        st.code(mixed.summary(), language=None)
+        st.code(summary("lmer", formula, data, reml, mixed), language=None)
         with st.expander("lm with the same fixed effects (ignores the grouping)"):
-            st.code(linear.summary() if linear is not None else "", language=None)
+            st.code(lm_text, language=None)
     else:
         st.markdown("**lm** (no random terms in the formula)")
-        st.code(linear.summary(), language=None)
+        st.code(lm_text, language=None)
 
 
 def _side_by_side(lecture: bool):
@@ -170,23 +176,28 @@ def _tables(data, mixed, linear, lecture: bool = False) -> None:
                                mime="text/csv", key=f"model.download_{what.strip('()')}")
 
 
-def _plots(data, mixed, linear, response: str, lecture: bool) -> None:
+def _plots(data, mixed, linear, response: str, lecture: bool, fit_key: tuple) -> None:
+    # fit_key (table digest, formula, method) names the fits: the figures are cached on it.
     panels = {}
     if linear is not None:
         panels["lm (complete pooling)"] = (linear.fitted, linear.fitted + linear.residuals, linear.residuals)
     if mixed is not None:
         panels["lmer (partial pooling)"] = (mixed.fitted, mixed.fitted + mixed.residuals, mixed.residuals)
+    drawn = fit_key + (tuple(panels), response, lecture)
     st.markdown("**Observed vs fitted**: points on the dashed line are explained by the model.")
-    charts.show(charts.fitted_pairs(panels, "observed", response, lecture), "model.chart_observed",
-                "observed_vs_fitted")
+    charts.show_cached(("fitted_pairs", "observed") + drawn,
+                       lambda: charts.fitted_pairs(panels, "observed", response, lecture),
+                       "model.chart_observed", "observed_vs_fitted")
     st.markdown("**Residuals vs fitted**: what is left over.")
-    charts.show(charts.fitted_pairs(panels, "residuals", response, lecture), "model.chart_residuals",
-                "residuals_vs_fitted")
+    charts.show_cached(("fitted_pairs", "residuals") + drawn,
+                       lambda: charts.fitted_pairs(panels, "residuals", response, lecture),
+                       "model.chart_residuals", "residuals_vs_fitted")
     main = mixed if mixed is not None else linear
     c1, c2 = st.columns(2)
     with c1:
         st.markdown("**Normal Q-Q plot of the residuals**" + (" (lmer)" if mixed is not None else " (lm)"))
-        charts.show(charts.qq_plot(teaching.qq_points(main.residuals), lecture), "model.chart_qq", "qq_plot")
+        charts.show_cached(("qq",) + drawn, lambda: charts.qq_plot(teaching.qq_points(main.residuals), lecture),
+                           "model.chart_qq", "qq_plot")
     if mixed is not None:
         with c2:
             groups = list(mixed.ranef)
@@ -194,8 +205,9 @@ def _plots(data, mixed, linear, response: str, lecture: bool) -> None:
                 st.session_state[K_CAT_GROUP] = groups[0]
             g = st.selectbox("Caterpillar plot of", groups, key=K_CAT_GROUP) if len(groups) > 1 else groups[0]
             st.markdown("**Random effects with 95% conditional intervals**")
-            charts.show(charts.caterpillar_plot(teaching.caterpillar(mixed, g), g, lecture),
-                        "model.chart_caterpillar", "caterpillar")
+            charts.show_cached(("caterpillar", g) + drawn,
+                               lambda: charts.caterpillar_plot(teaching.caterpillar(mixed, g), g, lecture),
+                               "model.chart_caterpillar", "caterpillar")
 
 
 def _saved_models(data, current: str, reml: bool, has_random: bool) -> None:
@@ -326,13 +338,13 @@ def render() -> None:
         tabs = st.tabs(SECTIONS, key=S.MODEL_SECTION, on_change="rerun")
         if tabs[0].open:
             with tabs[0]:
-                _summary(mixed, linear, reml)
+                _summary(data, formula, parsed.fixed_text, mixed, linear, reml)
         if tabs[1].open:
             with tabs[1], guard("tables"):
                 _tables(data, mixed, linear, lecture)
         if tabs[2].open:
             with tabs[2], guard("plots"):
-                _plots(data, mixed, linear, parsed.response.label, lecture)
+                _plots(data, mixed, linear, parsed.response.label, lecture, (data.digest, formula, reml))
         if tabs[3].open:
             with tabs[3], guard("saved models"):
                 _saved_models(data, formula, reml, parsed.has_random)

@@ -79,12 +79,17 @@ def render() -> None:
             c4.button(f"▲ Few obs. ({len(small)})", key="pool.zoom_few", help="Show only the groups with few observations",
                       on_click=zoom)
         view = shown[(page - 1) * per_page: page * per_page]
+        ncols = 3 if lecture else 4
         if predictor is not None:
-            fig = charts.pooling_panels(data.df, est, response, predictor, group, view, few, lecture,
-                                        ncols=3 if lecture else 4)
+            def build():
+                return charts.pooling_panels(data.df, est, response, predictor, group, view, few, lecture,
+                                             ncols=ncols)
         else:
-            fig = charts.pooling_means(data.df, est, response, group, view, few, lecture)
-        charts.show(fig, "pool.chart", "pooling_comparison")
+            def build():
+                return charts.pooling_means(data.df, est, response, group, view, few, lecture)
+        # Cached per table, choice of columns and groups shown: a rerun does not redraw it.
+        charts.show_cached(("pooling", data.digest, response, predictor, group, random, tuple(view), lecture,
+                            ncols), build, "pool.chart", "pooling_comparison")
         where = f"Page {page} of {pages}: " if pages > 1 else ""
         st.caption(f"{where}showing {len(view)} of {len(all_groups)} groups. ▲ marks groups with few observations. "
                    "A group whose data cannot give a no-pooling line shows none and says why.")

@@ -42,17 +42,19 @@ def render() -> None:
         with st.spinner("Fitting..."):
             est = pooling(data, response, predictor, group, random)
             mixed = fit("lmer", model_text(response, predictor, group, random), data, True)
+        # The figures are cached on the table and the columns chosen (and lecture mode).
+        chosen_key = (data.digest, response, predictor, group, random, lecture)
         left, right = st.columns([2, 1]) if not lecture else (st.container(), st.container())
         with left:
             if random == "intercept+slope":
-                contours = lmmcore.re_contours(mixed, group)
-                fe = mixed.fixef
-                fig = charts.shrinkage_2d(est, contours, (float(fe.iloc[0]), float(fe.iloc[1])), lecture,
-                                          predictor)
+                def build():
+                    fe = mixed.fixef
+                    return charts.shrinkage_2d(est, lmmcore.re_contours(mixed, group),
+                                               (float(fe.iloc[0]), float(fe.iloc[1])), lecture, predictor)
                 st.markdown("Each arrow goes from a group's **no-pooling** estimate (its own lm) to its "
                             "**partial-pooling** estimate (lmer's coef). Contours: the fitted distribution of "
                             "the groups' (intercept, slope), levels .1 .3 .5 .7 .9, centred at the fixed effects.")
-                charts.show(fig, "shrink.chart", "shrinkage_2d")
+                charts.show_cached(("shrinkage_2d",) + chosen_key, build, "shrink.chart", "shrinkage_2d")
                 sd = teaching.random_sd(mixed, group)
                 st.caption(f"The contours are drawn in the data's units: the groups' intercepts spread with "
                            f"SD {sd.iloc[0]:.3g} and their slopes with SD {sd.iloc[1]:.3g} (VarCorr), so "
@@ -66,8 +68,9 @@ def render() -> None:
                 grand = float(mixed.fixef[predictor] if column == "slope" else mixed.fixef.iloc[0])
                 st.markdown(f"Each arrow goes from a group's **no-pooling** {column} to its **partial-pooling** "
                             f"{column}, toward the fixed effect (the average). Rows show each group's size.")
-                charts.show(charts.shrinkage_1d(est, grand, lecture, group, column), "shrink.chart",
-                            "shrinkage_1d")
+                charts.show_cached(("shrinkage_1d", column) + chosen_key,
+                                   lambda: charts.shrinkage_1d(est, grand, lecture, group, column),
+                                   "shrink.chart", "shrinkage_1d")
         with right:
             st.markdown("**Spread of the group estimates** (SD across groups)")
             sd = lmmcore.shrinkage_sd(est)

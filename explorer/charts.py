@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.basedatatypes import BaseFigure
 from plotly.subplots import make_subplots
 
 from explorer.escape import plotly_text as esc
@@ -83,6 +84,50 @@ def show(fig: go.Figure, key: str, name: str) -> None:
     from explorer.state import APP_IMAGE_FORMAT
     st.plotly_chart(fig, key=key, config=plot_config(name, st.session_state.get(APP_IMAGE_FORMAT, "png")),
                     width="stretch", theme=None)
+
+
+class _Built(BaseFigure):
+    """A figure built and validated earlier, held as its dict.
+
+    ``st.plotly_chart`` takes a plotly figure's ``to_dict()`` as it is, but validates a
+    plain dict again by building a new ``go.Figure`` from it, which costs as much as
+    drawing the figure did; this wrapper hands it the stored dict.  (BaseFigure's own
+    constructor is not called: there is nothing to validate again.)
+    """
+
+    def __init__(self, spec: dict):  # noqa: D107 - no super().__init__ on purpose
+        self._spec = spec
+
+    def to_dict(self) -> dict:
+        return self._spec
+
+
+_spec_cache = None
+
+
+def _built_spec(cache_key: tuple, build) -> dict:
+    global _spec_cache
+    if _spec_cache is None:  # made on first use: the figure functions work without Streamlit
+        import streamlit as st
+
+        @st.cache_data(max_entries=128, show_spinner=False)
+        def figure_spec(cache_key: tuple, _build) -> dict:
+            return _build().to_dict()
+
+        _spec_cache = figure_spec
+    return _spec_cache(cache_key, build)
+
+
+def show_cached(cache_key: tuple, build, key: str, name: str) -> None:
+    """Render ``build()``'s figure, built once per ``cache_key`` and kept (bounded cache).
+
+    Building a plotly figure costs far more CPU than the fit behind it (every property
+    is validated), and a page rerun draws the same figures again; so the figure's dict
+    is cached under ``cache_key``, a tuple of short strings and numbers that must name
+    everything the figure depends on (the table's digest, the model, the columns, the
+    groups shown, lecture mode).  ``build`` is called only on a miss.
+    """
+    show(_Built(_built_spec(cache_key, build)), key, name)
 
 
 def _line(a: float, b: float, x0: float, x1: float) -> tuple[list, list]:

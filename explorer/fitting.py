@@ -74,17 +74,33 @@ def _fit(kind: str, formula: str, digest: str, reml: bool, categorical: tuple, n
     return fn(formula, df, **kw)
 
 
+def _key(kind: str, formula: str, data, reml: bool) -> tuple:
+    kw = data.fit_kwargs()
+    ref = tuple(sorted((kw["reference_levels"] or {}).items()))
+    # lme4 prints "Data: <name>": the dataset's key for built-ins, "data" for a student's file.
+    name = data.key if data.key not in ("upload", "long") else "data"
+    return (kind, formula, data.digest, bool(reml) if kind == "lmer" else True,
+            tuple(kw["categorical"]), tuple(kw["numeric"]), ref, name)
+
+
 def fit(kind: str, formula: str, data, reml: bool = True):
     """Fit ``kind`` ("lmer" or "lm") to an :class:`explorer.data.ActiveData`; cached.
 
     Raises ``lmmcore.LmmError`` with a student-readable message on bad input.
     """
-    kw = data.fit_kwargs()
-    ref = tuple(sorted((kw["reference_levels"] or {}).items()))
-    # lme4 prints "Data: <name>": the dataset's key for built-ins, "data" for a student's file.
-    name = data.key if data.key not in ("upload", "long") else "data"
-    return _fit(kind, formula, data.digest, bool(reml) if kind == "lmer" else True,
-                tuple(kw["categorical"]), tuple(kw["numeric"]), ref, name, _df=data.df)
+    return _fit(*_key(kind, formula, data, reml), _df=data.df)
+
+
+@st.cache_data(max_entries=96, show_spinner=False)
+def _summary(kind: str, formula: str, digest: str, reml: bool, categorical: tuple, numeric: tuple,
+             reference: tuple, data_name: str | None, _fitted) -> str:
+    return _fitted.summary()
+
+
+def summary(kind: str, formula: str, data, reml: bool, fitted) -> str:
+    """``fitted.summary()`` (lme4's or R's printout) of :func:`fit`'s result; cached with
+    the fit's key, since formatting it costs more than fetching the fit from the cache."""
+    return _summary(*_key(kind, formula, data, reml), _fitted=fitted)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

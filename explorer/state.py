@@ -41,6 +41,7 @@ MODEL_SAVE_NAME = "model.save_name"
 MODEL_SAVE_KIND = "model.save_kind"
 MODEL_COMPARE = "model.compare"
 MODEL_SECTION = "model.section"      # the model page's open tab (only that tab runs)
+MODEL_BUILDER_OPEN = "model.builder_open"  # the formula builder's expander is open (its menus run)
 MODEL_RANEF_GROUP = "model.ranef_group"
 MODEL_CAT_GROUP = "model.caterpillar_group"
 
@@ -59,7 +60,7 @@ NO_PREDICTOR = "(none: intercept only)"
 PERSISTENT = (
     MODEL_FORMULA, MODEL_METHOD, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP, POOL_RANDOM,
     POOL_SELECTED, POOL_SORT, POOL_PAGE, APP_IMAGE_FORMAT, MODEL_COMPARE, MODEL_SAVE_KIND,
-    MODEL_SECTION, MODEL_RANEF_GROUP, MODEL_CAT_GROUP,
+    MODEL_SECTION, MODEL_RANEF_GROUP, MODEL_CAT_GROUP, MODEL_BUILDER_OPEN,
 )
 
 
