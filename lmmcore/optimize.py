@@ -137,6 +137,8 @@ def _fd_value_and_gradient(f, x, lower, h):
 DECREMENT_TOL = 1e-14
 #: Below this predicted decrease (relative to |f|) a failed line search is rounding noise.
 NOISE_DECREMENT = 1e-11
+#: Relative objective difference treated as rounding (check.boundary's comparison).
+ROUNDING_TOL = 1e-12
 #: Scale of the sinh transform of the factors' diagonal elements (see minimize_theta).
 SINH_SCALE = 0.03
 #: Step for the forward-difference Hessian of the analytic gradient (lme4's deriv12 step).
@@ -344,13 +346,15 @@ def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
         converged, message = run(best_trial)
         theta, value = tracked.best_theta, tracked.best_value
     gradient = tracked.best_gradient
-    # lme4's check.boundary: a diagonal element within boundary.tol of 0 is tried at 0
+    # lme4's check.boundary: a diagonal element within boundary.tol of 0 is tried at 0.
+    # Without bounds the optimiser approaches a zero variance from inside (theta ~ 1e-8),
+    # where the objective equals its value at 0 up to rounding: accept 0 within that.
     near = np.isfinite(lower) & (theta - lower < BOUNDARY_TOL) & (theta != lower)
     if near.any():
         trial = theta.copy()
         trial[near] = lower[near]
         tv = tracked(trial)
-        if tv <= value:
+        if tv <= value + ROUNDING_TOL * (1.0 + abs(value)):
             theta, value, gradient = trial, tv, None
     method = ("BFGS on the unbounded problem" if unbounded else "L-BFGS-B (scipy)")
     record = OptimizerRecord(
