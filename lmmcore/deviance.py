@@ -260,13 +260,6 @@ def _schur_pattern(A21: sp.csr_matrix, A22: np.ndarray, lam2_theta: np.ndarray) 
                         theta_c=lam2_theta[c], weight=np.where(r == c, 1.0, 2.0))
 
 
-def _term_matrix(term, k: int, m: int, n: int) -> sp.csr_matrix:
-    """The term's n x (k m) block of Z, level-major (lme4's column order)."""
-    cols = (term.codes[:, None] * k + np.arange(k)[None, :]).ravel()
-    rows = np.repeat(np.arange(n), k)
-    return sp.csr_matrix((np.asarray(term.Z_raw, float).ravel(), (rows, cols)), shape=(n, k * m))
-
-
 def cross_products(design: MixedDesign) -> CrossProducts:
     """Precompute the blocks of [Z X y]'[Z X y] that every evaluation needs.
 

@@ -286,12 +286,12 @@ def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
             return 1e300, np.zeros_like(g)
         return fx, g
 
-    def value(x):
+    def value_only(x):
         fx = tracked(x)
         return fx if np.isfinite(fx) else np.inf
 
     def value_and_gradient(x):
-        # the point was just evaluated by value(): ProfiledDeviance reuses its factor
+        # the point was just evaluated by value_only(): ProfiledDeviance reuses its factor
         fx, g = fun.value_and_gradient(x)
         if g is None:
             fx, g = _fd_value_and_gradient(fun, x, fd_lower, h)
@@ -304,7 +304,7 @@ def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
         return np.where(diagonal, SINH_SCALE * np.sinh(z), z)
 
     def value_z(z):
-        return value(theta_of(z))
+        return value_only(theta_of(z))
 
     def value_and_gradient_z(z):
         fx, g = value_and_gradient(theta_of(z))
@@ -327,6 +327,8 @@ def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
         return ok, msg
 
     converged, message = run(theta0)
+    if tracked.best_theta is None:                  # inf everywhere tried: nothing to check
+        tracked.best_theta, lower = theta0.copy(), np.full(theta0.size, -np.inf)
     theta, value = tracked.best_theta, tracked.best_value
     # lme4's restart_edge: a diagonal element stuck at 0 may sit on a ridge where the
     # gradient vanishes by symmetry (the objective is even in it); probe inside and

@@ -87,3 +87,32 @@ def test_hessian_from_the_gradient_matches_lme4_deriv12():
     np.testing.assert_allclose(H, H12, rtol=1e-3, atol=1e-2)
     assert np.max(np.abs(g)) < 1e-3
     assert fx["objective"] >= fit.objective - 1e-9
+
+
+class _DoubleWell:
+    """(t0^2 - 1)^2 + t1^2: lme4's start t0 = 0 is a saddle on the boundary."""
+
+    has_gradient = True
+
+    def __call__(self, t):
+        return float((t[0] ** 2 - 1) ** 2 + t[1] ** 2)
+
+    def value_and_gradient(self, t):
+        return self(t), np.array([4 * t[0] * (t[0] ** 2 - 1), 2 * t[1]])
+
+    def canonical_signs(self, t):
+        return np.where(np.asarray(t) < 0, -1.0, 1.0)
+
+
+def test_restart_edge_leaves_a_saddle_on_the_boundary():
+    from lmmcore.optimize import minimize_theta
+    theta, value, rec = minimize_theta(_DoubleWell(), np.array([0.0, 1.0]), np.array([0.0, 0.0]))
+    assert theta[0] == pytest.approx(1.0, abs=1e-6)
+    assert value < 1e-10 and rec.converged
+
+
+def test_singular_fit_reports_an_exact_zero():
+    fx = load_fixture("dyestuff2_singular")
+    fit = fit_design(hand_design("dyestuff2_singular"), reml=fx["REML"])
+    assert fit.theta[0] == 0.0 and fit.is_singular
+    assert fit.objective <= fx["objective"] + 1e-9
