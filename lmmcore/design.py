@@ -322,9 +322,13 @@ class _Columns:
         self.kinds = kinds
         self._numeric: dict = {}
         self._factor: dict = {}
+        self._series: dict = {}
 
     def series(self, name: str) -> pd.Series:
-        return self.data[name]
+        got = self._series.get(name)
+        if got is None:
+            got = self._series[name] = self.data[name]
+        return got
 
     def numeric(self, name: str, owner: str) -> np.ndarray:
         got = self._numeric.get(name)

@@ -25,6 +25,8 @@ problem; the message says "at character N" with N counted from 1, as a student c
 
 from __future__ import annotations
 
+import functools
+
 import re
 from dataclasses import dataclass, field
 
@@ -962,6 +964,13 @@ def parse_formula(text: str) -> Formula:
     if not text.strip():
         raise FormulaError("the formula is empty: write one like 'Reaction ~ Days + (1 | "
                            "Subject)'", 0, text)
+    return _parse_cached(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_cached(text: str) -> Formula:
+    """parse_formula's work; a Formula is immutable, so a refit with the same text (the
+    app refits on every widget change) reuses the parse."""
     lhs_node, rhs_node = _Parser(text).formula()
 
     if _contains_bar(lhs_node):
