@@ -20,6 +20,18 @@ criteria are (JSS eq. 34 and 41)::
 one batched numpy call; the remaining terms form ``A_22`` (dense, modest size), the
 off-diagonal block ``A_21`` is sparse, and ``[X y]`` comes last, so its Schur
 complement gives ``R_X`` and ``pwrss``.  No n x n matrix is ever formed.
+
+Speed (the same numbers, fewer operations):
+
+* with scalar terms only (e.g. InstEval's three crossed intercepts) the Schur complement
+  ``A_22 - L_21 L_21'`` is updated on a sparsity pattern computed once
+  (:class:`SchurPattern`): one sparse matrix-vector product per evaluation;
+* the dense blocks go to LAPACK directly (potrf / potri / trtrs, in place, no checks);
+* a small model with several terms (q <= ``DENSE_Q_MAX``) is evaluated during the
+  optimisation on dense q x q matrices (:func:`dense_objective_and_gradient`), where a
+  few LAPACK calls beat many small blocked ones;
+* :class:`ProfiledDeviance` keeps the factor of its last theta, so an optimiser that asks
+  for the value of a trial point and then for the gradient of an accepted one factors once.
 """
 
 from __future__ import annotations
