@@ -139,6 +139,8 @@ DECREMENT_TOL = 1e-14
 NOISE_DECREMENT = 1e-11
 #: Relative objective difference treated as rounding (check.boundary's comparison).
 ROUNDING_TOL = 1e-12
+#: A diagonal element of theta falling below this is tried at 0 (see _bfgs).
+ZERO_PROBE = 0.05
 #: Scale of the sinh transform of the factors' diagonal elements (see minimize_theta).
 SINH_SCALE = 0.03
 #: Step for the forward-difference Hessian of the analytic gradient (lme4's deriv12 step).
@@ -162,7 +164,7 @@ def _fd_hessian(grad_at, x, g, delta=HESSIAN_STEP):
     return 0.5 * (H + H.T)
 
 
-def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500):
+def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None):
     """Unconstrained BFGS (full k x k Hessian approximation) with a backtracking line search.
 
     The first step has unit length along -g (L-BFGS-B's choice), after which the
@@ -207,6 +209,14 @@ def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500):
                 t = min(max(tq, 0.1 * t), 0.5 * t)
             else:
                 t *= 0.1
+        if zero_probe is not None:
+            # a variance heading for 0 crawls through the log-like part of the sinh
+            # transform; lme4's bounded optimiser would land on the bound: try 0 itself
+            xz = zero_probe(x, xn)
+            if xz is not None:
+                fz = value(xz)
+                if fz < fn:
+                    xn, fn = xz, fz
         fn, gn = value_and_gradient(xn)
         s_, y_ = xn - x, gn - g
         sy = float(s_ @ y_)
@@ -306,6 +316,15 @@ def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
     def value_z(z):
         return value_only(theta_of(z))
 
+    def zero_probe(z_old, z_new):
+        """z_new with diagonal elements set to 0 that fell by a quarter or more to below
+        ZERO_PROBE in theta; None when there are none."""
+        t_old, t_new = np.abs(theta_of(z_old)), np.abs(theta_of(z_new))
+        falling = diagonal & (t_new < ZERO_PROBE) & (t_new < 0.75 * t_old) & (z_new != 0)
+        if not falling.any():
+            return None
+        return np.where(falling, 0.0, z_new)
+
     def value_and_gradient_z(z):
         fx, g = value_and_gradient(theta_of(z))
         return fx, g * np.where(diagonal, SINH_SCALE * np.cosh(z), 1.0)
@@ -323,7 +342,8 @@ def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
         if not np.isfinite(value_z(z0)):
             return False, "the objective cannot be evaluated at the start"
         f0, g0 = value_and_gradient_z(z0)
-        _, _, _, ok, msg = _bfgs(value_z, value_and_gradient_z, z0, f0, g0)
+        _, _, _, ok, msg = _bfgs(value_z, value_and_gradient_z, z0, f0, g0,
+                                 zero_probe=zero_probe)
         return ok, msg
 
     converged, message = run(theta0)
