@@ -297,18 +297,23 @@ def cross_products(design: MixedDesign) -> CrossProducts:
     rest = tuple(i for i in range(len(terms)) if i != lead)
     XY = np.column_stack([X, y])
 
-    # Lead term: per-level sums of z_i z_i' and z_i [x_i y_i]': the level indicator
-    # matrix (built straight in CSR form: one entry per observation) times z_ia [z_i x_i y_i]
-    # for each column a, without an n x k (k + p + 1) array of outer products.
+    # Lead term: per-level sums of z_i z_i' and z_i [x_i y_i]': for each column a the
+    # level indicator matrix (built straight in CSR form, one entry per observation)
+    # weighted by z_ia, times [z_i x_i y_i]; no n x k (k + p + 1) array of outer products.
     t1 = terms[lead]
     k1, m1 = layouts[lead].k, layouts[lead].m
     Z1 = np.asarray(t1.Z_raw, float).reshape(n, k1)
     codes1 = np.asarray(t1.codes, np.intp)
-    V = np.column_stack([Z1, XY])
+    V = np.empty((n, k1 + p + 1))
+    V[:, :k1] = Z1
+    V[:, k1:] = XY
     J = sp.csr_matrix((np.ones(n), codes1, np.arange(n + 1)), shape=(n, m1)).T.tocsr()
     sums = np.empty((m1, k1, k1 + p + 1))
     for a in range(k1):
-        sums[:, a, :] = J @ (Z1[:, a:a + 1] * V)
+        # the indicator weighted by z_ia (entries are in observation order): no n-row
+        # temporaries
+        J.data = Z1[J.indices, a]
+        sums[:, a, :] = J @ V
     A11 = np.ascontiguousarray(sums[:, :, :k1])
     C1 = np.ascontiguousarray(sums[:, :, k1:])
 
