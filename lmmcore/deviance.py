@@ -36,7 +36,7 @@ Speed (the same numbers, fewer operations):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import scipy.sparse as sp
@@ -196,6 +196,12 @@ class CrossProducts:
     lam2_theta: np.ndarray
     schur: object = None
 
+    def __reduce__(self):
+        # the Schur pattern is large (27 MB for InstEval) and cheap to recompute: fits are
+        # pickled by Streamlit's cache and sent between processes, so leave it out
+        state = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "schur"}
+        return (_restore_cross_products, (state, self.schur is not None))
+
     @property
     def q1(self) -> int:
         lay = self.layouts[self.lead]
@@ -239,6 +245,12 @@ class SchurPattern:
     theta_r: np.ndarray
     theta_c: np.ndarray
     weight: np.ndarray
+
+
+def _restore_cross_products(state: dict, with_schur: bool) -> CrossProducts:
+    schur = (_schur_pattern(state["A21"], state["A22"], state["lam2_theta"]) if with_schur
+             else None)
+    return CrossProducts(**state, schur=schur)
 
 
 def _schur_pattern(A21: sp.csr_matrix, A22: np.ndarray, lam2_theta: np.ndarray) -> SchurPattern:

@@ -150,3 +150,14 @@ def test_schur_pattern_path_equals_scipy_products(reml):
           for e in np.eye(3)]
     np.testing.assert_allclose(dv.objective_and_gradient(cp, theta, reml)[1], fd,
                                rtol=1e-5, atol=1e-4)
+
+
+def test_cross_products_pickle_without_the_schur_pattern_and_rebuild_it():
+    import pickle
+    cp = dv.cross_products(_crossed_scalar_design())
+    raw = pickle.dumps(cp)
+    assert len(raw) < len(pickle.dumps(cp.schur))            # the pattern is left out
+    back = pickle.loads(raw)
+    assert back.schur is not None
+    theta = np.array([0.7, 0.4, 0.2])
+    assert dv.objective(back, theta) == dv.objective(cp, theta)
