@@ -25,6 +25,10 @@ from explorer.settings import load_settings
 log = logging.getLogger(__name__)
 
 
+# Up to this many rows a session keeps its typed table between runs (see active()).
+TYPED_MEMO_MAX_ROWS = 50_000
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def load_builtin(key: str) -> pd.DataFrame:
     """A built-in dataset read through lmmcore's loader (shared: the files are public)."""
@@ -129,8 +133,9 @@ def active() -> ActiveData:
     df, name, file, categorical = _raw(key)
     overrides = st.session_state[S.DATA_TYPES].get(key)
     base = _base_digest(key)
-    # The typed table is kept from the last run while the table and the types stay the
-    # same (this session only): applying the types copies the table.
+    # A small typed table is kept from the last run while the table and the types stay
+    # the same (this session only): applying the types copies the table.  A large one is
+    # typed again each run (~25 ms for 200,000 rows) rather than held twice per session.
     sig = (key, base, tuple(sorted((overrides or {}).items())))
     memo = st.session_state.get(S.DATA_TYPED)
     if memo is not None and memo[0] == sig:
@@ -143,7 +148,7 @@ def active() -> ActiveData:
             # The switch callback refuses impossible types; this only guards stale state.
             types = teaching.column_types(df, categorical)
             typed = teaching.apply_types(df, types)
-        st.session_state[S.DATA_TYPED] = (sig, types, typed)
+        st.session_state[S.DATA_TYPED] = (sig, types, typed) if len(df) <= TYPED_MEMO_MAX_ROWS else None
     types = dict(types)
     reference = dict(st.session_state[S.DATA_REFERENCE].get(key, {}))
     digest = hashlib.sha256(repr((base, sorted(types.items()), sorted(reference.items()))).encode("utf-8"))

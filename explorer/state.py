@@ -32,7 +32,7 @@ DATA_TYPES = "data.types"            # {dataset key: {column: "numeric"|"categor
 DATA_REFERENCE = "data.reference"    # {dataset key: {column: reference level}}
 DATA_UPLOADER = "data.uploader"
 DATA_UPLOAD_ERROR = "data.upload_error"
-DATA_TYPED = "data.typed"            # (signature, types, typed table) of the last run: reused while unchanged
+DATA_TYPED = "data.typed"            # (signature, types, typed table) of the last run, small tables: reused while unchanged
 
 MODEL_FORMULA = "model.formula"      # the formula box (text)
 MODEL_METHOD = "model.method"        # "REML" or "ML"
