@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import socket
+import time
 import urllib.parse
 import urllib.request
 
@@ -135,8 +136,14 @@ def test_a_student_session_through_the_proxy(proxy, chromium, tmp_path):
     finally:
         context.close()
 
-    lines = [line for line in proxy["access_log"].read_text().splitlines()
-             if f"affinity={cookie}" in line]
+    # nginx logs a websocket when it closes, a moment after the browser context does.
+    deadline = time.monotonic() + 15
+    while True:
+        lines = [line for line in proxy["access_log"].read_text().splitlines()
+                 if f"affinity={cookie}" in line]
+        if any("/_stcore/stream" in line for line in lines) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     upstreams = {re.search(r"upstream=(\S+)", line).group(1) for line in lines}
     assert any("/_stcore/stream" in line for line in lines), "no websocket in the session"
     assert any("/_stcore/upload_file" in line for line in lines), "no upload in the session"
