@@ -133,11 +133,6 @@ def canonical_signs(layouts, theta, diag_index=None) -> np.ndarray:
     return np.where(np.asarray(theta, float)[diag_index] < 0, -1.0, 1.0)
 
 
-def canonical_theta(layouts, theta) -> np.ndarray:
-    """``theta`` moved inside lme4's bounds without changing the model (canonical_signs)."""
-    return canonical_signs(layouts, theta) * np.asarray(theta, float)
-
-
 @dataclass(frozen=True)
 class CrossProducts:
     """The theta-free pieces of the model, computed once per design.
