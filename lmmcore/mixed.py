@@ -19,6 +19,7 @@ import pandas as pd
 from lmmcore import deviance as _dev
 from lmmcore.errors import DataError, FitError
 from lmmcore.optimize import check_convergence, minimize_theta
+from lmmcore.rformat import r_round, zapsmall
 from lmmcore.structure import MixedDesign
 
 __all__ = ["lmer", "fit_design", "MixedFit"]
@@ -171,18 +172,6 @@ def r_format(values, digits: int = 7, nsmall: int = 0) -> list:
         out.append(txt)
     width = max(len(t) for t in out) if out else 0
     return [t.rjust(width) for t in out]
-
-
-def _r_round(x, d: int):
-    return np.round(np.asarray(x, float), d)
-
-
-def _zapsmall(x, digits: int):
-    x = np.asarray(x, float)
-    mx = np.max(np.abs(x)) if x.size else 0
-    # R 4.2's zapsmall: round(x, digits - log10(mx)); round() takes the nearest integer
-    d = max(0, int(math.floor(digits - math.log10(mx) + 0.5))) if mx > 0 else digits
-    return np.round(x, d)
 
 
 def r_abbreviate(name: str, minlength: int) -> str:
@@ -604,7 +593,7 @@ class MixedFit:
         if self.reml:
             L.append(f"REML criterion at convergence: {_r_num(round(self.objective, 1))}")
         else:
-            vals = _r_round([self.aic, self.bic, self.loglik, self.deviance, self.df_resid], 1)
+            vals = r_round([self.aic, self.bic, self.loglik, self.deviance, self.df_resid], 1)
             txt = r_format(vals, 7)
             txt[4] = _r_num(vals[4])
             txt = [t.strip() for t in txt]
@@ -612,7 +601,7 @@ class MixedFit:
             L.extend(_print_named(names, txt))
         L.append("")
         L.append("Scaled residuals: ")
-        rq = _zapsmall(self.scaled_resid_quantiles.to_numpy(), 5)
+        rq = zapsmall(self.scaled_resid_quantiles.to_numpy(), 5)
         L.extend(_print_named(["Min", "1Q", "Median", "3Q", "Max"], r_format(rq, 4)))
         L.append("")
         L.append("Random effects:")
@@ -676,7 +665,7 @@ class MixedFit:
             crow = []
             for c in corrs:
                 k = c.shape[0]
-                flat = r_format(_r_round(c, dig).ravel(), 7, nsmall=dig)
+                flat = r_format(r_round(c, dig).ravel(), 7, nsmall=dig)
                 cc = np.array(flat, dtype=object).reshape(k, k)
                 for a in range(k):
                     row = [cc[a, b] if a > b else "" for b in range(maxlen - 1)]
@@ -698,9 +687,9 @@ class MixedFit:
         else:
             digmin = np.array([1.0, 1.0])
         dec = int(max(1, *(digits - digmin)))
-        cs_txt = r_format(_r_round(cs, dec).ravel(order="F"), digits)
+        cs_txt = r_format(r_round(cs, dec).ravel(order="F"), digits)
         n = len(est)
-        t_txt = r_format(_r_round(est / se, max(1, min(5, digits - 1))), digits)
+        t_txt = r_format(r_round(est / se, max(1, min(5, digits - 1))), digits)
         cells = [[cs_txt[i], cs_txt[n + i], t_txt[i]] for i in range(n)]
         return _print_matrix(self.fixed_names, ["Estimate", "Std. Error", "t value"], cells,
                              right=True)
@@ -710,7 +699,7 @@ class MixedFit:
         p = C.shape[0]
         rn = [r_abbreviate(n, 11) for n in self.fixed_names]
         cn = [r_abbreviate(n, 6) for n in self.fixed_names]
-        flat = r_format(_r_round(C, 3).ravel(), 7, nsmall=3)
+        flat = r_format(r_round(C, 3).ravel(), 7, nsmall=3)
         cc = np.array(flat, dtype=object).reshape(p, p)
         cells = [[cc[i, j] if i > j else "" for j in range(p - 1)] for i in range(1, p)]
         return _print_matrix(rn[1:], cn[:-1], cells, right=False)
