@@ -4,8 +4,7 @@ lme4's ``optimizeLmer`` runs BOBYQA from theta = (1 on diagonals, 0 off) with th
 diagonal elements of each relative covariance factor bounded below by 0.  Those bounds
 only choose between sign-flipped factors that give the same model, so here the same
 problem is solved without them (BFGS on the analytic gradient of the profiled objective,
-``ProfiledDeviance.value_and_gradient``) and every theta is mapped back inside them;
-a generic objective without that symmetry goes to scipy's L-BFGS-B with the bounds.
+``ProfiledDeviance.value_and_gradient``) and every theta is mapped back inside them.
 Then come lme4's ``restart_edge`` and boundary checks.  The result is kept in an
 :class:`OptimizerRecord`, together with the path of every theta evaluated, so the app
 can show how the optimiser moved.
@@ -22,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import minimize
 
 #: lme4's isSingular tolerance.
 SINGULAR_TOL = 1e-4
@@ -76,7 +74,7 @@ class _Tracked:
     inside lme4's bounds, where the objective is the same; the gradient is mapped with it.
     """
 
-    def __init__(self, fun, signs=None):
+    def __init__(self, fun, signs):
         self.fun = fun
         self.signs = signs
         self.thetas = []
@@ -88,47 +86,34 @@ class _Tracked:
     def __call__(self, theta):
         theta = np.array(theta, dtype=float)
         val = float(self.fun(theta))
-        self.record(theta, val)
-        return val
-
-    def record(self, theta, val, gradient=None):
-        theta = np.array(theta, dtype=float)
-        if self.signs is not None:
-            s = self.signs(theta)
-            theta = s * theta
-            if gradient is not None:
-                gradient = s * gradient
-        val = float(val)
+        theta = self.signs(theta) * theta
         self.thetas.append(theta)
         self.values.append(val)
         if val < self.best_value:
-            self.best_value, self.best_theta, self.best_gradient = val, theta, gradient
+            # its gradient, if wanted, comes later through attach_gradient()
+            self.best_value, self.best_theta, self.best_gradient = val, theta, None
+        return val
 
     def attach_gradient(self, theta, gradient):
         """The gradient at the last recorded theta (computed after its value)."""
-        if self.signs is not None:
-            s = self.signs(theta)
-            theta = s * np.asarray(theta, float)
-            gradient = s * gradient
+        s = self.signs(theta)
+        theta = s * np.asarray(theta, float)
+        gradient = s * gradient
         if self.best_theta is not None and np.array_equal(theta, self.best_theta):
             self.best_gradient = gradient
 
 
-def _fd_value_and_gradient(f, x, lower, h):
-    """Objective and its central-difference gradient; forward at an active lower bound."""
+def _fd_value_and_gradient(f, x, h):
+    """Objective and its central-difference gradient (theta is unbounded here)."""
     fx = f(x)
     g = np.empty_like(x)
     for i in range(x.size):
         hi = h * max(1.0, abs(x[i]))
         xp = x.copy()
         xp[i] += hi
-        fp = f(xp)
-        if x[i] - hi >= lower[i]:
-            xm = x.copy()
-            xm[i] -= hi
-            g[i] = (fp - f(xm)) / (2.0 * hi)
-        else:
-            g[i] = (fp - fx) / hi
+        xm = x.copy()
+        xm[i] -= hi
+        g[i] = (f(xp) - f(xm)) / (2.0 * hi)
     return fx, g
 
 
@@ -230,20 +215,18 @@ def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None):
     return x, f, g, False, "iteration limit reached"
 
 
-def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
+def minimize_theta(fun, theta0, lower):
     """Minimise ``fun(theta)`` subject to ``theta >= lower`` from ``theta0``.
 
     Parameters
     ----------
-    fun : callable
-        The profiled objective (returns ``inf`` where it cannot be evaluated).  When it
-        has ``has_gradient`` true, ``fun.value_and_gradient(theta)`` is used; a ``None``
-        gradient there (e.g. a vector term with a zero on its diagonal) falls back to
-        finite differences.  When it also has ``canonical_signs``, the problem is solved
-        without bounds by BFGS (see Notes); otherwise by scipy's L-BFGS-B.
+    fun : ProfiledDeviance or alike
+        The profiled objective (returns ``inf`` where it cannot be evaluated), with
+        ``fun.value_and_gradient(theta)`` (a ``None`` gradient, e.g. for a vector term
+        with a zero on its diagonal, falls back to central differences) and
+        ``fun.canonical_signs(theta)``; the problem is solved without bounds by BFGS
+        (see Notes).
     theta0, lower : array_like
-    max_evaluations : int
-        For L-BFGS-B.
 
     Returns
     -------
@@ -271,30 +254,8 @@ def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
     """
     theta0 = np.asarray(theta0, float)
     lower = np.asarray(lower, float)
-    signs = getattr(fun, "canonical_signs", None)
-    analytic = getattr(fun, "has_gradient", False)
-    tracked = _Tracked(fun, signs)
-    unbounded = signs is not None and analytic
-    if unbounded:
-        bounds = None
-        fd_lower = np.full(theta0.size, -np.inf)
-    else:
-        bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
-        fd_lower = lower
+    tracked = _Tracked(fun, fun.canonical_signs)
     h = 1e-6
-
-    def fg(x):
-        x = np.asarray(x, float)
-        g = None
-        if analytic:
-            fx, g = fun.value_and_gradient(x)
-            tracked.record(x, fx, g)
-        if g is None:
-            fx, g = _fd_value_and_gradient(tracked, x, fd_lower, h)
-        if not np.isfinite(fx):
-            # steer back: a large value with a zero gradient makes the line search shrink
-            return 1e300, np.zeros_like(g)
-        return fx, g
 
     def value_only(x):
         fx = tracked(x)
@@ -304,7 +265,7 @@ def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
         # the point was just evaluated by value_only(): ProfiledDeviance reuses its factor
         fx, g = fun.value_and_gradient(x)
         if g is None:
-            fx, g = _fd_value_and_gradient(fun, x, fd_lower, h)
+            fx, g = _fd_value_and_gradient(fun, x, h)
         tracked.attach_gradient(x, g)
         return fx, g
 
@@ -329,13 +290,7 @@ def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
         fx, g = value_and_gradient(theta_of(z))
         return fx, g * np.where(diagonal, SINH_SCALE * np.cosh(z), 1.0)
 
-    opts = {"ftol": 1e-12, "gtol": 1e-6, "maxiter": 2000, "maxfun": max_evaluations,
-            "maxcor": 20}
-
     def run(start):
-        if not unbounded:
-            res = minimize(fg, start, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
-            return bool(res.success) or res.status == 2, str(res.message)
         # BFGS works on z with theta = SINH_SCALE sinh(z) for the diagonal elements (see
         # Notes), theta = z off the diagonal
         z0 = np.where(diagonal, np.arcsinh(np.asarray(start, float) / SINH_SCALE), start)
@@ -378,9 +333,8 @@ def minimize_theta(fun, theta0, lower, *, max_evaluations: int = 20000):
         tv = tracked(trial)
         if tv <= value + ROUNDING_TOL * (1.0 + abs(value)):
             theta, value, gradient = trial, tv, None
-    method = ("BFGS on the unbounded problem" if unbounded else "L-BFGS-B (scipy)")
     record = OptimizerRecord(
-        method=method + (", analytic gradient" if analytic else ", finite-difference gradient"),
+        method="BFGS on the unbounded problem, analytic gradient",
         theta_start=tuple(float(t) for t in theta0), theta_end=tuple(float(t) for t in theta),
         evaluations=len(tracked.values), converged=converged, message=message,
         path_theta=np.array(tracked.thetas).reshape(len(tracked.thetas), theta0.size),
