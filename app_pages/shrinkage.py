@@ -28,6 +28,27 @@ This is "borrowing strength": every group's estimate uses the information in all
 """
 
 
+# With more groups than this the middle of the 2-D plot crowds: start with a few picked out.
+CROWDED = 20
+
+
+def _highlight(est, chosen_key: tuple) -> list:
+    """The multiselect of groups to draw strong and name; the rest are drawn faint.
+
+    Starts (for each table and choice of columns) with the groups with few observations
+    and those that shrink most when there are many groups, and with none (all drawn
+    alike) otherwise."""
+    ss = st.session_state
+    groups = list(dict.fromkeys(est["group"].astype(str)))
+    if ss.get(S.SHRINK_HIGHLIGHT_FOR) != chosen_key[:-1]:
+        ss[S.SHRINK_HIGHLIGHT_FOR] = chosen_key[:-1]  # lecture mode keeps the selection
+        ss[S.SHRINK_HIGHLIGHT] = teaching.groups_to_highlight(est) if len(groups) > CROWDED else []
+    ss[S.SHRINK_HIGHLIGHT] = [g for g in ss.get(S.SHRINK_HIGHLIGHT) or [] if g in groups]
+    picked = st.multiselect("Highlight and name these groups (the others are drawn faint)", groups,
+                            key=S.SHRINK_HIGHLIGHT, placeholder="none: all groups drawn alike")
+    return [g for g in groups if g in picked]
+
+
 def render() -> None:
     ss = st.session_state
     lecture = bool(ss.get(S.APP_LECTURE))
@@ -47,14 +68,17 @@ def render() -> None:
         left, right = st.columns([2, 1]) if not lecture else (st.container(), st.container())
         with left:
             if random == "intercept+slope":
+                strong = _highlight(est, chosen_key)
+
                 def build():
                     fe = mixed.fixef
                     return charts.shrinkage_2d(est, lmmcore.re_contours(mixed, group),
-                                               (float(fe.iloc[0]), float(fe.iloc[1])), lecture, predictor)
+                                               (float(fe.iloc[0]), float(fe.iloc[1])), lecture, predictor,
+                                               highlight=strong)
                 st.markdown("Each arrow goes from a group's **no-pooling** estimate (its own lm) to its "
                             "**partial-pooling** estimate (lmer's coef). Contours: the fitted distribution of "
                             "the groups' (intercept, slope), levels .1 .3 .5 .7 .9, centred at the fixed effects.")
-                charts.show_cached(("shrinkage_2d",) + chosen_key, build, "shrink.chart", "shrinkage_2d")
+                charts.show_cached(("shrinkage_2d", tuple(strong)) + chosen_key, build, "shrink.chart", "shrinkage_2d")
                 sd = teaching.random_sd(mixed, group)
                 st.caption(f"The contours are drawn in the data's units: the groups' intercepts spread with "
                            f"SD {sd.iloc[0]:.3g} and their slopes with SD {sd.iloc[1]:.3g} (VarCorr), so "

@@ -271,10 +271,16 @@ def pooling_means(data: pd.DataFrame, estimates: pd.DataFrame, response: str, gr
 
 
 def shrinkage_2d(estimates: pd.DataFrame, contours: pd.DataFrame | None, fixef: tuple, lecture: bool,
-                 predictor: str) -> go.Figure:
+                 predictor: str, highlight=()) -> go.Figure:
     """Arrows from each group's no-pooling (intercept, slope) to its partial-pooling one,
-    over the contours of the fitted random-effects distribution."""
+    over the contours of the fitted random-effects distribution.
+
+    ``highlight``: groups drawn strong and named at their no-pooling point (the outer end
+    of the arrow, away from the crowded middle); with any given, the other groups' points
+    and arrows are drawn faint, but every arrow is still drawn.
+    """
     s = sizes(lecture)
+    strong = {str(g) for g in highlight}
     fig = go.Figure()
     if contours is not None and len(contours):
         for i, (level, ring) in enumerate(contours.groupby("level", sort=True)):
@@ -289,25 +295,43 @@ def shrinkage_2d(estimates: pd.DataFrame, contours: pd.DataFrame | None, fixef: 
     both = [g for g in part.index if g in no.index
             and np.isfinite(no.loc[g, "intercept"]) and np.isfinite(no.loc[g, "slope"])]
     lonely = [g for g in part.index if g not in both]
+    def faint(g) -> bool:
+        return bool(strong) and g not in strong and g not in lonely
+
     for g in both:
         fig.add_annotation(x=part.loc[g, "intercept"], y=part.loc[g, "slope"], ax=no.loc[g, "intercept"],
                            ay=no.loc[g, "slope"], xref="x", yref="y", axref="x", ayref="y", text="",
-                           showarrow=True, arrowhead=2, arrowsize=1.2, arrowwidth=max(1.0, s["line"] / 1.6),
-                           arrowcolor="#888888", standoff=s["marker"] / 2)
+                           showarrow=True, arrowhead=2, arrowsize=1.2,
+                           arrowwidth=max(1.0, s["line"] / (2.4 if faint(g) else 1.6)),
+                           arrowcolor="#d4d4d4" if faint(g) else "#555555" if strong else "#888888",
+                           standoff=s["marker"] / 2)
     nost = METHODS["no"]
     fig.add_trace(go.Scatter(
         x=no.loc[both, "intercept"], y=no.loc[both, "slope"], mode="markers", name=nost["label"],
         text=[esc(g) for g in both], customdata=np.array(both, dtype=object).reshape(-1, 1),
         meta={"method": "no"},
-        marker={"symbol": nost["symbol"], "size": s["marker"], "color": nost["colour"]},
+        marker={"symbol": nost["symbol"], "size": s["marker"], "color": nost["colour"],
+                "opacity": [0.25 if faint(g) else 1.0 for g in both]},
         hovertemplate="%{text}: intercept %{x:.4g}, slope %{y:.4g}<extra>no pooling</extra>"))
     pst = METHODS["partial"]
     fig.add_trace(go.Scatter(
         x=part["intercept"], y=part["slope"], mode="markers", name=pst["label"],
         customdata=np.array(list(part.index), dtype=object).reshape(-1, 1), meta={"method": "partial"},
         hovertext=[esc(g) for g in part.index],
-        marker={"symbol": pst["symbol"], "size": s["marker"] + 2, "color": pst["colour"]},
+        marker={"symbol": pst["symbol"], "size": s["marker"] + 2, "color": pst["colour"],
+                "opacity": [0.25 if faint(g) else 1.0 for g in part.index]},
         hovertemplate="%{hovertext}: intercept %{x:.4g}, slope %{y:.4g}<extra>partial pooling</extra>"))
+    named = [g for g in both if g in strong]
+    if named:
+        # Left of the average the label goes left, right of it right: outward, off the arrows.
+        fig.add_trace(go.Scatter(
+            x=no.loc[named, "intercept"], y=no.loc[named, "slope"], mode="text", showlegend=False,
+            # An en space keeps the name off its marker.
+            text=[f"{esc(g)}\u2002" if no.loc[g, "intercept"] < fixef[0] else f"\u2002{esc(g)}" for g in named],
+            meta={"highlight": named}, hoverinfo="skip", cliponaxis=False,
+            textposition=["middle left" if no.loc[g, "intercept"] < fixef[0] else "middle right"
+                          for g in named],
+            textfont={"size": s["font"], "color": "#222222"}))
     _label_lonely(fig, part, lonely, pd.concat([part[["intercept", "slope"]],
                                                 no.loc[both, ["intercept", "slope"]]]), s)
     comp = estimates[estimates["method"] == "complete"]

@@ -54,13 +54,15 @@ POOL_RANDOM = "pool.random"          # "intercept+slope", "intercept", "slope"
 POOL_SELECTED = "pool.selected"      # groups picked to show (empty: page through all)
 POOL_SORT = "pool.sort"
 POOL_PAGE = "pool.page"
+SHRINK_HIGHLIGHT = "shrink.highlight"  # groups drawn strong and labelled on the 2-D shrinkage plot
+SHRINK_HIGHLIGHT_FOR = "shrink.highlight_for"  # the (table, columns) that selection belongs to
 
 NO_PREDICTOR = "(none: intercept only)"
 
 PERSISTENT = (
     MODEL_FORMULA, MODEL_METHOD, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP, POOL_RANDOM,
     POOL_SELECTED, POOL_SORT, POOL_PAGE, APP_IMAGE_FORMAT, MODEL_COMPARE, MODEL_SAVE_KIND,
-    MODEL_SECTION, MODEL_RANEF_GROUP, MODEL_CAT_GROUP, MODEL_BUILDER_OPEN,
+    MODEL_SECTION, MODEL_RANEF_GROUP, MODEL_CAT_GROUP, MODEL_BUILDER_OPEN, SHRINK_HIGHLIGHT,
 )
 
 

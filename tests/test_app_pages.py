@@ -554,3 +554,28 @@ def test_lecture_css_reaches_sidebar_summary_and_metrics():
     assert '[data-testid="stMetricValue"] p' in css
     normal = _app("model")
     assert 'stSidebar' not in "\n".join(str(h.proto.body) for h in normal.get("html"))
+
+
+def test_shrinkage_with_many_groups_highlights_few_and_most_shrunk():
+    """ChickWeight's 50 chicks crowd the middle: the page starts with the chicks with few
+    observations and those that shrink most picked out and named, the others faint, and
+    still draws every arrow; the student's pick redraws the figure."""
+    at = _app("shrinkage", **{"data.key": "chickweight"})
+    assert _problems(at) == []
+    est = _estimates("ChickWeight", "weight", "Time", "Chick", "intercept+slope", ["Chick"])
+    expected = teaching.groups_to_highlight(est)
+    assert "18" in expected  # two observations
+    assert at.multiselect(key="shrink.highlight").value == expected
+    fig = _figures(at)[0]
+    (names,) = [t for t in fig["data"] if "highlight" in (t.get("meta") or {})]
+    assert names["meta"]["highlight"] == expected
+    (ptrace,) = _traces(fig, "partial")
+    opacity = dict(zip([c[0] for c in ptrace["customdata"]], ptrace["marker"]["opacity"]))
+    assert {g for g, o in opacity.items() if o == 1.0} == set(expected)
+    no = est[(est["method"] == "no") & est["intercept"].notna() & est["slope"].notna()]
+    arrows = [a for a in fig["layout"]["annotations"] if a.get("text") == "" and a.get("showarrow")]
+    assert len(arrows) == len(no) == 50
+    at.multiselect(key="shrink.highlight").set_value(["1"]).run()
+    fig = _figures(at)[0]
+    (names,) = [t for t in fig["data"] if "highlight" in (t.get("meta") or {})]
+    assert names["meta"]["highlight"] == ["1"]

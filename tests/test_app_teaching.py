@@ -212,3 +212,16 @@ def test_what_to_do_fits_the_problem():
     assert "slope" not in advice and "equal the lm's" in advice
     lm = lmmcore.lm("Yield ~ 1", _data("Dyestuff2", ["Batch"]))
     assert float(singular.fixef.iloc[0]) == pytest.approx(float(lm.fixef.iloc[0]), rel=1e-8)
+
+
+def test_groups_to_highlight_are_the_small_and_the_most_shrunk():
+    data = teaching.apply_types(pd.read_csv(ROOT / "data" / "sleepstudy_fake.csv"), {"Subject": "categorical"})
+    est = lmmcore.pooling_estimates(data, "Reaction", "Days", "Subject", "intercept+slope")
+    picked = teaching.groups_to_highlight(est, n_most=3)
+    # 373 and 374 have one and two observations; three more are the largest moves
+    assert {"373", "374"} <= set(picked)
+    no = est[est["method"] == "no"].set_index("group")
+    part = est[est["method"] == "partial"].set_index("group")
+    move = (((part["intercept"] - no["intercept"]) / no["intercept"].std()) ** 2
+            + ((part["slope"] - no["slope"]) / no["slope"].std()) ** 2).dropna()
+    assert set(picked) == {"373", "374"} | {str(g) for g in move.nlargest(3).index}
