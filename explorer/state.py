@@ -12,7 +12,7 @@ run, written back whenever they change, so a lecturer can post a link to a view.
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 import streamlit as st
 
@@ -157,4 +157,16 @@ def write_query() -> str:
     if st.query_params.to_dict() != q:
         st.query_params.from_dict(q)
     st.session_state[APP_QUERY] = q
-    return urlencode(q)
+    return readable_query(q)
+
+
+# Left as they are in a shared link: all are legal in a URL's query and mean nothing to
+# Python's parse_qs (what Streamlit reads the query with).  "+" is not among them: in a
+# query it reads back as a space, so a formula's "+" stays "%2B" and its spaces become "+".
+LINK_SAFE = "~()|:,*/"
+
+
+def readable_query(q: dict) -> str:
+    """The query text for a link a person reads: ``Reaction+~+Days+%2B+(Days+|+Subject)``
+    rather than every symbol percent-encoded; ``parse_qs`` gives back the same values."""
+    return urlencode(q, safe=LINK_SAFE, quote_via=quote_plus)

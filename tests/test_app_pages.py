@@ -231,6 +231,23 @@ def _estimates(key: str, response: str, predictor, group: str, random: str, cate
     return lmmcore.pooling_estimates(df, response, predictor, group, random=random)
 
 
+def test_sidebar_link_shows_the_formula_readably_and_reads_back_exactly():
+    """The link's formula keeps ~ ( ) | as they are (spaces as "+", a formula's "+" as
+    %2B, the one escape parse_qs needs), and parsing the query as Streamlit does gives
+    back the formula character for character."""
+    from urllib.parse import parse_qs, urlsplit
+
+    formula = "Reaction ~ Days + (Days || Subject)"
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["dataset"] = "sleepstudy"
+    at.query_params["formula"] = formula
+    at.run()
+    link = next(str(c.value) for c in at.sidebar.code if "formula=" in str(c.value))
+    assert "formula=Reaction+~+Days+%2B+(Days+||+Subject)" in link
+    query = parse_qs(urlsplit(link).query, keep_blank_values=True)
+    assert query == {"dataset": ["sleepstudy"], "formula": [formula]}
+
+
 def test_pooling_figure_draws_lmmcore_estimates():
     at = _app("pooling")
     assert _problems(at) == []
