@@ -10,10 +10,11 @@ the proxy test) therefore shares this one.  Without Chromium the tests skip, exc
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 
 import pytest
+
+from deploy_support import missing
 
 # Tests call explorer helpers (cached with st.cache_data) outside a Streamlit run; Streamlit
 # then logs "missing ScriptRunContext" for every call, which buries real output.
@@ -30,24 +31,16 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _missing(reason: str):
-    """Skip on a developer machine; fail where the system tests are required (CI)."""
-    if os.environ.get("POOLING_REQUIRE_SYSTEM_TESTS") == "1":
-        pytest.fail(f"{reason} (POOLING_REQUIRE_SYSTEM_TESTS=1, so this is a failure)",
-                    pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def chromium():
     """A headless Debian Chromium driven by Playwright, shared by the session's tests."""
     executable = shutil.which("chromium")
     if executable is None:
-        _missing("chromium is not installed (apt-get install chromium); browser tests skipped")
+        missing("chromium is not installed (apt-get install chromium); browser tests skipped")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _missing("the playwright python package is not installed (requirements-dev.txt)")
+        missing("the playwright python package is not installed (requirements-dev.txt)")
     manager = sync_playwright().start()
     try:
         browser = manager.chromium.launch(executable_path=executable, headless=True,

@@ -1,6 +1,7 @@
 """Starting real servers for the deployment tests: Streamlit replicas and nginx on loopback.
 
-Used by tests/test_deploy_*.py and scripts/loadtest.py's own check.  Every process is
+Used by tests/test_deploy_*.py, scripts/loadtest.py's own check, the browser tests'
+server (tests/browser/conftest.py) and the ``chromium`` fixture.  Every process is
 started in its own process group and stopped by that group's id, so worker processes a
 replica forked go with it.
 """
@@ -28,14 +29,19 @@ ARTIFACTS = ROOT / "artifacts" / "deploy"
 STARTUP_TIMEOUT_S = 60.0
 
 
-def require(condition: bool, reason: str) -> None:
-    """Skip when a system tool is missing, except in CI (POOLING_REQUIRE_SYSTEM_TESTS=1)."""
-    if condition:
-        return
+def missing(reason: str) -> None:
+    """Skip on a developer machine; fail where the system tests are required (CI sets
+    POOLING_REQUIRE_SYSTEM_TESTS=1), so a missing tool never passes silently there."""
     if os.environ.get("POOLING_REQUIRE_SYSTEM_TESTS") == "1":
         pytest.fail(f"{reason} (POOLING_REQUIRE_SYSTEM_TESTS=1, so this is a failure)",
                     pytrace=False)
     pytest.skip(reason)
+
+
+def require(condition: bool, reason: str) -> None:
+    """:func:`missing` unless ``condition`` holds."""
+    if not condition:
+        missing(reason)
 
 
 def free_port() -> int:
