@@ -34,7 +34,7 @@ import threading
 import time
 import traceback
 
-from lmmcore.errors import FitError, FitTimeout, LmmError
+from lmmcore.errors import FitError, FitTimeout
 
 __all__ = ["fit_in_worker", "run_in_worker", "set_max_workers", "max_workers", "warm_up"]
 
