@@ -11,10 +11,11 @@ Public API (tests, pages and tools rely on these names):
 
 - ``lmer(formula, data, reml=True) -> MixedFit``
 - ``lm(formula, data) -> LinearFit``
-- ``anova(*fits, names=None) -> DataFrame``
+- ``anova(*fits, names=None) -> DataFrame``; ``format_anova(table) -> str`` prints it as R does
 - ``pooling_estimates``, ``shrinkage_sd``, ``re_contours``
 - ``load_table(data: bytes, filename) -> DataFrame``
-- ``parse_formula(text) -> Formula``
+- ``parse_formula(text) -> Formula``; ``compose_formula(response, fixed=..., groups=...) -> str``
+  writes one from menu choices
 - errors: ``LmmError`` and its subclasses ``FormulaError``, ``DataError``,
   ``FitError``, ``FitTimeout``
 """
@@ -23,8 +24,8 @@ from lmmcore.errors import DataError, FitError, FitTimeout, FormulaError, LmmErr
 
 __all__ = [
     "LmmError", "FormulaError", "DataError", "FitError", "FitTimeout",
-    "parse_formula", "build_design",
-    "lmer", "MixedFit", "lm", "LinearFit", "anova",
+    "parse_formula", "compose_formula", "build_design",
+    "lmer", "MixedFit", "lm", "LinearFit", "anova", "format_anova",
     "pooling_estimates", "shrinkage_sd", "re_contours", "load_table",
 ]
 
@@ -32,12 +33,14 @@ __all__ = [
 # processes and the command line, and each submodule is imported on first use.
 _PUBLIC = {
     "parse_formula": "lmmcore.formula",
+    "compose_formula": "lmmcore.formula",
     "build_design": "lmmcore.design",
     "lmer": "lmmcore.mixed",
     "MixedFit": "lmmcore.mixed",
     "lm": "lmmcore.linear",
     "LinearFit": "lmmcore.linear",
     "anova": "lmmcore.compare",
+    "format_anova": "lmmcore.compare",
     "pooling_estimates": "lmmcore.pooling",
     "shrinkage_sd": "lmmcore.pooling",
     "re_contours": "lmmcore.pooling",
