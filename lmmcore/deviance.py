@@ -755,9 +755,8 @@ def objective(cp: CrossProducts, theta, reml: bool = True) -> float:
 
     Returns ``inf`` when the factorization fails (e.g. y is fitted exactly).
     """
-    try:
-        f = factorize(cp, theta)
-    except np.linalg.LinAlgError:
+    f = _factor_or_none(cp, theta)
+    if f is None:
         return float("inf")
     val = objective_from_factor(f, cp.n, cp.p, reml)
     return val if np.isfinite(val) else float("inf")
