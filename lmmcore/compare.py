@@ -34,10 +34,7 @@ def _printed_formula(fit) -> str:
     """The formula as lme4's anova heading shows it (``||`` expanded as R deparses it)."""
     text = str(fit.formula)
     if "||" in text:
-        try:
-            from lmmcore.mixed import _deparse_double_bar
-        except ImportError:  # the engine's printing helper; fall back to the text
-            return text
+        from lmmcore.mixed import _deparse_double_bar
         return _deparse_double_bar(text)
     return text
 
