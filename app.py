@@ -21,7 +21,6 @@ from explorer.runtime import freeze_new_modules
 
 log = logging.getLogger("pooling_explorer")
 
-st.set_page_config(page_title="Pooling Explorer", page_icon="📊", layout="wide")
 
 PAGES = [
     # The root URL shows the dataset page; "/dataset" must also work for shared links, and
@@ -34,6 +33,15 @@ PAGES = [
     st.Page("app_pages/pooling.py", title="Pooling comparison", icon=":material/stacked_line_chart:", url_path="pooling"),
     st.Page("app_pages/shrinkage.py", title="Shrinkage", icon=":material/compress:", url_path="shrinkage"),
 ]
+
+
+def _page_config() -> None:
+    # On a 1280x720 projector the sidebar would take a quarter of the screen: in lecture mode
+    # it starts collapsed (its arrow still opens it).  The same value every run, so a rerun
+    # does not fold away a sidebar the lecturer has opened.
+    lecture = bool(st.session_state.get(S.APP_LECTURE))
+    st.set_page_config(page_title="Pooling Explorer", page_icon="📊", layout="wide",
+                       initial_sidebar_state="collapsed" if lecture else "auto")
 
 
 def _base_css() -> None:
@@ -116,6 +124,7 @@ def main() -> None:
         st.error(md(str(exc)))
         st.stop()
     S.init()
+    _page_config()
     if not _gate(settings):
         return
     page = st.navigation(PAGES)

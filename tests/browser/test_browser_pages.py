@@ -152,3 +152,24 @@ def test_lecture_mode_enlarges_text(page, base_url):
     _open(page, base_url, "shrinkage", lecture=1)
     lecture = _body_font_px(page)
     assert lecture >= 1.2 * normal, f"lecture font {lecture}px vs normal {normal}px"
+
+
+def test_lecture_mode_starts_with_the_sidebar_collapsed(page, base_url):
+    """At 1280x720 the sidebar takes a quarter of a projector: a lecture link opens with it
+    folded away, its arrow still opens it, and a rerun does not fold it again."""
+    toggle = page.get_by_text("Lecture mode (projector)")
+
+    def on_screen() -> bool:  # a folded sidebar is moved off the left edge, not hidden
+        page.wait_for_timeout(600)  # it slides
+        box = toggle.bounding_box()
+        return box is not None and box["x"] >= 0
+
+    _open(page, base_url, "shrinkage")
+    assert on_screen(), "the sidebar is not open in normal mode"
+    _open(page, base_url, "shrinkage", lecture=1)
+    assert not on_screen(), "the sidebar is open in lecture mode"
+    page.locator('[data-testid="stExpandSidebarButton"]').click()
+    assert on_screen(), "the sidebar's arrow does not open it"
+    page.get_by_text("SVG", exact=True).click()  # a rerun
+    wait_for_app(page)
+    assert on_screen(), "a rerun folded the sidebar away again"
