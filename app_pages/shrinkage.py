@@ -14,11 +14,19 @@ from explorer.tables import table as show_table
 from explorer.fitting import fit, guard, pooling
 from explorer.pooling_ui import controls, describe, model_text
 
+# What the mixed model knows about the groups' spread, said in terms of the view on screen:
+# the 2-D view draws it as contours, the 1-D view only marks its centre.
+KNOWS = {
+    True: "(the contours: the fitted normal distribution of the random effects)",
+    False: "(the fitted normal distribution of the random effects, centred at the fixed effect: "
+           "the vertical line)",
+}
+
 EXPLANATION = """
 **Why the arrows point inward.** The no-pooling estimate of a group uses only that group's data.
-The mixed model also knows how groups vary around the average (the contours: the fitted normal
-distribution of the random effects). Each group's partial-pooling estimate is a compromise
-between its own data and that average, weighted by how much the group's data can say:
+The mixed model also knows how groups vary around the average {knows}. Each group's
+partial-pooling estimate is a compromise between its own data and that average, weighted by
+how much the group's data can say:
 
 - **groups with few observations shrink most**: their own estimate is noisy, so the average gets more weight;
 - **estimates far from the average shrink most**: an extreme value is more likely partly noise;
@@ -100,7 +108,7 @@ def render() -> None:
             sd = lmmcore.shrinkage_sd(est)
             show_table(sd.rename(index={"no": "no pooling", "partial": "partial pooling"}))
             st.caption("Partial-pooling estimates vary less than no-pooling ones: that is the shrinkage.")
-            st.markdown(EXPLANATION)
+            st.markdown(EXPLANATION.format(knows=KNOWS[random == "intercept+slope"]))
 
 
 render()

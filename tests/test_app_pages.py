@@ -315,6 +315,15 @@ def test_shrinkage_1d_for_random_intercept_models():
     np.testing.assert_allclose(_arr(ptrace["x"]), part.loc[groups, "intercept"], rtol=1e-12)
 
 
+def test_shrinkage_explanation_fits_the_view_shown():
+    """The 1-D view draws no contours, so its explanation must not point at any."""
+    one = " ".join(str(m.value) for m in _app("shrinkage", **{"data.key": "dyestuff"}).markdown)
+    assert "borrowing strength" in one and "contour" not in one.lower()
+    assert "vertical line" in one
+    two = " ".join(str(m.value) for m in _app("shrinkage").markdown)
+    assert "the contours: the fitted normal distribution" in two
+
+
 def _strict_json(text):
     def no_constants(name):
         raise ValueError(f"{name} is not valid JSON for the browser")
