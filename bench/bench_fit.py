@@ -5,7 +5,9 @@ fastest Python peer), statsmodels' MixedLM and, when ``Rscript`` is on the PATH,
 itself (``bench/bench_lme4.R``, timed inside R).  Every time is the median of several
 in-process fits of an already loaded data frame, after an untimed warm-up, so imports,
 R's start-up and reading the CSV are outside the timing.  The BLAS and thread settings
-are left as the environment has them, for every peer alike, and recorded in the output.
+are left as the environment has them and recorded in the output; lmmcore itself runs
+each fit with one BLAS thread (``lmmcore.mixed._one_blas_thread``), the peers with the
+environment's.
 
 Printed: a table of times, lmmcore's speed-up over each peer (peer time / lmmcore time)
 and the optimum agreement (lmmcore's REML criterion minus lme4's and mixedlm's; negative
