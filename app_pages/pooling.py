@@ -13,8 +13,8 @@ from explorer import data as D
 from explorer import state as S
 from explorer.escape import md
 from explorer.tables import table as show_table
-from explorer.fitting import guard, pooling
-from explorer.pooling_ui import controls, describe
+from explorer.fitting import guard
+from explorer.pooling_ui import chosen_estimates
 
 SORTS = {"name": "group name", "fewest": "fewest observations first",
          "shrinkage": "largest change, no → partial pooling"}
@@ -44,13 +44,10 @@ def render() -> None:
                 "alone (an lm per group) · **partial pooling** (lmer) lets groups borrow strength.")
     with guard("pooling page"):
         data = D.active()
-        chosen = controls(data)
+        chosen = chosen_estimates(data)
         if chosen is None:
             return
-        response, predictor, group, random = chosen
-        describe(response, predictor, group, random)
-        with st.spinner("Fitting..."):
-            est = pooling(data, response, predictor, group, random)
+        response, predictor, group, random, est = chosen
         n_by_group = est.drop_duplicates("group").set_index(est.drop_duplicates("group")["group"].astype(str))["n"]
         few = teaching.few_observations(n_by_group)
         all_groups = [str(g) for g in dict.fromkeys(est["group"].astype(str))]

@@ -11,8 +11,8 @@ from explorer import charts
 from explorer import data as D
 from explorer import state as S
 from explorer.tables import table as show_table
-from explorer.fitting import fit, guard, pooling
-from explorer.pooling_ui import controls, describe, model_text
+from explorer.fitting import fit, guard
+from explorer.pooling_ui import chosen_estimates, model_text
 
 # What the mixed model knows about the groups' spread, said in terms of the view on screen:
 # the 2-D view draws it as contours, the 1-D view only marks its centre.
@@ -63,13 +63,11 @@ def render() -> None:
     st.title("Shrinkage")
     with guard("shrinkage page"):
         data = D.active()
-        chosen = controls(data)
+        chosen = chosen_estimates(data)
         if chosen is None:
             return
-        response, predictor, group, random = chosen
-        describe(response, predictor, group, random)
+        response, predictor, group, random, est = chosen
         with st.spinner("Fitting..."):
-            est = pooling(data, response, predictor, group, random)
             mixed = fit("lmer", model_text(response, predictor, group, random), data, True)
         # The figures are cached on the table and the columns chosen (and lecture mode).
         chosen_key = (data.digest, response, predictor, group, random, lecture)

@@ -1,11 +1,16 @@
-"""The column pickers shared by the pooling and shrinkage pages (same keys on both)."""
+"""The column pickers shared by the pooling and shrinkage pages (same keys on both), and
+the step both pages start with: pick the columns, name the model, get the estimates."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import pandas as pd
 import streamlit as st
 
 from explorer import state as S
 from explorer.escape import md
+from explorer.fitting import pooling
 
 RANDOM_LABELS = {"intercept+slope": "intercept and slope", "intercept": "intercept only",
                  "slope": "slope only"}
@@ -60,3 +65,24 @@ def model_text(response: str, predictor, group: str, random: str) -> str:
 
 def describe(response, predictor, group, random) -> None:
     st.caption("Partial pooling is the lmer fit " + md(model_text(response, predictor, group, random)))
+
+
+class Chosen(NamedTuple):
+    """The columns a student picked and the three poolings' estimates for them."""
+    response: str
+    predictor: str | None
+    group: str
+    random: str
+    estimates: pd.DataFrame
+
+
+def chosen_estimates(data) -> Chosen | None:
+    """Draw the pickers, say which lmer is the partial pooling, and return the estimates
+    (``lmmcore.pooling_estimates`` through the cache); None when the table cannot be used
+    (after :func:`controls` has said why)."""
+    chosen = controls(data)
+    if chosen is None:
+        return None
+    describe(*chosen)
+    with st.spinner("Fitting..."):
+        return Chosen(*chosen, pooling(data, *chosen))
