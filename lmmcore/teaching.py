@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 import numpy as np
 import pandas as pd
@@ -22,10 +21,8 @@ from lmmcore.errors import DataError, FitError
 __all__ = [
     "column_types", "column_overview", "level_order", "wide_to_long", "guess_roles",
     "quote_name", "icc", "random_sd", "what_to_do", "paired_design", "paired_comparison", "caterpillar",
-    "qq_points", "few_observations", "reproduce_code", "apply_types",
+    "qq_points", "few_observations", "groups_to_highlight", "reproduce_code", "apply_types",
 ]
-
-_IDENT = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
 
 
 # ---------------------------------------------------------------- a student's table
