@@ -121,6 +121,7 @@ def main() -> None:
     try:
         settings = load_settings()
     except ValueError as exc:  # a bad POOLING_* variable: the server admin must fix it
+        _page_config()
         st.error(md(str(exc)))
         st.stop()
     S.init()

@@ -97,6 +97,11 @@ ENV_VARS = {
 }
 
 
+def _bound(value: float) -> str:
+    # "50,000,000", not "5e+07": an administrator reads these, not a parser.
+    return f"{value:,}" if float(value).is_integer() else f"{value:g}"
+
+
 def _parse_number(name: str, text: str, kind: type, low: float, high: float):
     cleaned = text.strip().replace("_", "")
     what = "a whole number" if kind is int else "a number"
@@ -104,14 +109,14 @@ def _parse_number(name: str, text: str, kind: type, low: float, high: float):
         value = kind(cleaned)
     except ValueError:
         raise SettingsError(
-            f"{name}={text!r} is not {what}; set it to {what} between {low:g} and {high:g}"
+            f"{name}={text!r} is not {what}; set it to {what} between {_bound(low)} and {_bound(high)}"
             " or unset it to use the default."
         ) from None
     if kind is float and not math.isfinite(value):
         raise SettingsError(f"{name}={text!r} must be a finite number of seconds.")
     if not low <= value <= high:
         raise SettingsError(
-            f"{name}={text!r} is out of range; use {what} between {low:g} and {high:g}."
+            f"{name}={text!r} is out of range; use {what} between {_bound(low)} and {_bound(high)}."
         )
     return value
 
