@@ -274,7 +274,7 @@ def test_expansion_limit():
         parse_formula(f"y ~ ({letters})^25")
     with pytest.raises(FormulaError, match="more than 500 terms"):
         parse_formula("y ~ " + "*".join("abcdefghijklmnopqrstuvw"))
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 2.0
 
 
 HOSTILE = [
@@ -315,7 +315,9 @@ def test_hostile_text_is_refused_fast(text):
     start = time.perf_counter()
     with pytest.raises(FormulaError) as info:
         parse_formula(text)
-    assert time.perf_counter() - start < 0.05
+    # Generous on purpose (shared CI machines): refusing takes well under a millisecond;
+    # what this guards against is quadratic or exponential work, which takes seconds.
+    assert time.perf_counter() - start < 0.5
     assert len(str(info.value)) < 400
 
 
