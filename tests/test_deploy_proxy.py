@@ -104,7 +104,7 @@ def test_a_student_session_through_the_proxy(proxy, chromium, tmp_path):
     """Page load, CSV upload, model fit: every request of the session on one replica."""
     import sys
     sys.path.insert(0, str(ds.ROOT / "tests" / "browser"))
-    from browser_support import page_problems, wait_for_app
+    from browser_support import fit_on_model_page, page_problems, upload_table, wait_for_app
 
     context = chromium.new_context(viewport={"width": 1280, "height": 720})
     try:
@@ -112,20 +112,9 @@ def test_a_student_session_through_the_proxy(proxy, chromium, tmp_path):
         page = context.new_page()
         page.goto(f"{proxy['base']}/dataset", wait_until="domcontentloaded")
         wait_for_app(page)
-        uploader = page.locator('[data-testid="stFileUploaderDropzoneInput"]').first
-        uploader.set_input_files({"name": UPLOAD_NAME, "mimeType": "text/csv",
-                                  "buffer": UPLOAD_CSV.encode()})
-        page.get_by_text(UPLOAD_NAME, exact=False).first.wait_for()
-        wait_for_app(page)
-        page.locator('[data-testid="stSidebarNav"] a[href$="/model"], '
-                     '[data-testid="stSidebarNav"] a[href*="/model?"]').first.click()
-        page.wait_for_url("**/model*")
-        wait_for_app(page)
-        box = page.locator(".st-key-model-formula input").first
-        box.fill(FORMULA)
-        box.press("Enter")
+        upload_table(page, UPLOAD_NAME, UPLOAD_CSV.encode())
+        fit_on_model_page(page, FORMULA)
         page.get_by_text("Number of obs: 30").first.wait_for()
-        wait_for_app(page)
         ds.ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ds.ARTIFACTS / "proxy-session.png"))
         text = page.locator('[data-testid="stMain"]').first.inner_text()

@@ -96,3 +96,25 @@ def page_problems(pg, server_log: ServerLog | None = None) -> list[str]:
             problems.append(f"server log has a traceback:\n{log[-2000:]}")
     problems.extend(f"javascript error: {e[:300]}" for e in getattr(pg, "console_errors", []))
     return problems
+
+
+def upload_table(pg, name: str, data: bytes, mime: str = "text/csv") -> None:
+    """Upload a file through the Dataset page's uploader and wait until the app shows it."""
+    uploader = pg.locator('[data-testid="stFileUploaderDropzoneInput"]').first
+    uploader.set_input_files({"name": name, "mimeType": mime, "buffer": data})
+    pg.get_by_text(name, exact=False).first.wait_for()
+    wait_for_app(pg)
+
+
+def fit_on_model_page(pg, formula: str) -> None:
+    """Go to the model page by the sidebar (a URL would start a new session, without the
+    upload), type the formula and wait for lme4's summary."""
+    pg.locator('[data-testid="stSidebarNav"] a[href$="/model"], '
+               '[data-testid="stSidebarNav"] a[href*="/model?"]').first.click()
+    pg.wait_for_url("**/model*")
+    wait_for_app(pg)
+    box = pg.locator(".st-key-model-formula input").first
+    box.fill(formula)
+    box.press("Enter")
+    pg.get_by_text("REML criterion at convergence").first.wait_for()
+    wait_for_app(pg)

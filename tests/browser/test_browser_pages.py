@@ -13,7 +13,7 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from browser_support import page_problems, wait_for_app
+from browser_support import fit_on_model_page, page_problems, upload_table, wait_for_app
 
 pytestmark = pytest.mark.browser
 
@@ -71,10 +71,7 @@ def test_upload_semicolon_decimal_comma_then_fit(page, base_url, server_log, scr
     model page in the same session (navigating by the sidebar, not by URL, which would
     start a new session without the upload)."""
     _open(page, base_url, "dataset")
-    uploader = page.locator('[data-testid="stFileUploaderDropzoneInput"]').first
-    uploader.set_input_files({"name": UPLOAD_NAME, "mimeType": "text/csv",
-                              "buffer": UPLOAD_CSV.encode("utf-8")})
-    page.get_by_text(UPLOAD_NAME, exact=False).first.wait_for()
+    upload_table(page, UPLOAD_NAME, UPLOAD_CSV.encode("utf-8"))
     page.locator('[data-testid="stDataFrame"]').first.wait_for()
     wait_for_app(page)
     page.screenshot(path=str(screenshot_dir / "dataset-upload.png"))
@@ -86,19 +83,7 @@ def test_upload_semicolon_decimal_comma_then_fit(page, base_url, server_log, scr
     assert "218.1" in grid.text_content(), "rt was not read as a number with a decimal comma"
     assert str(UPLOAD_ROWS) in _main_text(page), "the preview does not give the row count"
 
-    page.locator('[data-testid="stSidebarNav"] a[href$="/model"], '
-                 '[data-testid="stSidebarNav"] a[href*="/model?"]').first.click()
-    page.wait_for_url("**/model*")
-    wait_for_app(page)
-    box = page.locator(".st-key-model-formula input, .st-key-model-formula textarea").first
-    box.fill(UPLOAD_FORMULA)
-    box.press("Enter" if box.evaluate("e => e.tagName") == "INPUT" else "Control+Enter")
-    wait_for_app(page)
-    fit_button = page.locator(".st-key-model-fit button")
-    if fit_button.count():
-        fit_button.first.click()
-        wait_for_app(page)
-    page.get_by_text("REML criterion at convergence").first.wait_for()
+    fit_on_model_page(page, UPLOAD_FORMULA)
     page.screenshot(path=str(screenshot_dir / "model-upload.png"))
     _assert_clean(page, server_log, "the model page fitting the uploaded data")
     text = _main_text(page)
