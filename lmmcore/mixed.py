@@ -19,7 +19,7 @@ import pandas as pd
 from lmmcore import deviance as _dev
 from lmmcore.errors import DataError, FitError
 from lmmcore.optimize import check_convergence, minimize_theta
-from lmmcore.rformat import r_round, zapsmall
+from lmmcore.rformat import format_matrix, format_numbers, print_named, r_round, zapsmall
 from lmmcore.structure import MixedDesign
 
 __all__ = ["lmer", "fit_design", "MixedFit"]
@@ -141,38 +141,7 @@ def _fit_design(design: MixedDesign, reml: bool, data_name: str) -> "MixedFit":
 
 
 # ---------------------------------------------------------------------------
-# R's number formatting (format(), print.default) for the summary text
-
-def _r_sig(x: float, digits: int):
-    """(significant digits needed, decimal exponent) of x shown to ``digits`` digits."""
-    if x == 0 or not np.isfinite(x):
-        return 1, 0
-    s = f"{abs(x):.{digits - 1}e}"
-    mant, exp = s.split("e")
-    mant = mant.replace(".", "").rstrip("0")
-    return max(1, len(mant)), int(exp)
-
-
-def r_format(values, digits: int = 7, nsmall: int = 0) -> list:
-    """R's ``format(x, digits=)`` for a numeric vector: common decimals, common width."""
-    vals = [float(v) for v in np.atleast_1d(values)]
-    rgt = 0
-    for v in vals:
-        nsig, kp = _r_sig(v, digits)
-        rgt = max(rgt, nsig - kp - 1)
-    rgt = max(rgt, nsmall, 0)
-    out = []
-    for v in vals:
-        if np.isnan(v):
-            out.append("NaN")
-            continue
-        txt = f"{v:.{rgt}f}"
-        if txt.startswith("-") and float(txt) == 0:
-            txt = txt[1:]
-        out.append(txt)
-    width = max(len(t) for t in out) if out else 0
-    return [t.rjust(width) for t in out]
-
+# R's abbreviate() for the summary's correlation table (numbers: lmmcore.rformat)
 
 def r_abbreviate(name: str, minlength: int) -> str:
     """R's ``abbreviate()`` (drop lower-case vowels, then lower-case letters, from the end)."""
@@ -193,23 +162,6 @@ def r_abbreviate(name: str, minlength: int) -> str:
                     return "".join(chars)
             i -= 1
     return "".join(chars)
-
-
-def _print_matrix(rownames, colnames, cells, right: bool) -> list:
-    """print.default of a character matrix with quote=FALSE."""
-    rw = max([len(r) for r in rownames] + [0])
-    widths = [max([len(c)] + [len(row[j]) for row in cells]) for j, c in enumerate(colnames)]
-    just = (lambda s, w: s.rjust(w)) if right else (lambda s, w: s.ljust(w))
-    lines = [" " * rw + "".join(" " + just(c, w) for c, w in zip(colnames, widths))]
-    for r, row in zip(rownames, cells):
-        lines.append(r.ljust(rw) + "".join(" " + just(v, w) for v, w in zip(row, widths)))
-    return lines
-
-
-def _print_named(names, values) -> list:
-    """print.default of a named vector (values already formatted): common width."""
-    w = max(len(s) for s in list(names) + list(values))
-    return ["".join(n.rjust(w) + " " for n in names), "".join(v.rjust(w) + " " for v in values)]
 
 
 class MixedFit:
@@ -594,15 +546,15 @@ class MixedFit:
             L.append(f"REML criterion at convergence: {_r_num(round(self.objective, 1))}")
         else:
             vals = r_round([self.aic, self.bic, self.loglik, self.deviance, self.df_resid], 1)
-            txt = r_format(vals, 7)
+            txt = format_numbers(vals, 7, na="NaN")
             txt[4] = _r_num(vals[4])
             txt = [t.strip() for t in txt]
             names = ["AIC", "BIC", "logLik", "deviance", "df.resid"]
-            L.extend(_print_named(names, txt))
+            L.extend(print_named(txt, names))
         L.append("")
         L.append("Scaled residuals: ")
         rq = zapsmall(self.scaled_resid_quantiles.to_numpy(), 5)
-        L.extend(_print_named(["Min", "1Q", "Median", "3Q", "Max"], r_format(rq, 4)))
+        L.extend(print_named(format_numbers(rq, 4, na="NaN"), ["Min", "1Q", "Median", "3Q", "Max"]))
         L.append("")
         L.append("Random effects:")
         L.extend(self._varcorr_lines())
@@ -656,8 +608,8 @@ class MixedFit:
         sds.append(self._sol.sigma)
         sds = np.array(sds)
         cols = ["Groups", "Name", "Variance", "Std.Dev."]
-        var_txt = r_format(sds ** 2, digits)
-        sd_txt = r_format(sds, digits)
+        var_txt = format_numbers(sds ** 2, digits, na="NaN")
+        sd_txt = format_numbers(sds, digits, na="NaN")
         cells = [[g, n, v, s] for g, n, v, s in zip(groups, names, var_txt, sd_txt)]
         maxlen = max(c.shape[0] for c in corrs)
         if maxlen > 1:
@@ -665,7 +617,7 @@ class MixedFit:
             crow = []
             for c in corrs:
                 k = c.shape[0]
-                flat = r_format(r_round(c, dig).ravel(), 7, nsmall=dig)
+                flat = format_numbers(r_round(c, dig).ravel(), 7, na="NaN", nsmall=dig)
                 cc = np.array(flat, dtype=object).reshape(k, k)
                 for a in range(k):
                     row = [cc[a, b] if a > b else "" for b in range(maxlen - 1)]
@@ -674,7 +626,7 @@ class MixedFit:
                 crow.append([""] * (maxlen - 1))
             cols = cols + ["Corr"] + [""] * (maxlen - 2)
             cells = [a + b for a, b in zip(cells, crow)]
-        return _print_matrix([""] * len(cells), cols, cells, right=False)
+        return format_matrix(cells, [""] * len(cells), cols, right=False)
 
     def _coef_lines(self) -> list:
         digits = 4
@@ -687,22 +639,21 @@ class MixedFit:
         else:
             digmin = np.array([1.0, 1.0])
         dec = int(max(1, *(digits - digmin)))
-        cs_txt = r_format(r_round(cs, dec).ravel(order="F"), digits)
+        cs_txt = format_numbers(r_round(cs, dec).ravel(order="F"), digits, na="NaN")
         n = len(est)
-        t_txt = r_format(r_round(est / se, max(1, min(5, digits - 1))), digits)
+        t_txt = format_numbers(r_round(est / se, max(1, min(5, digits - 1))), digits, na="NaN")
         cells = [[cs_txt[i], cs_txt[n + i], t_txt[i]] for i in range(n)]
-        return _print_matrix(self.fixed_names, ["Estimate", "Std. Error", "t value"], cells,
-                             right=True)
+        return format_matrix(cells, list(self.fixed_names), ["Estimate", "Std. Error", "t value"])
 
     def _corr_lines(self) -> list:
         C = self.corr_fixef.to_numpy()
         p = C.shape[0]
         rn = [r_abbreviate(n, 11) for n in self.fixed_names]
         cn = [r_abbreviate(n, 6) for n in self.fixed_names]
-        flat = r_format(r_round(C, 3).ravel(), 7, nsmall=3)
+        flat = format_numbers(r_round(C, 3).ravel(), 7, na="NaN", nsmall=3)
         cc = np.array(flat, dtype=object).reshape(p, p)
         cells = [[cc[i, j] if i > j else "" for j in range(p - 1)] for i in range(1, p)]
-        return _print_matrix(rn[1:], cn[:-1], cells, right=False)
+        return format_matrix(cells, rn[1:], cn[:-1], right=False)
 
 
 def _r_num(x: float) -> str:

@@ -196,13 +196,16 @@ def signif_stars(p: float) -> str:
     return " "
 
 
-def format_matrix(cells, row_names, col_names, width: int = 80) -> list:
-    """R's ``print.default`` of a character matrix (``quote=FALSE, right=TRUE``).
+def format_matrix(cells, row_names, col_names, width: int = 80, right: bool = True) -> list:
+    """R's ``print.default`` of a character matrix (``quote=FALSE``).
 
-    Row names left-justified, each column right-justified to its widest cell or header
-    and preceded by one space; columns that do not fit in ``width`` continue in a
-    further block, as R wraps wide matrices.
+    Row names left-justified, each column justified (right, or left with
+    ``right=False``) to its widest cell or header and preceded by one space; columns that
+    do not fit in ``width`` continue in a further block, as R wraps wide matrices.
     """
+    def just(text, w):
+        return text.rjust(w) if right else text.ljust(w)
+
     rn_w = max((len(r) for r in row_names), default=0)
     ncol = len(col_names)
     col_w = [max([len(col_names[j])] + [len(row[j]) for row in cells]) for j in range(ncol)]
@@ -213,10 +216,10 @@ def format_matrix(cells, row_names, col_names, width: int = 80) -> list:
         while end < ncol and (end == start or used + 1 + col_w[end] <= width):
             used += 1 + col_w[end]
             end += 1
-        header = " " * rn_w + "".join(" " + col_names[j].rjust(col_w[j]) for j in range(start, end))
+        header = " " * rn_w + "".join(" " + just(col_names[j], col_w[j]) for j in range(start, end))
         lines.append(header)
         for name, row in zip(row_names, cells):
-            lines.append(name.ljust(rn_w) + "".join(" " + row[j].rjust(col_w[j]) for j in range(start, end)))
+            lines.append(name.ljust(rn_w) + "".join(" " + just(row[j], col_w[j]) for j in range(start, end)))
         start = end
         if ncol == 0:
             break
@@ -329,7 +332,12 @@ def format_coef_matrix(
 
 def format_named_vector(values, names, digits: int = 7, width: int = 80) -> list:
     """R's ``print`` of a named numeric vector: names over values, wrapped at ``width``."""
-    vals = format_numbers(values, digits)
+    return print_named(format_numbers(values, digits), names, width)
+
+
+def print_named(vals, names, width: int = 80) -> list:
+    """R's ``print`` of a named vector whose values are already text: names over values,
+    each right-justified to the widest of them all, wrapped at ``width``."""
     w = max([len(v) for v in vals] + [len(n) for n in names])
     per_line = max(1, width // (w + 1))
     lines = []
