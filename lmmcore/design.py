@@ -691,7 +691,7 @@ def build_design(formula, data: pd.DataFrame, *, categorical=None, numeric=None,
         _check_size(part.terms, pplan, pvalues, n, f"random term {part.source}")
         Z, znames = _model_matrix(part.terms, pplan, pvalues, n)
         codes, glabels = _group_factor(part.group, cols, keep)
-        _check_group(part, len(glabels), Z.shape[1], n)
+        check_grouping_factor(part.group_name, part.source, len(glabels), Z.shape[1], n)
         terms.append(RandomTerm(part.group_name, tuple(glabels), codes, tuple(znames), Z))
         plans.append((part, pplan))
         group_levels.append(tuple(glabels))
@@ -728,21 +728,25 @@ def _check_size(mterms, plan, values, n: int, what: str) -> None:
                         "term such as (1 | column), not in an interaction")
 
 
-def _check_group(part, n_levels: int, k: int, n: int) -> None:
-    """lme4's checks on a grouping factor (lmerControl defaults, all 'stop')."""
-    g = part.group_name
+def check_grouping_factor(group: str, term_text: str, n_levels: int, k: int, n: int) -> None:
+    """lme4's checks on a grouping factor (lmerControl defaults, all 'stop'):
+    check.nlev.gtr.1, check.nobs.vs.nlev and check.nobs.vs.nRE.
+
+    ``n_levels`` counts the levels present in the ``n`` rows used; ``k`` is the number of
+    columns of the term ``term_text`` (e.g. ``"(Days | Subject)"``).
+    """
     if n_levels < 2:
-        raise FitError(f"the grouping factor '{g}' has only one level in the rows used, but "
+        raise FitError(f"the grouping factor '{group}' has only one level in the rows used, but "
                        "a random effect needs at least two groups to estimate a variance; "
-                       f"remove {part.source} or use a column with several groups")
+                       f"remove {term_text} or use a column with several groups")
     if n_levels >= n:
-        raise FitError(f"the grouping factor '{g}' has {n_levels} levels for {n} observations: "
-                       "each observation is its own group, so its variance cannot be told "
-                       f"apart from the residual variance; use a grouping column with "
-                       f"repeated values, or remove {part.source}")
+        raise FitError(f"the grouping factor '{group}' has {n_levels} levels for {n} observations "
+                       "(as many levels as observations): each observation is its own group, "
+                       "so its variance cannot be told apart from the residual variance; use a "
+                       f"grouping column with repeated values, or remove {term_text}")
     if n <= n_levels * k:
-        raise FitError(f"the term {part.source} has {n_levels * k} random effects for only {n} "
+        raise FitError(f"the term {term_text} has {n_levels * k} random effects for only {n} "
                        "observations, so its variances and the residual variance cannot all "
                        "be estimated; use a simpler random term, e.g. (1 | "
-                       f"{g})")
+                       f"{group})")
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lmmcore import deviance as _dev
+from lmmcore.design import check_grouping_factor
 from lmmcore.errors import DataError, FitError
 from lmmcore.optimize import check_convergence, minimize_theta
 from lmmcore.rformat import format_matrix, format_numbers, print_named, r_round, zapsmall
@@ -79,24 +80,8 @@ def _check_design(design: MixedDesign) -> None:
     for term in design.random_terms:
         m = term.n_levels
         used = int(np.count_nonzero(np.bincount(np.asarray(term.codes), minlength=m)))
-        if used < 2:
-            raise FitError(
-                f"The grouping factor '{term.group_name}' has only one level in the data; "
-                "a random effect needs at least two groups (lme4: grouping factors must "
-                "have > 1 sampled level).")
-        if m >= n:
-            raise FitError(
-                f"The grouping factor '{term.group_name}' has as many levels ({m}) as there "
-                f"are observations ({n}): each group has a single observation, so its "
-                "variance cannot be told apart from the residual variance (lme4: number of "
-                "levels of each grouping factor must be < number of observations).")
-        q = m * term.n_columns
-        if term.n_columns > 1 and n <= q:
-            raise FitError(
-                f"The term ({' + '.join(term.column_names)} | {term.group_name}) has {q} "
-                f"random effects but there are only {n} observations: the random-effects "
-                "parameters and the residual variance are unidentifiable. Use fewer random "
-                "slopes.")
+        text = f"({' + '.join(term.column_names)} | {term.group_name})"
+        check_grouping_factor(term.group_name, text, used, term.n_columns, n)
 
 
 _BLAS = None
