@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from lmmcore.collation import collation_key
 from lmmcore.errors import DataError, FitError
 
 __all__ = [
@@ -77,14 +78,15 @@ def _as_text(s: pd.Series) -> pd.Series:
 def level_order(values) -> list:
     """A categorical column's levels in lmmcore's (and R's factor()) order, as text.
 
-    Sorted as numbers when every level is a number, else as text; the first level is
+    Sorted as numbers when every level is a number, else as text in R's en_US order
+    (``a A b B``, :func:`lmmcore.collation.collation_key`); the first level is
     the default reference level.
     """
     levels = _as_text(pd.Series(values)).dropna().unique().tolist()
     nums = [_as_number(v) for v in levels]
     if levels and all(n is not None for n in nums):
         return [v for _, v in sorted(zip(nums, levels))]
-    return sorted(levels)
+    return sorted(levels, key=collation_key)
 
 
 def column_overview(data: pd.DataFrame, types: dict) -> pd.DataFrame:
