@@ -708,6 +708,8 @@ def build_design(formula, data: pd.DataFrame, *, categorical=None, numeric=None,
 
     encoder = DesignEncoder(formula, kinds, levels, constants, plan, fixed_keep, plans,
                             group_levels)
+    # the fixed part's model frame: lmerTest's type III contrasts (lmmcore.inference) need it
+    encoder.fixed_values = values
     return MixedDesign(
         formula=str(formula),
         response_name=resp.label,
