@@ -11,7 +11,8 @@ The deviance is ``d(theta, sigma) = a(theta) + b(theta) / sigma^2 + c log(2 pi s
 (``a`` = log|L|^2 [+ log|R_X|^2 for REML], ``b`` = penalised RSS, ``c`` = n [or n - p]), so
 everything in sigma is exact; the theta derivatives of ``a``, ``b`` and the unscaled
 ``Cov(beta)`` come from Richardson-extrapolated central differences, the scheme lmerTest
-uses through numDeriv (``genD``: step 0.1 |x|, 4 halvings), at one factorisation per point.
+uses through numDeriv (``genD``; here first step 0.05 |x|, 3 levels), one factorisation per
+point.
 
 Kenward-Roger (pbkrtest 0.5's ``vcovAdj``, Kenward & Roger 1997; Halekoh & Højsgaard 2014):
 the adjusted covariance ``Phi_A = Phi + 2 Phi U Phi`` with the derivatives of
@@ -65,8 +66,12 @@ def check_ddf(ddf: str) -> str:
 # Satterthwaite: derivatives of the deviance and of Cov(beta) in varpar = (theta, sigma)
 
 
-def _richardson_points(x: np.ndarray, d: float = 0.1, eps: float = 1e-4, r: int = 4):
-    """numDeriv's genD steps: h0 = |d x| (+ eps where x is ~0), halved r - 1 times."""
+def _richardson_points(x: np.ndarray, d: float = 0.05, eps: float = 1e-4, r: int = 3):
+    """numDeriv's genD steps: h0 = |d x| (+ eps where x is ~0), halved r - 1 times.
+
+    numDeriv's hessian uses d = 0.1 and r = 4; half the first step and three levels are as
+    accurate on every reference case (df within 2e-7 of R's) for 3/4 of the evaluations.
+    """
     zero_tol = math.sqrt(np.finfo(float).eps / 7e-7)
     h0 = np.abs(d * x) + eps * (np.abs(x) < zero_tol)
     return [h0 / 2.0 ** k for k in range(r)]

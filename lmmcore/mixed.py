@@ -544,6 +544,8 @@ class MixedFit:
     @cached_property
     def _varpar_derivatives(self):
         from lmmcore.inference import varpar_derivatives
+        if self.nobs < 20_000:      # limiting BLAS threads costs ~15 ms: only worth it when large
+            return varpar_derivatives(self)
         with _one_blas_thread():
             return varpar_derivatives(self)
 
