@@ -47,7 +47,8 @@ def _fits(name):
     if name not in _FITS:
         fx = json.loads((FIX / f"{name}.json").read_text())
         cats = [c for c in fx["factors"].split(",") if c]
-        fit = lmer(fx["formula"], _data(fx["dataset"]), categorical=cats)
+        fit = lmer(fx["formula"], _data(fx["dataset"]), categorical=cats,
+                   data_name=fx["dataset"])
         opt = OPTIMUM[name]
         sol = _dev.solve(fit._cp, np.array(opt["theta"], float), True)
         at_r = MixedFit(fit.design, True, fit._cp, sol, fit.optimizer, fit._check, fit.data_name)
@@ -140,3 +141,30 @@ def test_factor_terms_are_tested_jointly():
     tab = fit.anova_fixed()
     assert list(tab.index) == ["Time", "Diet", "Time:Diet"]
     assert list(tab["NumDF"]) == [1, 3, 3]
+
+
+def _printed(name):
+    import re
+
+    text = (FIX / f"printed_{name}.txt").read_text()
+    return {k: v.rstrip("\n").split("\n")
+            for k, v in re.findall(r"#### (\w+)\n(.*?)(?=\n#### |\Z)", text, re.S)}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_printed_summary_and_anova_equal_lmertest(name):
+    from lmmcore.inference import format_anova_fixed, summary_text
+
+    _, _, at_r = _fits(name)
+    ref = _printed(name)
+    for ddf, key in [("satterthwaite", "satterthwaite"), ("kenward-roger", "kenward_roger")]:
+        ours = summary_text(at_r, ddf).rstrip("\n").split("\n")
+        want = ref[f"summary_{key}"]
+        assert len(ours) == len(want)
+        for a, b in zip(ours, want):
+            if b.startswith("optimizer (nloptwrap)"):     # our optimiser is BFGS
+                assert a.startswith("optimizer (BFGS)")
+                continue
+            assert a == b
+        table = at_r.anova_fixed(ddf)
+        assert format_anova_fixed(table, ddf).rstrip("\n").split("\n") == ref[f"anova_{key}"]
