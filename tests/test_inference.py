@@ -168,3 +168,26 @@ def test_printed_summary_and_anova_equal_lmertest(name):
             assert a == b
         table = at_r.anova_fixed(ddf)
         assert format_anova_fixed(table, ddf).rstrip("\n").split("\n") == ref[f"anova_{key}"]
+
+
+@pytest.mark.slow
+def test_insteval_satterthwaite_at_r_optimum():
+    """InstEval (73,421 rows, three crossed factors): lmerTest took 182 s for its Hessian and
+    Jacobian on this machine (gen_insteval.R); lmmcore about 20 s."""
+    from lmmcore.design import build_design
+    from lmmcore.optimize import check_convergence
+
+    ref = json.loads((FIX / "insteval.json").read_text())
+    data = pd.read_csv(Path(__file__).parent.parent / "bench" / "data" / "InstEval.csv")
+    design = build_design(ref["formula"], data, categorical=["s", "d", "dept", "service"])
+    cp = _dev.cross_products(design)
+    theta = np.array(ref["theta"])
+    sol = _dev.solve(cp, theta, True)
+    dev = _dev.ProfiledDeviance(cp, True)
+    check = check_convergence(dev, theta, sol.objective, dev.lower(), np.zeros_like(theta))
+    fit = MixedFit(design, True, cp, sol, None, check, "InstEval")
+    # df within 1e-6; a p-value of 1e-38 moves 2e-5 relative with it (the brief: 1e-4)
+    np.testing.assert_allclose(fit.coef_table().to_numpy(),
+                               _table(ref["satterthwaite"]).to_numpy(), rtol=1e-4)
+    np.testing.assert_allclose(fit.anova_fixed().to_numpy(),
+                               _table(ref["anova_satterthwaite"]).to_numpy(), rtol=1e-5)
