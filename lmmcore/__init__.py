@@ -12,6 +12,8 @@ Public API (tests, pages and tools rely on these names):
 - ``lmer(formula, data, reml=True) -> MixedFit``
 - ``lm(formula, data) -> LinearFit``
 - ``anova(*fits, names=None) -> DataFrame``; ``format_anova(table) -> str`` prints it as R does
+- ``MixedFit.coef_table(ddf)`` / ``MixedFit.anova_fixed(ddf)``: lmerTest's t-tests and type III
+  F-tests (Satterthwaite, Kenward-Roger); ``r2(fit)``: ``performance::r2_nakagawa``
 - ``pooling_estimates``, ``shrinkage_sd``, ``re_contours``
 - ``load_table(data: bytes, filename) -> DataFrame``
 - ``parse_formula(text) -> Formula``; ``compose_formula(response, fixed=..., groups=...) -> str``
@@ -25,7 +27,7 @@ from lmmcore.errors import DataError, FitError, FitTimeout, FormulaError, LmmErr
 __all__ = [
     "LmmError", "FormulaError", "DataError", "FitError", "FitTimeout",
     "parse_formula", "compose_formula", "build_design",
-    "lmer", "MixedFit", "lm", "LinearFit", "anova", "format_anova",
+    "lmer", "MixedFit", "lm", "LinearFit", "anova", "format_anova", "r2",
     "pooling_estimates", "shrinkage_sd", "re_contours", "load_table",
 ]
 
@@ -41,6 +43,7 @@ _PUBLIC = {
     "LinearFit": "lmmcore.linear",
     "anova": "lmmcore.compare",
     "format_anova": "lmmcore.compare",
+    "r2": "lmmcore.inference",
     "pooling_estimates": "lmmcore.pooling",
     "shrinkage_sd": "lmmcore.pooling",
     "re_contours": "lmmcore.pooling",
