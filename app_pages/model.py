@@ -12,6 +12,7 @@ from lmmcore.compare import format_anova
 from lmmcore.formula import compose_formula, decompose_formula
 from explorer import charts
 from explorer import data as D
+from explorer import inference_ui
 from explorer import state as S
 from explorer.escape import md
 from explorer.tables import table as show_table
@@ -118,8 +119,13 @@ def _messages(fitted, kind: str) -> None:
 def _summary(data, formula: str, fixed: str, mixed, linear, reml: bool) -> None:
     lm_text = summary("lm", fixed, data, True, linear) if linear is not None else ""
     if mixed is not None:
+        ddf = inference_ui.ddf_choice()
         st.markdown(f"**lmer** ({'REML' if reml else 'ML'})")
-        st.code(summary("lmer", formula, data, reml, mixed), language=None)
+        if ddf == "lme4":
+            st.code(summary("lmer", formula, data, reml, mixed), language=None)
+        else:
+            with guard("p-values"):
+                inference_ui.summary_block(data, formula, reml, mixed, ddf)
         with st.expander("lm with the same fixed effects (ignores the grouping)"):
             st.code(lm_text, language=None)
     else:
@@ -132,7 +138,7 @@ def _side_by_side(lecture: bool):
     return (st.container(), st.container()) if lecture else st.columns(2)
 
 
-def _tables(data, mixed, linear, lecture: bool = False) -> None:
+def _tables(data, formula: str, reml: bool, mixed, linear, lecture: bool = False) -> None:
     left, right = _side_by_side(lecture)
     with left:
         st.markdown("**Fixed effects** (lmer)" if mixed is not None else "**Coefficients** (lm)")
@@ -161,6 +167,8 @@ def _tables(data, mixed, linear, lecture: bool = False) -> None:
             cols = st.columns(min(4, len(icc)))
             for i, (g, v) in enumerate(icc.items()):
                 cols[i % len(cols)].metric(f"ICC {g}", f"{v:.3f}")
+        with guard("R²"):
+            inference_ui.r2_block(data, formula, reml, mixed)
     groups = list(mixed.ranef)
     if st.session_state.get(K_RANEF_GROUP) not in groups:  # kept from another model
         st.session_state[K_RANEF_GROUP] = groups[0]
@@ -210,8 +218,12 @@ def _plots(data, mixed, linear, response: str, lecture: bool, fit_key: tuple) ->
                                "model.chart_caterpillar", "caterpillar")
 
 
-def _saved_models(data, current: str, reml: bool, has_random: bool) -> None:
+def _saved_models(data, current: str, reml: bool, has_random: bool, mixed=None) -> None:
     ss = st.session_state
+    if mixed is not None:
+        with guard("type III anova"):
+            inference_ui.anova_block(data, current, reml, mixed, ss.get(S.MODEL_DDF, "lme4"))
+        st.divider()
     saved = ss[S.MODEL_SAVED]
     mine = {n: m for n, m in saved.items() if m["dataset"] == data.key}
     st.markdown("Save fits under a name, then compare two or more with a likelihood-ratio test "
@@ -284,9 +296,12 @@ def _reproduce(data, formula: str, reml: bool, has_random: bool, parsed) -> None
     numeric = [c for c in used if data.types[c] == "numeric" and not pd.api.types.is_numeric_dtype(raw[c])]
     refs = {c: v for c, v in data.reference.items() if c in categorical}
     kind = "lmer" if has_random else "lm"
+    ddf = st.session_state.get(S.MODEL_DDF, "lme4")
     r_code, py_code = teaching.reproduce_code(formula, data.file, reml, kind=kind, categorical=categorical,
-                                              numeric=numeric, reference_levels=refs)
-    st.markdown("**R (lme4)**: the copy icon at the top right of each box copies the code")
+                                              numeric=numeric, reference_levels=refs,
+                                              ddf=ddf if has_random else None, r2=has_random)
+    st.markdown(("**R (lme4, lmerTest, performance)**" if has_random else "**R**")
+                + ": the copy icon at the top right of each box copies the code")
     st.code(r_code, language="r", wrap_lines=True)
     st.markdown("**Python (lmmcore)**")
     st.code(py_code, language="python", wrap_lines=True)
@@ -341,13 +356,13 @@ def render() -> None:
                 _summary(data, formula, parsed.fixed_text, mixed, linear, reml)
         if tabs[1].open:
             with tabs[1], guard("tables"):
-                _tables(data, mixed, linear, lecture)
+                _tables(data, formula, reml, mixed, linear, lecture)
         if tabs[2].open:
             with tabs[2], guard("plots"):
                 _plots(data, mixed, linear, parsed.response.label, lecture, (data.digest, formula, reml))
         if tabs[3].open:
             with tabs[3], guard("saved models"):
-                _saved_models(data, formula, reml, parsed.has_random)
+                _saved_models(data, formula, reml, parsed.has_random, mixed)
         if tabs[4].open:
             with tabs[4], guard("paired t"):
                 _paired(data, mixed, linear)

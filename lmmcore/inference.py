@@ -700,3 +700,22 @@ def format_anova_fixed(table: pd.DataFrame, ddf: str = "satterthwaite") -> str:
         _ANOVA_COLUMNS, digits=5, cs_ind=(), tst_ind=(4,), zap_ind=(0, 1, 2, 3),
         has_pvalue=True, na_print="")
     return "\n".join(lines) + "\n"
+
+
+def inference_report(fit, ddf: str = "satterthwaite") -> dict:
+    """Everything the app shows for one df method, in one call (picklable result, so a
+    worker process can compute it under the fit time limit).
+
+    Returns
+    -------
+    dict
+        ``summary`` (lmerTest's printed summary), ``coef`` (:func:`coef_table`),
+        ``anova`` (:func:`anova_fixed`) and ``anova_text`` (its printout); for
+        ``ddf="lme4"`` the anova is lmerTest's default, Satterthwaite's.
+    """
+    method = check_ddf(ddf)
+    anova_method = "satterthwaite" if method == "lme4" else method
+    table = anova_fixed(fit, anova_method)
+    return {"ddf": method, "summary": summary_text(fit, method),
+            "coef": coef_table(fit, method), "anova_ddf": anova_method, "anova": table,
+            "anova_text": format_anova_fixed(table, anova_method), "r2": r2(fit)}
