@@ -158,3 +158,26 @@ def test_lecture_mode_starts_with_the_sidebar_collapsed(page, base_url):
     page.get_by_text("SVG", exact=True).click()  # a rerun
     wait_for_app(page)
     assert on_screen(), "a rerun folded the sidebar away again"
+
+
+@pytest.mark.parametrize("lecture", [False, True], ids=["normal", "lecture"])
+def test_pvalues_lmertest_layout_and_type_iii_anova(page, base_url, server_log, screenshot_dir,
+                                                    lecture):
+    """Choosing Satterthwaite prints lmerTest's summary (df, p, stars); the anova tab shows
+    the type III table (issue 8)."""
+    query = {"dataset": "chickweight", "formula": "weight ~ Time * Diet + (Time | Chick)"}
+    if lecture:
+        query["lecture"] = 1
+    _open(page, base_url, "model", **query)
+    page.get_by_text("Satterthwaite", exact=True).first.click()
+    wait_for_app(page)
+    suffix = "-lecture" if lecture else ""
+    page.screenshot(path=str(screenshot_dir / f"model-satterthwaite{suffix}.png"))
+    text = _main_text(page)
+    assert "t-tests use Satterthwaite's method" in text and "Pr(>|t|)" in text
+    _assert_clean(page, server_log, "the Satterthwaite summary")
+    page.get_by_role("tab", name="Saved models & anova").click()
+    wait_for_app(page)
+    page.screenshot(path=str(screenshot_dir / f"model-anova-type3{suffix}.png"))
+    assert "Type III Analysis of Variance Table" in _main_text(page)
+    _assert_clean(page, server_log, "the type III anova")
