@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from test_app_pages import _codes, _problems, _section
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -24,19 +25,6 @@ def _model_page(lecture: bool = False, **state) -> AppTest:
         at.session_state[key] = value
     at.switch_page("app_pages/model.py")
     return at.run()
-
-
-def _section(at: AppTest, label: str) -> AppTest:
-    at.session_state["model.section"] = label
-    return at.run()
-
-
-def _problems(at: AppTest) -> list:
-    return [str(e.value) for e in at.exception] + [str(e.value) for e in at.error]
-
-
-def _codes(at: AppTest) -> str:
-    return "\n".join(str(c.value) for c in at.code)
 
 
 def _r_section(name: str) -> list:

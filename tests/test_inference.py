@@ -57,26 +57,19 @@ def _fits(name):
     return _FITS[name]
 
 
-@pytest.mark.parametrize("name", CASES)
-@pytest.mark.parametrize("ddf,key", [("satterthwaite", "satterthwaite"),
-                                     ("kenward-roger", "kenward_roger")])
-def test_coef_table_at_r_optimum(name, ddf, key):
-    fx, _, at_r = _fits(name)
-    ref = _table(fx[key])
-    got = at_r.coef_table(ddf)
-    assert list(got.columns) == ["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"]
-    assert list(got.index) == list(ref.index)
-    np.testing.assert_allclose(got.to_numpy(), ref.to_numpy(), rtol=1e-5)
+TABLES = [("coef_table", "satterthwaite", "satterthwaite"),
+          ("coef_table", "kenward-roger", "kenward_roger"),
+          ("anova_fixed", "satterthwaite", "anova_satterthwaite"),
+          ("anova_fixed", "kenward-roger", "anova_kenward_roger")]
 
 
 @pytest.mark.parametrize("name", CASES)
-@pytest.mark.parametrize("ddf,key", [("satterthwaite", "anova_satterthwaite"),
-                                     ("kenward-roger", "anova_kenward_roger")])
-def test_anova_at_r_optimum(name, ddf, key):
+@pytest.mark.parametrize("method,ddf,key", TABLES)
+def test_tables_at_r_optimum(name, method, ddf, key):
     fx, _, at_r = _fits(name)
     ref = _table(fx[key])
-    got = at_r.anova_fixed(ddf)
-    assert list(got.columns) == ["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"]
+    got = getattr(at_r, method)(ddf)
+    assert list(got.columns) == list(ref.columns)
     assert list(got.index) == list(ref.index)
     if len(ref):
         np.testing.assert_allclose(got.to_numpy(), ref.to_numpy(), rtol=1e-5)
