@@ -225,7 +225,8 @@ def test_shared_link_opens_dataset_and_formula():
     assert at.query_params["lecture"] in ("1", ["1"])
 
 
-def _estimates(key: str, response: str, predictor, group: str, random: str, categorical) -> pd.DataFrame:
+def _estimates(key: str, response: str, predictor, group: str, random: str,
+               categorical) -> lmmcore.PoolingEstimates:
     raw = pd.read_csv(ROOT / "data" / f"{key}.csv")
     df = teaching.apply_types(raw, teaching.column_types(raw, categorical))
     return lmmcore.pooling_estimates(df, response, predictor, group, random=random)
@@ -257,7 +258,7 @@ def test_pooling_figure_draws_lmmcore_estimates():
     for method in ("complete", "no", "partial"):
         for trace in _traces(fig, method):
             a, b, g = trace["customdata"][0]
-            row = est[(est["group"].astype(str) == g) & (est["method"] == method)].iloc[0]
+            row = est.table[(est.table["group"].astype(str) == g) & (est.table["method"] == method)].iloc[0]
             assert a == pytest.approx(row["intercept"], rel=1e-12)
             assert b == pytest.approx(row["slope"], rel=1e-12)
             x0, x1 = trace["x"]
@@ -278,12 +279,13 @@ def test_shrinkage_figure_draws_lmmcore_estimates_and_contours():
     assert _problems(at) == []
     est = _estimates("sleepstudy_fake", "Reaction", "Days", "Subject", "intercept+slope", ["Subject"])
     fig = _figures(at)[0]
-    part = est[est["method"] == "partial"].set_index(est[est["method"] == "partial"]["group"].astype(str))
+    table = est.table
+    part = table[table["method"] == "partial"].set_index(table[table["method"] == "partial"]["group"].astype(str))
     (ptrace,) = _traces(fig, "partial")
     groups = [c[0] for c in ptrace["customdata"]]
     np.testing.assert_allclose(_arr(ptrace["x"]), part.loc[groups, "intercept"], rtol=1e-12)
     np.testing.assert_allclose(_arr(ptrace["y"]), part.loc[groups, "slope"], rtol=1e-12)
-    no = est[est["method"] == "no"].set_index(est[est["method"] == "no"]["group"].astype(str))
+    no = table[table["method"] == "no"].set_index(table[table["method"] == "no"]["group"].astype(str))
     (ntrace,) = _traces(fig, "no")
     ngroups = [c[0] for c in ntrace["customdata"]]
     assert "373" not in ngroups and "374" in ngroups
@@ -308,7 +310,7 @@ def test_shrinkage_1d_for_random_intercept_models():
     at = _app("shrinkage", **{"data.key": "dyestuff"})
     assert _problems(at) == []
     fig = _figures(at)[0]
-    est = _estimates("Dyestuff", "Yield", None, "Batch", "intercept", ["Batch"])
+    est = _estimates("Dyestuff", "Yield", None, "Batch", "intercept", ["Batch"]).table
     (ptrace,) = _traces(fig, "partial")
     part = est[est["method"] == "partial"].set_index(est[est["method"] == "partial"]["group"].astype(str))
     groups = [c[0] for c in ptrace["customdata"]]
@@ -598,7 +600,8 @@ def test_shrinkage_with_many_groups_highlights_few_and_most_shrunk():
     (ptrace,) = _traces(fig, "partial")
     opacity = dict(zip([c[0] for c in ptrace["customdata"]], ptrace["marker"]["opacity"]))
     assert {g for g, o in opacity.items() if o == 1.0} == set(expected)
-    no = est[(est["method"] == "no") & est["intercept"].notna() & est["slope"].notna()]
+    table = est.table
+    no = table[(table["method"] == "no") & table["intercept"].notna() & table["slope"].notna()]
     arrows = [a for a in fig["layout"]["annotations"] if a.get("text") == "" and a.get("showarrow")]
     assert len(arrows) == len(no) == 50
     at.multiselect(key="shrink.highlight").set_value(["1"]).run()
