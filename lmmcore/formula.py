@@ -1051,7 +1051,7 @@ def _bar_pos(node) -> int:
 RANDOM_KINDS = ("intercept", "slope", "intercept+slope", "uncorrelated")
 RANDOM_LABELS = {"intercept": "intercept only", "slope": "slope only",
                  "intercept+slope": "intercept and slope",
-                 "uncorrelated": "intercept and slope, uncorrelated"}
+                 "uncorrelated": "both, uncorrelated"}
 
 
 def random_term(kind: str, slope: str = "x", group: str = "g") -> str:

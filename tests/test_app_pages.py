@@ -274,6 +274,44 @@ def test_pooling_figure_draws_lmmcore_estimates():
     assert {t["meta"]["group"] for t in _traces(fig, "no")} == {"374"}
 
 
+@pytest.mark.parametrize("random", ["intercept", "slope"])
+def test_pooling_pages_for_each_random_part(random):
+    """Each random part of the menu: the pooling and shrinkage pages name its lmer and
+    draw the estimates of that model (the 1-D shrinkage view for one varying coefficient)."""
+    at = _app("pooling")
+    at.selectbox(key="pool.random").set_value(random).run()
+    assert _problems(at) == []
+    est = _estimates("sleepstudy_fake", "Reaction", "Days", "Subject", random, ["Subject"])
+    from explorer.escape import md
+
+    assert any(md(est.formulas["partial"]) in str(c.value) for c in at.caption)
+    part = est.method("partial")
+    for trace in _traces(_figures(at)[0], "partial"):
+        a, b, g = trace["customdata"][0]
+        assert [a, b] == pytest.approx(part.loc[g, ["intercept", "slope"]].tolist(), rel=1e-12)
+    at.switch_page("app_pages/shrinkage.py").run()
+    assert _problems(at) == []
+    (ptrace,) = _traces(_figures(at)[0], "partial")
+    column = "slope" if random == "slope" else "intercept"
+    groups = [c[0] for c in ptrace["customdata"]]
+    np.testing.assert_allclose(_arr(ptrace["x"]), part.loc[groups, column], rtol=1e-12)
+
+
+def test_pooling_order_by_shrinkage_reads_the_estimates():
+    """"Largest change" orders the panels by the estimates' one shrinkage measure; a group
+    without its own estimate (373) comes first."""
+    at = _app("pooling")
+    at.selectbox(key="pool.sort").set_value("shrinkage").run()
+    assert _problems(at) == []
+    est = _estimates("sleepstudy_fake", "Reaction", "Days", "Subject", "intercept+slope", ["Subject"])
+    shown = list(dict.fromkeys(t["meta"]["group"] for t in _traces(_figures(at)[0], "partial")))
+    moved = est.shrinkage.drop("373").sort_values(ascending=False, kind="stable")
+    assert shown == ["373"] + list(moved.index[:11])
+    at.selectbox(key="pool.sort").set_value("fewest").run()
+    shown = list(dict.fromkeys(t["meta"]["group"] for t in _traces(_figures(at)[0], "partial")))
+    assert shown[:3] == ["373", "374", "308"]
+
+
 def test_shrinkage_figure_draws_lmmcore_estimates_and_contours():
     at = _app("shrinkage")
     assert _problems(at) == []
