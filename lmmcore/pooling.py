@@ -26,14 +26,14 @@ import pandas as pd
 from scipy import stats
 
 from lmmcore.errors import DataError, LmmError
-from lmmcore.formula import RANDOM_KINDS, compose_formula
+from lmmcore.formula import compose_formula
 
 __all__ = ["PoolingEstimates", "pooling_estimates", "pooling_formulas", "shrinkage_sd", "re_contours",
            "RANDOM_CHOICES", "METHODS", "COEFFICIENTS"]
 
-# The kinds of random part (lmmcore.formula's vocabulary) the pooling comparison offers,
-# in the order its menu lists them.
-RANDOM_CHOICES = tuple(k for k in ("intercept+slope", "intercept", "slope") if k in RANDOM_KINDS)
+# The kinds of random part (lmmcore.formula.RANDOM_KINDS, one vocabulary) the pooling
+# comparison offers, in the order its menu lists them.
+RANDOM_CHOICES = ("intercept+slope", "intercept", "slope")
 METHODS = ("complete", "no", "partial")
 COEFFICIENTS = ("intercept", "slope")
 # Which coefficients differ between groups, for each kind of random part.
@@ -60,8 +60,8 @@ class PoolingEstimates:
     predictor : str or None
         The numeric predictor; None for an intercept-only comparison.
     random : str
-        Which coefficients vary by group: one of :data:`RANDOM_CHOICES`
-        (``lmmcore.formula.RANDOM_KINDS``' vocabulary).
+        Which coefficients vary by group: one of :data:`RANDOM_CHOICES` (the
+        vocabulary of ``lmmcore.formula.RANDOM_KINDS``).
     fit : MixedFit
         The partial-pooling mixed model (lme4's ``lmer``, REML).
     table : pandas.DataFrame
