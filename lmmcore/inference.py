@@ -417,12 +417,24 @@ def _term_columns(design) -> tuple:
 
 
 def _containment(fixed, values) -> dict:
-    """lmerTest's ``containment``: for each term, the terms that contain it."""
-    def numeric(v):
-        return not isinstance(values[v.label], tuple)
+    """lmerTest's ``containment``: for each term, the terms that contain it.
 
-    vars_ = {t.label: {v.label for v in t.variables} for t in fixed.terms}
-    nums = {t.label: {v.label for v in t.variables if numeric(v)} for t in fixed.terms}
+    A term's variables are those R's ``terms()`` marks 1 in its ``factors`` matrix (coded by
+    contrasts: the term without the variable is empty or inside a preceding term, as
+    ``TermCode`` in R's model.c); a variable marked 2 does not count.  Term A is contained
+    in B when A's variables are a proper subset of B's with the same numeric variables.
+    """
+    def numeric(label):
+        return not isinstance(values[label], tuple)
+
+    vars_ = {}
+    previous = []
+    for t in fixed.terms:
+        names = frozenset(v.label for v in t.variables)
+        vars_[t.label] = {v for v in names
+                          if not (names - {v}) or any(names - {v} <= p for p in previous)}
+        previous.append(names)
+    nums = {lab: {v for v in vs if numeric(v)} for lab, vs in vars_.items()}
     return {a: [b for b in vars_ if vars_[a] <= vars_[b] and vars_[b] - vars_[a]
                 and nums[a] == nums[b]] for a in vars_}
 
@@ -540,6 +552,9 @@ def anova_fixed(fit, ddf: str = "satterthwaite") -> pd.DataFrame:
             rows[term] = _f_row(r["FstatU"], r["ndf"], r["ddf"], sigma, r["F.scaling"])
             continue
         rows[term] = _satterthwaite_f(fit, L, beta, sigma)
+    # lmerTest appends the terms it could not test (e.g. a dropped column's) as NA rows
+    order = [t for t in rows if not np.isnan(rows[t][0])] + [t for t in rows if np.isnan(rows[t][0])]
+    rows = {t: rows[t] for t in order}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=_ANOVA_COLUMNS)
     table["NumDF"] = table["NumDF"].astype(float)
     return table
@@ -682,6 +697,12 @@ def summary_text(fit, ddf: str = "satterthwaite") -> str:
     if p:
         start = lines.index("Fixed effects:") + 1
         lines[start:start + p + 1] = coef_table_lines(coef_table(fit, method))
+    fit_msgs = [m for m in fit.lme4_messages if m.startswith("fixed-effect model matrix")]
+    if fit_msgs and "fit warnings:" not in lines:
+        # print.summary.merMod: "fit warnings:" after the correlations, before .prt.warn
+        at = next((i for i, line in enumerate(lines) if line.startswith("optimizer (")),
+                  len(lines) - 1)
+        lines[at:at] = ["fit warnings:"] + fit_msgs
     return "\n".join(lines)
 
 
