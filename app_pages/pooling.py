@@ -73,7 +73,7 @@ def render() -> None:
                 ss[S.POOL_SELECTED] = small
                 ss[S.POOL_PAGE] = 1
 
-            c4.button(f"▲ Few obs. ({len(small)})", key="pool.zoom_few", help="Show only the groups with few observations",
+            c4.button(f"▲ Few obs. ({len(small)})", key=S.POOL_ZOOM_FEW, help="Show only the groups with few observations",
                       on_click=zoom)
         view = shown[(page - 1) * per_page: page * per_page]
         ncols = 3 if lecture else 4
@@ -86,7 +86,7 @@ def render() -> None:
                 return charts.pooling_means(data.df, est, response, group, view, few, lecture)
         # Cached per table, choice of columns and groups shown: a rerun does not redraw it.
         charts.show_cached(("pooling", data.digest, response, predictor, group, random, tuple(view), lecture,
-                            ncols), build, "pool.chart", "pooling_comparison")
+                            ncols), build, S.POOL_CHART, "pooling_comparison")
         where = f"Page {page} of {pages}: " if pages > 1 else ""
         st.caption(f"{where}showing {len(view)} of {len(all_groups)} groups. ▲ marks groups with few observations. "
                    "A group whose data cannot give a no-pooling line shows none and says why.")
@@ -101,7 +101,7 @@ def render() -> None:
         table.insert(0, "n", n_by_group.reindex(table.index.astype(str)).to_numpy())
         show_table(table)
         st.download_button("Download the estimates (CSV)", est.to_csv(index=False).encode("utf-8"),
-                           file_name="pooling_estimates.csv", mime="text/csv", key="pool.download")
+                           file_name="pooling_estimates.csv", mime="text/csv", key=S.POOL_DOWNLOAD)
 
 
 render()

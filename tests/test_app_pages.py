@@ -16,11 +16,12 @@ from streamlit.testing.v1 import AppTest
 import lmmcore
 from lmmcore import teaching
 from lmmcore.formula import compose_formula
+from explorer.pages import by_name, names
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 FIXTURES = ROOT / "tests" / "fixtures"
-PAGES = ["dataset", "model", "pooling", "shrinkage"]
+PAGES = names()  # every registered page (explorer.pages)
 
 
 def _app(page: str = "dataset", **state) -> AppTest:
@@ -31,12 +32,16 @@ def _app(page: str = "dataset", **state) -> AppTest:
     for key, value in state.items():
         at.session_state[key] = value
     if page != "dataset":
-        at.switch_page(f"app_pages/{page}.py")
+        at.switch_page(by_name(page).script)
     at.run()
     return at
 
 
-SECTIONS = ["lme4 summary", "Tables", "Plots", "Saved models & anova", "Paired t-test", "Reproduce this"]
+def _sections(at: AppTest) -> list:
+    """The model page's tabs, as the page offers them (read from the page, not copied)."""
+    labels = [tab.label for tab in at.tabs]
+    assert labels, "the model page shows no tabs"
+    return labels
 
 
 def _section(at: AppTest, label: str) -> AppTest:
@@ -101,7 +106,7 @@ def test_upload_through_the_uploader_then_fit():
     assert _problems(at) == []
     assert at.session_state["data.key"] == "upload"
     assert [m.value for m in at.metric][:2] == ["30", "3"]
-    at.switch_page("app_pages/model.py").run()
+    at.switch_page(by_name("model").script).run()
     at.text_input(key="model.formula").set_value("rt ~ day + (1 | participant)").run()
     assert _problems(at) == []
     text = _codes(at)
@@ -127,8 +132,8 @@ def test_hostile_names_are_shown_escaped_everywhere():
     at.run()
     assert _problems(at) == []
     for page in ("model", "pooling", "shrinkage"):
-        at.switch_page(f"app_pages/{page}.py").run()
-        for section in (SECTIONS if page == "model" else [None]):
+        at.switch_page(by_name(page).script).run()
+        for section in (_sections(at) if page == "model" else [None]):
             if section:
                 _section(at, section)
             assert len(at.exception) == 0, (page, section)
@@ -218,7 +223,7 @@ def test_shared_link_opens_dataset_and_formula():
     at.query_params["dataset"] = "penicillin"
     at.query_params["formula"] = "diameter ~ 1 + (1 | plate) + (1 | sample)"
     at.run()
-    at.switch_page("app_pages/model.py").run()
+    at.switch_page(by_name("model").script).run()
     assert _problems(at) == []
     assert "Number of obs: 144, groups:  plate, 24; sample, 6" in _codes(at)
     at.toggle(key="app.lecture").set_value(True).run()
@@ -338,8 +343,8 @@ def test_tables_reach_the_browser_as_valid_json(dataset):
 
     at = _app("dataset", **{"data.key": dataset})
     for page in PAGES:
-        at.switch_page(f"app_pages/{page}.py").run()
-        for section in (SECTIONS if page == "model" else [None]):
+        at.switch_page(by_name(page).script).run()
+        for section in (_sections(at) if page == "model" else [None]):
             if section:
                 _section(at, section)
             assert _problems(at) == [], (page, section)
@@ -376,7 +381,7 @@ def test_wide_to_long_reshape_then_fit():
     at.button(key="data.wide_use").click().run()
     assert at.session_state["data.key"] == "long"
     assert [m.value for m in at.metric][:2] == ["24", "3"]
-    at.switch_page("app_pages/model.py").run()
+    at.switch_page(by_name("model").script).run()
     at.text_input(key="model.formula").set_value("score ~ time + (1 | id)").run()
     assert _problems(at) == []
     assert "Number of obs: 24, groups:  id, 12" in _codes(at)
@@ -390,19 +395,19 @@ def test_reference_level_and_type_switch_reach_the_fit():
     at = _app("dataset", **{"data.key": "df_original"})
     at.selectbox(key="data.ref_column").set_value("condition").run()
     at.selectbox(key="data.ref_level").set_value("2").run()
-    at.switch_page("app_pages/model.py").run()
+    at.switch_page(by_name("model").script).run()
     assert _problems(at) == []
     assert "condition1" in _codes(at)
     # condition switched to numeric (its values are 1 and 2): one slope, no level coefficient
-    at.switch_page("app_pages/dataset.py").run()
+    at.switch_page(by_name("dataset").script).run()
     at.multiselect(key="data.categorical").set_value(["participant"]).run()
     assert at.session_state["data.types"]["df_original"]["condition"] == "numeric"
-    at.switch_page("app_pages/model.py").run()
+    at.switch_page(by_name("model").script).run()
     _section(at, "Tables")
     fixed = next(d.value for d in at.dataframe if "t value" in getattr(d.value, "columns", []))
     assert list(fixed.index) == ["(Intercept)", "condition"]
     # a column holding text cannot become numeric: a message, and the types stay
-    at.switch_page("app_pages/dataset.py").run()
+    at.switch_page(by_name("dataset").script).run()
     at.selectbox(key="data.key").set_value("penicillin").run()
     at.multiselect(key="data.categorical").set_value(["sample"]).run()
     assert len(at.exception) == 0
@@ -433,17 +438,18 @@ def test_pooling_of_large_tables_goes_through_the_worker(monkeypatch):
 def test_every_builtin_dataset_works_on_every_page(dataset):
     at = _app("dataset", **{"data.key": dataset})
     for page in PAGES:
-        at.switch_page(f"app_pages/{page}.py").run()
+        at.switch_page(by_name(page).script).run()
         assert _problems(at) == [], (dataset, page)
         if page == "model":
             assert "Number of obs:" in _codes(at)
-            for section in SECTIONS[1:]:  # every tab of the model page, then back to the summary
+            sections = _sections(at)
+            for section in sections[1:]:  # every tab of the model page, then back to the summary
                 assert _problems(_section(at, section)) == [], (dataset, section)
-            _section(at, SECTIONS[0])
+            _section(at, sections[0])
         if page in ("pooling", "shrinkage"):
             assert len(at.get("plotly_chart")) >= 1
     if dataset == "dyestuff2":
-        at.switch_page("app_pages/model.py").run()
+        at.switch_page(by_name("model").script).run()
         assert any("singular" in str(w.value) for w in at.warning)
 
 
