@@ -107,9 +107,11 @@ def _sidebar(page) -> None:
         if S.share_query().get("dataset"):
             path = page.url_path if page.url_path not in ("", HOME) else PAGES[0].name
             base = (st.context.url or "").rstrip("/")
-            for suffix in ("/" + page.url_path, "/" + HOME):  # the browser's URL may hold the page
-                if page.url_path and base.endswith(suffix):
-                    base = base[: -len(suffix)]
+            # The browser's URL may end in a page's path (or /home, which Streamlit answers
+            # with the first page): the link is built on the app's own address.
+            head, _, tail = base.rpartition("/")
+            if tail in [HOME] + [p.name for p in PAGES]:
+                base = head
             st.caption("Link to this view (page, dataset, formula, lecture mode):")
             st.code(f"{base}/{path}?{query}", language=None, wrap_lines=True)
         else:

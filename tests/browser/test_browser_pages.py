@@ -14,10 +14,11 @@ from urllib.parse import quote, urlencode
 import pytest
 
 from browser_support import fit_on_model_page, page_problems, upload_table, wait_for_app
+from explorer.pages import names
 
 pytestmark = pytest.mark.browser
 
-PAGES = ("dataset", "model", "pooling", "shrinkage")
+PAGES = tuple(names())  # every registered page (explorer.pages)
 
 # A student's export from a German-locale spreadsheet: semicolons, decimal commas.
 UPLOAD_NAME = "reaction times.csv"
