@@ -43,12 +43,12 @@ def test_every_key_is_unique_and_in_a_registered_namespace():
     assert set(S.PERSISTENT) <= set(keys.values())
 
 
-def _literal_keys(path: Path) -> list[str]:
+def _literal_keys(path: Path, root: Path = ROOT) -> list[str]:
     """Key text written inline: ``key="..."`` and ``session_state["..."]`` / ``ss["..."]``."""
     found = []
     tree = ast.parse(path.read_text(), filename=str(path))
     for node in ast.walk(tree):
-        where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}"
+        where = f"{path.relative_to(root)}:{getattr(node, 'lineno', '?')}"
         if isinstance(node, ast.keyword) and node.arg == "key" \
                 and isinstance(node.value, (ast.Constant, ast.JoinedStr)):
             found.append(f"{where}: key={ast.unparse(node.value)}")
@@ -79,9 +79,4 @@ def test_the_scan_finds_inline_keys(tmp_path):
     bad.write_text('st.button("x", key="pool.zoom")\nst.session_state["model.formula"] = 1\n'
                    'ss.get("app.lecture")\nst.text_input("y", key=f"model.{name}")\n'
                    'st.button("ok", key=S.POOL_ZOOM_FEW)\nopen("data.csv")\n')
-    global ROOT
-    old, ROOT = ROOT, tmp_path
-    try:
-        assert len(_literal_keys(bad)) == 4
-    finally:
-        ROOT = old
+    assert len(_literal_keys(bad, tmp_path)) == 4
