@@ -41,7 +41,7 @@ def _on_reference() -> None:
 def _types_section(data) -> None:
     st.subheader("Columns")
     overview = teaching.column_overview(data.df, data.types)
-    show_table(overview, hide_index=True)
+    show_table(overview, hide_index=True, page_key=S.DATA_COLUMNS_PAGE)
     missing = int(data.df.isna().any(axis=1).sum())
     if missing:
         st.info(f"{missing} rows have a missing value; a model drops the rows with a missing "
@@ -132,7 +132,8 @@ def render() -> None:
         a.metric("Rows", f"{len(data.df):,}")
         b.metric("Columns", len(data.df.columns))
         c.metric("Rows with a missing value", int(data.df.isna().any(axis=1).sum()))
-        show_table(data.df.head(500), hide_index=True, height=260, drop_empty=False)
+        show_table(data.df.head(500), hide_index=True, height=260, drop_empty=False,
+                   page_key=S.DATA_PREVIEW_PAGE, page_rows=10)
         _types_section(data)
         _reshape_section(data)
 

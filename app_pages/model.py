@@ -153,11 +153,12 @@ def _tables(f: Fitted) -> None:
         else:
             fe = pd.DataFrame({"Estimate": linear.fixef, "Std. Error": linear.se, "t value": linear.tvalue,
                                "Pr(>|t|)": linear.pvalue})
-        show_table(fe)
+        show_table(fe, page_key=S.MODEL_FIXEF_PAGE)
         if mixed is not None and linear is not None:
             st.markdown("**The same fixed effects in lm** (ignores the grouping)")
             show_table(pd.DataFrame({"Estimate": linear.fixef, "Std. Error": linear.se,
-                                       "t value": linear.tvalue, "Pr(>|t|)": linear.pvalue}))
+                                     "t value": linear.tvalue, "Pr(>|t|)": linear.pvalue}),
+                       page_key=S.MODEL_LM_FIXEF_PAGE)
     if mixed is None:
         return
     with right:
@@ -178,15 +179,26 @@ def _tables(f: Fitted) -> None:
         st.session_state[S.MODEL_RANEF_GROUP] = groups[0]
     g = st.selectbox("Random effects of", groups, key=S.MODEL_RANEF_GROUP) if len(groups) > 1 else groups[0]
     c1, c2 = _side_by_side(lecture)
-    for col, what, table, key in ((c1, "coef()", mixed.coef[g], S.MODEL_DOWNLOAD_COEF),
-                                  (c2, "ranef()", mixed.ranef[g], S.MODEL_DOWNLOAD_RANEF)):
+    for col, what, table, key, page_key in (
+            (c1, "coef()", mixed.coef[g], S.MODEL_DOWNLOAD_COEF, S.MODEL_COEF_PAGE),
+            (c2, "ranef()", mixed.ranef[g], S.MODEL_DOWNLOAD_RANEF, S.MODEL_RANEF_PAGE)):
         with col:
             st.markdown(f"**{what}**: " + ("fixed + random effect per level" if what == "coef()"
                                            else "each level's deviation from the fixed effects"))
-            show_table(table, height=300)
+            show_table(table, height=300, page_key=page_key)
             st.download_button(f"Download {what} as CSV", table.to_csv().encode("utf-8"),
                                file_name=f"{what.strip('()')}_{''.join(ch for ch in g if ch.isalnum())}.csv",
                                mime="text/csv", key=key)
+
+
+def _explained(text: str, lecture: bool, draw: Callable[[], None]) -> None:
+    """A chart with its one-line explanation: above it, or below it on a projector, where
+    the chart must start high enough to fill the first screen."""
+    if not lecture:
+        st.markdown(text)
+    draw()
+    if lecture:
+        st.markdown(text)
 
 
 def _plots(f: Fitted) -> None:
@@ -197,30 +209,32 @@ def _plots(f: Fitted) -> None:
     if mixed is not None:
         panels["lmer (partial pooling)"] = (mixed.fitted, mixed.fitted + mixed.residuals, mixed.residuals)
     drawn = f.fit_key + (tuple(panels), response, lecture)
-    st.markdown("**Observed vs fitted**: points on the dashed line are explained by the model.")
-    charts.show_cached(("fitted_pairs", "observed") + drawn,
-                       lambda: charts.fitted_pairs(panels, "observed", response, lecture),
-                       S.MODEL_CHART_OBSERVED, "observed_vs_fitted")
-    st.markdown("**Residuals vs fitted**: what is left over.")
-    charts.show_cached(("fitted_pairs", "residuals") + drawn,
-                       lambda: charts.fitted_pairs(panels, "residuals", response, lecture),
-                       S.MODEL_CHART_RESIDUALS, "residuals_vs_fitted")
+    _explained("**Observed vs fitted**: points on the dashed line are explained by the model.", lecture,
+               lambda: charts.show_cached(("fitted_pairs", "observed") + drawn,
+                                          lambda: charts.fitted_pairs(panels, "observed", response, lecture),
+                                          S.MODEL_CHART_OBSERVED, "observed_vs_fitted"))
+    _explained("**Residuals vs fitted**: what is left over.", lecture,
+               lambda: charts.show_cached(("fitted_pairs", "residuals") + drawn,
+                                          lambda: charts.fitted_pairs(panels, "residuals", response, lecture),
+                                          S.MODEL_CHART_RESIDUALS, "residuals_vs_fitted"))
     main = mixed if mixed is not None else linear
     c1, c2 = st.columns(2)
     with c1:
-        st.markdown("**Normal Q-Q plot of the residuals**" + (" (lmer)" if mixed is not None else " (lm)"))
-        charts.show_cached(("qq",) + drawn, lambda: charts.qq_plot(teaching.qq_points(main.residuals), lecture),
-                           S.MODEL_CHART_QQ, "qq_plot")
+        _explained("**Normal Q-Q plot of the residuals**" + (" (lmer)" if mixed is not None else " (lm)"), lecture,
+                   lambda: charts.show_cached(("qq",) + drawn,
+                                              lambda: charts.qq_plot(teaching.qq_points(main.residuals), lecture),
+                                              S.MODEL_CHART_QQ, "qq_plot"))
     if mixed is not None:
         with c2:
             groups = list(mixed.ranef)
             if st.session_state.get(S.MODEL_CAT_GROUP) not in groups:  # kept from another model
                 st.session_state[S.MODEL_CAT_GROUP] = groups[0]
             g = st.selectbox("Caterpillar plot of", groups, key=S.MODEL_CAT_GROUP) if len(groups) > 1 else groups[0]
-            st.markdown("**Random effects with 95% conditional intervals**")
-            charts.show_cached(("caterpillar", g) + drawn,
-                               lambda: charts.caterpillar_plot(teaching.caterpillar(mixed, g), g, lecture),
-                               S.MODEL_CHART_CATERPILLAR, "caterpillar")
+            _explained("**Random effects with 95% conditional intervals**", lecture,
+                       lambda: charts.show_cached(("caterpillar", g) + drawn,
+                                                  lambda: charts.caterpillar_plot(teaching.caterpillar(mixed, g),
+                                                                                  g, lecture),
+                                                  S.MODEL_CHART_CATERPILLAR, "caterpillar"))
 
 
 def _saved_models(f: Fitted) -> None:
@@ -329,52 +343,69 @@ SECTIONS = (
 )
 
 
-def render() -> None:
+def _about_data(data) -> None:
+    """The dataset line and the formula builder's menus."""
+    st.caption(f"Dataset: {md(data.label)} · {len(data.df):,} rows · columns: "
+               + ", ".join(md(c) for c in data.df.columns[:30]))
+    _builder(data)
+
+
+def _formula_and_fits(data, lecture: bool) -> None:
+    """The formula box, the two fits, lme4's messages and the open tab."""
     ss = st.session_state
-    lecture = bool(ss.get(S.APP_LECTURE))
+    c1, c2 = st.columns([5, 1])
+    c1.text_input("Formula (lme4 syntax)", key=S.MODEL_FORMULA, on_change=S.clear_builder,
+                  max_chars=5000, placeholder="Reaction ~ Days + (Days | Subject)")
+    c2.radio("Estimation", ["REML", "ML"], key=S.MODEL_METHOD, horizontal=True)
+    text = (ss.get(S.MODEL_FORMULA) or "").strip()
+    if not text:
+        st.info("Write a formula, e.g. `response ~ predictor + (1 | group)`, or use the menus "
+                + ("below." if lecture else "above."))
+        return
+    try:
+        parsed = lmmcore.parse_formula(text)
+    except lmmcore.FormulaError as exc:
+        _formula_error(text, exc)
+        return
+    formula = str(parsed)
+    reml = ss.get(S.MODEL_METHOD, "REML") == "REML"
+    mixed = linear = None
+    shown: set = set()
+    if parsed.has_random:
+        with guard("lmer fit", shown), st.spinner("Fitting the mixed model..."):
+            mixed = fit("lmer", formula, data, reml)
+    with guard("lm fit", shown):
+        linear = fit("lm", parsed.fixed_text, data)
+    if mixed is None and linear is None:
+        return
+    if mixed is not None:
+        _messages(mixed, "lmer")
+    # Only the open tab runs: each tab's content (charts above all) costs far more than the
+    # fit, and a student looks at one at a time.  Switching tabs reruns the page.
+    labels = [section.label for section in SECTIONS]
+    if ss.get(S.MODEL_SECTION) not in labels:
+        ss[S.MODEL_SECTION] = labels[0]
+    tabs = st.tabs(labels, key=S.MODEL_SECTION, on_change="rerun")
+    fitted = Fitted(data, parsed, reml, mixed, linear, lecture)
+    for section, tab in zip(SECTIONS, tabs):
+        if tab.open:
+            with tab, guard(section.what):
+                section.draw(fitted)
+
+
+def render() -> None:
+    lecture = bool(st.session_state.get(S.APP_LECTURE))
     st.title("Model builder")
     with guard("model page"):
         data = D.active()
-        st.caption(f"Dataset: {md(data.label)} · {len(data.df):,} rows · columns: "
-                   + ", ".join(md(c) for c in data.df.columns[:30]))
-        _builder(data)
-        c1, c2 = st.columns([5, 1])
-        c1.text_input("Formula (lme4 syntax)", key=S.MODEL_FORMULA, on_change=S.clear_builder,
-                      max_chars=5000, placeholder="Reaction ~ Days + (Days | Subject)")
-        c2.radio("Estimation", ["REML", "ML"], key=S.MODEL_METHOD, horizontal=True)
-        text = (ss.get(S.MODEL_FORMULA) or "").strip()
-        if not text:
-            st.info("Write a formula, e.g. `response ~ predictor + (1 | group)`, or use the menus above.")
-            return
-        try:
-            parsed = lmmcore.parse_formula(text)
-        except lmmcore.FormulaError as exc:
-            _formula_error(text, exc)
-            return
-        formula = str(parsed)
-        reml = ss.get(S.MODEL_METHOD, "REML") == "REML"
-        mixed = linear = None
-        shown: set = set()
-        if parsed.has_random:
-            with guard("lmer fit", shown), st.spinner("Fitting the mixed model..."):
-                mixed = fit("lmer", formula, data, reml)
-        with guard("lm fit", shown):
-            linear = fit("lm", parsed.fixed_text, data)
-        if mixed is None and linear is None:
-            return
-        if mixed is not None:
-            _messages(mixed, "lmer")
-        # Only the open tab runs: each tab's content (charts above all) costs far more than the
-        # fit, and a student looks at one at a time.  Switching tabs reruns the page.
-        labels = [section.label for section in SECTIONS]
-        if ss.get(S.MODEL_SECTION) not in labels:
-            ss[S.MODEL_SECTION] = labels[0]
-        tabs = st.tabs(labels, key=S.MODEL_SECTION, on_change="rerun")
-        fitted = Fitted(data, parsed, reml, mixed, linear, lecture)
-        for section, tab in zip(SECTIONS, tabs):
-            if tab.open:
-                with tab, guard(section.what):
-                    section.draw(fitted)
+        # On a projector the formula and the tabs come straight after the title, so the
+        # open tab's chart starts high on the first screen; the dataset line and the
+        # builder's menus follow the tab's content.
+        if not lecture:
+            _about_data(data)
+        _formula_and_fits(data, lecture)
+        if lecture:
+            _about_data(data)
 
 
 render()

@@ -55,6 +55,8 @@ DATA_WIDE_CONDITION = "data.wide_condition"
 DATA_WIDE_VALUE = "data.wide_value"
 DATA_WIDE_USE = "data.wide_use"
 DATA_WIDE_DOWNLOAD = "data.wide_download"
+DATA_PREVIEW_PAGE = "data.preview_page"  # lecture mode: the page of the preview's rows shown
+DATA_COLUMNS_PAGE = "data.columns_page"  # lecture mode: the page of the column overview shown
 
 # model: the model builder page
 MODEL_FORMULA = "model.formula"      # the formula box (text)
@@ -69,6 +71,10 @@ MODEL_BUILDER_OPEN = "model.builder_open"  # the formula builder's expander is o
 MODEL_RANEF_GROUP = "model.ranef_group"
 MODEL_CAT_GROUP = "model.caterpillar_group"
 MODEL_DOWNLOAD_COEF = "model.download_coef"
+MODEL_COEF_PAGE = "model.coef_page"  # lecture mode: the page of coef()'s rows shown
+MODEL_FIXEF_PAGE = "model.fixef_page"
+MODEL_LM_FIXEF_PAGE = "model.lm_fixef_page"
+MODEL_RANEF_PAGE = "model.ranef_page"
 MODEL_DOWNLOAD_RANEF = "model.download_ranef"
 MODEL_DOWNLOAD_DATA = "model.download_data"
 MODEL_CHART_OBSERVED = "model.chart_observed"

@@ -611,3 +611,54 @@ def test_shrinkage_with_many_groups_highlights_few_and_most_shrunk():
     fig = _figures(at)[0]
     (names,) = [t for t in fig["data"] if "highlight" in (t.get("meta") or {})]
     assert names["meta"]["highlight"] == ["1"]
+
+
+def test_lecture_mode_pages_long_tables_in_the_large_font():
+    """On a projector a table longer than a screen is an HTML table a page of rows at a
+    time (the grid's small canvas font cannot be enlarged): coef() of ChickWeight's 50
+    chicks in pages of 25, with lmmcore's numbers on every page."""
+    from explorer.tables import LECTURE_MAX_ROWS
+
+    at = _section(_app("model", **{"data.key": "chickweight", "app.lecture": True}), "Tables")
+    assert _problems(at) == []
+    assert len(at.dataframe) == 0
+    fit = lmmcore.lmer("weight ~ Time * Diet + (Time | Chick)",
+                       teaching.apply_types(pd.read_csv(ROOT / "data" / "ChickWeight.csv"),
+                                            {"Chick": "categorical", "Diet": "categorical",
+                                             "Time": "numeric", "weight": "numeric"}))
+    coef = fit.coef["Chick"]
+    assert len(coef) > LECTURE_MAX_ROWS
+
+    def shown() -> pd.DataFrame:
+        return next(t.value for t in at.table if list(t.value.columns) == list(coef.columns))
+
+    first = shown()
+    assert len(first) == LECTURE_MAX_ROWS
+    np.testing.assert_allclose(first.to_numpy(float), coef.iloc[:LECTURE_MAX_ROWS].to_numpy(), rtol=1e-3)
+    at.number_input(key="model.coef_page").set_value(2).run()
+    second = shown()
+    assert len(second) == len(coef) - LECTURE_MAX_ROWS
+    np.testing.assert_allclose(second.to_numpy(float), coef.iloc[LECTURE_MAX_ROWS:].to_numpy(), rtol=1e-3)
+    # the dataset page's preview too
+    at.switch_page(by_name("dataset").script).run()
+    assert _problems(at) == [] and len(at.dataframe) == 0
+    assert any("Rows 1–10 of 500" in str(c.value) for c in at.caption)  # the first 500 rows, paged
+
+
+def test_lecture_mode_keeps_the_formula_builder_below_the_results():
+    """On a projector the formula and the tabs come first; the menus follow, and work."""
+    at = _app("model", **{"data.key": "sleepstudy", "app.lecture": True})
+    kinds = [type(e).__name__ for e in at.main]
+    assert kinds.index("TextInput") < kinds.index("Tab") < kinds.index("Caption") < len(kinds) - 1
+    assert kinds[-1] == "Expander"  # the builder's menus, last
+    at.text_input(key="model.formula").set_value("").run()
+    assert any("menus below" in str(i.value) for i in at.info)
+    at.session_state["model.builder_open"] = True
+    at.run()
+    at.selectbox(key="build.response").set_value("Reaction")
+    at.multiselect(key="build.fixed").set_value(["Days"])
+    at.multiselect(key="build.groups").set_value(["Subject"])
+    at.run()
+    at.button(key="build.apply").click().run()
+    assert at.text_input(key="model.formula").value == "Reaction ~ Days + (1 | Subject)"
+    assert "REML criterion at convergence" in _codes(at)
