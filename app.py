@@ -64,7 +64,7 @@ def _lecture_css() -> None:
         { font-size: 1.2rem !important; }
       section[data-testid="stSidebar"] input { font-size: 1.1rem !important; }
       section[data-testid="stSidebar"] code, section[data-testid="stSidebar"] pre { font-size: 1rem !important; }
-      .stMainBlockContainer h1 { font-size: 3rem !important; padding: 0 0 0.4rem 0 !important; }
+      .stMainBlockContainer h1 { font-size: 3rem !important; padding: 1rem 0 0.25rem 0 !important; }
       .stMainBlockContainer h2 { font-size: 2.3rem !important; }
       .stMainBlockContainer h3 { font-size: 1.8rem !important; }
       .stMainBlockContainer input, .stMainBlockContainer textarea,
