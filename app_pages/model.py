@@ -14,7 +14,7 @@ import streamlit as st
 import lmmcore
 from lmmcore import teaching
 from lmmcore.compare import format_anova
-from lmmcore.formula import compose_formula, decompose_formula
+from lmmcore.formula import RANDOM_KINDS, RANDOM_LABELS, compose_formula, decompose_formula, random_term
 from explorer import charts
 from explorer import data as D
 from explorer import state as S
@@ -24,8 +24,6 @@ from explorer.fitting import fit, guard, summary
 
 VARCORR_HEADINGS = {"grp": "Groups", "var1": "Name", "var2": "with", "vcov": "Variance / Cov.",
                     "sdcor": "Std.Dev. / Corr."}
-RANDOM_LABELS = {"intercept": "intercept (1 | g)", "slope": "slope only (0 + x | g)",
-                 "both": "intercept and slope (x | g)", "uncorrelated": "both, uncorrelated (x || g)"}
 
 
 # ------------------------------------------------------------------ formula and builder
@@ -79,7 +77,8 @@ def _builder(data) -> None:
             st.radio("Several groups are", ["crossed", "nested"], key=S.BUILD_GROUPING, horizontal=True,
                      help="crossed: (1 | a) + (1 | b); nested: (1 | a/b), b within a (first one outermost)")
         with c3:
-            st.radio("Random effects", list(RANDOM_LABELS), key=S.BUILD_RANDOM, format_func=RANDOM_LABELS.get)
+            st.radio("Random effects", list(RANDOM_KINDS), key=S.BUILD_RANDOM,
+                     format_func=lambda kind: f"{RANDOM_LABELS[kind]} {random_term(kind)}")
             slopes = [c for c in ss.get(S.BUILD_FIXED, []) if c in numeric]
             if ss.get(S.BUILD_SLOPE) not in slopes:
                 ss[S.BUILD_SLOPE] = slopes[0] if slopes else None
