@@ -181,8 +181,8 @@ def _first_screen_share(pg) -> float:
 # draws no chart.
 MAIN_CHART_TAB = {"model": "Plots", "pooling": None, "shrinkage": None}
 OTHER_BRANCH = pytest.mark.xfail(
-    reason="issue 11: this page's pickers and explanations still come before its chart in "
-           "lecture mode (the page is being rewritten on the pooling branch)", strict=False)
+    reason="issue 11 part 2, not done on this page yet: its pickers and explanations still come "
+           "before its chart in lecture mode (about 32% of the first screen)", strict=False)
 
 
 @pytest.mark.parametrize("name", ["model", pytest.param("pooling", marks=OTHER_BRANCH),
