@@ -8,7 +8,7 @@ import streamlit as st
 
 import lmmcore
 from lmmcore import teaching
-from lmmcore.compare import format_anova
+from lmmcore.printing import format_anova
 from lmmcore.formula import compose_formula, decompose_formula
 from explorer import charts
 from explorer import data as D

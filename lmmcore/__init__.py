@@ -40,7 +40,7 @@ _PUBLIC = {
     "lm": "lmmcore.linear",
     "LinearFit": "lmmcore.linear",
     "anova": "lmmcore.compare",
-    "format_anova": "lmmcore.compare",
+    "format_anova": "lmmcore.printing",
     "pooling_estimates": "lmmcore.pooling",
     "shrinkage_sd": "lmmcore.pooling",
     "re_contours": "lmmcore.pooling",

@@ -606,6 +606,14 @@ class Formula:
         return f"{_deparse(lhs)} ~ {_deparse(stripped) if stripped is not None else '1'}"
 
     @property
+    def expanded_text(self) -> str:
+        """The formula as lme4 stores and prints it (``formula(fit)``, the summary's
+        ``Formula:`` line, anova's model lines): each ``(x || g)`` expanded as lme4's
+        ``expandDoubleVerts`` does, ``((1 | g) + (0 + x | g))``."""
+        lhs, rhs = self._tree
+        return f"{_deparse(lhs)} ~ {_deparse(_expand_double_bars(rhs, self.text))}"
+
+    @property
     def has_random(self) -> bool:
         return bool(self.random)
 
@@ -897,17 +905,62 @@ def _random_parts(text: str, bar) -> list:
         raise _err(f"the random term {source} has no columns: put 1 (intercept) or a column "
                    "before the bar", bar[4], text)
     if op == "||":
-        # lme4's expandDoubleVerts: one term for the intercept, one per term of expr
-        pieces = []
-        if terms.intercept:
-            pieces.append(ModelTerms((), True, terms.variables))
-        for t in terms.terms:
-            used = tuple(v for v in terms.variables if v in t.variables)
-            pieces.append(ModelTerms((t,), False, used))
+        pieces = [_terms(text, piece[2]) for piece in _double_bar_pieces(bar, text)]
     else:
         pieces = [terms]
-    return [RandomPart(piece, g, source, op, nm) for g, nm in zip(groups, names)
-            for piece in pieces]
+    # lme4 expands '||' first, then '/' in each piece (findbars' expandSlash)
+    return [RandomPart(piece, g, source, op, nm) for piece in pieces
+            for g, nm in zip(groups, names)]
+
+
+def _double_bar_pieces(bar, text: str) -> list:
+    """lme4's expandDoubleVerts: ``(x + z || g)`` -> ``(1 | g)``, ``(0 + x | g)``,
+    ``(0 + z | g)``: one ``|`` term for the intercept and one per term of ``x + z``."""
+    terms = _terms(text, bar[2])
+    group, pos = bar[3], bar[4]
+    pieces = [("bar", "|", ("num", 1.0, pos), group, pos)] if terms.intercept else []
+    for t in terms.terms:
+        node = None
+        for v in t.variables:
+            vnode = _with_positions(v.expr, pos)
+            node = vnode if node is None else ("binary", ":", node, vnode, pos)
+        pieces.append(("bar", "|", ("binary", "+", ("num", 0.0, pos), node, pos), group, pos))
+    return pieces
+
+
+def _with_positions(expr, pos):
+    kind = expr[0]
+    if kind == "col":
+        return ("name", expr[1], pos)
+    if kind == "num":
+        return ("num", expr[1], pos)
+    if kind == "fn":
+        return ("call", expr[1], _with_positions(expr[2], pos), pos)
+    if kind == "paren":
+        return ("paren", _with_positions(expr[1], pos), pos)
+    if kind in ("neg", "pos"):
+        return ("unary", "-" if kind == "neg" else "+", _with_positions(expr[1], pos), pos)
+    return ("binary", expr[1], _with_positions(expr[2], pos), _with_positions(expr[3], pos), pos)
+
+
+def _expand_double_bars(node, text: str):
+    """``node`` with each ``(... || g)`` replaced by its ``|`` pieces in parentheses, as
+    lme4 stores the formula: ``((1 | g) + (0 + x | g))``."""
+    kind = node[0]
+    if kind == "bar":
+        if node[1] != "||":
+            return node
+        pieces = _double_bar_pieces(node, text)
+        inner = pieces[0]
+        for piece in pieces[1:]:
+            inner = ("binary", "+", inner, piece, node[4])
+        return ("paren", inner, node[4])
+    if kind == "binary":
+        return ("binary", node[1], _expand_double_bars(node[2], text),
+                _expand_double_bars(node[3], text), node[4])
+    if kind == "paren":
+        return ("paren", _expand_double_bars(node[1], text), node[2])
+    return node
 
 
 def _positions(node, out: dict) -> None:

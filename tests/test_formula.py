@@ -2,6 +2,7 @@
 
 import pickle
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -72,6 +73,23 @@ def test_str_is_lme4_deparse():
     assert str(parse_formula("log( y ) ~ I(x ^ 2)+I(x*2.50)-1")) == \
         "log(y) ~ I(x^2) + I(x * 2.5) - 1"
     assert str(parse_formula("y ~ (a+b)^2")) == "y ~ (a + b)^2"
+
+
+def _expanded_cases():
+    path = Path(__file__).resolve().parent / "fixtures" / "formula" / "expanded.txt"
+    return [tuple(line.split("\t")) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize("text, expected", _expanded_cases())
+def test_expanded_text_is_lme4s_expand_double_verts(text, expected):
+    """``||`` expanded from the parsed structure as lme4 stores the formula (R's output in
+    fixtures/formula/expanded.txt, made by make_expanded.R)."""
+    f = parse_formula(text)
+    assert f.expanded_text == expected
+    # the expansion parses back to the same random-effects structure
+    again = parse_formula(expected)
+    assert [(p.terms.labels, p.terms.intercept, p.group) for p in again.random] == \
+        [(p.terms.labels, p.terms.intercept, p.group) for p in f.random]
 
 
 def test_columns_and_positions():
