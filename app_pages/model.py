@@ -9,7 +9,7 @@ import streamlit as st
 import lmmcore
 from lmmcore import teaching
 from lmmcore.printing import format_anova
-from lmmcore.formula import compose_formula, decompose_formula
+from lmmcore.formula_menu import compose_formula, decompose_formula
 from explorer import charts
 from explorer import data as D
 from explorer import state as S

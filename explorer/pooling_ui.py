@@ -56,7 +56,7 @@ def controls(data) -> tuple | None:
 
 def model_text(response: str, predictor, group: str, random: str) -> str:
     """The partial-pooling model in lme4 syntax, for the page's caption."""
-    from lmmcore.formula import compose_formula
+    from lmmcore import compose_formula
 
     kind = {"intercept+slope": "both", "intercept": "intercept", "slope": "slope"}[random]
     return compose_formula(response, fixed=(predictor,) if predictor else (), groups=(group,),

@@ -33,7 +33,7 @@ __all__ = [
 # processes and the command line, and each submodule is imported on first use.
 _PUBLIC = {
     "parse_formula": "lmmcore.formula",
-    "compose_formula": "lmmcore.formula",
+    "compose_formula": "lmmcore.formula_menu",
     "build_design": "lmmcore.design",
     "lmer": "lmmcore.mixed",
     "MixedFit": "lmmcore.mixed",

@@ -21,15 +21,10 @@ import pandas as pd
 from scipy import stats
 
 from lmmcore.errors import DataError, LmmError
+from lmmcore.formula import quote_name
 
 RANDOM_CHOICES = ("intercept+slope", "intercept", "slope")
 METHODS = ("complete", "no", "partial")
-
-
-def _quote(name: str) -> str:
-    from lmmcore.formula import quote_name
-
-    return quote_name(name)
 
 
 def pooling_formulas(response: str, predictor: str | None, group: str,
@@ -43,10 +38,10 @@ def pooling_formulas(response: str, predictor: str | None, group: str,
         With ``predictor=None``: ``"y ~ 1"`` and ``"y ~ 1 + (1 | g)"``.
     """
     random = _check_random(random, predictor)
-    y, g = _quote(response), _quote(group)
+    y, g = quote_name(response), quote_name(group)
     if predictor is None:
         return {"complete": f"{y} ~ 1", "partial": f"{y} ~ 1 + (1 | {g})"}
-    x = _quote(predictor)
+    x = quote_name(predictor)
     bar = {"intercept+slope": x, "intercept": "1", "slope": f"0 + {x}"}[random]
     return {"complete": f"{y} ~ {x}", "partial": f"{y} ~ {x} + ({bar} | {g})"}
 

@@ -75,9 +75,8 @@ def test_fit_is_read_only():
     with pytest.raises(AttributeError):
         fit.fixef = None
     before = fit.fixef.copy()
-    fit.fixef.iloc[0] = 1e9
-    fit.vcov.iloc[0, 0] = 1e9
-    fit.residuals.iloc[0] = 1e9
+    fixef, vcov, residuals = fit.fixef, fit.vcov, fit.residuals
+    fixef.iloc[0] = vcov.iloc[0, 0] = residuals.iloc[0] = 1e9
     fit.messages.append("changed")
     pd.testing.assert_series_equal(fit.fixef, before)
     assert fit.vcov.iloc[0, 0] != 1e9 and fit.residuals.iloc[0] != 1e9
