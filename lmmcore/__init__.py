@@ -12,10 +12,12 @@ Public API (tests, pages and tools rely on these names):
 - ``lmer(formula, data, reml=True) -> MixedFit``
 - ``lm(formula, data) -> LinearFit``
 - ``anova(*fits, names=None) -> DataFrame``; ``format_anova(table) -> str`` prints it as R does
+  (R's and lme4's printed layouts live in ``lmmcore.printing``; ``fit.summary()`` calls them)
 - ``pooling_estimates``, ``shrinkage_sd``, ``re_contours``
 - ``load_table(data: bytes, filename) -> DataFrame``
-- ``parse_formula(text) -> Formula``; ``compose_formula(response, fixed=..., groups=...) -> str``
-  writes one from menu choices
+- ``parse_formula(text) -> Formula`` (its syntax tree: ``Formula.tree``, ``lmmcore.formula.Node``);
+  ``compose_formula(response, fixed=..., groups=...) -> str`` writes one from menu choices
+  (``lmmcore.formula_menu``)
 - errors: ``LmmError`` and its subclasses ``FormulaError``, ``DataError``,
   ``FitError``, ``FitTimeout``
 """
