@@ -39,7 +39,7 @@ from lmmcore.errors import FormulaError
 
 __all__ = [
     "Formula", "ModelTerms", "RandomPart", "Term", "Variable", "Node", "Transform",
-    "parse_formula", "deparse", "format_number", "quote_name",
+    "parse_formula", "deparse", "deparse_lines", "format_number", "quote_name",
     "MAX_LENGTH", "MAX_DEPTH", "MAX_OPERATORS", "TRANSFORMS", "ARITHMETIC",
 ]
 
@@ -278,24 +278,94 @@ _SPACED = {"+", "-", "*", "|", "||", "~"}
 def deparse(node: Node) -> str:
     """A tree as R's ``deparse()`` prints it: ``a + b``, ``a:b``, ``x^2``, ``(1 | g)``,
     back-quotes around non-syntactic names, numbers as R prints them."""
-    kind = node.kind
-    if kind == "name":
-        return quote_name(node.value)
-    if kind == "num":
-        return format_number(node.value)
-    if kind == "call":
-        return f"{node.value}({', '.join(deparse(a) for a in node.args)})"
-    if kind == "paren":
-        return f"({deparse(node.args[0])})"
-    if kind == "unary":
-        return f"{node.value}{deparse(node.args[0])}"
-    if kind == "binary":
-        op = node.value
-        sep = f" {op} " if op in _SPACED else op
-        return f"{deparse(node.args[0])}{sep}{deparse(node.args[1])}"
-    if kind == "bar":
-        return f"({deparse(node.args[0])} {node.value} {deparse(node.args[1])})"
-    raise AssertionError(kind)
+    return deparse_lines(node, None)[0]
+
+
+def deparse_lines(node: Node, cutoff: int | None = 60) -> list:
+    """R's ``deparse(x, width.cutoff = cutoff)``: the printed tree in lines.
+
+    As R's ``deparse.c``: after a spaced binary operator (``+ - * | || ~``) or a call's
+    ``, ``, a line already longer than ``cutoff`` ends, and the rest of that operand is
+    indented four spaces more.  ``cutoff=None`` gives one line.
+    """
+    writer = _Writer(cutoff)
+    writer.node(node)
+    writer.lines.append("".join(writer.line))
+    return writer.lines
+
+
+class _Writer:
+    """deparse's line buffer (R's LocalParseData: len, indent, startline)."""
+
+    def __init__(self, cutoff: int | None):
+        self.cutoff = cutoff
+        self.lines: list = []
+        self.line: list = []
+        self.len = 0
+        self.indent = 0
+        self.startline = True
+
+    def put(self, text: str) -> None:
+        if self.startline:
+            self.startline = False
+            tab = "".join("    " if i <= 4 else "  " for i in range(1, self.indent + 1))
+            self.line.append(tab)
+            self.len += len(tab)
+        self.line.append(text)
+        self.len += len(text)
+
+    def linebreak(self, broke: bool) -> bool:
+        if self.cutoff is not None and self.len > self.cutoff:
+            if not broke:
+                broke = True
+                self.indent += 1
+            self.lines.append("".join(self.line))
+            self.line, self.len, self.startline = [], 0, True
+        return broke
+
+    def node(self, node: Node) -> None:
+        kind = node.kind
+        if kind == "name":
+            self.put(quote_name(node.value))
+        elif kind == "num":
+            self.put(format_number(node.value))
+        elif kind == "call":
+            self.put(f"{node.value}(")
+            broke = False
+            for k, arg in enumerate(node.args):
+                if k:
+                    self.put(", ")
+                    broke = self.linebreak(broke)
+                self.node(arg)
+            if broke:
+                self.indent -= 1
+            self.put(")")
+        elif kind in ("paren", "bar"):
+            self.put("(")
+            if kind == "paren":
+                self.node(node.args[0])
+            else:
+                self._binary(node.value, node.args)
+            self.put(")")
+        elif kind == "unary":
+            self.put(node.value)
+            self.node(node.args[0])
+        elif kind == "binary":
+            self._binary(node.value, node.args)
+        else:
+            raise AssertionError(kind)
+
+    def _binary(self, op: str, args: tuple) -> None:
+        self.node(args[0])
+        if op not in _SPACED:
+            self.put(op)
+            self.node(args[1])
+            return
+        self.put(f" {op} ")
+        broke = self.linebreak(False)
+        self.node(args[1])
+        if broke:
+            self.indent -= 1
 
 
 # ---------------------------------------------------------------------------
@@ -718,7 +788,7 @@ class Formula:
     def __str__(self) -> str:
         """The formula in lme4's printed form: ``"Reaction ~ Days + (Days | Subject)"``."""
         lhs, rhs = self.tree
-        return f"{deparse(lhs)} ~ {deparse(rhs)}"
+        return deparse(Node("binary", "~", (lhs, rhs)))
 
     @property
     def fixed_text(self) -> str:
@@ -728,12 +798,18 @@ class Formula:
         return f"{deparse(lhs)} ~ {deparse(stripped) if stripped is not None else '1'}"
 
     @property
-    def expanded_text(self) -> str:
-        """The formula as lme4 stores and prints it (``formula(fit)``, the summary's
-        ``Formula:`` line, anova's model lines): each ``(x || g)`` expanded as lme4's
-        ``expandDoubleVerts`` does, ``((1 | g) + (0 + x | g))``."""
+    def expanded_tree(self) -> Node:
+        """The formula as lme4 stores it (``formula(fit)``), as one ``~`` node: each
+        ``(x || g)`` expanded as lme4's ``expandDoubleVerts`` does, into
+        ``((1 | g) + (0 + x | g))``."""
         lhs, rhs = self.tree
-        return f"{deparse(lhs)} ~ {deparse(_expand_double_bars(rhs, self.text))}"
+        return Node("binary", "~", (lhs, _expand_double_bars(rhs, self.text)), lhs.pos)
+
+    @property
+    def expanded_text(self) -> str:
+        """:attr:`expanded_tree` printed: what the summary's ``Formula:`` line and anova's
+        model lines show."""
+        return deparse(self.expanded_tree)
 
     @property
     def has_random(self) -> bool:

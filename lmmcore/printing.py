@@ -35,6 +35,7 @@ from lmmcore.compare import COLUMNS
 from lmmcore.errors import FormulaError, LmmError
 from lmmcore.rformat import (
     abbreviate,
+    cat_fill,
     format_coef_matrix,
     format_g,
     format_matrix,
@@ -67,19 +68,20 @@ COR_MAX = 12
 # Shared pieces
 
 
-def printed_formula(formula) -> str:
+def printed_formula(formula, cutoff: int | None = None) -> list:
     """A formula as lme4 prints it (``formula(fit)``): ``||`` expanded as lme4's
-    ``expandDoubleVerts`` does, read from the parsed formula.
+    ``expandDoubleVerts`` does, read from the parsed formula, in R's ``deparse`` lines
+    (one line with ``cutoff=None``).
 
     Text that is not a formula of the grammar (a hand-built design's label) is printed
     as it is.
     """
-    from lmmcore.formula import parse_formula
+    from lmmcore.formula import deparse_lines, parse_formula
 
     try:
-        return parse_formula(formula).expanded_text
+        return deparse_lines(parse_formula(formula).expanded_tree, cutoff)
     except FormulaError:
-        return str(formula)
+        return [str(formula)]
 
 
 def title_lines(title: str, class_name: str) -> list:
@@ -88,8 +90,10 @@ def title_lines(title: str, class_name: str) -> list:
 
 
 def call_lines(formula, data_name: str) -> list:
-    """``.prt.call``: the ``Formula:`` and ``Data:`` lines."""
-    return [f"Formula: {printed_formula(formula)}", f"   Data: {data_name}"]
+    """``.prt.call``: the ``Formula:`` and ``Data:`` lines (``cat(..., fill = TRUE)`` of
+    the formula's ``deparse`` lines, so a long formula continues on indented lines)."""
+    return (cat_fill(["Formula:"] + printed_formula(formula, cutoff=60))
+            + cat_fill(["   Data:", str(data_name)]))
 
 
 def criterion_lines(fit) -> list:
@@ -182,11 +186,7 @@ def random_effects_lines(varcorr: pd.DataFrame, digits: int = DIGITS) -> list:
 def groups_lines(nobs: int, ngroups: dict) -> list:
     """``.prt.grps``: ``Number of obs: 180, groups:  Subject, 18``."""
     groups = "; ".join(f"{g}, {m}" for g, m in ngroups.items())
-    head = f"Number of obs: {nobs}, groups: "
-    # cat(..., fill = TRUE): the group list moves to its own line past 80 columns
-    if len(head) + 1 + len(groups) > 80:
-        return [head, groups]
-    return [f"{head} {groups}"]
+    return cat_fill([f"Number of obs: {nobs}, groups: ", groups])
 
 
 def coef_lines(values, row_names, col_names, digits: int = DIGITS, **printcoefmat) -> list:
@@ -337,7 +337,7 @@ def format_anova(table: pd.DataFrame, width: int = 80) -> str:
     formulas = table.attrs.get("formulas", {})
     lines = [f"Data: {table.attrs.get('data_name', 'data')}", "Models:"]
     for name in table.index:
-        lines.append(f"{name}: {printed_formula(formulas.get(name, ''))}")
+        lines.append(f"{name}: {printed_formula(formulas.get(name, ''))[0]}")
     lines += coef_lines(
         table[COLUMNS].to_numpy(dtype=float),
         [str(i) for i in table.index],

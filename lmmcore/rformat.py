@@ -13,7 +13,8 @@ reproduces the few pieces of R's printing that summaries and anova tables use:
 * :func:`format_g` and :func:`format_signif` - ``formatC(x, digits=)`` and
   ``format(signif(x, digits))``;
 * :func:`abbreviate` - ``abbreviate()``, for the row and column names of lme4's
-  correlation table.
+  correlation table;
+* :func:`cat_fill` - the line breaks of ``cat(..., fill = TRUE)``.
 
 Whole printed layouts (summaries, anova tables) are assembled in :mod:`lmmcore.printing`.
 
@@ -394,3 +395,28 @@ def abbreviate(name: str, minlength: int) -> str:
                     return "".join(chars)
             i -= 1
     return "".join(chars)
+
+
+def cat_fill(items, width: int = 80) -> list:
+    """The lines of R's ``cat(..., fill = TRUE)``: items joined by a space, a new line
+    begun before an item that would end past ``width`` (the separator stays at the end
+    of the line it follows), as lme4 prints its ``Formula:`` and ``groups:`` lines.
+
+    Examples
+    --------
+    >>> cat_fill(["Number of obs: 180, groups: ", "Subject, 18"])
+    ['Number of obs: 180, groups:  Subject, 18']
+    """
+    lines: list = []
+    line, used = "", 0
+    for k, item in enumerate(items):
+        if k:
+            line += " "
+        # R's do_cat counts each item with the separator that follows it
+        if used and used + len(item) + 1 > width:
+            lines.append(line)
+            line, used = "", 0
+        line += item
+        used += len(item) + 1
+    lines.append(line)
+    return lines
