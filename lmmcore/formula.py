@@ -1086,7 +1086,7 @@ def _random_parts(text: str, bar: Node) -> list:
         raise _err(f"the random term {source} has no columns: put 1 (intercept) or a column "
                    "before the bar", bar.pos, text)
     if op == "||":
-        pieces = [_terms(text, piece.args[0]) for piece in _double_bar_pieces(bar, text)]
+        pieces = [_terms(text, piece.args[0]) for piece in _double_bar_pieces(bar, text, terms)]
     else:
         pieces = [terms]
     # lme4 expands '||' first, then '/' in each piece (findbars' expandSlash)
@@ -1094,10 +1094,12 @@ def _random_parts(text: str, bar: Node) -> list:
             for g, nm in zip(groups, names)]
 
 
-def _double_bar_pieces(bar: Node, text: str) -> list:
+def _double_bar_pieces(bar: Node, text: str, terms: ModelTerms | None = None) -> list:
     """lme4's expandDoubleVerts: ``(x + z || g)`` -> ``(1 | g)``, ``(0 + x | g)``,
-    ``(0 + z | g)``: one ``|`` term for the intercept and one per term of ``x + z``."""
-    terms = _terms(text, bar.args[0])
+    ``(0 + z | g)``: one ``|`` term for the intercept and one per term of ``x + z``
+    (``terms``: those of ``x + z``, when already known)."""
+    if terms is None:
+        terms = _terms(text, bar.args[0])
     group, pos = bar.args[1], bar.pos
     pieces = [Node("bar", "|", (Node("num", 1.0, (), pos), group), pos)] if terms.intercept \
         else []
