@@ -4,19 +4,19 @@ Students hold lmmcore's printout next to R's console, so each layout reproduces 
 print method.  A layout is one function that stacks shared pieces; a new one (glmer's
 summary, lmerTest's) is one more function of the same pieces:
 
-=========================  ===============================================================
-piece                      R source it follows
-=========================  ===============================================================
-:func:`title_lines`        lme4's ``.prt.methTit`` (``"... ['lmerMod']"``)
-:func:`call_lines`         lme4's ``.prt.call`` (``Formula:`` and ``Data:``)
-:func:`criterion_lines`    lme4's ``.prt.aictab`` (REML criterion, or the AIC table)
-:func:`residual_lines`     lme4's ``.prt.resids`` (``Scaled residuals:``)
+============================  ============================================================
+piece                         R source it follows
+============================  ============================================================
+:func:`title_lines`           lme4's ``.prt.methTit`` (``"... ['lmerMod']"``)
+:func:`call_lines`            lme4's ``.prt.call`` (``Formula:`` and ``Data:``)
+:func:`criterion_lines`       lme4's ``.prt.aictab`` (REML criterion, or the AIC table)
+:func:`residual_lines`        lme4's ``.prt.resids`` (``Scaled residuals:``)
 :func:`random_effects_lines`  lme4's ``.prt.VC`` / ``formatVC`` (from ``VarCorr``)
-:func:`groups_lines`       lme4's ``.prt.grps`` (``Number of obs: ..., groups: ...``)
-:func:`coef_lines`         R's ``printCoefmat`` (:func:`lmmcore.rformat.format_coef_matrix`)
-:func:`correlation_lines`  ``print.summary.merMod``'s ``Correlation of Fixed Effects``
-:func:`convergence_lines`  lme4's ``.prt.warn``
-=========================  ===============================================================
+:func:`groups_lines`          lme4's ``.prt.grps`` (``Number of obs: ..., groups: ...``)
+:func:`coef_lines`            R's ``printCoefmat`` (``rformat.format_coef_matrix``)
+:func:`correlation_lines`     ``print.summary.merMod``'s ``Correlation of Fixed Effects``
+:func:`convergence_lines`     lme4's ``.prt.warn``
+============================  ============================================================
 
 Layouts: :func:`lmer_summary` (lme4 1.1-31 ``print(summary(lmer(...)))``),
 :func:`lm_summary` (R's ``print(summary(lm(...)))``) and :func:`format_anova` (lme4's
@@ -33,6 +33,7 @@ import pandas as pd
 
 from lmmcore.compare import COLUMNS
 from lmmcore.errors import FormulaError, LmmError
+from lmmcore.formula import deparse_lines, parse_formula
 from lmmcore.rformat import (
     abbreviate,
     cat_fill,
@@ -76,8 +77,6 @@ def printed_formula(formula, cutoff: int | None = None) -> list:
     Text that is not a formula of the grammar (a hand-built design's label) is printed
     as it is.
     """
-    from lmmcore.formula import deparse_lines, parse_formula
-
     try:
         return deparse_lines(parse_formula(formula).expanded_tree, cutoff)
     except FormulaError:
@@ -270,7 +269,7 @@ def lm_summary(fit) -> str:
     ----------
     fit : lmmcore.linear.LinearFit
     """
-    digits = 4
+    digits = DIGITS     # summary.lm's max(3, getOption("digits") - 3)
     lines = ["", "Call:", f"lm(formula = {fit.formula}, data = {fit.data_name})", "",
              "Residuals:"]
     residuals = fit.residuals
