@@ -39,7 +39,8 @@ from lmmcore.errors import FormulaError
 
 __all__ = [
     "Formula", "ModelTerms", "RandomPart", "Term", "Variable", "Node", "Transform",
-    "parse_formula", "deparse", "deparse_lines", "format_number", "quote_name",
+    "parse_formula", "deparse", "deparse_lines", "deparse_call_lines", "format_number",
+    "quote_name",
     "MAX_LENGTH", "MAX_DEPTH", "MAX_OPERATORS", "TRANSFORMS", "ARITHMETIC",
 ]
 
@@ -294,6 +295,19 @@ def deparse_lines(node: Node, cutoff: int | None = 60) -> list:
     return writer.lines
 
 
+def deparse_call_lines(function: str, args, cutoff: int | None = 60) -> list:
+    """R's ``deparse()`` of a call with named arguments, in lines, e.g.
+    ``lm(formula = y ~ x, data = d)`` as summary.lm's ``Call:`` shows it.
+
+    ``args``: ``(name, value)`` pairs, a value being a :class:`Node` (a formula's
+    :attr:`Formula.node`) or text printed as it is.
+    """
+    writer = _Writer(cutoff)
+    writer.call(function, list(args))
+    writer.lines.append("".join(writer.line))
+    return writer.lines
+
+
 class _Writer:
     """deparse's line buffer (R's LocalParseData: len, indent, startline)."""
 
@@ -330,16 +344,7 @@ class _Writer:
         elif kind == "num":
             self.put(format_number(node.value))
         elif kind == "call":
-            self.put(f"{node.value}(")
-            broke = False
-            for k, arg in enumerate(node.args):
-                if k:
-                    self.put(", ")
-                    broke = self.linebreak(broke)
-                self.node(arg)
-            if broke:
-                self.indent -= 1
-            self.put(")")
+            self.call(node.value, [(None, arg) for arg in node.args])
         elif kind in ("paren", "bar"):
             self.put("(")
             if kind == "paren":
@@ -354,6 +359,24 @@ class _Writer:
             self._binary(node.value, node.args)
         else:
             raise AssertionError(kind)
+
+    def call(self, function: str, args: list) -> None:
+        """``function(tag = arg, ...)``; an arg is a Node or text printed as it is."""
+        self.put(f"{function}(")
+        broke = False
+        for k, (tag, arg) in enumerate(args):
+            if k:
+                self.put(", ")
+                broke = self.linebreak(broke)
+            if tag is not None:
+                self.put(f"{tag} = ")
+            if isinstance(arg, Node):
+                self.node(arg)
+            else:
+                self.put(str(arg))
+        if broke:
+            self.indent -= 1
+        self.put(")")
 
     def _binary(self, op: str, args: tuple) -> None:
         self.node(args[0])
@@ -787,8 +810,13 @@ class Formula:
 
     def __str__(self) -> str:
         """The formula in lme4's printed form: ``"Reaction ~ Days + (Days | Subject)"``."""
+        return deparse(self.node)
+
+    @property
+    def node(self) -> Node:
+        """The whole formula as written, as one ``~`` node."""
         lhs, rhs = self.tree
-        return deparse(Node("binary", "~", (lhs, rhs)))
+        return Node("binary", "~", (lhs, rhs), lhs.pos)
 
     @property
     def fixed_text(self) -> str:

@@ -33,7 +33,7 @@ import pandas as pd
 
 from lmmcore.compare import COLUMNS
 from lmmcore.errors import FormulaError, LmmError
-from lmmcore.formula import deparse_lines, parse_formula
+from lmmcore.formula import deparse_call_lines, deparse_lines, parse_formula
 from lmmcore.rformat import (
     abbreviate,
     cat_fill,
@@ -270,8 +270,12 @@ def lm_summary(fit) -> str:
     fit : lmmcore.linear.LinearFit
     """
     digits = DIGITS     # summary.lm's max(3, getOption("digits") - 3)
-    lines = ["", "Call:", f"lm(formula = {fit.formula}, data = {fit.data_name})", "",
-             "Residuals:"]
+    try:
+        formula = parse_formula(fit.formula).node
+    except FormulaError:
+        formula = str(fit.formula)
+    lines = ["", "Call:"] + deparse_call_lines(
+        "lm", [("formula", formula), ("data", fit.data_name)], cutoff=60) + ["", "Residuals:"]
     residuals = fit.residuals
     resid = residuals.to_numpy()
     rdf = fit.df_resid

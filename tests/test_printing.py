@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmmcore.formula import deparse_lines, parse_formula
+from lmmcore.formula import deparse_call_lines, deparse_lines, parse_formula
 from lmmcore.printing import (call_lines, coef_lines, correlation_lines, groups_lines,
                               printed_formula, random_effects_lines)
 from lmmcore.rformat import cat_fill
@@ -26,6 +26,16 @@ def test_formula_and_data_lines_are_lmes(case):
     """lme4's .prt.call: deparse's lines at width.cutoff 60, joined by cat(fill = TRUE)
     (R's output frozen by fixtures/formula/make_expanded.R)."""
     assert call_lines(case["formula"], "sleepstudy") == case["lines"]
+
+
+LM_CALL = json.loads((FORMULA / "lm_call.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("case", LM_CALL, ids=[c["formula"][0][:40] for c in LM_CALL])
+def test_lm_call_lines_are_rs_deparse(case):
+    """summary.lm's "Call:" lines: R's deparse of the lm call (fixtures/formula/lm_call.json)."""
+    node = parse_formula(case["formula"][0]).node
+    assert deparse_call_lines("lm", [("formula", node), ("data", "sleepstudy")]) == case["lines"]
 
 
 def test_deparse_lines_break_after_spaced_operators_only():
