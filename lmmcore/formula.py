@@ -789,7 +789,8 @@ class Formula:
         Column name -> 0-based offset of its first appearance (for error messages).
     tree : tuple of Node
         ``(lhs, rhs)``: the syntax trees of the two sides of ``~`` as written (see
-        :class:`Node`); ``str(formula)`` prints them.
+        :class:`Node`).  :attr:`node` joins them into one ``~`` node (``str(formula)``
+        prints it); :attr:`expanded_tree` is lme4's stored form, ``||`` expanded.
 
     Notes
     -----
@@ -823,7 +824,9 @@ class Formula:
         """The formula without its random terms (lme4's ``nobars()``), e.g. for ``lm``."""
         lhs, rhs = self.tree
         stripped = _drop_bars(rhs)
-        return f"{deparse(lhs)} ~ {deparse(stripped) if stripped is not None else '1'}"
+        if stripped is None:
+            stripped = Node("num", 1.0, (), rhs.pos)
+        return deparse(Node("binary", "~", (lhs, stripped), lhs.pos))
 
     @property
     def expanded_tree(self) -> Node:
