@@ -13,8 +13,8 @@ import streamlit as st
 
 import lmmcore
 from lmmcore import teaching
-from lmmcore.compare import format_anova
-from lmmcore.formula import RANDOM_KINDS, RANDOM_LABELS, compose_formula, decompose_formula, random_term
+from lmmcore.printing import format_anova
+from lmmcore.formula_menu import RANDOM_KINDS, RANDOM_LABELS, compose_formula, decompose_formula, random_term
 from explorer import charts
 from explorer import data as D
 from explorer import state as S
