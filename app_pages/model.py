@@ -13,9 +13,10 @@ import streamlit as st
 
 import lmmcore
 from lmmcore import teaching
-from lmmcore.compare import compare_lm, format_anova, format_lm_comparison, information_criteria
+from lmmcore.compare import compare_lm, information_criteria
 from lmmcore.equation import latex_text, model_equation
-from lmmcore.formula import RANDOM_KINDS, RANDOM_LABELS, compose_formula, decompose_formula, random_term
+from lmmcore.printing import format_anova, format_lm_comparison
+from lmmcore.formula_menu import RANDOM_KINDS, RANDOM_LABELS, compose_formula, decompose_formula, random_term
 from explorer import charts
 from explorer import data as D
 from explorer import state as S
