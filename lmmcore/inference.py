@@ -21,7 +21,8 @@ sigma^2), and the ddf / F scaling of ``.KR_adjust``.  Every n x n product of pbk
 computed in the random-effects space by Woodbury's identity, so no n x n matrix is formed.
 
 Type III contrasts are lmerTest's ``get_contrasts_type3`` for treatment-coded factors
-(type I, Doolittle, when the model has at most one term).
+(type I, Doolittle, when the model has at most one term).  The printed layouts are
+``lmmcore.printing.lmertest_summary`` and ``format_anova_fixed``.
 """
 
 from __future__ import annotations
@@ -42,9 +43,8 @@ from lmmcore.rformat import zapsmall
 __all__ = ["DDF_METHODS", "coef_table", "anova_fixed", "r2", "VarparDerivatives",
            "KenwardRoger", "type3_contrasts"]
 
-#: ``ddf=`` values and the names lmerTest prints for them.
-DDF_METHODS = {"satterthwaite": "Satterthwaite's", "kenward-roger": "Kenward-Roger's",
-               "lme4": None}
+#: ``ddf=`` values: lmerTest's two methods and lme4's plain table.
+DDF_METHODS = ("satterthwaite", "kenward-roger", "lme4")
 
 # Cov(beta) in the random-effects space is formed densely; beyond this many random effects
 # Kenward-Roger (like pbkrtest, which forms n x n matrices) is not attempted.
@@ -643,86 +643,6 @@ def r2(fit) -> dict:
     return {"marginal": var_fixed / total, "conditional": (var_fixed + var_random) / total}
 
 
-# ---------------------------------------------------------------------------
-# Printed layouts (lmerTest's print(summary(fit, ddf=...)) and print(anova(fit)))
-
-
-def _method_title_lines(title: str, class_name: str, width: int = 80) -> list:
-    """lme4's ``.prt.methTit``: one line, or ``strwrap``-ed title then ``" [", class, "]"``
-    written by ``cat(..., sep = "", fill = TRUE)`` (a new line when the next piece would
-    pass the width)."""
-    import textwrap
-
-    if len(title) + 5 + len(class_name) <= width:
-        return [f"{title} ['{class_name}']"]
-    pieces = textwrap.wrap(title, width=width - 2, subsequent_indent="  ",
-                           break_long_words=False, break_on_hyphens=False)
-    pieces += [" [", class_name, "]"]
-    lines, current = [], ""
-    for piece in pieces:
-        if current and len(current) + len(piece) > width:
-            lines.append(current)
-            current = ""
-        current += piece
-    lines.append(current)
-    return lines
-
-
-def coef_table_lines(table: pd.DataFrame) -> list:
-    """lme4's ``printCoefmat`` call on lmerTest's coefficient table (``df`` is formatted
-    with the estimates; p-values with stars and the legend)."""
-    from lmmcore.rformat import format_coef_matrix
-
-    return format_coef_matrix(table[_COEF_COLUMNS].to_numpy(float), list(table.index),
-                              _COEF_COLUMNS, digits=4, cs_ind=(0, 1, 2), tst_ind=(3,),
-                              has_pvalue=True)
-
-
-def summary_text(fit, ddf: str = "satterthwaite") -> str:
-    """lmerTest 3.1's ``print(summary(fit, ddf = ...))``: lme4's summary with lmerTest's
-    title and the coefficient table with ``df`` and ``Pr(>|t|)``."""
-    method = check_ddf(ddf)
-    text = fit.summary()
-    if method == "lme4":
-        return text
-    lines = text.split("\n")
-    title = ("Linear mixed model fit by REML" if fit.reml
-             else "Linear mixed model fit by maximum likelihood ")
-    title += f". t-tests use {DDF_METHODS[method]} method"
-    lines[0:1] = _method_title_lines(title, "lmerModLmerTest")
-    # lmerTest's call keeps the formula as written: (x || g) is not expanded
-    at = next(i for i, line in enumerate(lines) if line.startswith("Formula: "))
-    lines[at] = f"Formula: {fit.formula}"
-    p = len(fit.fixed_names)
-    if p:
-        start = lines.index("Fixed effects:") + 1
-        lines[start:start + p + 1] = coef_table_lines(coef_table(fit, method))
-    fit_msgs = [m for m in fit.lme4_messages if m.startswith("fixed-effect model matrix")]
-    if fit_msgs and "fit warnings:" not in lines:
-        # print.summary.merMod: "fit warnings:" after the correlations, before .prt.warn
-        at = next((i for i, line in enumerate(lines) if line.startswith("optimizer (")),
-                  len(lines) - 1)
-        lines[at:at] = ["fit warnings:"] + fit_msgs
-    return "\n".join(lines)
-
-
-def format_anova_fixed(table: pd.DataFrame, ddf: str = "satterthwaite") -> str:
-    """lmerTest's ``print(anova(fit, ddf = ...))``: the heading and R's ``print.anova``
-    layout (``printCoefmat`` with 5 digits, the F value as the test statistic)."""
-    from lmmcore.rformat import format_coef_matrix
-
-    method = check_ddf(ddf)
-    heading = f"Type III Analysis of Variance Table with {DDF_METHODS[method]} method"
-    if not len(table):
-        # R prints an empty table's header after a 4-wide row-name column
-        return heading + "\n    " + "".join(" " + c for c in _ANOVA_COLUMNS) + "\n"
-    lines = [heading] + format_coef_matrix(
-        table[_ANOVA_COLUMNS].to_numpy(float), [str(i) for i in table.index],
-        _ANOVA_COLUMNS, digits=5, cs_ind=(), tst_ind=(4,), zap_ind=(0, 1, 2, 3),
-        has_pvalue=True, na_print="")
-    return "\n".join(lines) + "\n"
-
-
 def inference_report(fit, ddf: str = "satterthwaite") -> dict:
     """Everything the app shows for one df method, in one call (picklable result, so a
     worker process can compute it under the fit time limit).
@@ -734,9 +654,12 @@ def inference_report(fit, ddf: str = "satterthwaite") -> dict:
         ``anova`` (:func:`anova_fixed`) and ``anova_text`` (its printout); for
         ``ddf="lme4"`` the anova is lmerTest's default, Satterthwaite's.
     """
+    from lmmcore.printing import format_anova_fixed, lmertest_summary
+
     method = check_ddf(ddf)
     anova_method = "satterthwaite" if method == "lme4" else method
     table = anova_fixed(fit, anova_method)
-    return {"ddf": method, "summary": summary_text(fit, method),
+    text = fit.summary() if method == "lme4" else lmertest_summary(fit, method)
+    return {"ddf": method, "summary": text,
             "coef": coef_table(fit, method), "anova_ddf": anova_method, "anova": table,
             "anova_text": format_anova_fixed(table, anova_method), "r2": r2(fit)}

@@ -146,12 +146,12 @@ def _printed(name):
 
 @pytest.mark.parametrize("name", CASES)
 def test_printed_summary_and_anova_equal_lmertest(name):
-    from lmmcore.inference import format_anova_fixed, summary_text
+    from lmmcore.printing import format_anova_fixed, lmertest_summary
 
     _, _, at_r = _fits(name)
     ref = _printed(name)
     for ddf, key in [("satterthwaite", "satterthwaite"), ("kenward-roger", "kenward_roger")]:
-        ours = summary_text(at_r, ddf).rstrip("\n").split("\n")
+        ours = lmertest_summary(at_r, ddf).rstrip("\n").split("\n")
         want = ref[f"summary_{key}"]
         assert len(ours) == len(want)
         for a, b in zip(ours, want):
