@@ -276,22 +276,32 @@ def lmer_summary(fit) -> str:
         Every line as lme4 prints it, except that the optimizer is named BFGS (ours)
         instead of nloptwrap.
     """
-    if fit.reml:
-        title = "Linear mixed model fit by REML"
-    else:
-        title = "Linear mixed model fit by maximum likelihood "
-    lines = title_lines(title, "lmerMod") + call_lines(fit.formula, fit.data_name) + [""]
+    def fixed_table() -> list:
+        table = np.column_stack([fit.fixef.to_numpy(), fit.se.to_numpy(),
+                                 fit.tvalue.to_numpy()])
+        return coef_lines(table, fit.fixed_names, ["Estimate", "Std. Error", "t value"],
+                          cs_ind=(0, 1), tst_ind=(2,), has_pvalue=False)
+
+    return _mermod_summary(fit, _lmer_title(fit), "lmerMod", True, fixed_table)
+
+
+def _lmer_title(fit) -> str:
+    return ("Linear mixed model fit by REML" if fit.reml
+            else "Linear mixed model fit by maximum likelihood ")
+
+
+def _mermod_summary(fit, title: str, class_name: str, expand_formula: bool, fixed_table) -> str:
+    """lme4's ``print.summary.merMod`` with a given title and fixed-effects table
+    (``fixed_table()``: its printed lines), shared by lme4's and lmerTest's summaries."""
+    lines = (title_lines(title, class_name)
+             + call_lines(fit.formula, fit.data_name, expand=expand_formula) + [""])
     lines += criterion_lines(fit) + [""]
     lines += residual_lines(fit.scaled_resid_quantiles.to_numpy()) + [""]
     lines += random_effects_lines(fit.varcorr)
     lines += groups_lines(fit.nobs, fit.ngroups)
     names = fit.fixed_names
     if names:
-        table = np.column_stack([fit.fixef.to_numpy(), fit.se.to_numpy(),
-                                 fit.tvalue.to_numpy()])
-        lines += ["", "Fixed effects:"]
-        lines += coef_lines(table, names, ["Estimate", "Std. Error", "t value"],
-                            cs_ind=(0, 1), tst_ind=(2,), has_pvalue=False)
+        lines += ["", "Fixed effects:"] + fixed_table()
         lines += correlation_lines(fit.corr_fixef.to_numpy(), names)
     lines += _warning_lines(fit)
     return "\n".join(lines) + "\n"
@@ -319,24 +329,14 @@ def lmertest_summary(fit, ddf: str = "satterthwaite") -> str:
     ``Pr(>|t|)`` (``printCoefmat``: df formatted with the estimates; stars and legend).
     ``ddf`` is ``"satterthwaite"`` or ``"kenward-roger"`` (:meth:`MixedFit.coef_table`).
     """
-    title = ("Linear mixed model fit by REML" if fit.reml
-             else "Linear mixed model fit by maximum likelihood ")
-    title += f". t-tests use {DDF_NAMES[ddf]} method"
-    lines = (title_lines(title, "lmerModLmerTest")
-             + call_lines(fit.formula, fit.data_name, expand=False) + [""])
-    lines += criterion_lines(fit) + [""]
-    lines += residual_lines(fit.scaled_resid_quantiles.to_numpy()) + [""]
-    lines += random_effects_lines(fit.varcorr)
-    lines += groups_lines(fit.nobs, fit.ngroups)
-    names = fit.fixed_names
-    if names:
+    title = _lmer_title(fit) + f". t-tests use {DDF_NAMES[ddf]} method"
+
+    def fixed_table() -> list:
         table = fit.coef_table(ddf)[COEF_DF_COLUMNS].to_numpy(float)
-        lines += ["", "Fixed effects:"]
-        lines += coef_lines(table, names, COEF_DF_COLUMNS, cs_ind=(0, 1, 2), tst_ind=(3,),
-                            has_pvalue=True)
-        lines += correlation_lines(fit.corr_fixef.to_numpy(), names)
-    lines += _warning_lines(fit)
-    return "\n".join(lines) + "\n"
+        return coef_lines(table, fit.fixed_names, COEF_DF_COLUMNS, cs_ind=(0, 1, 2),
+                          tst_ind=(3,), has_pvalue=True)
+
+    return _mermod_summary(fit, title, "lmerModLmerTest", False, fixed_table)
 
 
 def format_anova_fixed(table: pd.DataFrame, ddf: str = "satterthwaite") -> str:
