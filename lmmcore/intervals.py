@@ -34,7 +34,8 @@ from lmmcore.optimize import minimize_theta
 from lmmcore.rformat import format_numbers
 
 __all__ = ["confint", "level_columns", "profile_names", "sdcor_from_theta",
-           "theta_from_sdcor", "bootstrap", "BootstrapResult", "percentile_interval"]
+           "theta_from_sdcor", "bootstrap", "bootstrap_replicates", "bootstrap_estimate",
+           "BootstrapResult", "percentile_interval"]
 
 _METHODS = ("profile", "wald", "boot")
 
@@ -613,6 +614,36 @@ def simulate_responses(fit, nsim: int, rng) -> np.ndarray:
     return out
 
 
+def bootstrap_estimate(fit) -> pd.Series:
+    """bootMer's ``t0``: sds, correlations, sigma and fixed effects of the fit."""
+    names = profile_names(fit) + fit.fixed_names
+    return pd.Series(np.concatenate([sdcor_from_theta(fit._cp.layouts, fit.theta, fit.sigma),
+                                     fit.fixef.to_numpy()]), index=names)
+
+
+def bootstrap_replicates(fit, start: int, stop: int, seed: int) -> np.ndarray:
+    """Replicates ``start .. stop - 1`` of a seeded bootstrap, shape (stop - start, params).
+
+    Replicate ``i`` draws from its own stream ``numpy.random.default_rng([seed, i])``, so
+    a bootstrap run in chunks (the app runs it chunk by chunk in a worker process, to
+    show progress and to stop it) gives the same numbers as one run.  A refit that fails
+    gives a row of NaN (bootMer's failed runs).
+    """
+    layouts = fit._cp.layouts
+    refit = _ResponseRefit(fit)
+    out = np.full((stop - start, len(fit.fixed_names) + len(profile_names(fit))), np.nan)
+    from lmmcore.mixed import _one_blas_thread
+    with _one_blas_thread():
+        for r, i in enumerate(range(start, stop)):
+            y = simulate_responses(fit, 1, np.random.default_rng([int(seed), i]))[0]
+            try:
+                sol = refit(y)
+            except (np.linalg.LinAlgError, FloatingPointError):
+                continue
+            out[r] = np.concatenate([sdcor_from_theta(layouts, sol.theta, sol.sigma), sol.beta])
+    return out
+
+
 def bootstrap(fit, nsim: int = 1000, seed=None, progress=None) -> BootstrapResult:
     """bootMer's parametric bootstrap of the sds, correlations, sigma and fixed effects.
 
@@ -622,9 +653,9 @@ def bootstrap(fit, nsim: int = 1000, seed=None, progress=None) -> BootstrapResul
     nsim : int
         Number of simulated responses (each refitted from the fitted theta).
     seed : int, optional
-        Seed of numpy's default generator (the same seed gives the same replicates;
-        R's random numbers differ, so the limits agree with ``bootMer`` within Monte
-        Carlo error, not digit for digit).
+        The same seed gives the same replicates (see :func:`bootstrap_replicates`); R's
+        random numbers differ, so the limits agree with ``bootMer`` within Monte Carlo
+        error, not digit for digit.  None draws a seed (kept in the result).
     progress : callable, optional
         ``progress(done, total)`` after each refit.  Returning ``False`` stops the
         bootstrap: :class:`lmmcore.errors.BootstrapCancelled` is raised, carrying the
@@ -637,27 +668,17 @@ def bootstrap(fit, nsim: int = 1000, seed=None, progress=None) -> BootstrapResul
     nsim = int(nsim)
     if nsim < 1:
         raise DataError(f"nsim must be at least 1, not {nsim}")
-    rng = np.random.default_rng(seed)
-    names = profile_names(fit) + fit.fixed_names
-    layouts = fit._cp.layouts
-    t0 = pd.Series(np.concatenate([sdcor_from_theta(layouts, fit.theta, fit.sigma),
-                                   fit.fixef.to_numpy()]), index=names)
-    refit = _ResponseRefit(fit)
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+    t0 = bootstrap_estimate(fit)
+    names = list(t0.index)
     reps = np.full((nsim, len(names)), np.nan)
-    from lmmcore.mixed import _one_blas_thread
-    with _one_blas_thread():
-        for s in range(nsim):
-            y = simulate_responses(fit, 1, rng)[0]
-            try:
-                sol = refit(y)
-                reps[s] = np.concatenate([sdcor_from_theta(layouts, sol.theta, sol.sigma),
-                                          sol.beta])
-            except (np.linalg.LinAlgError, FloatingPointError):
-                pass
-            if progress is not None and progress(s + 1, nsim) is False:
-                partial = BootstrapResult(t0, pd.DataFrame(reps[:s + 1], columns=names), seed)
-                raise BootstrapCancelled(
-                    f"The bootstrap was stopped after {s + 1} of {nsim} refits.", partial)
+    for s in range(nsim):
+        reps[s] = bootstrap_replicates(fit, s, s + 1, seed)[0]
+        if progress is not None and progress(s + 1, nsim) is False:
+            partial = BootstrapResult(t0, pd.DataFrame(reps[:s + 1], columns=names), seed)
+            raise BootstrapCancelled(
+                f"The bootstrap was stopped after {s + 1} of {nsim} refits.", partial)
     return BootstrapResult(t0, pd.DataFrame(reps, columns=names), seed)
 
 
