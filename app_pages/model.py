@@ -11,6 +11,7 @@ from lmmcore import teaching
 from lmmcore.compare import format_anova
 from lmmcore.formula import compose_formula, decompose_formula
 from explorer import charts
+from explorer import inference_ui
 from explorer import data as D
 from explorer import state as S
 from explorer.escape import md
@@ -26,7 +27,8 @@ K_CAT_GROUP = S.MODEL_CAT_GROUP
 
 VARCORR_HEADINGS = {"grp": "Groups", "var1": "Name", "var2": "with", "vcov": "Variance / Cov.",
                     "sdcor": "Std.Dev. / Corr."}
-SECTIONS = ["lme4 summary", "Tables", "Plots", "Saved models & anova", "Paired t-test", "Reproduce this"]
+SECTIONS = ["lme4 summary", "Tables", "Plots", "Intervals", "Predictions", "Model checks",
+            "Saved models & anova", "Paired t-test", "Reproduce this"]
 RANDOM_LABELS = {"intercept": "intercept (1 | g)", "slope": "slope only (0 + x | g)",
                  "both": "intercept and slope (x | g)", "uncorrelated": "both, uncorrelated (x || g)"}
 
@@ -345,14 +347,29 @@ def render() -> None:
         if tabs[2].open:
             with tabs[2], guard("plots"):
                 _plots(data, mixed, linear, parsed.response.label, lecture, (data.digest, formula, reml))
-        if tabs[3].open:
-            with tabs[3], guard("saved models"):
+        fit_key = (data.digest, formula, reml)
+        # Intervals, predictions and checks (explorer.inference_ui): lmer fits only
+        for i, (name, section) in enumerate((
+                ("intervals", lambda: inference_ui.intervals_section(mixed, fit_key, lecture)),
+                ("predictions", lambda: inference_ui.predictions_section(mixed, data, parsed,
+                                                                         fit_key, lecture)),
+                ("model checks", lambda: inference_ui.checks_section(mixed, parsed, fit_key,
+                                                                     lecture))), start=3):
+            if tabs[i].open:
+                with tabs[i], guard(name):
+                    if mixed is None:
+                        st.caption("This section needs a mixed model: add a random term such as "
+                                   "`(1 | group)` to the formula.")
+                    else:
+                        section()
+        if tabs[6].open:
+            with tabs[6], guard("saved models"):
                 _saved_models(data, formula, reml, parsed.has_random)
-        if tabs[4].open:
-            with tabs[4], guard("paired t"):
+        if tabs[7].open:
+            with tabs[7], guard("paired t"):
                 _paired(data, mixed, linear)
-        if tabs[5].open:
-            with tabs[5], guard("reproduce"):
+        if tabs[8].open:
+            with tabs[8], guard("reproduce"):
                 _reproduce(data, formula, reml, parsed.has_random, parsed)
 
 render()

@@ -36,7 +36,8 @@ def _app(page: str = "dataset", **state) -> AppTest:
     return at
 
 
-SECTIONS = ["lme4 summary", "Tables", "Plots", "Saved models & anova", "Paired t-test", "Reproduce this"]
+SECTIONS = ["lme4 summary", "Tables", "Plots", "Intervals", "Predictions", "Model checks",
+            "Saved models & anova", "Paired t-test", "Reproduce this"]
 
 
 def _section(at: AppTest, label: str) -> AppTest:
