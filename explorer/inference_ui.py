@@ -41,6 +41,8 @@ METHODS = {"profile": "Profile likelihood (lme4's default)",
 LEVELS = [0.9, 0.95, 0.99]
 #: influence refits run without a click up to this many levels
 AUTO_INFLUENCE_LEVELS = 60
+#: seconds of bootstrap refits per worker call
+CHUNK_SECONDS = 2.0
 #: group lines drawn on the predictions chart
 MAX_GROUP_LINES = 60
 
@@ -75,13 +77,16 @@ def _run_bootstrap(mixed, key: tuple, nsim: int, seed: int, bar) -> dict:
     st.session_state[K_BOOT] = state
     limit = _timeout()
     deadline = time.monotonic() + limit
-    chunk = max(10, nsim // 25)
-    for start in range(0, nsim, chunk):
+    # Each chunk is one worker process (a fork plus sending the fit: a fixed cost); chunks
+    # grow to about CHUNK_SECONDS of refits, so the bar still moves and Stop answers soon.
+    start, chunk = 0, 10
+    while start < nsim:
         stop = min(nsim, start + chunk)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             state["status"] = "timeout"
             break
+        began = time.monotonic()
         try:
             block = run_in_worker(iv.bootstrap_replicates, mixed, start, stop, seed,
                                   timeout=remaining)
@@ -90,6 +95,8 @@ def _run_bootstrap(mixed, key: tuple, nsim: int, seed: int, bar) -> dict:
             break
         state["blocks"].append(block)
         state["done"] = stop
+        rate = (stop - start) / max(time.monotonic() - began, 1e-3)
+        start, chunk = stop, int(min(max(10, rate * CHUNK_SECONDS), 500))
         # a click on Stop (or anything else) ends this run here, at Streamlit's next call
         bar.progress(stop / nsim, text=f"{stop:,} of {nsim:,} refits")
     else:
@@ -140,7 +147,7 @@ def _bootstrap_section(mixed, fit_key: tuple, level: float, lecture: bool) -> No
                                                      if failed else "") + ".")
     st.markdown("**Density of the bootstrap estimates**: solid line the fit's estimate, dashed "
                 "lines the interval's limits.")
-    charts.show_cached(("boot_density", level, done) + key,
+    charts.show_cached(("boot_density", level, done, lecture) + key,
                        lambda: ic.bootstrap_densities(reps, result.estimate, limits, lecture),
                        "model.intervals.chart_boot", "bootstrap_densities")
 
@@ -256,7 +263,8 @@ def predictions_section(mixed, data, parsed, fit_key: tuple, lecture: bool) -> N
                 "new group's observations would fall (its own random effects and the residual "
                 "noise added); each faint line is one group's own prediction."
                 + (f" Other predictors held at {held}." if held else ""))
-    charts.show_cached(("predictions", x, group, len(lines)) + fit_key + tuple(map(str, highlight)),
+    charts.show_cached(("predictions", x, group, len(lines), lecture) + fit_key
+                       + tuple(map(str, highlight)),
                        lambda: ic.predictions(df.assign(**{x: xv}), x, response, population, band,
                                               lines, highlight, lecture),
                        "model.predict.chart", "predictions")

@@ -118,7 +118,18 @@ def theta_from_sdcor(layouts, sdcor, sigma) -> np.ndarray:
     """lme4's ``Sv_to_Cv``: theta from the sds and correlations (without sigma)."""
     theta = np.empty(sum(lay.n_theta for lay in layouts))
     for lay in layouts:
-        v = np.asarray(sdcor[lay.theta_offset:lay.theta_offset + lay.n_theta], float)
+        o = lay.theta_offset
+        if lay.k == 1:
+            theta[o] = abs(sdcor[o]) / sigma
+            continue
+        if lay.k == 2 and abs(sdcor[o + 1]) < 1.0:
+            # the closed form of the 2 x 2 Cholesky factor (the profile calls this often)
+            s1, r, s2 = abs(sdcor[o]), sdcor[o + 1], abs(sdcor[o + 2])
+            theta[o:o + 3] = (s1 / sigma, r * s2 / sigma, s2 * math.sqrt(1.0 - r * r) / sigma)
+            if s1 == 0.0:   # safe_chol of a singular matrix: the first column is zero
+                theta[o:o + 3] = (0.0, 0.0, s2 / sigma)
+            continue
+        v = np.asarray(sdcor[o:o + lay.n_theta], float)
         m = np.zeros((lay.k, lay.k))
         m[lay.rows, lay.cols] = v
         m = m + np.tril(m, -1).T
@@ -254,23 +265,77 @@ class _Profile:
 
 class _Devfun2:
     """lme4's ``devfun2``: the ML deviance as a function of (sds, cors, sigma), beta
-    profiled out: ``log|L|^2 + pwrss / sigma^2 + n log(2 pi sigma^2)``."""
+    profiled out: ``log|L|^2 + pwrss / sigma^2 + n log(2 pi sigma^2)``.
+
+    :meth:`value_and_gradient` gives its analytic gradient.  ``deviance`` has the
+    gradient of the profiled ML objective ``log|L|^2 + n log(pwrss)`` + const in theta;
+    evaluated with ``n`` and ``n + 1`` on the same factor it yields the gradients of
+    ``log|L|^2`` and of ``pwrss`` separately, and the chain rule through theta =
+    chol(covariance) / sigma does the rest.
+    """
 
     def __init__(self, cp):
         self.cp = cp
+        self.cp_plus = dataclasses.replace(cp, n=cp.n + 1)
 
-    def __call__(self, pars) -> float:
+    def _factor(self, pars):
         sigma = float(pars[-1])
         if not sigma > 0:
-            return float("inf")
+            return sigma, None, None
         theta = theta_from_sdcor(self.cp.layouts, pars[:-1], sigma)
-        f = _dev._factor_or_none(self.cp, theta)
-        if f is None:
-            return float("inf")
+        return sigma, theta, _dev._factor_or_none(self.cp, theta)
+
+    def _value(self, sigma, f) -> float:
         p = self.cp.p
         pwrss = float(f.LM[p, p]) ** 2
         s2 = sigma * sigma
         return f.logdet_L2 + pwrss / s2 + self.cp.n * math.log(2 * math.pi * s2)
+
+    def __call__(self, pars) -> float:
+        sigma, theta, f = self._factor(pars)
+        return float("inf") if f is None else self._value(sigma, f)
+
+    def value_and_gradient(self, pars):
+        """``(value, gradient)`` in (sds, cors, sigma); gradient None where theta's
+        analytic gradient is not available (a vector term with a zero sd)."""
+        pars = np.asarray(pars, float)
+        sigma, theta, f = self._factor(pars)
+        if f is None:
+            return float("inf"), None
+        value = self._value(sigma, f)
+        _, g_n = _dev.objective_and_gradient(self.cp, theta, False, factor=f)
+        _, g_n1 = _dev.objective_and_gradient(self.cp_plus, theta, False, factor=f)
+        if g_n is None or g_n1 is None:
+            return value, None
+        n, p = self.cp.n, self.cp.p
+        pwrss = float(f.LM[p, p]) ** 2
+        d_pwrss = pwrss * (g_n1 - g_n)
+        d_logdet = g_n - n * (g_n1 - g_n)
+        g_theta = d_logdet + d_pwrss / sigma ** 2
+        grad = np.empty(len(pars))
+        for lay in self.cp.layouts:
+            sl = slice(lay.theta_offset, lay.theta_offset + lay.n_theta)
+            J = _cholesky_jacobian(lay, pars[sl])
+            if J is None:
+                return value, None
+            grad[sl] = J.T @ g_theta[sl] / sigma
+        grad[-1] = (-(g_theta @ theta) / sigma - 2.0 * pwrss / sigma ** 3
+                    + 2.0 * n / sigma)
+        return value, grad
+
+
+def _cholesky_jacobian(lay, v):
+    """d theta_block / d (sds, cors) of one term at sigma = 1 (closed forms for k <= 2;
+    None otherwise or on the correlation bounds)."""
+    if lay.k == 1:
+        return np.array([[1.0 if v[0] >= 0 else -1.0]])
+    if lay.k == 2:
+        s1, r, s2 = v
+        if abs(r) >= 1.0 or s1 <= 0.0:
+            return None
+        c = math.sqrt(1.0 - r * r)
+        return np.array([[1.0, 0.0, 0.0], [0.0, s2, r], [0.0, -s2 * r / c, c]])
+    return None
 
 
 #: profile.merMod's defaults
@@ -301,7 +366,12 @@ def _fill(rows, col, lowcut, upcut, zetafun, cutoff, delta, with_start):
             elif abs(step) > abs(_MAXMULT * num):
                 step = math.copysign(abs(_MAXMULT * num), step)
         nxt = min(upcut, max(lowcut, p1 + np.sign(num) * step))
-        start = rows[i][1] if with_start else None
+        start = None
+        if with_start:
+            # lme4 starts from the previous point ("prev"); extrapolating the other
+            # parameters along the last step lands closer to the same optimum
+            prev, last = rows[i - 1][1], rows[i][1]
+            start = last + (last - prev) * ((nxt - p1) / num) if num != 0 else last
         rows.append(zetafun(nxt, start))
         i += 1
     return rows
@@ -352,9 +422,25 @@ def _profile_variance(dd, opt, base, w, lower, upper, cutoff, delta, name, scale
             full[others] = x0 + z * s
             return dd(full)
 
+        def fn_grad(z):
+            full[others] = x0 + z * s
+            value, grad = dd.value_and_gradient(full)
+            if not np.isfinite(value):
+                return value, np.zeros(len(z))
+            if grad is None:        # finite differences where the closed forms stop
+                h = 1e-7 * np.maximum(1.0, np.abs(z))
+                g = np.empty(len(z))
+                for j in range(len(z)):
+                    zj = z.copy()
+                    zj[j] += h[j]
+                    g[j] = (fn(zj) - value) / h[j]
+                full[others] = x0 + z * s
+                return value, g
+            return value, grad[others] * s
+
         zb = [((a - c) / d if np.isfinite(a) else None, (b - c) / d if np.isfinite(b) else None)
               for a, b, c, d in zip(lo, hi, x0, s)]
-        res = minimize(fn, np.zeros(len(others)), method="L-BFGS-B", bounds=zb,
+        res = minimize(fn_grad, np.zeros(len(others)), method="L-BFGS-B", jac=True, bounds=zb,
                        options={"ftol": 1e-10, "gtol": 1e-5, "maxiter": 500})
         pars = opt.copy()
         pars[w] = xx

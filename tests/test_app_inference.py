@@ -18,6 +18,12 @@ APP = str(ROOT / "app.py")
 FORMULA = "Reaction ~ Days + (Days | Subject)"
 
 
+@pytest.fixture(autouse=True)
+def _generous_time_limit(monkeypatch):
+    # these tests check what the sections show; a loaded CI machine must not hit the limit
+    monkeypatch.setenv("POOLING_FIT_TIMEOUT_S", "600")
+
+
 def _model(section: str, **state) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
@@ -139,3 +145,12 @@ def test_sections_explain_when_the_model_has_no_random_term():
     at = _model("Intervals", **{"model.formula": "Reaction ~ Days"})
     assert _problems(at) == []
     assert any("random term" in str(c.value) for c in at.caption)
+
+
+def test_bootstrap_past_the_time_limit_says_so(monkeypatch):
+    monkeypatch.setenv("POOLING_FIT_TIMEOUT_S", "0.2")
+    at = _model("Intervals", **{"model.intervals.method": "boot"})
+    at.number_input(key="model.intervals.nsim").set_value(2000).run()
+    at.button(key="model.intervals.run").click().run()
+    assert len(at.exception) == 0
+    assert any("time limit" in str(w.value) for w in at.warning)
