@@ -715,18 +715,21 @@ def bootstrap_replicates(fit, start: int, stop: int, seed: int) -> np.ndarray:
     show progress and to stop it) gives the same numbers as one run.  A refit that fails
     gives a row of NaN (bootMer's failed runs).
     """
-    layouts = fit._cp.layouts
-    refit = _ResponseRefit(fit)
-    out = np.full((stop - start, len(fit.fixed_names) + len(profile_names(fit))), np.nan)
     from lmmcore.mixed import _one_blas_thread
     with _one_blas_thread():
-        for r, i in enumerate(range(start, stop)):
-            y = simulate_responses(fit, 1, np.random.default_rng([int(seed), i]))[0]
-            try:
-                sol = refit(y)
-            except (np.linalg.LinAlgError, FloatingPointError):
-                continue
-            out[r] = np.concatenate([sdcor_from_theta(layouts, sol.theta, sol.sigma), sol.beta])
+        return _replicates(fit, _ResponseRefit(fit), range(start, stop), seed)
+
+
+def _replicates(fit, refit, indices, seed) -> np.ndarray:
+    layouts = fit._cp.layouts
+    out = np.full((len(indices), len(fit.fixed_names) + len(profile_names(fit))), np.nan)
+    for r, i in enumerate(indices):
+        y = simulate_responses(fit, 1, np.random.default_rng([int(seed), i]))[0]
+        try:
+            sol = refit(y)
+        except (np.linalg.LinAlgError, FloatingPointError):
+            continue
+        out[r] = np.concatenate([sdcor_from_theta(layouts, sol.theta, sol.sigma), sol.beta])
     return out
 
 
@@ -759,12 +762,15 @@ def bootstrap(fit, nsim: int = 1000, seed=None, progress=None) -> BootstrapResul
     t0 = bootstrap_estimate(fit)
     names = list(t0.index)
     reps = np.full((nsim, len(names)), np.nan)
-    for s in range(nsim):
-        reps[s] = bootstrap_replicates(fit, s, s + 1, seed)[0]
-        if progress is not None and progress(s + 1, nsim) is False:
-            partial = BootstrapResult(t0, pd.DataFrame(reps[:s + 1], columns=names), seed)
-            raise BootstrapCancelled(
-                f"The bootstrap was stopped after {s + 1} of {nsim} refits.", partial)
+    refit = _ResponseRefit(fit)
+    from lmmcore.mixed import _one_blas_thread
+    with _one_blas_thread():
+        for s in range(nsim):
+            reps[s] = _replicates(fit, refit, range(s, s + 1), seed)[0]
+            if progress is not None and progress(s + 1, nsim) is False:
+                partial = BootstrapResult(t0, pd.DataFrame(reps[:s + 1], columns=names), seed)
+                raise BootstrapCancelled(
+                    f"The bootstrap was stopped after {s + 1} of {nsim} refits.", partial)
     return BootstrapResult(t0, pd.DataFrame(reps, columns=names), seed)
 
 
