@@ -230,7 +230,8 @@ def predictions_section(mixed, data, parsed, fit_key: tuple, lecture: bool) -> N
     x = c1.selectbox("Along", numeric, key=K_PRED_X)
     group = c2.selectbox("Lines for each", groups, key=K_PRED_GROUP)
     others = {c: _typical(data, c) for c in fixed_cols if c != x}
-    df = data.df[[c for c in dict.fromkeys([x, response, group, *parsed.group_columns])]].dropna()
+    df = data.df[[c for c in dict.fromkeys([x, response, group, *parsed.group_columns,
+                                             *others])]].dropna()
     xv = pd.to_numeric(df[x], errors="coerce")
     lo, hi = float(xv.min()), float(xv.max())
     if np.allclose(xv, np.round(xv)) and hi - lo <= 60:
@@ -250,9 +251,12 @@ def predictions_section(mixed, data, parsed, fit_key: tuple, lecture: bool) -> N
     for lev in levels:
         if lev not in highlight_levels and len(lines) >= MAX_GROUP_LINES:
             continue
-        pred = mixed.predict(_grid(data, parsed, x, xs, group, lev, others)).to_numpy()
+        own = df[df[group].astype(str) == str(lev)]
+        # a predictor constant within the group (e.g. the diet of a chick) keeps its value
+        mine = {c: (own[c].iloc[0] if len(own) and own[c].nunique() == 1 else v)
+                for c, v in others.items()}
+        pred = mixed.predict(_grid(data, parsed, x, xs, group, lev, mine)).to_numpy()
         if lev in highlight_levels:
-            own = df[df[group].astype(str) == str(lev)]
             highlight[lev] = (xs, pred, pd.to_numeric(own[x]).to_numpy(), own[response].to_numpy())
         else:
             lines[lev] = (xs, pred)
@@ -262,7 +266,8 @@ def predictions_section(mixed, data, parsed, fit_key: tuple, lecture: bool) -> N
                 "`re.form = NA`) with its 95% confidence ribbon; the light band is where 95% of a "
                 "new group's observations would fall (its own random effects and the residual "
                 "noise added); each faint line is one group's own prediction."
-                + (f" Other predictors held at {held}." if held else ""))
+                + (f" The population line holds the other predictors at {held}; a group's line uses "
+                   "its own value where it has only one." if held else ""))
     charts.show_cached(("predictions", x, group, len(lines), lecture) + fit_key
                        + tuple(map(str, highlight)),
                        lambda: ic.predictions(df.assign(**{x: xv}), x, response, population, band,

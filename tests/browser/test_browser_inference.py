@@ -31,12 +31,16 @@ def test_inference_tabs_render_clean(page, base_url, server_log, screenshot_dir,
         _open_tab(page, tab)
         _assert_clean(page, server_log, f"{tab}{suffix}")
         main = page.locator('[data-testid="stMain"]').first
+        if tab == "Intervals":
+            page.locator('[data-testid="stDataFrame"], [data-testid="stTable"]').first \
+                .scroll_into_view_if_needed()
         if tab == "Predictions":
             assert "373" in main.inner_text()
             page.locator('[data-testid="stPlotlyChart"]').first.scroll_into_view_if_needed()
         if tab == "Model checks":
             assert "Cook's distance" in main.inner_text()
-        page.screenshot(path=str(screenshot_dir / f"model-{shot}{suffix}.png"), full_page=True)
+            page.locator('[data-testid="stPlotlyChart"]').nth(4).scroll_into_view_if_needed()
+        page.screenshot(path=str(screenshot_dir / f"model-{shot}{suffix}.png"))
     _open_tab(page, "Intervals")
     page.get_by_text("Parametric bootstrap").click()
     wait_for_app(page)
@@ -48,4 +52,5 @@ def test_inference_tabs_render_clean(page, base_url, server_log, screenshot_dir,
     wait_for_app(page, timeout_ms=120_000)
     _assert_clean(page, server_log, f"bootstrap{suffix}")
     assert "Density of the bootstrap estimates" in page.locator('[data-testid="stMain"]').first.inner_text()
-    page.screenshot(path=str(screenshot_dir / f"model-bootstrap{suffix}.png"), full_page=True)
+    page.locator('[data-testid="stPlotlyChart"]').first.scroll_into_view_if_needed()
+    page.screenshot(path=str(screenshot_dir / f"model-bootstrap{suffix}.png"))
