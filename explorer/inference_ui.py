@@ -23,17 +23,18 @@ from lmmcore import teaching
 from lmmcore.worker import run_in_worker
 from explorer import charts
 from explorer import inference_charts as ic
+from explorer import state as S
 from explorer.escape import md
 from explorer.settings import load_settings
 from explorer.tables import table as show_table
 
-K_METHOD, K_LEVEL = "model.intervals.method", "model.intervals.level"
-K_NSIM, K_SEED = "model.intervals.nsim", "model.intervals.seed"
-K_RUN, K_STOP = "model.intervals.run", "model.intervals.stop"
-K_BOOT = "model.intervals.boot"          # the last bootstrap run: key, replicates, status
-K_PRED_X, K_PRED_GROUP = "model.predict.x", "model.predict.group"
-K_INFL_GROUP, K_INFL_RUN = "model.checks.influence_group", "model.checks.influence_run"
-K_RE_GROUP = "model.checks.ranef_group"
+K_METHOD, K_LEVEL = S.MODEL_CI_METHOD, S.MODEL_CI_LEVEL
+K_NSIM, K_SEED = S.MODEL_BOOT_NSIM, S.MODEL_BOOT_SEED
+K_RUN, K_STOP = S.MODEL_BOOT_RUN, S.MODEL_BOOT_STOP
+K_BOOT = S.MODEL_BOOT
+K_PRED_X, K_PRED_GROUP = S.MODEL_PREDICT_X, S.MODEL_PREDICT_GROUP
+K_INFL_GROUP, K_INFL_RUN = S.MODEL_INFLUENCE_GROUP, S.MODEL_INFLUENCE_RUN
+K_RE_GROUP = S.MODEL_CHECKS_RANEF_GROUP
 
 METHODS = {"profile": "Profile likelihood (lme4's default)",
            "wald": "Wald (fixed effects only)",
@@ -149,7 +150,7 @@ def _bootstrap_section(mixed, fit_key: tuple, level: float, lecture: bool) -> No
                 "lines the interval's limits.")
     charts.show_cached(("boot_density", level, done, lecture) + key,
                        lambda: ic.bootstrap_densities(reps, result.estimate, limits, lecture),
-                       "model.intervals.chart_boot", "bootstrap_densities")
+                       S.MODEL_CHART_BOOT, "bootstrap_densities")
 
 
 def intervals_section(mixed, fit_key: tuple, lecture: bool) -> None:
@@ -272,7 +273,7 @@ def predictions_section(mixed, data, parsed, fit_key: tuple, lecture: bool) -> N
                        + tuple(map(str, highlight)),
                        lambda: ic.predictions(df.assign(**{x: xv}), x, response, population, band,
                                               lines, highlight, lecture),
-                       "model.predict.chart", "predictions")
+                       S.MODEL_CHART_PREDICT, "predictions")
     if highlight:
         desc = " and ".join(f"{md(str(k))} ({len(v[2])} observation{'s' if len(v[2]) != 1 else ''})"
                             for k, v in highlight.items())
@@ -307,7 +308,7 @@ def checks_section(mixed, parsed, fit_key: tuple, lecture: bool) -> None:
                 "model assumes.")
     charts.show_cached(("checks_resid",) + fit_key + (lecture,),
                        lambda: charts.fitted_pairs(panel, "residuals", response, lecture),
-                       "model.checks.chart_resid", "residuals_vs_fitted")
+                       S.MODEL_CHART_CHECKS_RESID, "residuals_vs_fitted")
     groups = list(mixed.ranef)
     if ss.get(K_RE_GROUP) not in groups:
         ss[K_RE_GROUP] = groups[0]
@@ -316,7 +317,7 @@ def checks_section(mixed, parsed, fit_key: tuple, lecture: bool) -> None:
         st.markdown("**Normal Q-Q plot of the residuals**")
         charts.show_cached(("checks_qq",) + fit_key + (lecture,),
                            lambda: charts.qq_plot(teaching.qq_points(mixed.residuals), lecture),
-                           "model.checks.chart_qq", "qq_residuals")
+                           S.MODEL_CHART_CHECKS_QQ, "qq_residuals")
     with c2:
         g = st.selectbox("Random effects of", groups, key=K_RE_GROUP) if len(groups) > 1 else groups[0]
         re = mixed.ranef[g]
@@ -328,7 +329,7 @@ def checks_section(mixed, parsed, fit_key: tuple, lecture: bool) -> None:
             charts.show_cached(("checks_qq_re", g, col) + fit_key + (lecture,),
                                lambda col=col: charts.qq_plot(teaching.qq_points(re[col]), lecture,
                                                               what="random effects"),
-                               f"model.checks.chart_qq_re_{j}", f"qq_ranef_{j}")
+                               f"{S.MODEL_CHART_CHECKS_QQ_RANEF}_{j}", f"qq_ranef_{j}")
     st.markdown("**Leave one group out**: the model is refitted without each group in turn "
                 "(lme4's `influence(fit, groups = ...)`). Cook's distance sums how far all fixed "
                 "effects move, in units of their standard errors.")
@@ -345,7 +346,7 @@ def checks_section(mixed, parsed, fit_key: tuple, lecture: bool) -> None:
         table = _influence(fit_key, g, mixed)
     fe = list(mixed.fixed_names)
     charts.show_cached(("cooks", g) + fit_key + (lecture,),
-                       lambda: ic.cooks_distance(table, g, lecture), "model.checks.chart_cooks",
+                       lambda: ic.cooks_distance(table, g, lecture), S.MODEL_CHART_COOKS,
                        "cooks_distance")
     top = table["cooks_distance"].idxmax()
     st.caption(f"Largest Cook's distance: {md(str(top))} ({table['cooks_distance'].max():.3g}).")
@@ -354,7 +355,7 @@ def checks_section(mixed, parsed, fit_key: tuple, lecture: bool) -> None:
                 "errors of the estimate.")
     charts.show_cached(("fixef_shifts", g) + fit_key + (lecture,),
                        lambda: ic.fixef_shifts(shifts, mixed.se, g, lecture),
-                       "model.checks.chart_shifts", "fixef_shifts")
+                       S.MODEL_CHART_SHIFTS, "fixef_shifts")
     with st.expander("The numbers"):
         show_table(table)
     _reproduce(f"inf <- influence(fit, groups = \"{g}\")\ncooks.distance(inf)\n"

@@ -12,6 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import lmmcore
+from explorer import state as S
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -30,7 +31,7 @@ def _model(section: str, **state) -> AppTest:
     for key, value in state.items():
         at.session_state[key] = value
     at.switch_page("app_pages/model.py").run()
-    at.session_state["model.section"] = section
+    at.session_state[S.MODEL_SECTION] = section
     return at.run()
 
 
@@ -59,42 +60,42 @@ def test_intervals_profile_and_wald(lecture_fit):
     got = _frame(at)
     assert list(got.index) == list(want.index)
     np.testing.assert_allclose(got.to_numpy(float), want.to_numpy(), rtol=1e-6)
-    at.radio(key="model.intervals.method").set_value("wald").run()
+    at.radio(key=S.MODEL_CI_METHOD).set_value("wald").run()
     assert _problems(at) == []
     np.testing.assert_allclose(_frame(at).to_numpy(float),
                                lecture_fit.confint(method="wald").to_numpy(), rtol=1e-9)
-    at.selectbox(key="model.intervals.level").set_value(0.9).run()
+    at.selectbox(key=S.MODEL_CI_LEVEL).set_value(0.9).run()
     assert list(_frame(at).columns) == ["5 %", "95 %"]
 
 
 def test_intervals_bootstrap_runs_seeded_and_draws_densities(lecture_fit):
-    at = _model("Intervals", **{"model.intervals.method": "boot"})
+    at = _model("Intervals", **{S.MODEL_CI_METHOD: "boot"})
     assert _problems(at) == []
     assert len(at.dataframe) == 0                      # nothing until Run is pressed
-    at.number_input(key="model.intervals.nsim").set_value(40).run()
-    at.number_input(key="model.intervals.seed").set_value(7).run()
-    at.button(key="model.intervals.run").click().run()
+    at.number_input(key=S.MODEL_BOOT_NSIM).set_value(40).run()
+    at.number_input(key=S.MODEL_BOOT_SEED).set_value(7).run()
+    at.button(key=S.MODEL_BOOT_RUN).click().run()
     assert _problems(at) == []
     want = lmmcore.intervals.bootstrap(lecture_fit, 40, seed=7).confint()
     np.testing.assert_allclose(_frame(at).to_numpy(float), want.to_numpy(), rtol=1e-6)
     figs = _figures(at)
     assert len(figs) == 1 and len(figs[0]["data"]) == len(want)   # one density per parameter
     # Stop after a run keeps the result; a new seed asks for a new run
-    at.button(key="model.intervals.stop").click().run()
+    at.button(key=S.MODEL_BOOT_STOP).click().run()
     assert _problems(at) == [] and len(at.dataframe) == 1
-    at.number_input(key="model.intervals.seed").set_value(8).run()
+    at.number_input(key=S.MODEL_BOOT_SEED).set_value(8).run()
     assert len(at.dataframe) == 0
 
 
 def test_intervals_bootstrap_stopped_run_shows_partial_result(lecture_fit):
-    at = _model("Intervals", **{"model.intervals.method": "boot"})
-    at.number_input(key="model.intervals.nsim").set_value(40).run()
-    key = ("model.intervals.boot")
+    at = _model("Intervals", **{S.MODEL_CI_METHOD: "boot"})
+    at.number_input(key=S.MODEL_BOOT_NSIM).set_value(40).run()
+    key = S.MODEL_BOOT
     state = at.session_state[key] if key in at.session_state else None
     assert state is None
     # a run interrupted by a click leaves "running" with the chunks done so far
     fit_key = None
-    at.button(key="model.intervals.run").click().run()
+    at.button(key=S.MODEL_BOOT_RUN).click().run()
     state = at.session_state[key]
     fit_key = state["key"]
     block = state["blocks"][0]
@@ -142,15 +143,15 @@ def test_model_checks_qq_and_influence(lecture_fit):
 
 
 def test_sections_explain_when_the_model_has_no_random_term():
-    at = _model("Intervals", **{"model.formula": "Reaction ~ Days"})
+    at = _model("Intervals", **{S.MODEL_FORMULA: "Reaction ~ Days"})
     assert _problems(at) == []
     assert any("random term" in str(c.value) for c in at.caption)
 
 
 def test_bootstrap_past_the_time_limit_says_so(monkeypatch):
     monkeypatch.setenv("POOLING_FIT_TIMEOUT_S", "0.2")
-    at = _model("Intervals", **{"model.intervals.method": "boot"})
-    at.number_input(key="model.intervals.nsim").set_value(2000).run()
-    at.button(key="model.intervals.run").click().run()
+    at = _model("Intervals", **{S.MODEL_CI_METHOD: "boot"})
+    at.number_input(key=S.MODEL_BOOT_NSIM).set_value(2000).run()
+    at.button(key=S.MODEL_BOOT_RUN).click().run()
     assert len(at.exception) == 0
     assert any("time limit" in str(w.value) for w in at.warning)
