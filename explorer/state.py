@@ -101,6 +101,9 @@ MODEL_INFLUENCE_GROUP = "model.influence_group"
 MODEL_INFLUENCE_RUN = "model.influence_run"
 MODEL_CHART_COOKS = "model.chart_cooks"
 MODEL_CHART_SHIFTS = "model.chart_shifts"
+MODEL_EQUATION_OF = "model.equation_of"        # "lmer" or "lm": whose equation the Equation tab shows
+MODEL_CHART_CONDITION_FIT = "model.chart_condition_fit"      # paired tab: lm points, lmer lines
+MODEL_CHART_CONDITION_RESID = "model.chart_condition_resid"  # paired tab: residuals of each
 
 # build: the model page's formula builder (all dropped at once when the formula is typed)
 BUILD_PREFIX = "build."
