@@ -667,7 +667,13 @@ def build_design(formula, data: pd.DataFrame, *, categorical=None, numeric=None,
 
     constants: dict = {}
     levels: dict = {}
-    y = _variable_values([resp], cols, keep, constants, True, levels, {})[resp.label]
+    failures = None
+    if resp.kind == "cbind":
+        successes, fails = resp.expr
+        pair = _variable_values([successes, fails], cols, keep, constants, True, levels, {})
+        y, failures = pair[successes.label], pair[fails.label]
+    else:
+        y = _variable_values([resp], cols, keep, constants, True, levels, {})[resp.label]
 
     def is_factor(v):
         return v.kind == "factor" or (v.kind == "column" and kinds[v.column] != "numeric")
@@ -717,6 +723,7 @@ def build_design(formula, data: pd.DataFrame, *, categorical=None, numeric=None,
         n_dropped_na=n_dropped,
         row_index=data.index[keep],
         encoder=encoder,
+        failures=failures,
     )
 
 
@@ -750,3 +757,11 @@ def check_grouping_factor(group: str, term_text: str, n_levels: int, k: int, n: 
                        "be estimated; use a simpler random term, e.g. (1 | "
                        f"{group})")
 
+
+def check_single_response(design: MixedDesign, fitter: str) -> None:
+    """Refuse a ``cbind(successes, failures)`` response for a Gaussian model (``lm``,
+    ``lmer``): it is a binomial response."""
+    if design.failures is not None:
+        raise DataError(f"{design.response_name} is a binomial response (successes, failures); "
+                        f"{fitter} needs one numeric response column. Fit it with "
+                        "glmer(..., family='binomial')")

@@ -6,7 +6,8 @@
 parts ``(expr | group)`` after lme4's expansions (``||`` into separate terms, ``a/b``
 into ``b:a`` and ``a``).  Only an allow-list of transforms is accepted (``log``,
 ``log2``, ``log10``, ``exp``, ``sqrt``, ``abs``, ``scale``, ``center``, ``I()``
-arithmetic, ``factor()``, ``C()``); nothing in the text is ever run as code.
+arithmetic, ``factor()``, ``C()``, and ``cbind(successes, failures)`` as a binomial
+response); nothing in the text is ever run as code.
 
 The grammar follows R's operator precedence, lowest first::
 
@@ -17,7 +18,7 @@ The grammar follows R's operator precedence, lowest first::
     colon   := unary (':' unary)*
     unary   := ('-' | '+') unary | power
     power   := primary ('^' unary)?
-    primary := NAME | NUMBER | NAME '(' sum ')' | '(' bar ')'
+    primary := NAME | NUMBER | NAME '(' sum ')' | 'cbind(' sum ',' sum ')' | '(' bar ')'
 
 Errors are :class:`lmmcore.errors.FormulaError` with the 0-based ``position`` of the
 problem; the message says "at character N" with N counted from 1, as a student counts.
@@ -47,6 +48,8 @@ MAX_TERMS = 500
 NUMERIC_TRANSFORMS = ("log", "log2", "log10", "exp", "sqrt", "abs", "scale", "center")
 FACTOR_TRANSFORMS = ("factor", "C")
 IDENTITY = "I"
+#: ``cbind(successes, failures)``: only as the response (of a binomial glmer).
+CBIND = "cbind"
 ALLOWED_FUNCTIONS = NUMERIC_TRANSFORMS + FACTOR_TRANSFORMS + (IDENTITY,)
 
 _NAME_START = re.compile(r"[^\W\d_]", re.UNICODE)
@@ -310,6 +313,8 @@ class _Parser:
 
     def call(self, name_tok: _Token):
         fname = name_tok.text
+        if fname == CBIND and name_tok.value != "quoted":
+            return self._cbind(name_tok)
         if name_tok.value == "quoted" or fname not in ALLOWED_FUNCTIONS:
             raise _err(f"'{_show(fname)}(...)' is not an allowed function; allowed are "
                        + ", ".join(f"{f}()" for f in ALLOWED_FUNCTIONS), name_tok.pos, self.text)
@@ -334,6 +339,31 @@ class _Parser:
         self._advance()
         self.depth -= 1
         return ("call", fname, arg, name_tok.pos)
+
+    def _cbind(self, name_tok: _Token):
+        """``cbind(successes, failures)``: two arithmetic arguments (a binomial response)."""
+        open_tok = self._advance()
+        self._enter(open_tok.pos)
+        args = []
+        for k in range(2):
+            if self.tok.kind in (")", ",", "end"):
+                raise _err("cbind() needs two columns or expressions: cbind(successes, "
+                           "failures)", self.tok.pos, self.text)
+            args.append(self.sum(open_tok))
+            if k == 0:
+                if self.tok.kind != ",":
+                    raise _err("cbind() needs two arguments separated by a comma: "
+                               "cbind(successes, failures)", self.tok.pos, self.text)
+                self._advance()
+        if self.tok.kind != ")":
+            if self.tok.kind == ",":
+                raise _err("cbind() takes exactly two arguments: cbind(successes, failures)",
+                           self.tok.pos, self.text)
+            raise _err(f"expected ')' to close cbind(, found {self._describe(self.tok)}",
+                       self.tok.pos, self.text)
+        self._advance()
+        self.depth -= 1
+        return ("cbind", args[0], args[1], name_tok.pos)
 
     def group(self, bar: _Token):
         """A grouping factor: names joined by ':' (interaction) and '/' (nesting)."""
@@ -429,6 +459,8 @@ def _deparse(node) -> str:
         return f"{_deparse(node[2])}{sep}{_deparse(node[3])}"
     if kind == "bar":
         return f"({_deparse(node[2])} {node[1]} {_deparse(node[3])})"
+    if kind == "cbind":
+        return f"cbind({_deparse(node[1])}, {_deparse(node[2])})"
     raise AssertionError(kind)
 
 
@@ -462,10 +494,12 @@ class Variable:
     ----------
     label : str
         R's deparsed text: ``"Days"``, ``"log(x)"``, ``"I(Days^2)"``, ``"factor(Days)"``.
-    kind : {"column", "factor", "numeric"}
+    kind : {"column", "factor", "numeric", "cbind"}
         ``"column"``: a bare column (numeric or categorical according to the data);
         ``"factor"``: ``factor(x)`` / ``C(x)``, always categorical; ``"numeric"``: an
-        arithmetic transform, always numeric.
+        arithmetic transform, always numeric; ``"cbind"``: the response
+        ``cbind(successes, failures)`` of a binomial model, whose ``expr`` is the pair of
+        numeric Variables (successes, failures).
     expr : tuple
         The position-free expression tree (``("col", name)``, ``("num", v)``,
         ``("fn", name, arg)``, ``("bin", op, a, b)``, ``("neg", a)``, ``("pos", a)``,
@@ -676,6 +710,8 @@ class _Encoder:
         if kind == "bar":
             raise _err("a random-effects term (... | group) can only be added with '+' at the "
                        "top level of the formula", node[4], self.text)
+        if kind == "cbind":
+            raise _err("cbind() can only be the response (left of '~')", node[3], self.text)
         if kind == "unary":
             if node[1] == "+":
                 return self.encode(node[2])
@@ -760,6 +796,24 @@ def _make_variable(node, text: str) -> Variable:
     return Variable(label, "numeric", _strip_positions(node), tuple(columns))
 
 
+def _cbind_variable(node, text: str) -> Variable:
+    """The response ``cbind(successes, failures)``: kind ``"cbind"``, ``expr`` the pair of
+    numeric Variables (successes, failures)."""
+    parts = []
+    for arg in node[1:3]:
+        if arg[0] == "name":
+            parts.append(_make_variable(arg, text))
+            continue
+        if arg[0] == "call" and arg[1] in FACTOR_TRANSFORMS:
+            raise _err(f"{arg[1]}() cannot be used inside cbind(): it needs counts",
+                       arg[3], text)
+        columns: list = []
+        _check_arithmetic(arg, text, CBIND, columns)
+        parts.append(Variable(_deparse(arg), "numeric", _strip_positions(arg), tuple(columns)))
+    columns = tuple(dict.fromkeys(parts[0].columns + parts[1].columns))
+    return Variable(_deparse(node), "cbind", tuple(parts), columns)
+
+
 def _check_arithmetic(node, text: str, where: str, columns: list):
     """Allow only arithmetic on columns and numbers inside a transform.
 
@@ -817,6 +871,8 @@ def _check_arithmetic_node(node, text: str, where: str, columns: list):
         return None
     if kind == "bar":
         raise _err(f"'{node[1]}' cannot be used inside {where}()", node[4], text)
+    if kind == "cbind":
+        raise _err(f"cbind() cannot be used inside {where}()", node[3], text)
     raise AssertionError(kind)
 
 
@@ -923,9 +979,9 @@ def _positions(node, out: dict) -> None:
     elif kind == "binary":
         _positions(node[2], out)
         _positions(node[3], out)
-    elif kind == "bar":
-        _positions(node[2], out)
-        _positions(node[3], out)
+    elif kind in ("bar", "cbind"):
+        _positions(node[-3], out)
+        _positions(node[-2], out)
 
 
 def parse_formula(text: str) -> Formula:
@@ -975,10 +1031,11 @@ def _parse_cached(text: str) -> Formula:
 
     if _contains_bar(lhs_node):
         raise _err("the response cannot be a random-effects term", lhs_node[-1], text)
-    if lhs_node[0] not in ("name", "call"):
+    if lhs_node[0] not in ("name", "call", "cbind"):
         raise _err("the response must be one column or a transform of it, e.g. Reaction or "
                    "log(Reaction)", _first_pos(lhs_node), text)
-    response = _make_variable(lhs_node, text)
+    response = _cbind_variable(lhs_node, text) if lhs_node[0] == "cbind" else \
+        _make_variable(lhs_node, text)
     if response.kind == "factor":
         raise _err("the response must be numeric; factor() cannot be used on it",
                    lhs_node[-1], text)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lmmcore import deviance as _dev
-from lmmcore.design import check_grouping_factor
+from lmmcore.design import check_grouping_factor, check_single_response
 from lmmcore.errors import DataError, FitError
 from lmmcore.optimize import check_convergence, minimize_theta
 from lmmcore.rformat import format_matrix, format_numbers, print_named, r_round, zapsmall
@@ -71,6 +71,7 @@ def _check_design(design: MixedDesign) -> None:
     if not design.random_terms:
         raise FitError("The formula has no random-effects term such as (1 | group); "
                        "use lm() for a model without random effects.")
+    check_single_response(design, "lmer")
     p = design.X.shape[1]
     if n <= p:
         raise DataError(f"Only {n} complete observations for {p} fixed-effect coefficients: "

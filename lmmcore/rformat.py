@@ -158,7 +158,9 @@ def format_pvalues(pvalues, digits: int = 4, eps: float = DOUBLE_EPS) -> list:
     rest = [i for i, p in enumerate(pv) if not math.isnan(p) and not is0[i]]
     rr = {}
     if rest:
-        fixp = [i for i in rest if pv[i] == 0 or math.floor(math.log10(pv[i])) >= -3]
+        # R 4.2's format.pval: 1e-4 <= p < 1e-3 stays fixed unless digits == 1
+        fixp = [i for i in rest if pv[i] == 0 or math.floor(math.log10(pv[i])) >= -3
+                or (math.floor(math.log10(pv[i])) == -4 and digits > 1)]
         sci = [i for i in rest if i not in fixp]
         for group in (fixp, sci):
             if group:

@@ -1,0 +1,866 @@
+"""Generalized linear mixed models: ``glmer`` and its read-only results object ``GlmmFit``.
+
+``glmer`` is lme4's driver for binomial (logit) and Poisson (log) models: formula + data
+-> :class:`~lmmcore.structure.MixedDesign` (the same builder as ``lmer``) -> the GLMM
+criterion (:mod:`lmmcore.glmm`) -> lme4's two optimisation stages -> :class:`GlmmFit`.
+
+As lme4 does, the standard errors come from the finite-difference Hessian of the
+criterion in (theta, beta) (lme4's ``deriv12``, step 1e-4), not from the PIRLS factor.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+from scipy import optimize as _opt
+from scipy import stats
+
+from lmmcore.errors import DataError, FitError, FitTimeout
+from lmmcore.glmm import FAMILIES, MAX_AGQ, Family, GlmmDeviance, GlmmProblem
+from lmmcore.optimize import (BOUNDARY_TOL, GRADIENT_TOL, SINGULAR_MESSAGE, _check_hessian,
+                              is_singular)
+from lmmcore.structure import MixedDesign
+
+__all__ = ["glmer", "GlmmFit", "DEFAULT_TIME_LIMIT"]
+
+#: Seconds a fit may run before it stops with FitTimeout.
+DEFAULT_TIME_LIMIT = 60.0
+#: lme4's deriv12 step.
+HESSIAN_STEP = 1e-4
+
+_SINGULAR_PLAIN = (
+    "The fit is singular: at least one random-effect variance is estimated as (almost) zero, "
+    "or two random effects are perfectly correlated. The data do not support this much "
+    "random-effects structure; consider a simpler random part.")
+
+
+# ---------------------------------------------------------------------------
+# The response
+
+
+def _binary_response(data: pd.DataFrame, name: str, categorical) -> tuple:
+    """A two-level factor, text or logical response as 0/1 (R: the second level is a
+    success).  Returns (data with the column replaced, note or None)."""
+    from lmmcore.design import _factorize
+
+    col = data[name]
+    numeric = (pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype)
+               and name not in set(categorical or ()))
+    if numeric:
+        return data, None
+    codes, labels = _factorize(col)
+    present = sorted(set(codes[codes >= 0].tolist()))
+    if pd.api.types.is_bool_dtype(col.dtype) or set(labels) <= {"TRUE", "FALSE"}:
+        labels_used = [labels[i] for i in present]
+        values = np.where(codes < 0, np.nan, np.asarray([lab == "TRUE" for lab in labels], float)[np.maximum(codes, 0)])
+        out = data.copy()
+        out[name] = values
+        return out, None
+    if len(present) != 2:
+        shown = ", ".join(repr(labels[i]) for i in present[:5])
+        raise DataError(f"the response '{name}' has {len(present)} different values ({shown}"
+                        f"{', ...' if len(present) > 5 else ''}); a binomial model needs two "
+                        "(e.g. yes/no or 0/1). Choose a response with two values, or "
+                        "combine the categories into two")
+    second = present[1]
+    values = np.where(codes < 0, np.nan, (codes == second).astype(float))
+    out = data.copy()
+    out[name] = values
+    return out, f"'{name}': {labels[present[1]]!r} counts as a success, {labels[present[0]]!r} as a failure"
+
+
+def _check_response(design: MixedDesign, family: Family, trials) -> None:
+    y = np.asarray(design.y, float)
+    name = design.response_name
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"the response {name} has infinite values; remove those rows")
+    if family.name == "poisson":
+        if np.any(y < 0):
+            raise DataError(f"the response {name} has negative values (e.g. {y[y < 0][0]:g}); a "
+                            "Poisson model needs counts 0, 1, 2, ...")
+        frac = y != np.round(y)
+        if np.any(frac):
+            raise DataError(f"the response {name} has values that are not whole numbers (e.g. "
+                            f"{y[frac][0]:g}); a Poisson model needs counts 0, 1, 2, ... "
+                            "(use lmer for a continuous response)")
+    elif trials is None:
+        vals = np.unique(y)
+        if not np.all(np.isin(vals, (0.0, 1.0))):
+            shown = ", ".join(f"{v:g}" for v in vals[:5])
+            raise DataError(f"the response {name} has {len(vals)} different values ({shown}"
+                            f"{', ...' if len(vals) > 5 else ''}); a binomial model needs 0/1 "
+                            "values, a column with two categories, or cbind(successes, "
+                            "failures)")
+    if len(np.unique(y)) < 2:
+        raise DataError(f"the response {name} is constant (every value is {y[0]:g}); there is "
+                        "nothing to model (lme4: Response is constant)")
+
+
+def _cbind_columns(design: MixedDesign, family: Family):
+    """(successes, trials) of a ``cbind(successes, failures)`` response, else None."""
+    failures = getattr(design, "failures", None)
+    if failures is None:
+        return None
+    if family.name != "binomial":
+        raise DataError("cbind(successes, failures) is a binomial response; use "
+                        "family='binomial'")
+    s = np.asarray(design.y, float)
+    f = np.asarray(failures, float)
+    for what, v in (("successes", s), ("failures", f)):
+        if np.any(v < 0) or np.any(v != np.round(v)):
+            bad = v[(v < 0) | (v != np.round(v))][0]
+            raise DataError(f"the {what} in {design.response_name} must be whole numbers 0, 1, "
+                            f"2, ... (found {bad:g}); check the columns inside cbind()")
+    return s, s + f
+
+
+# ---------------------------------------------------------------------------
+# Optimisation (lme4's two stages)
+
+
+def _central_gradient(f, x, lower, h=1e-6):
+    g = np.zeros(x.size)
+    for i in range(x.size):
+        hi = h * max(1.0, abs(x[i]))
+        xp, xm = x.copy(), x.copy()
+        xp[i] += hi
+        if x[i] - hi < lower[i]:
+            g[i] = (f(xp) - f(x)) / hi
+            continue
+        xm[i] -= hi
+        g[i] = (f(xp) - f(xm)) / (2 * hi)
+    return g
+
+
+class _Clock:
+    def __init__(self, limit):
+        self.limit = limit
+        self.start = time.monotonic()
+
+    def check(self):
+        if self.limit is not None and time.monotonic() - self.start > self.limit:
+            raise FitTimeout(f"the fit did not finish within {self.limit:g} seconds and was "
+                             "stopped; try a simpler model (fewer random effects) or less data")
+
+
+def _minimize(f, x0, lower, clock, gtol=1e-7, polish=False, scale=None):
+    """L-BFGS-B with central-difference gradients, bounded below by ``lower``, on
+    ``x = x0 + scale * z`` (``scale``: rough parameter scales, so that the first steps
+    are of a sensible size); the best point evaluated is returned."""
+    scale = np.ones(x0.size) if scale is None else np.asarray(scale, float)
+    x_start = np.asarray(x0, float).copy()
+
+    def f_z(z, f=f):
+        return f(x_start + scale * z)
+
+    f = f_z
+    lower = np.where(np.isfinite(lower), (lower - x_start) / scale, -np.inf)
+    x0 = np.zeros(x_start.size)
+    fx_cache = {}
+
+    def fun(x):
+        clock.check()
+        key = x.tobytes()
+        if key not in fx_cache:
+            try:
+                fx_cache[key] = f(x)
+            except FitError:
+                # a trial point where PIRLS breaks down (e.g. exp overflow): not a minimum
+                fx_cache[key] = np.inf
+        return fx_cache[key]
+
+    def fun_grad(x):
+        x = np.asarray(x, float)
+        v = fun(x)
+        return v, _central_gradient(fun, x, lower)
+
+    bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
+    res = _opt.minimize(fun_grad, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                        options={"maxiter": 1000, "ftol": 1e-15, "gtol": gtol, "maxcor": 20})
+    x, fx = np.asarray(res.x, float), float(res.fun)
+    if polish:
+        # lme4's criterion is piecewise smooth (PIRLS stops after a whole number of
+        # steps), so finish with Nelder-Mead, as lme4's stage 2 does
+        step = np.maximum(np.abs(x), 1.0) * 1e-3
+        simplex = np.vstack([x] + [x + step[i] * np.eye(x.size)[i] for i in range(x.size)])
+        simplex = np.maximum(simplex, np.where(np.isfinite(lower), lower, -np.inf))
+        nm = _opt.minimize(fun, x, method="Nelder-Mead", bounds=bounds,
+                           options={"initial_simplex": simplex, "xatol": 1e-7, "fatol": 1e-10,
+                                    "maxfev": 200 * x.size})
+        if nm.fun <= fx:
+            x, fx = np.asarray(nm.x, float), float(nm.fun)
+    best = min(fx_cache, key=fx_cache.get)
+    if fx_cache[best] < fx:
+        x, fx = np.frombuffer(best), fx_cache[best]
+    return x_start + scale * x, fx, res
+
+
+def _deriv12(fun, x, fx, lower, delta=HESSIAN_STEP):
+    """lme4's ``deriv12`` with its lower bounds: central differences, the step shortened
+    to stay inside the bounds."""
+    x = np.asarray(x, float)
+    n = x.size
+    xadd = x + delta
+    xsub = x - delta
+    active = xsub < lower
+    ld = np.where(active, x - lower, delta)
+    xsub = np.where(active, lower, xsub)
+    ud = np.full(n, delta)
+    g = np.zeros(n)
+    H = np.zeros((n, n))
+
+    def at(pairs):
+        z = x.copy()
+        for i, v in pairs:
+            z[i] = v
+        return fun(z)
+
+    for j in range(n):
+        fadd = at([(j, xadd[j])])
+        fsub = at([(j, xsub[j])])
+        H[j, j] = fadd / ud[j] ** 2 - 2 * fx / (ud[j] * ld[j]) + fsub / ld[j] ** 2
+        g[j] = (fadd - fsub) / (ud[j] + ld[j])
+        for i in range(j):
+            H[i, j] = H[j, i] = (at([(i, xadd[i]), (j, xadd[j])]) / (ud[i] + ud[j]) ** 2
+                                 - at([(i, xadd[i]), (j, xsub[j])]) / (ud[i] + ld[j]) ** 2
+                                 - at([(i, xsub[i]), (j, xadd[j])]) / (ld[i] + ud[j]) ** 2
+                                 + at([(i, xsub[i]), (j, xsub[j])]) / (ld[i] + ld[j]) ** 2)
+    return g, H
+
+
+def _convergence_messages(pars, lower, g, H) -> tuple:
+    """lme4's checkConv: (singular, messages)."""
+    ntheta = lower.size
+    if is_singular(pars[:ntheta], lower):
+        return True, (SINGULAR_MESSAGE,)
+    msgs = []
+    if not np.all(np.isfinite(g)):
+        return False, ("Gradient contains NAs",)
+    try:
+        R = np.linalg.cholesky(H).T
+        scgrad = np.linalg.solve(R, g)
+        mingrad = np.minimum(np.abs(scgrad), np.abs(g))
+        if mingrad.max() > GRADIENT_TOL:
+            msgs.append(f"Model failed to converge with max|grad| = {mingrad.max():.6g} "
+                        f"(tol = {GRADIENT_TOL:g}, component 1)")
+    except np.linalg.LinAlgError:
+        msgs.append("unable to evaluate scaled gradient")
+    p = pars.size - ntheta
+    if p > 0:
+        msgs.extend(m.replace("degenerate  Hessian", "degenerate fixed-effect Hessian").replace(
+            " Hessian is numerically", "fixed-effect Hessian is numerically")
+            for m in _check_hessian(H[ntheta:, ntheta:], 1e-6))
+    msgs.extend(_check_hessian(H, 1e-6))
+    return False, tuple(msgs)
+
+
+def glmer(formula, data: pd.DataFrame, family: str = "binomial", nAGQ: int = 1, *,
+          categorical=None, numeric=None, reference_levels=None, data_name: str = "data",
+          time_limit: float | None = DEFAULT_TIME_LIMIT) -> "GlmmFit":
+    """Fit a generalized linear mixed model as lme4's ``glmer`` does.
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax.  The response is 0/1 numbers, a column with two categories (the
+        second level in R's order is a success) or ``cbind(successes, failures)`` for
+        binomial, counts for Poisson.
+    data : pandas.DataFrame
+    family : {"binomial", "poisson"}
+        Logit and log links (the canonical ones, lme4's defaults).
+    nAGQ : int
+        1 for the Laplace approximation, 2 to 25 for adaptive Gauss-Hermite quadrature
+        (a single scalar random-effects term only, as in lme4).
+    categorical, numeric, reference_levels, data_name
+        As for :func:`lmmcore.lmer`.
+    time_limit : float or None
+        Seconds before the fit stops with :class:`~lmmcore.errors.FitTimeout`.
+
+    Returns
+    -------
+    GlmmFit
+
+    Raises
+    ------
+    FormulaError, DataError, FitError, FitTimeout
+    """
+    from lmmcore.design import build_design
+    from lmmcore.formula import parse_formula
+
+    fam = _family(family)
+    nAGQ = _check_nagq(nAGQ)
+    parsed = parse_formula(formula)
+    notes = []
+    if fam.name == "binomial" and parsed.response.kind == "column" \
+            and parsed.response.column in getattr(data, "columns", ()):
+        data, note = _binary_response(data, parsed.response.column, categorical)
+        if note:
+            notes.append(note)
+        if categorical:
+            categorical = [c for c in categorical if c != parsed.response.column]
+    design = build_design(parsed, data, categorical=categorical, numeric=numeric,
+                          reference_levels=reference_levels)
+    return fit_glmm_design(design, fam.name, nAGQ, data_name=data_name, time_limit=time_limit,
+                           notes=tuple(notes))
+
+
+def _family(family) -> Family:
+    name = str(family).lower().strip()
+    if name not in FAMILIES:
+        raise DataError(f"family {family!r} is not available; use 'binomial' (logistic, for "
+                        "0/1 or success/failure data) or 'poisson' (for counts)")
+    return Family(name)
+
+
+def _check_nagq(nAGQ) -> int:
+    try:
+        k = int(nAGQ)
+    except (TypeError, ValueError):
+        raise DataError(f"nAGQ must be a whole number from 1 to {MAX_AGQ}, not {nAGQ!r}") from None
+    if k != nAGQ or not 1 <= k <= MAX_AGQ:
+        raise DataError(f"nAGQ must be a whole number from 1 (Laplace) to {MAX_AGQ}, not {nAGQ!r}")
+    return k
+
+
+def fit_glmm_design(design: MixedDesign, family: str = "binomial", nAGQ: int = 1, *,
+                    data_name: str = "data", time_limit=DEFAULT_TIME_LIMIT,
+                    notes: tuple = ()) -> "GlmmFit":
+    """Fit a GLMM to an already built design (the engine without the formula step)."""
+    from lmmcore.mixed import _one_blas_thread
+
+    fam = _family(family)
+    nAGQ = _check_nagq(nAGQ)
+    if not design.random_terms:
+        raise FitError("The formula has no random-effects term such as (1 | group); a model "
+                       "without random effects is a glm.")
+    if nAGQ > 1 and (len(design.random_terms) != 1 or design.random_terms[0].n_columns != 1):
+        raise FitError("nAGQ > 1 is only available for models with a single, scalar "
+                       "random-effects term (lme4's rule); use nAGQ = 1 (Laplace)")
+    cb = _cbind_columns(design, fam)
+    trials = None
+    if cb is not None:
+        s, trials = cb
+        with np.errstate(invalid="ignore", divide="ignore"):
+            y = np.where(trials > 0, s / np.where(trials > 0, trials, 1), 0.0)
+        design = _with_response(design, y)
+    _check_response(design, fam, trials)
+    n, p = design.nobs, design.X.shape[1]
+    for t in design.random_terms:
+        used = int(np.count_nonzero(np.bincount(np.asarray(t.codes), minlength=t.n_levels)))
+        if used < 2:
+            raise FitError(f"the grouping factor '{t.group_name}' has only one level in the rows "
+                           "used, but a random effect needs at least two groups")
+        if used > n:
+            raise FitError(f"the grouping factor '{t.group_name}' has more levels than "
+                           "observations")
+    with _one_blas_thread():
+        return _fit(design, fam, nAGQ, trials, data_name, _Clock(time_limit), notes)
+
+
+def _with_response(design: MixedDesign, y) -> MixedDesign:
+    import dataclasses
+    return dataclasses.replace(design, y=np.asarray(y, float))
+
+
+def _fit(design, fam, nAGQ, trials, data_name, clock, notes) -> "GlmmFit":
+    problem = GlmmProblem(design, fam, trials)
+    lower_theta = problem.theta_lower
+    theta0 = np.where(lower_theta == 0, 1.0, 0.0)
+    # stage 1: theta only, beta from PIRLS (lme4's nAGQ = 0)
+    dev1 = GlmmDeviance(problem, 1)
+    theta1, _, _ = _minimize(dev1.stage1, theta0, lower_theta, clock, gtol=1e-6)
+    st1 = dev1.pirls(theta1, None)
+    lp0 = st1.eta
+    beta1 = st1.beta
+    # stage 2: (theta, beta) on the Laplace or AGQ criterion
+    # stage 2: (theta, beta) on lme4's Laplace or AGQ criterion, evaluated as lme4 does
+    # (PIRLS from the stage-1 linear predictor, lme4's stopping rule): the optimum is then
+    # lme4's, not that of the fully converged criterion, which differs by about 1e-6
+    dev2 = GlmmDeviance(problem, nAGQ).lme4_mode(lp0)
+    lower = np.concatenate([lower_theta, np.full(problem.p, -np.inf)])
+    x0 = np.concatenate([theta1, beta1])
+    # scales: lme4's Nelder-Mead steps (0.1 for theta, the beta standard errors from RX)
+    rx_inv = np.linalg.inv(st1.factor.RX)
+    se1 = np.sqrt(np.sum(rx_inv ** 2, axis=0))
+    scale = np.concatenate([np.full(problem.n_theta, 0.1), np.minimum(se1, 10.0)])
+    pars, value, res = _minimize(dev2.stage2, x0, lower, clock, polish=True, scale=scale)
+    # lme4's check.boundary: a theta within 1e-5 of its bound is tried on it
+    near = (lower[:problem.n_theta] == 0) & (pars[:problem.n_theta] > 0) \
+        & (pars[:problem.n_theta] < BOUNDARY_TOL)
+    for i in np.flatnonzero(near):
+        trial = pars.copy()
+        trial[i] = 0.0
+        v = dev2.stage2(trial)
+        if v < value:
+            pars, value = trial, v
+    value = dev2.stage2(pars)
+    clock.check()
+    g, H = _deriv12(dev2.stage2, pars, value, lower)
+    state = dev2.state(pars)
+    singular, msgs = _convergence_messages(pars, lower_theta, g, H)
+    record = {"evaluations": dev1.evaluations + dev2.evaluations, "converged": bool(res.success),
+              "message": str(res.message), "stage1_theta": theta1, "lp0": lp0}
+    return GlmmFit(design, fam.name, nAGQ, trials, pars, value, state, H, singular, msgs,
+                   record, data_name, notes)
+
+
+# ---------------------------------------------------------------------------
+# Results
+
+
+class GlmmFit:
+    """A fitted GLMM (read-only; picklable); the attributes mirror :class:`MixedFit`.
+
+    Notes
+    -----
+    ``loglik`` is ``-deviance_criterion / 2`` at the optimum (lme4's ``logLik``), for
+    ``nAGQ > 1`` relative to the saturated model as in lme4.  ``deviance`` is lme4's
+    ``deviance()`` for a GLMM: the sum of squared deviance residuals at the conditional
+    modes; the summary's ``deviance`` column is ``-2 * loglik``.  ``se`` and ``vcov`` come
+    from the finite-difference Hessian of the criterion in (theta, beta), as lme4's.
+    """
+
+    _frozen = False
+
+    def __init__(self, design, family, nAGQ, trials, pars, value, state, hessian, singular,
+                 messages, record, data_name, notes=()):
+        self.design = design
+        self.family = family
+        self.nAGQ = nAGQ
+        self._trials = trials
+        self._pars = np.asarray(pars, float)
+        self.objective = float(value)
+        self._state = state
+        self._hessian = hessian
+        self.is_singular = bool(singular)
+        self._lme4_messages = tuple(messages)
+        self.optimizer = record
+        self.data_name = data_name
+        self.notes = tuple(notes)
+        self.reml = False
+        self._frozen = True
+
+    def __setattr__(self, name, value):
+        if self._frozen:
+            raise AttributeError("GlmmFit is read-only")
+        object.__setattr__(self, name, value)
+
+    def __reduce__(self):
+        return (_rebuild, (self.design, self.family, self.nAGQ, self._trials, self._pars,
+                           self.objective, self._state, self._hessian, self.is_singular,
+                           self._lme4_messages, self.optimizer, self.data_name, self.notes))
+
+    def __repr__(self):
+        return f"<GlmmFit {self.formula!r} ({self.family}), nobs={self.nobs}>"
+
+    # -- basic quantities ---------------------------------------------------------
+    @property
+    def formula(self) -> str:
+        return self.design.formula
+
+    @property
+    def link(self) -> str:
+        return Family(self.family).link
+
+    @property
+    def nobs(self) -> int:
+        return self.design.nobs
+
+    @cached_property
+    def _problem(self) -> GlmmProblem:
+        return GlmmProblem(self.design, Family(self.family), self._trials)
+
+    @property
+    def n_theta(self) -> int:
+        return sum(t.n_theta for t in self.design.random_terms)
+
+    @property
+    def theta(self) -> np.ndarray:
+        return self._pars[:self.n_theta].copy()
+
+    @property
+    def loglik(self) -> float:
+        return -0.5 * self.objective
+
+    @property
+    def npar(self) -> int:
+        return self.design.X.shape[1] + self.n_theta
+
+    @property
+    def df_resid(self) -> int:
+        return self.nobs - self.npar
+
+    @property
+    def aic(self) -> float:
+        return self.objective + 2.0 * self.npar
+
+    @property
+    def bic(self) -> float:
+        return self.objective + self.npar * math.log(self.nobs)
+
+    @property
+    def deviance(self) -> float:
+        """lme4's ``deviance()`` of a GLMM: the sum of squared deviance residuals."""
+        pr = self._problem
+        return float(np.sum(pr.family.dev_resid(pr.y, self._state.mu, pr.weights)))
+
+    @property
+    def converged(self) -> bool:
+        return not any(m.startswith("Model failed") for m in self._lme4_messages)
+
+    @property
+    def lme4_messages(self) -> list:
+        msgs = []
+        if self.design.dropped_fixed:
+            k = len(self.design.dropped_fixed)
+            msgs.append(f"fixed-effect model matrix is rank deficient so dropping {k} "
+                        f"column{'s' if k != 1 else ''} / coefficient{'s' if k != 1 else ''}")
+        msgs.extend(self._lme4_messages)
+        return msgs
+
+    @cached_property
+    def messages(self) -> list:
+        """Warnings in plain words (with lme4's wording where there is one)."""
+        out = list(self.notes)
+        if self.design.dropped_fixed:
+            k = len(self.design.dropped_fixed)
+            out.append(f"The fixed-effects columns are linearly dependent, so {k} column"
+                       f"{'s were' if k != 1 else ' was'} dropped: "
+                       f"{', '.join(self.design.dropped_fixed)}.")
+        if self.design.n_dropped_na:
+            out.append(f"{self.design.n_dropped_na} rows with missing values in the model's "
+                       "columns were left out.")
+        for m in self._lme4_messages:
+            if m.startswith("boundary (singular)"):
+                out.append(f"{_SINGULAR_PLAIN} (lme4: {m})")
+            elif m.startswith("Model failed to converge with"):
+                out.append("The optimizer may not have reached the optimum: the gradient at the "
+                           f"estimates is not close enough to zero (lme4: {m}). Try rescaling "
+                           "predictors or simplifying the random part.")
+            else:
+                out.append(f"Convergence check: {m}")
+        return out
+
+    @property
+    def ngroups(self) -> dict:
+        out = {}
+        for t in self.design.random_terms:
+            out.setdefault(t.group_name, t.n_levels)
+        return out
+
+    # -- fixed effects ------------------------------------------------------------
+    @property
+    def fixed_names(self) -> list:
+        return list(self.design.fixed_names)
+
+    @property
+    def fixef(self) -> pd.Series:
+        return pd.Series(self._pars[self.n_theta:].copy(), index=self.fixed_names,
+                         name="Estimate")
+
+    @cached_property
+    def _vcov_array(self) -> np.ndarray:
+        k = self.n_theta
+        try:
+            inv = np.linalg.inv(self._hessian)
+            V = (inv + inv.T)[k:, k:]
+            if np.all(np.isfinite(V)) and np.min(np.linalg.eigvalsh(V)) > 0:
+                return V
+        except np.linalg.LinAlgError:
+            pass
+        return np.full((self.npar - k, self.npar - k), np.nan)
+
+    @property
+    def vcov(self) -> pd.DataFrame:
+        return pd.DataFrame(self._vcov_array.copy(), index=self.fixed_names,
+                            columns=self.fixed_names)
+
+    @property
+    def se(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self._vcov_array)), index=self.fixed_names,
+                         name="Std. Error")
+
+    @property
+    def zvalue(self) -> pd.Series:
+        return pd.Series(self.fixef.to_numpy() / self.se.to_numpy(), index=self.fixed_names,
+                         name="z value")
+
+    def coef_table(self) -> pd.DataFrame:
+        """lme4's coefficient table: Estimate, Std. Error, z value, Pr(>|z|)."""
+        z = self.zvalue.to_numpy()
+        return pd.DataFrame({"Estimate": self.fixef.to_numpy(), "Std. Error": self.se.to_numpy(),
+                             "z value": z, "Pr(>|z|)": 2 * stats.norm.sf(np.abs(z))},
+                            index=self.fixed_names)
+
+    @property
+    def corr_fixef(self) -> pd.DataFrame:
+        v = self._vcov_array
+        s = np.sqrt(np.diag(v))
+        return pd.DataFrame(v / np.outer(s, s), index=self.fixed_names, columns=self.fixed_names)
+
+    # -- random effects -----------------------------------------------------------
+    def _templates(self) -> list:
+        return [t.template(self._pars) for t in self._problem.terms]
+
+    def _b(self) -> list:
+        """Per term, the random effects b = Lambda u as (levels, k)."""
+        out = []
+        u = self._state.u
+        pr = self._problem
+        # u is laid out lead block first, then the rest in order
+        starts = {}
+        starts[pr.lead] = 0
+        off = pr.q1
+        for i in pr.rest:
+            starts[i] = off
+            off += pr.terms[i].k * pr.terms[i].m
+        for i, t in enumerate(pr.terms):
+            ui = u[starts[i]:starts[i] + t.k * t.m].reshape(t.m, t.k)
+            out.append(ui @ t.template(self._pars).T)
+        return out
+
+    def _grouped_terms(self) -> dict:
+        groups = {}
+        for i, t in enumerate(self.design.random_terms):
+            groups.setdefault(t.group_name, []).append(i)
+        return groups
+
+    @cached_property
+    def _ranef(self) -> dict:
+        b = self._b()
+        terms = self.design.random_terms
+        out = {}
+        for g, idx in self._grouped_terms().items():
+            cols = [c for i in idx for c in terms[i].column_names]
+            out[g] = pd.DataFrame(np.hstack([b[i] for i in idx]),
+                                  index=pd.Index(list(terms[idx[0]].levels), name=g), columns=cols)
+        return out
+
+    @property
+    def ranef(self) -> dict:
+        return {g: df.copy() for g, df in self._ranef.items()}
+
+    @property
+    def coef(self) -> dict:
+        fe = self.fixef
+        out = {}
+        for g, re in self._ranef.items():
+            df = pd.DataFrame(np.tile(fe.to_numpy(), (len(re), 1)), index=re.index,
+                              columns=list(fe.index))
+            for c in re.columns:
+                df[c] = df[c] + re[c] if c in df.columns else re[c]
+            out[g] = df
+        return out
+
+    def re_cov(self, group: str) -> pd.DataFrame:
+        """Estimated covariance matrix of one grouping factor's random effects."""
+        groups = self._grouped_terms()
+        if group not in groups:
+            raise DataError(f"No random effects for '{group}'; the grouping factors are "
+                            f"{', '.join(groups)}.")
+        T = self._templates()
+        names, blocks = [], []
+        for i in groups[group]:
+            names.extend(self.design.random_terms[i].column_names)
+            blocks.append(T[i] @ T[i].T)
+        cov = np.zeros((len(names), len(names)))
+        off = 0
+        for b in blocks:
+            cov[off:off + len(b), off:off + len(b)] = b
+            off += len(b)
+        return pd.DataFrame(cov, index=names, columns=names)
+
+    @cached_property
+    def varcorr(self) -> pd.DataFrame:
+        """lme4's ``as.data.frame(VarCorr(fit))`` (no residual row for these families)."""
+        rows = []
+        seen = {}
+        for t, T in zip(self.design.random_terms, self._templates()):
+            n_seen = seen.get(t.group_name, 0)
+            seen[t.group_name] = n_seen + 1
+            grp = t.group_name if n_seen == 0 else f"{t.group_name}.{n_seen}"
+            cov = T @ T.T
+            sd = np.sqrt(np.diag(cov))
+            names = t.column_names
+            for a in range(len(names)):
+                rows.append((grp, names[a], None, cov[a, a], sd[a]))
+            for a in range(len(names)):
+                for c in range(a + 1, len(names)):
+                    corr = cov[a, c] / (sd[a] * sd[c]) if sd[a] > 0 and sd[c] > 0 else np.nan
+                    rows.append((grp, names[a], names[c], cov[a, c], corr))
+        cols = list(zip(*rows))
+        return pd.DataFrame({
+            "grp": pd.Series(cols[0], dtype=object), "var1": pd.Series(cols[1], dtype=object),
+            "var2": pd.Series(cols[2], dtype=object),
+            "vcov": np.array(cols[3], float), "sdcor": np.array(cols[4], float)})
+
+    # -- fitted values ------------------------------------------------------------
+    @property
+    def fitted(self) -> pd.Series:
+        """Fitted values on the response scale (probabilities or expected counts)."""
+        return pd.Series(self._state.mu.copy(), index=self.design.row_index, name="fitted")
+
+    @property
+    def pearson_residuals(self) -> pd.Series:
+        pr = self._problem
+        mu = self._state.mu
+        r = (pr.y - mu) * np.sqrt(pr.weights) / np.sqrt(pr.family.variance(mu))
+        return pd.Series(r, index=self.design.row_index, name="pearson")
+
+    @cached_property
+    def scaled_resid_quantiles(self) -> pd.Series:
+        q = np.quantile(self.pearson_residuals.to_numpy(), [0, 0.25, 0.5, 0.75, 1.0])
+        return pd.Series(q, index=["Min", "1Q", "Median", "3Q", "Max"])
+
+    def predict(self, newdata: pd.DataFrame | None = None, type: str = "link",
+                re_form=None) -> pd.Series:
+        """lme4's ``predict``: ``type`` "link" or "response"; ``re_form=NA`` (pass
+        ``"NA"`` or ``False``) for the fixed-effects part only.  Levels not seen in the
+        fit get their random effects taken as 0 (``allow.new.levels = TRUE``)."""
+        if type not in ("link", "response"):
+            raise DataError("type must be 'link' (the linear predictor) or 'response' "
+                            "(probabilities or expected counts)")
+        include_random = not (re_form is False or (isinstance(re_form, str)
+                                                    and re_form.strip().upper() in ("NA", "~0")))
+        beta = self._pars[self.n_theta:]
+        if newdata is None:
+            index = self.design.row_index
+            X = np.asarray(self.design.X, float)
+            eta = X @ beta
+            if include_random:
+                for t, b in zip(self.design.random_terms, self._b()):
+                    eta = eta + np.einsum("nk,nk->n", np.asarray(t.Z_raw, float).reshape(len(eta), -1),
+                                          b[np.asarray(t.codes)])
+        else:
+            enc = self.design.encoder
+            X = np.asarray(enc.fixed_matrix(newdata), float)
+            eta = X @ beta
+            index = newdata.index
+            if include_random:
+                for (codes, Z_raw), b in zip(enc.group_codes(newdata), self._b()):
+                    codes = np.asarray(codes, np.intp)
+                    known = codes >= 0
+                    Zr = np.asarray(Z_raw, float).reshape(len(codes), -1)
+                    contrib = np.zeros(len(codes))
+                    contrib[known] = np.einsum("nk,nk->n", Zr[known], b[codes[known]])
+                    eta = eta + contrib
+        out = eta if type == "link" else Family(self.family).linkinv(eta)
+        return pd.Series(out, index=index, name="predicted")
+
+    # -- functions of the fit -----------------------------------------------------
+    def deviance_function(self):
+        """lme4's stage-2 deviance function (``update(fit, devFunOnly = TRUE)``): a
+        callable of ``pars = concatenate([theta, beta])``, evaluated as lme4 does (PIRLS
+        from the linear predictor at the end of stage 1, lme4's stopping rule)."""
+        dev = GlmmDeviance(self._problem, self.nAGQ)
+        return dev.lme4_mode(self.optimizer["lp0"])
+
+    def refit(self, reml=None) -> "GlmmFit":
+        """GLMMs are fitted by maximum likelihood only; returns the fit itself."""
+        return self
+
+    # -- summary ------------------------------------------------------------------
+    def summary(self) -> str:
+        """The text of lme4 1.1-31's ``print(summary(fit))`` for a glmer fit."""
+        return glmer_summary(self)
+
+
+def glmer_summary(fit: GlmmFit) -> str:
+    """lme4's glmer summary layout (kept in one function, to move to the printing home)."""
+    from lmmcore.mixed import r_abbreviate
+    from lmmcore.rformat import (format_coef_matrix, format_matrix, format_numbers,
+                                 print_named, r_round, zapsmall)
+
+    method = ("Laplace Approximation" if fit.nAGQ == 1 else
+              f"Adaptive Gauss-Hermite Quadrature, nAGQ = {fit.nAGQ}")
+    L = ["Generalized linear mixed model fit by maximum likelihood (" + method.split(" ")[0],
+         f"  {' '.join(method.split(' ')[1:])}) [glmerMod]"]
+    L.append(f" Family: {fit.family}  ( {fit.link} )")
+    L.append(f"Formula: {fit.formula}")
+    L.append(f"   Data: {fit.data_name}")
+    L.append("")
+    vals = r_round([fit.aic, fit.bic, fit.loglik, fit.objective, fit.df_resid], 1)
+    txt = [t.strip() for t in format_numbers(vals, 7, na="NaN")]
+    txt[4] = str(int(fit.df_resid))
+    L.extend(print_named(txt, ["AIC", "BIC", "logLik", "deviance", "df.resid"]))
+    L.append("")
+    L.append("Scaled residuals: ")
+    rq = zapsmall(fit.scaled_resid_quantiles.to_numpy(), 5)
+    L.extend(print_named(format_numbers(rq, 4, na="NaN"), ["Min", "1Q", "Median", "3Q", "Max"]))
+    L.append("")
+    L.append("Random effects:")
+    L.extend(_varcorr_lines(fit, format_numbers, r_round, format_matrix))
+    groups = "; ".join(f"{g}, {m}" for g, m in fit.ngroups.items())
+    head = f"Number of obs: {fit.nobs}, groups: "
+    if len(head) + 1 + len(groups) > 80:
+        L.extend([head, groups])
+    else:
+        L.append(f"{head} {groups}")
+    p = len(fit.fixed_names)
+    if p > 0:
+        L.append("")
+        L.append("Fixed effects:")
+        ct = fit.coef_table()
+        L.extend(format_coef_matrix(ct.to_numpy(), list(ct.index), list(ct.columns), digits=4,
+                                    cs_ind=(0, 1), tst_ind=(2,), has_pvalue=True))
+        if 1 < p <= 12:
+            L.append("")
+            L.append("Correlation of Fixed Effects:")
+            C = fit.corr_fixef.to_numpy()
+            rn = [r_abbreviate(n, 11) for n in fit.fixed_names]
+            cn = [r_abbreviate(n, 6) for n in fit.fixed_names]
+            flat = format_numbers(r_round(C, 3).ravel(), 7, na="NaN", nsmall=3)
+            cc = np.array(flat, dtype=object).reshape(p, p)
+            cells = [[cc[i, j] if i > j else "" for j in range(p - 1)] for i in range(1, p)]
+            L.extend(format_matrix(cells, rn[1:], cn[:-1], right=False))
+    warn = [m for m in fit.lme4_messages if not m.startswith("fixed-effect model matrix")]
+    if warn:
+        L.append("optimizer (L-BFGS-B) convergence code: 0 (OK)")
+        L.extend(warn)
+        L.append("")
+    return "\n".join(L) + "\n"
+
+
+def _varcorr_lines(fit, format_numbers, r_round, format_matrix) -> list:
+    digits = 4
+    groups, names, sds, corrs = [], [], [], []
+    seen = {}
+    for t, T in zip(fit.design.random_terms, fit._templates()):
+        n_seen = seen.get(t.group_name, 0)
+        seen[t.group_name] = n_seen + 1
+        cov = T @ T.T
+        sd = np.sqrt(np.diag(cov))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cor = cov / np.outer(sd, sd)
+        for a in range(t.n_columns):
+            groups.append((t.group_name if n_seen == 0 else f"{t.group_name}.{n_seen}")
+                          if a == 0 else "")
+            names.append(t.column_names[a])
+            sds.append(sd[a])
+        corrs.append(cor)
+    sds = np.array(sds)
+    cols = ["Groups", "Name", "Variance", "Std.Dev."]
+    cells = [[g, n, v, s] for g, n, v, s in zip(groups, names,
+                                                format_numbers(sds ** 2, digits, na="NaN"),
+                                                format_numbers(sds, digits, na="NaN"))]
+    maxlen = max(c.shape[0] for c in corrs)
+    if maxlen > 1:
+        dig = max(2, digits - 2)
+        crow = []
+        for c in corrs:
+            k = c.shape[0]
+            flat = format_numbers(r_round(c, dig).ravel(), 7, na="NaN", nsmall=dig)
+            cc = np.array(flat, dtype=object).reshape(k, k)
+            for a in range(k):
+                crow.append([cc[a, b] if a > b else "" for b in range(maxlen - 1)])
+        cols = cols + ["Corr"] + [""] * (maxlen - 2)
+        cells = [a + b for a, b in zip(cells, crow)]
+    return format_matrix(cells, [""] * len(cells), cols, right=False)
+
+
+def _rebuild(*args):
+    return GlmmFit(*args)
