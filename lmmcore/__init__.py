@@ -10,6 +10,7 @@ The pipeline has lme4's four seams (Bates et al. 2015, JSS 67(1), Table 1):
 Public API (tests, pages and tools rely on these names):
 
 - ``lmer(formula, data, reml=True) -> MixedFit``
+- ``glmer(formula, data, family="binomial", nAGQ=1) -> GlmmFit`` (binomial logit, Poisson log)
 - ``lm(formula, data) -> LinearFit``
 - ``anova(*fits, names=None) -> DataFrame``; ``format_anova(table) -> str`` prints it as R does
 - ``pooling_estimates``, ``shrinkage_sd``, ``re_contours``
@@ -25,7 +26,7 @@ from lmmcore.errors import DataError, FitError, FitTimeout, FormulaError, LmmErr
 __all__ = [
     "LmmError", "FormulaError", "DataError", "FitError", "FitTimeout",
     "parse_formula", "compose_formula", "build_design",
-    "lmer", "MixedFit", "lm", "LinearFit", "anova", "format_anova",
+    "lmer", "MixedFit", "glmer", "GlmmFit", "lm", "LinearFit", "anova", "format_anova",
     "pooling_estimates", "shrinkage_sd", "re_contours", "load_table",
 ]
 
@@ -37,6 +38,8 @@ _PUBLIC = {
     "build_design": "lmmcore.design",
     "lmer": "lmmcore.mixed",
     "MixedFit": "lmmcore.mixed",
+    "glmer": "lmmcore.generalized",
+    "GlmmFit": "lmmcore.generalized",
     "lm": "lmmcore.linear",
     "LinearFit": "lmmcore.linear",
     "anova": "lmmcore.compare",

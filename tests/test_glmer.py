@@ -1,0 +1,183 @@
+"""glmer against lme4 1.1-31 (tests/fixtures/glmm, made by gen_glmm.R beside them).
+
+Tolerances: lme4's stage-2 deviance function at its (theta, beta) probes within 1e-6
+relative; the optimum no worse than lme4's (-2 logLik within 1e-6 relative, or lower);
+estimates, standard errors and theta within 2e-3 relative (lme4's Nelder-Mead stops
+at about 1e-4); the printed summary line for line, numbers within the same tolerance
+(lme4's optimum is only that precise in the last printed digit).
+"""
+
+import json
+import pathlib
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import lmmcore
+from lmmcore.errors import DataError, FitError, FitTimeout, FormulaError
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FIX = ROOT / "tests" / "fixtures" / "glmm"
+DATA = {"bdf": ROOT / "data" / "bdf.csv", "cbpp": ROOT / "data" / "cbpp.csv",
+        "grouseticks": ROOT / "data" / "grouseticks.csv",
+        "VerbAgg": ROOT / "bench" / "data" / "VerbAgg.csv"}
+CASES = ["bdf_repeat", "cbpp", "grouseticks", "cbpp_agq9", "grouse_brood_agq5", "bdf_iq_slope",
+         pytest.param("grouse_location_slope", marks=pytest.mark.xfail(
+             strict=True, reason="stage 1 ends in a singular local optimum that lme4's BOBYQA "
+                                 "avoids; the stage-2 optimum is then worse than lme4's")),
+         "verbagg"]
+_FITS = {}
+
+
+def _ref(name):
+    return json.loads((FIX / f"{name}.json").read_text())
+
+
+def _fit(name):
+    if name not in _FITS:
+        ref = _ref(name)
+        data = pd.read_csv(DATA[ref["dataset"]])
+        _FITS[name] = lmmcore.glmer(ref["formula"], data, ref["family"], ref["nAGQ"],
+                                    categorical=ref["factors"].split(","), data_name="d")
+    return _FITS[name], _ref(name)
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-3))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_deviance_function_at_lme4_probes(name):
+    fit, ref = _fit(name)
+    dev = fit.deviance_function()
+    for probe in ref["devfun_probes"]:
+        assert dev(probe["par"]) == pytest.approx(probe["value"], rel=1e-6)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_optimum_and_estimates(name):
+    fit, ref = _fit(name)
+    assert -2 * fit.loglik <= -2 * ref["loglik"] * (1 + 1e-6)
+    assert fit.aic == pytest.approx(ref["AIC"], rel=1e-6)
+    assert fit.bic == pytest.approx(ref["BIC"], rel=1e-6)
+    assert fit.nobs == ref["nobs"]
+    assert list(fit.fixef.index) == list(ref["fixef"])
+    assert _rel(fit.theta, ref["theta"]) < 2e-3
+    assert _rel(fit.fixef, list(ref["fixef"].values())) < 2e-3
+    assert _rel(fit.se, list(ref["se"].values())) < 2e-3
+    table = fit.coef_table()
+    assert list(table.columns) == ref["coef_table"]["cols"]
+    assert _rel(table.to_numpy(), ref["coef_table"]["values"]) < 5e-3
+    assert fit.deviance == pytest.approx(ref["deviance"], rel=1e-4)
+    assert _rel(fit.fitted.to_numpy()[:10], ref["fitted_head"]) < 2e-3
+    assert _rel(fit.predict(type="link").to_numpy()[:10], ref["pred_link_head"]) < 2e-3
+    assert _rel(fit.predict(type="response", re_form="NA").to_numpy()[:10],
+                ref["pred_fixed_head"]) < 2e-3
+    vc = fit.varcorr
+    assert _rel(vc["vcov"], [r["vcov"] for r in ref["varcorr"]]) < 5e-3
+    for g, r in ref["ranef"].items():
+        # aligned by label: R sorted VerbAgg's item labels in its locale's collation
+        got = fit.ranef[g].loc[r["levels"]]
+        assert np.allclose(got.to_numpy(), r["values"], rtol=5e-3, atol=5e-4)
+    assert fit.is_singular == ref["is_singular"]
+    assert [m for m in fit.lme4_messages] == ref["convergence_messages"]
+
+
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)(e[-+]\d+)?$")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_summary_line_for_line(name):
+    fit, ref = _fit(name)
+    got = fit.summary().rstrip("\n").splitlines()
+    want = ref["summary_text"].rstrip("\n").splitlines()
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        if g == w:
+            continue
+        gt, wt = g.split(), w.split()
+        assert len(gt) == len(wt), (g, w)
+        for a, b in zip(gt, wt):
+            if a != b:
+                assert _NUMBER.match(a) and _NUMBER.match(b), (g, w)
+                assert float(a) == pytest.approx(float(b), rel=2e-3, abs=2e-3), (g, w)
+
+
+def test_factor_response_second_level_is_success():
+    d = pd.read_csv(DATA["bdf"])
+    d["repeated"] = np.where(d["repeatgr"] == 1, "yes", "no")
+    fit = lmmcore.glmer("repeated ~ ses + (1 | schoolNR)", d, categorical=["schoolNR"])
+    ref = lmmcore.glmer("repeatgr ~ ses + (1 | schoolNR)", d, categorical=["schoolNR"])
+    assert fit.loglik == pytest.approx(ref.loglik, rel=1e-9)
+    assert any("'yes' counts as a success" in m for m in fit.messages)
+
+
+def test_bad_input_messages():
+    d = pd.read_csv(DATA["bdf"])
+    d3 = d.assign(grade=d["repeatgr"] + (d["ses"] > 30))
+    with pytest.raises(DataError, match="0/1"):
+        lmmcore.glmer("grade ~ ses + (1 | schoolNR)", d3, categorical=["schoolNR"])
+    d3t = d3.assign(grade=d3["grade"].map({0: "a", 1: "b", 2: "c"}))
+    with pytest.raises(DataError, match="3 different values"):
+        lmmcore.glmer("grade ~ ses + (1 | schoolNR)", d3t, categorical=["schoolNR"])
+    g = pd.read_csv(DATA["grouseticks"])
+    with pytest.raises(DataError, match="negative"):
+        lmmcore.glmer("TICKS ~ YEAR + (1 | BROOD)", g.assign(TICKS=g["TICKS"] - 1), "poisson",
+                      categorical=["BROOD", "YEAR"])
+    with pytest.raises(DataError, match="whole numbers"):
+        lmmcore.glmer("TICKS ~ YEAR + (1 | BROOD)", g.assign(TICKS=g["TICKS"] + 0.5), "poisson",
+                      categorical=["BROOD", "YEAR"])
+    c = pd.read_csv(DATA["cbpp"])
+    with pytest.raises(DataError, match="whole numbers"):
+        lmmcore.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                      c.assign(incidence=c["incidence"] - 0.5), categorical=["herd", "period"])
+    with pytest.raises(DataError, match="whole numbers"):
+        lmmcore.glmer("cbind(incidence, size - incidence - 20) ~ period + (1 | herd)", c,
+                      categorical=["herd", "period"])
+    with pytest.raises(FitError, match="single, scalar"):
+        lmmcore.glmer("TICKS ~ YEAR + (1 | BROOD) + (1 | LOCATION)", g, "poisson", nAGQ=5,
+                      categorical=["BROOD", "YEAR", "LOCATION"])
+    with pytest.raises(DataError, match="nAGQ"):
+        lmmcore.glmer("TICKS ~ YEAR + (1 | BROOD)", g, "poisson", nAGQ=26,
+                      categorical=["BROOD", "YEAR"])
+    with pytest.raises(DataError, match="family"):
+        lmmcore.glmer("TICKS ~ YEAR + (1 | BROOD)", g, "gamma", categorical=["BROOD", "YEAR"])
+    with pytest.raises(FitTimeout, match="did not finish"):
+        lmmcore.glmer("TICKS ~ YEAR + (1 | BROOD)", g, "poisson", categorical=["BROOD", "YEAR"],
+                      time_limit=1e-9)
+    with pytest.raises(DataError, match="binomial response"):
+        lmmcore.lmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", c,
+                     categorical=["herd", "period"])
+
+
+def test_cbind_grammar():
+    f = lmmcore.parse_formula("cbind(incidence, size - incidence) ~ period + (1 | herd)")
+    assert f.response.kind == "cbind"
+    assert f.response.label == "cbind(incidence, size - incidence)"
+    assert f.columns == ("incidence", "size", "period", "herd")
+    assert str(f) == "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    for bad, where in [("y ~ cbind(a, b)", "response"), ("cbind(a) ~ x", "two"),
+                       ("cbind(a, b, c) ~ x", "exactly two"), ("log(cbind(a, b)) ~ x", "inside"),
+                       ("cbind(a, system(b)) ~ x", "not an allowed function")]:
+        with pytest.raises(FormulaError, match=where):
+            lmmcore.parse_formula(bad)
+
+
+def test_anova_of_glmer_fits():
+    d = pd.read_csv(DATA["bdf"])
+    small = lmmcore.glmer("repeatgr ~ ses + (1 | schoolNR)", d, categorical=["schoolNR"],
+                          data_name="d")
+    big, _ = _fit("bdf_repeat")
+    table = lmmcore.anova(small, big)
+    assert list(table["npar"]) == [3, 4]
+    assert table["Chisq"].iloc[1] == pytest.approx(2 * (big.loglik - small.loglik))
+
+
+def test_fit_pickles():
+    import pickle
+    fit, _ = _fit("cbpp")
+    again = pickle.loads(pickle.dumps(fit))
+    assert again.summary() == fit.summary()
