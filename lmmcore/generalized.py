@@ -199,6 +199,25 @@ def _minimize(f, x0, lower, clock, gtol=1e-7, polish=False, scale=None):
     return x_start + scale * x, fx, res
 
 
+def _stage1(f, theta0, lower, clock):
+    """Stage 1 by Nelder-Mead from lme4's start (as lme4's derivative-free BOBYQA, it
+    does not jump into the far, singular basins a gradient step can reach)."""
+    def fun(x):
+        clock.check()
+        try:
+            return f(x)
+        except FitError:
+            return np.inf
+
+    bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
+    res = _opt.minimize(fun, theta0, method="Nelder-Mead", bounds=bounds,
+                        options={"xatol": 1e-5, "fatol": 1e-8, "maxfev": 400 * theta0.size,
+                                 "initial_simplex": np.vstack(
+                                     [theta0] + [theta0 + 0.1 * np.eye(theta0.size)[i]
+                                                 for i in range(theta0.size)])})
+    return np.asarray(res.x, float)
+
+
 def _deriv12(fun, x, fx, lower, delta=HESSIAN_STEP):
     """lme4's ``deriv12`` with its lower bounds: central differences, the step shortened
     to stay inside the bounds."""
@@ -372,7 +391,7 @@ def _fit(design, fam, nAGQ, trials, data_name, clock, notes) -> "GlmmFit":
     theta0 = np.where(lower_theta == 0, 1.0, 0.0)
     # stage 1: theta only, beta from PIRLS (lme4's nAGQ = 0)
     dev1 = GlmmDeviance(problem, 1)
-    theta1, _, _ = _minimize(dev1.stage1, theta0, lower_theta, clock, gtol=1e-6)
+    theta1 = _stage1(dev1.stage1, theta0, lower_theta, clock)
     st1 = dev1.pirls(theta1, None)
     lp0 = st1.eta
     beta1 = st1.beta
