@@ -147,7 +147,7 @@ class _Clock:
                              "stopped; try a simpler model (fewer random effects) or less data")
 
 
-def _minimize(f, x0, lower, clock, gtol=1e-7, polish=False, scale=None):
+def _minimize(f, x0, lower, clock, gtol=1e-7, scale=None):
     """L-BFGS-B with central-difference gradients, bounded below by ``lower``, on
     ``x = x0 + scale * z`` (``scale``: rough parameter scales, so that the first steps
     are of a sensible size); the best point evaluated is returned."""
@@ -182,9 +182,10 @@ def _minimize(f, x0, lower, clock, gtol=1e-7, polish=False, scale=None):
     res = _opt.minimize(fun_grad, x0, jac=True, method="L-BFGS-B", bounds=bounds,
                         options={"maxiter": 1000, "ftol": 1e-15, "gtol": gtol, "maxcor": 20})
     x, fx = np.asarray(res.x, float), float(res.fun)
-    if polish:
+    if not res.success:
         # lme4's criterion is piecewise smooth (PIRLS stops after a whole number of
-        # steps), so finish with Nelder-Mead, as lme4's stage 2 does
+        # steps); when the line search fails on a step, finish with Nelder-Mead, the
+        # optimiser of lme4's stage 2
         step = np.maximum(np.abs(x), 1.0) * 1e-3
         simplex = np.vstack([x] + [x + step[i] * np.eye(x.size)[i] for i in range(x.size)])
         simplex = np.maximum(simplex, np.where(np.isfinite(lower), lower, -np.inf))
@@ -389,8 +390,11 @@ def _fit(design, fam, nAGQ, trials, data_name, clock, notes) -> "GlmmFit":
     problem = GlmmProblem(design, fam, trials)
     lower_theta = problem.theta_lower
     theta0 = np.where(lower_theta == 0, 1.0, 0.0)
-    # stage 1: theta only, beta from PIRLS (lme4's nAGQ = 0)
-    dev1 = GlmmDeviance(problem, 1)
+    # stage 1: theta only, beta from PIRLS (lme4's nAGQ = 0), evaluated as lme4 does:
+    # PIRLS from the linear predictor of a first PIRLS from the family's starting values
+    start = GlmmDeviance(problem, 1)
+    dev1 = start.lme4_mode(start.eta_start).lme4_mode(
+        start.lme4_mode(start.eta_start).pirls(theta0, None).eta)
     theta1 = _stage1(dev1.stage1, theta0, lower_theta, clock)
     st1 = dev1.pirls(theta1, None)
     lp0 = st1.eta
@@ -406,7 +410,7 @@ def _fit(design, fam, nAGQ, trials, data_name, clock, notes) -> "GlmmFit":
     rx_inv = np.linalg.inv(st1.factor.RX)
     se1 = np.sqrt(np.sum(rx_inv ** 2, axis=0))
     scale = np.concatenate([np.full(problem.n_theta, 0.1), np.minimum(se1, 10.0)])
-    pars, value, res = _minimize(dev2.stage2, x0, lower, clock, polish=True, scale=scale)
+    pars, value, res = _minimize(dev2.stage2, x0, lower, clock, scale=scale)
     # lme4's check.boundary: a theta within 1e-5 of its bound is tried on it
     near = (lower[:problem.n_theta] == 0) & (pars[:problem.n_theta] > 0) \
         & (pars[:problem.n_theta] < BOUNDARY_TOL)

@@ -73,11 +73,12 @@ class Family:
 
     def linkinv(self, eta: np.ndarray) -> np.ndarray:
         if self.name == "binomial":
-            # R's logit_linkinv clamps exp(eta) to [eps, 1/eps]
-            e = np.clip(eta, -30.0, 30.0)
-            mu = expit(e)
-            return np.where(eta < -30.0, _DBL_EPS / (1 + _DBL_EPS),
-                            np.where(eta > 30.0, 1.0 / (1 + _DBL_EPS), mu))
+            mu = expit(eta)
+            if np.abs(eta).max(initial=0.0) > 30.0:
+                # R's logit_linkinv clamps exp(eta) to [eps, 1/eps]
+                mu = np.where(eta < -30.0, _DBL_EPS / (1 + _DBL_EPS),
+                              np.where(eta > 30.0, 1.0 / (1 + _DBL_EPS), mu))
+            return mu
         return np.maximum(np.exp(eta), _DBL_EPS)
 
     def linkfun(self, mu: np.ndarray) -> np.ndarray:
@@ -88,29 +89,50 @@ class Family:
     def mu_eta(self, eta: np.ndarray, mu: np.ndarray) -> np.ndarray:
         if self.name == "binomial":
             out = mu * (1.0 - mu)
-            return np.where(np.abs(eta) > 30.0, _DBL_EPS, out)
+            if np.abs(eta).max(initial=0.0) > 30.0:
+                out = np.where(np.abs(eta) > 30.0, _DBL_EPS, out)
+            return out
         return np.maximum(mu, _DBL_EPS)
 
     def variance(self, mu: np.ndarray) -> np.ndarray:
         return mu * (1.0 - mu) if self.name == "binomial" else mu
 
-    def dev_resid(self, y, mu, wt) -> np.ndarray:
-        """R's ``family$dev.resids``."""
+    def dev_resid(self, y, mu, wt, saturated=None) -> np.ndarray:
+        """R's ``family$dev.resids``; ``saturated`` is :meth:`saturated_terms` of (y, wt)
+        when precomputed."""
+        if saturated is None:
+            saturated = self.saturated_terms(y)
+        # mu is inside (0, 1) (binomial) or positive (Poisson): plain logs are safe
         if self.name == "binomial":
-            return 2.0 * wt * (xlogy(y, y / mu) + xlogy(1.0 - y, (1.0 - y) / (1.0 - mu)))
-        return 2.0 * wt * (xlogy(y, y / mu) - (y - mu))
+            return 2.0 * wt * (saturated - y * np.log(mu) - (1.0 - y) * np.log1p(-mu))
+        return 2.0 * wt * (saturated - y * np.log(mu) + mu)
 
-    def minus2_loglik(self, y, mu, wt, trials) -> float:
-        """R's ``family$aic`` without the 2 * rank: ``-2 sum(log p(y_i | mu_i))``."""
+    def saturated_terms(self, y) -> np.ndarray:
+        """The mu-free part of each deviance residual / (2 wt)."""
+        if self.name == "binomial":
+            return xlogy(y, y) + xlogy(1.0 - y, 1.0 - y)
+        return xlogy(y, y) - y
+
+    def loglik_constant(self, y, wt, trials) -> tuple:
+        """``(constant, a, b)`` with ``-2 sum(log p(y | mu)) = constant - 2 sum(a log mu + b
+        log(1 - mu))`` (binomial) or ``constant - 2 sum(a log mu - b mu)`` (Poisson): R's
+        ``family$aic`` without the 2 * rank, its mu-free part computed once."""
         if self.name == "binomial":
             m = trials
             k = np.round(m * y)
             mm = np.round(m)
-            ll = (gammaln(mm + 1) - gammaln(k + 1) - gammaln(mm - k + 1)
-                  + xlogy(k, mu) + xlog1py(mm - k, -mu))
             scale = np.where(m > 0, wt / np.where(m > 0, m, 1.0), 0.0)
-            return float(-2.0 * np.sum(scale * ll))
-        return float(-2.0 * np.sum(wt * (xlogy(y, mu) - mu - gammaln(y + 1))))
+            const = -2.0 * float(np.sum(scale * (gammaln(mm + 1) - gammaln(k + 1)
+                                                 - gammaln(mm - k + 1))))
+            return const, scale * k, scale * (mm - k)
+        return 2.0 * float(np.sum(wt * gammaln(y + 1))), wt * y, wt
+
+    def minus2_loglik(self, y, mu, wt, trials, constant=None) -> float:
+        """R's ``family$aic`` without the 2 * rank: ``-2 sum(log p(y_i | mu_i))``."""
+        const, a, b = constant if constant is not None else self.loglik_constant(y, wt, trials)
+        if self.name == "binomial":
+            return const - 2.0 * float(a @ np.log(mu) + b @ np.log1p(-mu))
+        return const - 2.0 * float(a @ np.log(mu) - b @ mu)
 
     def mustart(self, y, wt) -> np.ndarray:
         """R's ``family$initialize`` starting values."""
@@ -179,6 +201,8 @@ class GlmmProblem:
         self.p = self.X.shape[1]
         self.trials = np.ones(n) if trials is None else np.asarray(trials, float)
         self.weights = self.trials.copy() if trials is not None else np.ones(n)
+        self.saturated = family.saturated_terms(self.y)
+        self.loglik_constant = family.loglik_constant(self.y, self.weights, self.trials)
         terms = []
         th_off = u_off = 0
         for t in design.random_terms:
@@ -413,7 +437,7 @@ class GlmmDeviance:
         self.evaluations = 0
         pr = problem
         mu0 = pr.family.mustart(pr.y, pr.weights)
-        self._eta_start = pr.family.linkfun(mu0)
+        self.eta_start = pr.family.linkfun(mu0)
         self._u = np.zeros(pr.q)
         self._beta = None
         self._lp0 = None
@@ -424,7 +448,7 @@ class GlmmDeviance:
     def _pdev(self, eta, u):
         pr = self.problem
         mu = pr.family.linkinv(eta)
-        return float(np.sum(pr.family.dev_resid(pr.y, mu, pr.weights))) + float(u @ u), mu
+        return float(np.sum(pr.family.dev_resid(pr.y, mu, pr.weights, pr.saturated))) + float(u @ u), mu
 
     def _weights(self, eta, mu):
         pr = self.problem
@@ -543,7 +567,7 @@ class GlmmDeviance:
         """beta of the GLM fitted by IRLS from R's starting values (lme4's first PIRLS
         starts from the family's ``mustart``; any good start gives the same optimum)."""
         pr = self.problem
-        eta = self._eta_start.copy()
+        eta = self.eta_start.copy()
         beta = np.zeros(pr.p)
         dev_old = np.inf
         for _ in range(50):
@@ -562,7 +586,7 @@ class GlmmDeviance:
     # -- the criteria --------------------------------------------------------------
     def laplace(self, st: PirlsState) -> float:
         pr = self.problem
-        return (pr.family.minus2_loglik(pr.y, st.mu, pr.weights, pr.trials)
+        return (pr.family.minus2_loglik(pr.y, st.mu, pr.weights, pr.trials, pr.loglik_constant)
                 + float(st.u @ st.u) + st.factor.logdet())
 
     def agq(self, st: PirlsState) -> float:
@@ -570,7 +594,7 @@ class GlmmDeviance:
         term = pr.terms[0]
         codes = term.codes
         fam = pr.family
-        devres = fam.dev_resid(pr.y, st.mu, pr.weights)
+        devres = fam.dev_resid(pr.y, st.mu, pr.weights, pr.saturated)
         devc0 = st.u ** 2 + np.bincount(codes, devres, minlength=term.m)
         sd = 1.0 / st.factor.L11[:, 0, 0]
         z, wts = self._gh
@@ -584,7 +608,7 @@ class GlmmDeviance:
             uu = st.u + zk * sd
             eta = offset + v * uu[codes]
             mu = fam.linkinv(eta)
-            devc = uu ** 2 + np.bincount(codes, fam.dev_resid(pr.y, mu, pr.weights),
+            devc = uu ** 2 + np.bincount(codes, fam.dev_resid(pr.y, mu, pr.weights, pr.saturated),
                                          minlength=term.m)
             mult += np.exp(-0.5 * (devc - devc0) + 0.5 * zk * zk) * wk
         return float(np.sum(devc0) + st.factor.logdet() - 2.0 * np.sum(np.log(mult)))
@@ -598,7 +622,7 @@ class GlmmDeviance:
         theta = np.asarray(theta, float)
         st = self.pirls(theta, None)
         pr = self.problem
-        return (pr.family.minus2_loglik(pr.y, st.mu, pr.weights, pr.trials)
+        return (pr.family.minus2_loglik(pr.y, st.mu, pr.weights, pr.trials, pr.loglik_constant)
                 + float(st.u @ st.u) + st.factor.logdet())
 
     def stage2(self, pars) -> float:
