@@ -422,11 +422,18 @@ def _fit(design, fam, nAGQ, trials, data_name, clock, notes) -> "GlmmFit":
             pars, value = trial, v
     value = dev2.stage2(pars)
     clock.check()
-    g, H = _deriv12(dev2.stage2, pars, value, lower)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g, H = _deriv12(dev2.stage2, pars, value, lower)
     state = dev2.state(pars)
+    # lme4 falls back to the PIRLS factor's vcov when the Hessian's is unusable
+    w, _ = dev2._weights(state.eta, state.mu)
+    rx = problem.factor(state.V, w, with_x=True).RX
+    rx_inv = np.linalg.inv(rx)
+    vcov_rx = rx_inv.T @ rx_inv
     singular, msgs = _convergence_messages(pars, lower_theta, g, H)
     record = {"evaluations": dev1.evaluations + dev2.evaluations, "converged": bool(res.success),
-              "message": str(res.message), "stage1_theta": theta1, "lp0": lp0}
+              "message": str(res.message), "stage1_theta": theta1, "lp0": lp0,
+              "vcov_rx": vcov_rx}
     return GlmmFit(design, fam.name, nAGQ, trials, pars, value, state, H, singular, msgs,
                    record, data_name, notes)
 
@@ -557,6 +564,10 @@ class GlmmFit:
         if self.design.n_dropped_na:
             out.append(f"{self.design.n_dropped_na} rows with missing values in the model's "
                        "columns were left out.")
+        if not self.vcov_from_hessian:
+            out.append("The standard errors come from the penalised least-squares step, not "
+                       "from the Hessian, which is not positive definite here (lme4: "
+                       "falling back to var-cov estimated from RX).")
         for m in self._lme4_messages:
             if m.startswith("boundary (singular)"):
                 out.append(f"{_SINGULAR_PLAIN} (lme4: {m})")
@@ -595,7 +606,14 @@ class GlmmFit:
                 return V
         except np.linalg.LinAlgError:
             pass
-        return np.full((self.npar - k, self.npar - k), np.nan)
+        return self.optimizer["vcov_rx"]
+
+    @property
+    def vcov_from_hessian(self) -> bool:
+        """False when lme4 would fall back to the PIRLS factor's vcov (its warning
+        "variance-covariance matrix computed from finite-difference Hessian is not
+        positive definite or contains NA values")."""
+        return self._vcov_array is not self.optimizer["vcov_rx"]
 
     @property
     def vcov(self) -> pd.DataFrame:
