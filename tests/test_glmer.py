@@ -170,13 +170,20 @@ def test_cbind_grammar():
 
 
 def test_anova_of_glmer_fits():
+    ref = json.loads((FIX / "anova_bdf.json").read_text())
     d = pd.read_csv(DATA["bdf"])
-    small = lmmcore.glmer("repeatgr ~ ses + (1 | schoolNR)", d, categorical=["schoolNR"],
+    small = lmmcore.glmer(ref["formulas"][0], d, categorical=["schoolNR", "minority"],
                           data_name="d")
-    big, _ = _fit("bdf_repeat")
-    table = lmmcore.anova(small, big)
-    assert list(table["npar"]) == [3, 4]
-    assert table["Chisq"].iloc[1] == pytest.approx(2 * (big.loglik - small.loglik))
+    big = lmmcore.glmer(ref["formulas"][1], d, categorical=["schoolNR", "minority"],
+                        data_name="d")
+    table = lmmcore.anova(small, big, names=ref["names"])
+    for col, values in ref["table"].items():
+        want = np.array([np.nan if v is None else v for v in values], float)
+        assert np.allclose(table[col].to_numpy(float), want, rtol=1e-6, equal_nan=True), col
+    assert lmmcore.format_anova(table).rstrip("\n") == ref["printed"]
+    with pytest.raises(lmmcore.LmmError, match="glmer"):
+        lmmcore.anova(small, lmmcore.lmer("ses ~ 1 + (1 | schoolNR)", d,
+                                          categorical=["schoolNR"]))
 
 
 def test_fit_pickles():
