@@ -147,18 +147,21 @@ class _Clock:
                              "stopped; try a simpler model (fewer random effects) or less data")
 
 
-def _minimize(f, x0, lower, clock, gtol=1e-7, scale=None):
+def _minimize(f, x0, lower, clock, gtol=1e-7, transform=None):
     """L-BFGS-B with central-difference gradients, bounded below by ``lower``, on
-    ``x = x0 + scale * z`` (``scale``: rough parameter scales, so that the first steps
-    are of a sensible size); the best point evaluated is returned."""
-    scale = np.ones(x0.size) if scale is None else np.asarray(scale, float)
+    ``x = x0 + transform @ z``.  ``transform`` (square, diagonal where ``lower`` is
+    finite) makes the criterion's Hessian about the identity in z, so that few
+    iterations are needed; the best point evaluated is returned."""
+    T = np.eye(x0.size) if transform is None else np.asarray(transform, float)
     x_start = np.asarray(x0, float).copy()
 
     def f_z(z, f=f):
-        return f(x_start + scale * z)
+        return f(x_start + T @ z)
 
     f = f_z
-    lower = np.where(np.isfinite(lower), (lower - x_start) / scale, -np.inf)
+    diag = np.diag(T)
+    lower = np.where(np.isfinite(lower), (lower - x_start) / np.where(diag > 0, diag, 1.0),
+                     -np.inf)
     x0 = np.zeros(x_start.size)
     fx_cache = {}
 
@@ -197,7 +200,29 @@ def _minimize(f, x0, lower, clock, gtol=1e-7, scale=None):
     best = min(fx_cache, key=fx_cache.get)
     if fx_cache[best] < fx:
         x, fx = np.frombuffer(best), fx_cache[best]
-    return x_start + scale * x, fx, res
+    return x_start + T @ x, fx, res
+
+
+def _whitening(stage1, theta1, st1, lower_theta) -> np.ndarray:
+    """A transform that makes the stage-2 criterion's Hessian about the identity: for
+    beta the inverse of the PIRLS factor's R_X (the deviance is about 2 |R_X' (beta -
+    beta1)|^2), for each theta the curvature of the stage-1 criterion."""
+    nt = theta1.size
+    p = st1.beta.size
+    T = np.zeros((nt + p, nt + p))
+    T[nt:, nt:] = np.linalg.inv(st1.factor.RX).T / math.sqrt(2.0)
+    f0 = stage1(theta1)
+    for i in range(nt):
+        h = 1e-3 * max(abs(theta1[i]), 0.1)
+        up, down = theta1.copy(), theta1.copy()
+        up[i] += h
+        down[i] = max(theta1[i] - h, lower_theta[i])
+        hd = theta1[i] - down[i]
+        curv = np.nan
+        if hd > 0:
+            curv = (2 * (stage1(up) - f0) / h - 2 * (f0 - stage1(down)) / hd) / (h + hd)
+        T[i, i] = 1.0 / math.sqrt(curv / 2.0) if np.isfinite(curv) and curv > 1e-8 else 0.1
+    return T
 
 
 def _stage1(f, theta0, lower, clock):
@@ -406,11 +431,8 @@ def _fit(design, fam, nAGQ, trials, data_name, clock, notes) -> "GlmmFit":
     dev2 = GlmmDeviance(problem, nAGQ).lme4_mode(lp0)
     lower = np.concatenate([lower_theta, np.full(problem.p, -np.inf)])
     x0 = np.concatenate([theta1, beta1])
-    # scales: lme4's Nelder-Mead steps (0.1 for theta, the beta standard errors from RX)
-    rx_inv = np.linalg.inv(st1.factor.RX)
-    se1 = np.sqrt(np.sum(rx_inv ** 2, axis=0))
-    scale = np.concatenate([np.full(problem.n_theta, 0.1), np.minimum(se1, 10.0)])
-    pars, value, res = _minimize(dev2.stage2, x0, lower, clock, scale=scale)
+    pars, value, res = _minimize(dev2.stage2, x0, lower, clock,
+                                 transform=_whitening(dev1.stage1, theta1, st1, lower_theta))
     # lme4's check.boundary: a theta within 1e-5 of its bound is tried on it
     near = (lower[:problem.n_theta] == 0) & (pars[:problem.n_theta] > 0) \
         & (pars[:problem.n_theta] < BOUNDARY_TOL)
