@@ -237,7 +237,7 @@ def _stage1(f, theta0, lower, clock):
 
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
     res = _opt.minimize(fun, theta0, method="Nelder-Mead", bounds=bounds,
-                        options={"xatol": 1e-5, "fatol": 1e-8, "maxfev": 400 * theta0.size,
+                        options={"xatol": 1e-3, "fatol": 1e-6, "maxfev": 400 * theta0.size,
                                  "initial_simplex": np.vstack(
                                      [theta0] + [theta0 + 0.1 * np.eye(theta0.size)[i]
                                                  for i in range(theta0.size)])})
@@ -418,8 +418,7 @@ def _fit(design, fam, nAGQ, trials, data_name, clock, notes) -> "GlmmFit":
     # stage 1: theta only, beta from PIRLS (lme4's nAGQ = 0), evaluated as lme4 does:
     # PIRLS from the linear predictor of a first PIRLS from the family's starting values
     start = GlmmDeviance(problem, 1)
-    dev1 = start.lme4_mode(start.eta_start).lme4_mode(
-        start.lme4_mode(start.eta_start).pirls(theta0, None).eta)
+    dev1 = start.lme4_mode(start.lme4_mode(start.eta_start).pirls(theta0, None).eta, warm=True)
     theta1 = _stage1(dev1.stage1, theta0, lower_theta, clock)
     st1 = dev1.pirls(theta1, None)
     lp0 = st1.eta

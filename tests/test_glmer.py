@@ -179,7 +179,9 @@ def test_anova_of_glmer_fits():
     table = lmmcore.anova(small, big, names=ref["names"])
     for col, values in ref["table"].items():
         want = np.array([np.nan if v is None else v for v in values], float)
-        assert np.allclose(table[col].to_numpy(float), want, rtol=1e-6, equal_nan=True), col
+        # Chisq and its p-value are differences of two optima: 1e-6 of each deviance
+        rtol = 1e-3 if col in ("Chisq", "Pr(>Chisq)") else 1e-6
+        assert np.allclose(table[col].to_numpy(float), want, rtol=rtol, equal_nan=True), col
     assert lmmcore.format_anova(table).rstrip("\n") == ref["printed"]
     with pytest.raises(lmmcore.LmmError, match="glmer"):
         lmmcore.anova(small, lmmcore.lmer("ses ~ 1 + (1 | schoolNR)", d,
