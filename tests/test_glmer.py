@@ -95,8 +95,14 @@ def test_summary_line_for_line(name):
     fit, ref = _fit(name)
     # the one known difference: the optimiser's name in the convergence line
     got = fit.summary().replace("optimizer (L-BFGS-B)", "optimizer (Nelder_Mead)")
+    _assert_same_printout(got, ref["summary_text"])
+
+
+def _assert_same_printout(got: str, want: str) -> None:
+    """Line for line; a number may differ within 2e-3 (lme4's optimum is only that
+    precise in the last printed digit)."""
     got = got.rstrip("\n").splitlines()
-    want = ref["summary_text"].rstrip("\n").splitlines()
+    want = want.rstrip("\n").splitlines()
     assert len(got) == len(want)
     for g, w in zip(got, want):
         if g == w:
@@ -182,7 +188,7 @@ def test_anova_of_glmer_fits():
         # Chisq and its p-value are differences of two optima: 1e-6 of each deviance
         rtol = 1e-3 if col in ("Chisq", "Pr(>Chisq)") else 1e-6
         assert np.allclose(table[col].to_numpy(float), want, rtol=rtol, equal_nan=True), col
-    assert lmmcore.format_anova(table).rstrip("\n") == ref["printed"]
+    _assert_same_printout(lmmcore.format_anova(table), ref["printed"])
     with pytest.raises(lmmcore.LmmError, match="glmer"):
         lmmcore.anova(small, lmmcore.lmer("ses ~ 1 + (1 | schoolNR)", d,
                                           categorical=["schoolNR"]))
