@@ -235,6 +235,12 @@ def _stage1(f, theta0, lower, clock):
         except FitError:
             return np.inf
 
+    if theta0.size == 1 and lower[0] == 0:
+        # one scalar term: Brent's method on [0, 10] needs a third of the evaluations
+        one = _opt.minimize_scalar(lambda t: fun(np.array([t])), bounds=(0.0, 10.0),
+                                   method="bounded", options={"xatol": 1e-4})
+        if one.x < 9.9:
+            return np.array([float(one.x)])
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
     res = _opt.minimize(fun, theta0, method="Nelder-Mead", bounds=bounds,
                         options={"xatol": 1e-3, "fatol": 1e-6, "maxfev": 400 * theta0.size,
