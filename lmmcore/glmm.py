@@ -453,12 +453,15 @@ class GlmmDeviance:
         return float(np.sum(pr.family.dev_resid(pr.y, mu, pr.weights, pr.saturated))) + float(u @ u), mu
 
     def _weights(self, eta, mu):
+        """IRLS weights ``wt mu_eta^2 / V(mu)`` and ``wt (y - mu) mu_eta / V(mu)``."""
         pr = self.problem
+        if pr.family.name == "poisson" or np.abs(eta).max(initial=0.0) <= 30.0:
+            # canonical link without R's clamping: mu_eta = V(mu)
+            v = pr.family.variance(mu)
+            return pr.weights * v, pr.weights * (pr.y - mu)
         d = pr.family.mu_eta(eta, mu)
         var = pr.family.variance(mu)
-        w = pr.weights * d * d / var
-        r = pr.weights * (pr.y - mu) * d / var
-        return w, r
+        return pr.weights * d * d / var, pr.weights * (pr.y - mu) * d / var
 
     def pirls(self, theta, beta=None) -> PirlsState:
         """Conditional modes of u (and of beta when ``beta`` is None).
