@@ -21,6 +21,8 @@ from scipy import stats
 
 from lmmcore.errors import DataError, FitError, FitTimeout
 from lmmcore.glmm import FAMILIES, MAX_AGQ, Family, GlmmDeviance, GlmmProblem
+from lmmcore.mixed import (coef_frames, group_covariance, random_part, ranef_frames,
+                           varcorr_frame)
 from lmmcore.optimize import (BOUNDARY_TOL, GRADIENT_TOL, SINGULAR_MESSAGE, _check_hessian,
                               is_singular)
 from lmmcore.structure import MixedDesign
@@ -691,22 +693,13 @@ class GlmmFit:
             out.append(ui @ t.template(self._pars).T)
         return out
 
-    def _grouped_terms(self) -> dict:
-        groups = {}
-        for i, t in enumerate(self.design.random_terms):
-            groups.setdefault(t.group_name, []).append(i)
-        return groups
+    def _re_covariances(self) -> list:
+        """Per random term, the covariance matrix of its random effects (no scale)."""
+        return [T @ T.T for T in self._templates()]
 
     @cached_property
     def _ranef(self) -> dict:
-        b = self._b()
-        terms = self.design.random_terms
-        out = {}
-        for g, idx in self._grouped_terms().items():
-            cols = [c for i in idx for c in terms[i].column_names]
-            out[g] = pd.DataFrame(np.hstack([b[i] for i in idx]),
-                                  index=pd.Index(list(terms[idx[0]].levels), name=g), columns=cols)
-        return out
+        return ranef_frames(self.design, self._b())
 
     @property
     def ranef(self) -> dict:
@@ -714,57 +707,16 @@ class GlmmFit:
 
     @property
     def coef(self) -> dict:
-        fe = self.fixef
-        out = {}
-        for g, re in self._ranef.items():
-            df = pd.DataFrame(np.tile(fe.to_numpy(), (len(re), 1)), index=re.index,
-                              columns=list(fe.index))
-            for c in re.columns:
-                df[c] = df[c] + re[c] if c in df.columns else re[c]
-            out[g] = df
-        return out
+        return coef_frames(self.fixef, self._ranef)
 
     def re_cov(self, group: str) -> pd.DataFrame:
         """Estimated covariance matrix of one grouping factor's random effects."""
-        groups = self._grouped_terms()
-        if group not in groups:
-            raise DataError(f"No random effects for '{group}'; the grouping factors are "
-                            f"{', '.join(groups)}.")
-        T = self._templates()
-        names, blocks = [], []
-        for i in groups[group]:
-            names.extend(self.design.random_terms[i].column_names)
-            blocks.append(T[i] @ T[i].T)
-        cov = np.zeros((len(names), len(names)))
-        off = 0
-        for b in blocks:
-            cov[off:off + len(b), off:off + len(b)] = b
-            off += len(b)
-        return pd.DataFrame(cov, index=names, columns=names)
+        return group_covariance(self.design, self._re_covariances(), group)
 
     @cached_property
     def varcorr(self) -> pd.DataFrame:
         """lme4's ``as.data.frame(VarCorr(fit))`` (no residual row for these families)."""
-        rows = []
-        seen = {}
-        for t, T in zip(self.design.random_terms, self._templates()):
-            n_seen = seen.get(t.group_name, 0)
-            seen[t.group_name] = n_seen + 1
-            grp = t.group_name if n_seen == 0 else f"{t.group_name}.{n_seen}"
-            cov = T @ T.T
-            sd = np.sqrt(np.diag(cov))
-            names = t.column_names
-            for a in range(len(names)):
-                rows.append((grp, names[a], None, cov[a, a], sd[a]))
-            for a in range(len(names)):
-                for c in range(a + 1, len(names)):
-                    corr = cov[a, c] / (sd[a] * sd[c]) if sd[a] > 0 and sd[c] > 0 else np.nan
-                    rows.append((grp, names[a], names[c], cov[a, c], corr))
-        cols = list(zip(*rows))
-        return pd.DataFrame({
-            "grp": pd.Series(cols[0], dtype=object), "var1": pd.Series(cols[1], dtype=object),
-            "var2": pd.Series(cols[2], dtype=object),
-            "vcov": np.array(cols[3], float), "sdcor": np.array(cols[4], float)})
+        return varcorr_frame(self.design, self._re_covariances())
 
     # -- fitted values ------------------------------------------------------------
     @property
@@ -804,18 +756,10 @@ class GlmmFit:
                     eta = eta + np.einsum("nk,nk->n", np.asarray(t.Z_raw, float).reshape(len(eta), -1),
                                           b[np.asarray(t.codes)])
         else:
-            enc = self.design.encoder
-            X = np.asarray(enc.fixed_matrix(newdata), float)
-            eta = X @ beta
+            eta = np.asarray(self.design.encoder.fixed_matrix(newdata), float) @ beta
             index = newdata.index
             if include_random:
-                for (codes, Z_raw), b in zip(enc.group_codes(newdata), self._b()):
-                    codes = np.asarray(codes, np.intp)
-                    known = codes >= 0
-                    Zr = np.asarray(Z_raw, float).reshape(len(codes), -1)
-                    contrib = np.zeros(len(codes))
-                    contrib[known] = np.einsum("nk,nk->n", Zr[known], b[codes[known]])
-                    eta = eta + contrib
+                eta = eta + random_part(self.design, self._b(), newdata)
         out = eta if type == "link" else Family(self.family).linkinv(eta)
         return pd.Series(out, index=index, name="predicted")
 
@@ -839,9 +783,8 @@ class GlmmFit:
 
 def glmer_summary(fit: GlmmFit) -> str:
     """lme4's glmer summary layout (kept in one function, to move to the printing home)."""
-    from lmmcore.mixed import r_abbreviate
-    from lmmcore.rformat import (format_coef_matrix, format_matrix, format_numbers,
-                                 print_named, r_round, zapsmall)
+    from lmmcore.mixed import fixef_corr_lines, varcorr_lines
+    from lmmcore.rformat import format_coef_matrix, format_numbers, print_named, r_round, zapsmall
 
     method = ("Laplace Approximation" if fit.nAGQ == 1 else
               f"Adaptive Gauss-Hermite Quadrature, nAGQ = {fit.nAGQ}")
@@ -861,7 +804,7 @@ def glmer_summary(fit: GlmmFit) -> str:
     L.extend(print_named(format_numbers(rq, 4, na="NaN"), ["Min", "1Q", "Median", "3Q", "Max"]))
     L.append("")
     L.append("Random effects:")
-    L.extend(_varcorr_lines(fit, format_numbers, r_round, format_matrix))
+    L.extend(varcorr_lines(fit.design, fit._re_covariances()))
     groups = "; ".join(f"{g}, {m}" for g, m in fit.ngroups.items())
     head = f"Number of obs: {fit.nobs}, groups: "
     if len(head) + 1 + len(groups) > 80:
@@ -878,56 +821,13 @@ def glmer_summary(fit: GlmmFit) -> str:
         if 1 < p <= 12:
             L.append("")
             L.append("Correlation of Fixed Effects:")
-            C = fit.corr_fixef.to_numpy()
-            rn = [r_abbreviate(n, 11) for n in fit.fixed_names]
-            cn = [r_abbreviate(n, 6) for n in fit.fixed_names]
-            flat = format_numbers(r_round(C, 3).ravel(), 7, na="NaN", nsmall=3)
-            cc = np.array(flat, dtype=object).reshape(p, p)
-            cells = [[cc[i, j] if i > j else "" for j in range(p - 1)] for i in range(1, p)]
-            L.extend(format_matrix(cells, rn[1:], cn[:-1], right=False))
+            L.extend(fixef_corr_lines(fit.corr_fixef.to_numpy(), fit.fixed_names))
     warn = [m for m in fit.lme4_messages if not m.startswith("fixed-effect model matrix")]
     if warn:
         L.append("optimizer (L-BFGS-B) convergence code: 0 (OK)")
         L.extend(warn)
         L.append("")
     return "\n".join(L) + "\n"
-
-
-def _varcorr_lines(fit, format_numbers, r_round, format_matrix) -> list:
-    digits = 4
-    groups, names, sds, corrs = [], [], [], []
-    seen = {}
-    for t, T in zip(fit.design.random_terms, fit._templates()):
-        n_seen = seen.get(t.group_name, 0)
-        seen[t.group_name] = n_seen + 1
-        cov = T @ T.T
-        sd = np.sqrt(np.diag(cov))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cor = cov / np.outer(sd, sd)
-        for a in range(t.n_columns):
-            groups.append((t.group_name if n_seen == 0 else f"{t.group_name}.{n_seen}")
-                          if a == 0 else "")
-            names.append(t.column_names[a])
-            sds.append(sd[a])
-        corrs.append(cor)
-    sds = np.array(sds)
-    cols = ["Groups", "Name", "Variance", "Std.Dev."]
-    cells = [[g, n, v, s] for g, n, v, s in zip(groups, names,
-                                                format_numbers(sds ** 2, digits, na="NaN"),
-                                                format_numbers(sds, digits, na="NaN"))]
-    maxlen = max(c.shape[0] for c in corrs)
-    if maxlen > 1:
-        dig = max(2, digits - 2)
-        crow = []
-        for c in corrs:
-            k = c.shape[0]
-            flat = format_numbers(r_round(c, dig).ravel(), 7, na="NaN", nsmall=dig)
-            cc = np.array(flat, dtype=object).reshape(k, k)
-            for a in range(k):
-                crow.append([cc[a, b] if a > b else "" for b in range(maxlen - 1)])
-        cols = cols + ["Corr"] + [""] * (maxlen - 2)
-        cells = [a + b for a, b in zip(cells, crow)]
-    return format_matrix(cells, [""] * len(cells), cols, right=False)
 
 
 def _rebuild(*args):

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import cho_solve, solve_triangular
-from scipy.special import expit, gammaln, xlog1py, xlogy
+from scipy.special import expit, gammaln, xlogy
 
 from lmmcore.errors import FitError
 from lmmcore.structure import MixedDesign

@@ -330,24 +330,11 @@ class MixedFit:
 
     # -- random effects -----------------------------------------------------------
     def _grouped_terms(self) -> dict:
-        """group name -> list of term indices (terms of one factor merged, as lme4's ranef)."""
-        groups = {}
-        for i, t in enumerate(self.design.random_terms):
-            groups.setdefault(t.group_name, []).append(i)
-        return groups
+        return grouped_terms(self.design)
 
     @cached_property
     def _ranef(self) -> dict:
-        out = {}
-        terms = self.design.random_terms
-        for g, idx in self._grouped_terms().items():
-            levels = list(terms[idx[0]].levels)
-            blocks, cols = [], []
-            for i in idx:
-                blocks.append(self._sol.b[i])
-                cols.extend(terms[i].column_names)
-            out[g] = pd.DataFrame(np.hstack(blocks), index=pd.Index(levels, name=g), columns=cols)
-        return out
+        return ranef_frames(self.design, self._sol.b)
 
     @property
     def ranef(self) -> dict:
@@ -355,18 +342,7 @@ class MixedFit:
 
     @property
     def coef(self) -> dict:
-        fe = self.fixef
-        out = {}
-        for g, re in self._ranef.items():
-            df = pd.DataFrame(np.tile(fe.to_numpy(), (len(re), 1)), index=re.index,
-                              columns=list(fe.index))
-            for c in re.columns:
-                if c in df.columns:
-                    df[c] = df[c] + re[c]
-                else:
-                    df[c] = re[c]
-            out[g] = df
-        return out
+        return coef_frames(self.fixef, self._ranef)
 
     @cached_property
     def _cond_var(self) -> tuple:
@@ -407,47 +383,17 @@ class MixedFit:
 
     def re_cov(self, group: str) -> pd.DataFrame:
         """Estimated covariance matrix of one grouping factor's random effects."""
-        idx = self._group_index(group)
-        names, blocks = [], []
-        for i in idx:
-            t = self.design.random_terms[i]
-            T = self._cp.layouts[i].template(self._sol.theta)
-            blocks.append(self._sol.sigma ** 2 * T @ T.T)
-            names.extend(t.column_names)
-        k = len(names)
-        cov = np.zeros((k, k))
-        off = 0
-        for b in blocks:
-            cov[off:off + b.shape[0], off:off + b.shape[0]] = b
-            off += b.shape[0]
-        return pd.DataFrame(cov, index=names, columns=names)
+        return group_covariance(self.design, self._re_covariances(), group)
+
+    def _re_covariances(self) -> list:
+        """Per random term, the covariance matrix of its random effects."""
+        return [self._sol.sigma ** 2 * T @ T.T for T in
+                (lay.template(self._sol.theta) for lay in self._cp.layouts)]
 
     @cached_property
     def varcorr(self) -> pd.DataFrame:
         """lme4's ``as.data.frame(VarCorr(fit))``: grp, var1, var2, vcov, sdcor."""
-        rows = []
-        seen = {}
-        for i, t in enumerate(self.design.random_terms):
-            n_seen = seen.get(t.group_name, 0)
-            seen[t.group_name] = n_seen + 1
-            grp = t.group_name if n_seen == 0 else f"{t.group_name}.{n_seen}"
-            T = self._cp.layouts[i].template(self._sol.theta)
-            cov = self._sol.sigma ** 2 * T @ T.T
-            sd = np.sqrt(np.diag(cov))
-            names = t.column_names
-            for a in range(len(names)):
-                rows.append((grp, names[a], None, cov[a, a], sd[a]))
-            for a in range(len(names)):
-                for c in range(a + 1, len(names)):
-                    corr = cov[a, c] / (sd[a] * sd[c]) if sd[a] > 0 and sd[c] > 0 else np.nan
-                    rows.append((grp, names[a], names[c], cov[a, c], corr))
-        rows.append(("Residual", None, None, self._sol.sigma ** 2, self._sol.sigma))
-        cols = list(zip(*rows))
-        # object columns keep None for R's NA (pandas would turn it into NaN)
-        return pd.DataFrame({
-            "grp": pd.Series(cols[0], dtype=object), "var1": pd.Series(cols[1], dtype=object),
-            "var2": pd.Series(cols[2], dtype=object),
-            "vcov": np.array(cols[3], float), "sdcor": np.array(cols[4], float)})
+        return varcorr_frame(self.design, self._re_covariances(), self._sol.sigma)
 
     # -- fitted values ------------------------------------------------------------
     @cached_property
@@ -488,17 +434,9 @@ class MixedFit:
                 return self.fitted
             return pd.Series(np.asarray(self.design.X, float) @ self._sol.beta,
                              index=self.design.row_index, name="predicted")
-        enc = self.design.encoder
-        X = np.asarray(enc.fixed_matrix(newdata), float)
-        pred = X @ self._sol.beta
+        pred = np.asarray(self.design.encoder.fixed_matrix(newdata), float) @ self._sol.beta
         if include_random:
-            for (codes, Z_raw), b in zip(enc.group_codes(newdata), self._sol.b):
-                codes = np.asarray(codes, np.intp)
-                known = codes >= 0
-                Zr = np.asarray(Z_raw, float).reshape(len(codes), -1)
-                contrib = np.zeros(len(codes))
-                contrib[known] = np.einsum("nk,nk->n", Zr[known], b[codes[known]])
-                pred = pred + contrib
+            pred = pred + random_part(self.design, self._sol.b, newdata)
         return pd.Series(pred, index=newdata.index, name="predicted")
 
     # -- functions of the fit -----------------------------------------------------
@@ -543,7 +481,7 @@ class MixedFit:
         L.extend(print_named(format_numbers(rq, 4, na="NaN"), ["Min", "1Q", "Median", "3Q", "Max"]))
         L.append("")
         L.append("Random effects:")
-        L.extend(self._varcorr_lines())
+        L.extend(varcorr_lines(self.design, self._re_covariances(), self._sol.sigma))
         groups = "; ".join(f"{g}, {m}" for g, m in self.ngroups.items())
         # cat(..., fill = TRUE): the group list moves to its own line past 80 columns
         head = f"Number of obs: {self.nobs}, groups: "
@@ -559,7 +497,7 @@ class MixedFit:
             if 1 < p <= 12:
                 L.append("")
                 L.append("Correlation of Fixed Effects:")
-                L.extend(self._corr_lines())
+                L.extend(fixef_corr_lines(self.corr_fixef.to_numpy(), self.fixed_names))
         msgs = self.lme4_messages
         warn = [m for m in msgs if not m.startswith("fixed-effect model matrix")]
         if warn or not self.optimizer.converged:
@@ -569,50 +507,6 @@ class MixedFit:
             L.extend(warn)
             L.append("")
         return "\n".join(L) + "\n"
-
-    def _varcorr_lines(self) -> list:
-        digits = 4
-        groups, names, sds, corrs = [], [], [], []
-        seen = {}
-        for i, t in enumerate(self.design.random_terms):
-            n_seen = seen.get(t.group_name, 0)
-            seen[t.group_name] = n_seen + 1
-            T = self._cp.layouts[i].template(self._sol.theta)
-            cov = self._sol.sigma ** 2 * T @ T.T
-            sd = np.sqrt(np.diag(cov))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                cor = cov / np.outer(sd, sd)
-            k = t.n_columns
-            for a in range(k):
-                groups.append((t.group_name if n_seen == 0 else f"{t.group_name}.{n_seen}")
-                              if a == 0 else "")
-                names.append(t.column_names[a])
-                sds.append(sd[a])
-            corrs.append(cor)
-        groups.append("Residual")
-        names.append("")
-        sds.append(self._sol.sigma)
-        sds = np.array(sds)
-        cols = ["Groups", "Name", "Variance", "Std.Dev."]
-        var_txt = format_numbers(sds ** 2, digits, na="NaN")
-        sd_txt = format_numbers(sds, digits, na="NaN")
-        cells = [[g, n, v, s] for g, n, v, s in zip(groups, names, var_txt, sd_txt)]
-        maxlen = max(c.shape[0] for c in corrs)
-        if maxlen > 1:
-            dig = max(2, digits - 2)
-            crow = []
-            for c in corrs:
-                k = c.shape[0]
-                flat = format_numbers(r_round(c, dig).ravel(), 7, na="NaN", nsmall=dig)
-                cc = np.array(flat, dtype=object).reshape(k, k)
-                for a in range(k):
-                    row = [cc[a, b] if a > b else "" for b in range(maxlen - 1)]
-                    crow.append(row)
-            while len(crow) < len(cells):
-                crow.append([""] * (maxlen - 1))
-            cols = cols + ["Corr"] + [""] * (maxlen - 2)
-            cells = [a + b for a, b in zip(cells, crow)]
-        return format_matrix(cells, [""] * len(cells), cols, right=False)
 
     def _coef_lines(self) -> list:
         digits = 4
@@ -631,15 +525,150 @@ class MixedFit:
         cells = [[cs_txt[i], cs_txt[n + i], t_txt[i]] for i in range(n)]
         return format_matrix(cells, list(self.fixed_names), ["Estimate", "Std. Error", "t value"])
 
-    def _corr_lines(self) -> list:
-        C = self.corr_fixef.to_numpy()
-        p = C.shape[0]
-        rn = [r_abbreviate(n, 11) for n in self.fixed_names]
-        cn = [r_abbreviate(n, 6) for n in self.fixed_names]
-        flat = format_numbers(r_round(C, 3).ravel(), 7, na="NaN", nsmall=3)
-        cc = np.array(flat, dtype=object).reshape(p, p)
-        cells = [[cc[i, j] if i > j else "" for j in range(p - 1)] for i in range(1, p)]
-        return format_matrix(cells, rn[1:], cn[:-1], right=False)
+# ---------------------------------------------------------------------------
+# Pieces shared by the results of lmer (MixedFit) and glmer (GlmmFit)
+
+
+def grouped_terms(design: MixedDesign) -> dict:
+    """group name -> list of term indices (terms of one factor merged, as lme4's ranef)."""
+    groups = {}
+    for i, t in enumerate(design.random_terms):
+        groups.setdefault(t.group_name, []).append(i)
+    return groups
+
+
+def ranef_frames(design: MixedDesign, b) -> dict:
+    """lme4's ``ranef()``: per grouping factor, levels x columns; ``b[i]`` is term i's
+    random effects as (levels, k)."""
+    out = {}
+    terms = design.random_terms
+    for g, idx in grouped_terms(design).items():
+        cols = [c for i in idx for c in terms[i].column_names]
+        out[g] = pd.DataFrame(np.hstack([b[i] for i in idx]),
+                              index=pd.Index(list(terms[idx[0]].levels), name=g), columns=cols)
+    return out
+
+
+def coef_frames(fixef: pd.Series, ranef: dict) -> dict:
+    """lme4's ``coef()``: fixed plus random effects per level."""
+    out = {}
+    for g, re in ranef.items():
+        df = pd.DataFrame(np.tile(fixef.to_numpy(), (len(re), 1)), index=re.index,
+                          columns=list(fixef.index))
+        for c in re.columns:
+            df[c] = df[c] + re[c] if c in df.columns else re[c]
+        out[g] = df
+    return out
+
+
+def random_part(design: MixedDesign, b, newdata: pd.DataFrame) -> np.ndarray:
+    """Z b on new data; levels not seen in fitting contribute 0."""
+    total = np.zeros(len(newdata))
+    for (codes, Z_raw), bi in zip(design.encoder.group_codes(newdata), b):
+        codes = np.asarray(codes, np.intp)
+        known = codes >= 0
+        Zr = np.asarray(Z_raw, float).reshape(len(codes), -1)
+        total[known] += np.einsum("nk,nk->n", Zr[known], bi[codes[known]])
+    return total
+
+
+def _group_labels(design: MixedDesign) -> list:
+    """lme4's group label of each term: a factor's second term is "g.1", and so on."""
+    seen, out = {}, []
+    for t in design.random_terms:
+        n_seen = seen.get(t.group_name, 0)
+        seen[t.group_name] = n_seen + 1
+        out.append(t.group_name if n_seen == 0 else f"{t.group_name}.{n_seen}")
+    return out
+
+
+def group_covariance(design: MixedDesign, covs, group: str) -> pd.DataFrame:
+    """The covariance matrix of one grouping factor's random effects (its terms' blocks)."""
+    groups = grouped_terms(design)
+    if group not in groups:
+        raise DataError(f"No random effects for '{group}'; the grouping factors are "
+                        f"{', '.join(groups)}.")
+    names = [c for i in groups[group] for c in design.random_terms[i].column_names]
+    cov = np.zeros((len(names), len(names)))
+    off = 0
+    for i in groups[group]:
+        k = covs[i].shape[0]
+        cov[off:off + k, off:off + k] = covs[i]
+        off += k
+    return pd.DataFrame(cov, index=names, columns=names)
+
+
+def varcorr_frame(design: MixedDesign, covs, residual_sd=None) -> pd.DataFrame:
+    """lme4's ``as.data.frame(VarCorr(fit))`` from each term's covariance matrix; a
+    "Residual" row when ``residual_sd`` is given (lmer, not glmer's binomial/Poisson)."""
+    rows = []
+    for t, grp, cov in zip(design.random_terms, _group_labels(design), covs):
+        sd = np.sqrt(np.diag(cov))
+        names = t.column_names
+        for a in range(len(names)):
+            rows.append((grp, names[a], None, cov[a, a], sd[a]))
+        for a in range(len(names)):
+            for c in range(a + 1, len(names)):
+                corr = cov[a, c] / (sd[a] * sd[c]) if sd[a] > 0 and sd[c] > 0 else np.nan
+                rows.append((grp, names[a], names[c], cov[a, c], corr))
+    if residual_sd is not None:
+        rows.append(("Residual", None, None, residual_sd ** 2, residual_sd))
+    cols = list(zip(*rows))
+    # object columns keep None for R's NA (pandas would turn it into NaN)
+    return pd.DataFrame({
+        "grp": pd.Series(cols[0], dtype=object), "var1": pd.Series(cols[1], dtype=object),
+        "var2": pd.Series(cols[2], dtype=object),
+        "vcov": np.array(cols[3], float), "sdcor": np.array(cols[4], float)})
+
+
+def varcorr_lines(design: MixedDesign, covs, residual_sd=None) -> list:
+    """The summary's "Random effects:" table (lme4's formatVC, digits 4)."""
+    digits = 4
+    groups, names, sds, corrs = [], [], [], []
+    for t, grp, cov in zip(design.random_terms, _group_labels(design), covs):
+        sd = np.sqrt(np.diag(cov))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cor = cov / np.outer(sd, sd)
+        for a in range(t.n_columns):
+            groups.append(grp if a == 0 else "")
+            names.append(t.column_names[a])
+            sds.append(sd[a])
+        corrs.append(cor)
+    if residual_sd is not None:
+        groups.append("Residual")
+        names.append("")
+        sds.append(residual_sd)
+    sds = np.array(sds)
+    cols = ["Groups", "Name", "Variance", "Std.Dev."]
+    var_txt = format_numbers(sds ** 2, digits, na="NaN")
+    sd_txt = format_numbers(sds, digits, na="NaN")
+    cells = [[g, n, v, s] for g, n, v, s in zip(groups, names, var_txt, sd_txt)]
+    maxlen = max(c.shape[0] for c in corrs)
+    if maxlen > 1:
+        dig = max(2, digits - 2)
+        crow = []
+        for c in corrs:
+            k = c.shape[0]
+            flat = format_numbers(r_round(c, dig).ravel(), 7, na="NaN", nsmall=dig)
+            cc = np.array(flat, dtype=object).reshape(k, k)
+            for a in range(k):
+                crow.append([cc[a, b] if a > b else "" for b in range(maxlen - 1)])
+        while len(crow) < len(cells):
+            crow.append([""] * (maxlen - 1))
+        cols = cols + ["Corr"] + [""] * (maxlen - 2)
+        cells = [a + b for a, b in zip(cells, crow)]
+    return format_matrix(cells, [""] * len(cells), cols, right=False)
+
+
+def fixef_corr_lines(C: np.ndarray, names) -> list:
+    """The summary's "Correlation of Fixed Effects:" table."""
+    p = C.shape[0]
+    rn = [r_abbreviate(n, 11) for n in names]
+    cn = [r_abbreviate(n, 6) for n in names]
+    flat = format_numbers(r_round(C, 3).ravel(), 7, na="NaN", nsmall=3)
+    cc = np.array(flat, dtype=object).reshape(p, p)
+    cells = [[cc[i, j] if i > j else "" for j in range(p - 1)] for i in range(1, p)]
+    return format_matrix(cells, rn[1:], cn[:-1], right=False)
 
 
 def _r_num(x: float) -> str:
