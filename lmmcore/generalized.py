@@ -21,8 +21,9 @@ from scipy import stats
 
 from lmmcore.errors import DataError, FitError, FitTimeout
 from lmmcore.glmm import FAMILIES, MAX_AGQ, Family, GlmmDeviance, GlmmProblem
-from lmmcore.mixed import (coef_frames, group_covariance, random_part, ranef_frames,
-                           varcorr_frame)
+from lmmcore.mixed import (coef_frames, correlation_frame, design_lme4_messages,
+                           group_covariance, group_sizes, plain_messages, random_part,
+                           ranef_frames, varcorr_frame)
 from lmmcore.optimize import (BOUNDARY_TOL, GRADIENT_TOL, SINGULAR_MESSAGE, _check_hessian,
                               is_singular)
 from lmmcore.structure import MixedDesign
@@ -33,12 +34,6 @@ __all__ = ["glmer", "GlmmFit", "DEFAULT_TIME_LIMIT"]
 DEFAULT_TIME_LIMIT = 60.0
 #: lme4's deriv12 step.
 HESSIAN_STEP = 1e-4
-
-_SINGULAR_PLAIN = (
-    "The fit is singular: at least one random-effect variance is estimated as (almost) zero, "
-    "or two random effects are perfectly correlated. The data do not support this much "
-    "random-effects structure; consider a simpler random part.")
-
 
 # ---------------------------------------------------------------------------
 # The response
@@ -573,47 +568,21 @@ class GlmmFit:
 
     @property
     def lme4_messages(self) -> list:
-        msgs = []
-        if self.design.dropped_fixed:
-            k = len(self.design.dropped_fixed)
-            msgs.append(f"fixed-effect model matrix is rank deficient so dropping {k} "
-                        f"column{'s' if k != 1 else ''} / coefficient{'s' if k != 1 else ''}")
-        msgs.extend(self._lme4_messages)
-        return msgs
+        return design_lme4_messages(self.design) + list(self._lme4_messages)
 
     @cached_property
     def messages(self) -> list:
         """Warnings in plain words (with lme4's wording where there is one)."""
         out = list(self.notes)
-        if self.design.dropped_fixed:
-            k = len(self.design.dropped_fixed)
-            out.append(f"The fixed-effects columns are linearly dependent, so {k} column"
-                       f"{'s were' if k != 1 else ' was'} dropped: "
-                       f"{', '.join(self.design.dropped_fixed)}.")
-        if self.design.n_dropped_na:
-            out.append(f"{self.design.n_dropped_na} rows with missing values in the model's "
-                       "columns were left out.")
         if not self.vcov_from_hessian:
             out.append("The standard errors come from the penalised least-squares step, not "
                        "from the Hessian, which is not positive definite here (lme4: "
                        "falling back to var-cov estimated from RX).")
-        for m in self._lme4_messages:
-            if m.startswith("boundary (singular)"):
-                out.append(f"{_SINGULAR_PLAIN} (lme4: {m})")
-            elif m.startswith("Model failed to converge with"):
-                out.append("The optimizer may not have reached the optimum: the gradient at the "
-                           f"estimates is not close enough to zero (lme4: {m}). Try rescaling "
-                           "predictors or simplifying the random part.")
-            else:
-                out.append(f"Convergence check: {m}")
-        return out
+        return out + plain_messages(self.design, self._lme4_messages)
 
     @property
     def ngroups(self) -> dict:
-        out = {}
-        for t in self.design.random_terms:
-            out.setdefault(t.group_name, t.n_levels)
-        return out
+        return group_sizes(self.design)
 
     # -- fixed effects ------------------------------------------------------------
     @property
@@ -668,9 +637,7 @@ class GlmmFit:
 
     @property
     def corr_fixef(self) -> pd.DataFrame:
-        v = self._vcov_array
-        s = np.sqrt(np.diag(v))
-        return pd.DataFrame(v / np.outer(s, s), index=self.fixed_names, columns=self.fixed_names)
+        return correlation_frame(self._vcov_array, self.fixed_names)
 
     # -- random effects -----------------------------------------------------------
     def _templates(self) -> list:

@@ -251,48 +251,19 @@ class MixedFit:
     @property
     def lme4_messages(self) -> list:
         """Warnings and messages worded exactly as lme4 prints them."""
-        msgs = []
-        if self.design.dropped_fixed:
-            k = len(self.design.dropped_fixed)
-            msgs.append(f"fixed-effect model matrix is rank deficient so dropping {k} "
-                        f"column{'s' if k != 1 else ''} / coefficient{'s' if k != 1 else ''}")
-        msgs.extend(self._check.lme4_messages)
-        return msgs
+        return design_lme4_messages(self.design) + list(self._check.lme4_messages)
 
     @cached_property
     def messages(self) -> list:
         """Warnings in plain words (each followed by lme4's wording where there is one)."""
-        out = []
-        dropped = self.design.dropped_fixed
-        if dropped:
-            k = len(dropped)
-            out.append(
-                f"The fixed-effects columns are linearly dependent, so {k} column"
-                f"{'s were' if k != 1 else ' was'} dropped: {', '.join(dropped)} (lme4: "
-                f"fixed-effect model matrix is rank deficient so dropping {k} "
-                f"column{'s' if k != 1 else ''} / coefficient{'s' if k != 1 else ''}).")
-        if self.design.n_dropped_na:
-            out.append(f"{self.design.n_dropped_na} rows with missing values in the model's "
-                       "columns were left out.")
-        for m in self._check.lme4_messages:
-            if m.startswith("boundary (singular)"):
-                out.append(f"{_SINGULAR_PLAIN} (lme4: {m})")
-            elif m.startswith("Model failed to converge with"):
-                out.append("The optimizer may not have reached the optimum: the gradient at the "
-                           f"estimates is not close enough to zero (lme4: {m}). Try rescaling "
-                           "predictors or simplifying the random part.")
-            else:
-                out.append(f"Convergence check: {m}")
+        out = plain_messages(self.design, self._check.lme4_messages)
         if not self.optimizer.converged:
             out.append(f"The optimizer stopped before converging: {self.optimizer.message}")
         return out
 
     @property
     def ngroups(self) -> dict:
-        out = {}
-        for t in self.design.random_terms:
-            out.setdefault(t.group_name, t.n_levels)
-        return out
+        return group_sizes(self.design)
 
     # -- fixed effects ------------------------------------------------------------
     @property
@@ -324,9 +295,7 @@ class MixedFit:
 
     @property
     def corr_fixef(self) -> pd.DataFrame:
-        v = self._vcov_array
-        s = np.sqrt(np.diag(v))
-        return pd.DataFrame(v / np.outer(s, s), index=self.fixed_names, columns=self.fixed_names)
+        return correlation_frame(self._vcov_array, self.fixed_names)
 
     # -- random effects -----------------------------------------------------------
     def _grouped_terms(self) -> dict:
@@ -527,6 +496,54 @@ class MixedFit:
 
 # ---------------------------------------------------------------------------
 # Pieces shared by the results of lmer (MixedFit) and glmer (GlmmFit)
+
+
+def design_lme4_messages(design: MixedDesign) -> list:
+    """lme4's message about dropped fixed-effects columns, if any."""
+    k = len(design.dropped_fixed)
+    if not k:
+        return []
+    return [f"fixed-effect model matrix is rank deficient so dropping {k} "
+            f"column{'s' if k != 1 else ''} / coefficient{'s' if k != 1 else ''}"]
+
+
+def plain_messages(design: MixedDesign, lme4_messages) -> list:
+    """The design's and the convergence check's messages in plain words (each followed by
+    lme4's wording where there is one)."""
+    out = []
+    dropped = design.dropped_fixed
+    if dropped:
+        k = len(dropped)
+        out.append(f"The fixed-effects columns are linearly dependent, so {k} column"
+                   f"{'s were' if k != 1 else ' was'} dropped: {', '.join(dropped)} (lme4: "
+                   f"{design_lme4_messages(design)[0]}).")
+    if design.n_dropped_na:
+        out.append(f"{design.n_dropped_na} rows with missing values in the model's "
+                   "columns were left out.")
+    for m in lme4_messages:
+        if m.startswith("boundary (singular)"):
+            out.append(f"{_SINGULAR_PLAIN} (lme4: {m})")
+        elif m.startswith("Model failed to converge with"):
+            out.append("The optimizer may not have reached the optimum: the gradient at the "
+                       f"estimates is not close enough to zero (lme4: {m}). Try rescaling "
+                       "predictors or simplifying the random part.")
+        else:
+            out.append(f"Convergence check: {m}")
+    return out
+
+
+def group_sizes(design: MixedDesign) -> dict:
+    """Grouping factor -> number of levels (lme4's ngrps)."""
+    out = {}
+    for t in design.random_terms:
+        out.setdefault(t.group_name, t.n_levels)
+    return out
+
+
+def correlation_frame(v: np.ndarray, names) -> pd.DataFrame:
+    """A covariance matrix as a correlation table."""
+    s = np.sqrt(np.diag(v))
+    return pd.DataFrame(v / np.outer(s, s), index=list(names), columns=list(names))
 
 
 def grouped_terms(design: MixedDesign) -> dict:
