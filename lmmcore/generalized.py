@@ -20,10 +20,11 @@ from scipy import optimize as _opt
 from scipy import stats
 
 from lmmcore.errors import DataError, FitError, FitTimeout
-from lmmcore.glmm import FAMILIES, MAX_AGQ, Family, GlmmDeviance, GlmmProblem
+from lmmcore.glmm import (FAMILIES, MAX_AGQ, Family, GlmmDeviance, GlmmProblem,
+                          conditional_variances)
 from lmmcore.mixed import (coef_frames, correlation_frame, design_lme4_messages,
-                           group_covariance, group_sizes, plain_messages, random_part,
-                           ranef_frames, varcorr_frame)
+                           group_covariance, group_sizes, grouped_terms, plain_messages,
+                           random_part, ranef_frames, varcorr_frame)
 from lmmcore.optimize import (BOUNDARY_TOL, GRADIENT_TOL, SINGULAR_MESSAGE, _check_hessian,
                               is_singular)
 from lmmcore.structure import MixedDesign
@@ -671,6 +672,32 @@ class GlmmFit:
     @property
     def ranef(self) -> dict:
         return {g: df.copy() for g, df in self._ranef.items()}
+
+    @cached_property
+    def _cond_var(self) -> list:
+        return conditional_variances(self._problem, self._state.factor, self.theta)
+
+    @property
+    def ranef_sd(self) -> dict:
+        """Conditional SDs of the random effects (lme4's ``condVar``), shaped like ranef."""
+        sds = [np.sqrt(np.diagonal(c, axis1=1, axis2=2)) for c in self._cond_var]
+        return ranef_frames(self.design, sds)
+
+    def ranef_condvar(self, group: str) -> np.ndarray:
+        """Conditional covariance matrices (levels, k, k) of one factor's random effects."""
+        groups = grouped_terms(self.design)
+        if group not in groups:
+            raise DataError(f"No random effects for '{group}'; the grouping factors are "
+                            f"{', '.join(groups)}.")
+        blocks = [self._cond_var[i] for i in groups[group]]
+        m = blocks[0].shape[0]
+        k = sum(b.shape[1] for b in blocks)
+        out = np.zeros((m, k, k))
+        off = 0
+        for b in blocks:
+            out[:, off:off + b.shape[1], off:off + b.shape[1]] = b
+            off += b.shape[1]
+        return out
 
     @property
     def coef(self) -> dict:

@@ -42,7 +42,8 @@ from scipy.special import expit, gammaln, xlogy
 from lmmcore.errors import FitError
 from lmmcore.structure import MixedDesign
 
-__all__ = ["Family", "FAMILIES", "GlmmProblem", "GlmmDeviance", "gh_rule", "MAX_AGQ"]
+__all__ = ["Family", "FAMILIES", "GlmmProblem", "GlmmDeviance", "gh_rule", "MAX_AGQ",
+           "conditional_variances"]
 
 _DBL_EPS = float(np.finfo(float).eps)
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -371,6 +372,19 @@ class _Factor:
             out += 2.0 * float(np.sum(np.log(np.diag(self.L22))))
         return out
 
+    def dense(self) -> np.ndarray:
+        """The random-effects part of L as one dense lower-triangular matrix."""
+        m, k, _ = self.L11.shape
+        q1 = m * k
+        q2 = 0 if self.L22 is None else self.L22.shape[0]
+        L = np.zeros((q1 + q2, q1 + q2))
+        for lv in range(m):
+            L[lv * k:(lv + 1) * k, lv * k:(lv + 1) * k] = self.L11[lv]
+        if q2:
+            L[q1:, :q1] = self.L21
+            L[q1:, q1:] = self.L22
+        return L
+
     def _l11_solve(self, b, trans: bool):
         m, k, _ = self.L11.shape
         if k == 1:
@@ -402,6 +416,31 @@ class _Factor:
             r1 = r1 - self.L31.T @ x3
         x1 = self._l11_solve(r1, True)
         return x1, x2, x3
+
+
+#: Largest number of random effects for which conditional variances are computed (dense).
+MAX_CONDVAR_Q = 6000
+
+
+def conditional_variances(problem: GlmmProblem, factor: _Factor, theta) -> list:
+    """lme4's ``condVar``: per term, the (levels, k, k) conditional covariances of b,
+    ``Lambda (L L')^{-1} Lambda'`` (the scale is 1 for binomial and Poisson)."""
+    if problem.q > MAX_CONDVAR_Q:
+        raise FitError(f"conditional variances of {problem.q:,} random effects are not "
+                       f"computed here (at most {MAX_CONDVAR_Q:,})")
+    Linv = solve_triangular(factor.dense(), np.eye(problem.q), lower=True)
+    starts = {problem.lead: 0}
+    off = problem.q1
+    for i in problem.rest:
+        starts[i] = off
+        off += problem.terms[i].k * problem.terms[i].m
+    out = []
+    for i, t in enumerate(problem.terms):
+        cols = Linv[:, starts[i]:starts[i] + t.k * t.m].reshape(problem.q, t.m, t.k)
+        blocks = np.einsum("qmk,qml->mkl", cols, cols)          # (L L')^{-1} diagonal blocks
+        T = t.template(np.asarray(theta, float))
+        out.append(np.einsum("ab,mbc,dc->mad", T, blocks, T))
+    return out
 
 
 # ---------------------------------------------------------------------------

@@ -83,6 +83,9 @@ def test_optimum_and_estimates(name):
         # aligned by label: R sorted VerbAgg's item labels in its locale's collation
         got = fit.ranef[g].loc[r["levels"]]
         assert np.allclose(got.to_numpy(), r["values"], rtol=5e-3, atol=5e-4)
+        if r.get("cond_sd") is not None:
+            sd = fit.ranef_sd[g].loc[r["levels"]]
+            assert np.allclose(sd.to_numpy(), r["cond_sd"], rtol=5e-3)
     assert fit.is_singular == ref["is_singular"]
     assert [m for m in fit.lme4_messages] == ref["convergence_messages"]
 
