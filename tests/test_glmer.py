@@ -202,3 +202,14 @@ def test_fit_pickles():
     fit, _ = _fit("cbpp")
     again = pickle.loads(pickle.dumps(fit))
     assert again.summary() == fit.summary()
+
+
+def test_glmer_in_a_worker_process():
+    from lmmcore import worker
+
+    c = pd.read_csv(DATA["cbpp"])
+    fit = worker.fit_in_worker("glmer", "cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                               c, timeout=60, categorical=["herd", "period"], data_name="d")
+    here, _ = _fit("cbpp")
+    assert fit.loglik == pytest.approx(here.loglik, rel=1e-9)
+    assert fit.summary() == here.summary()
