@@ -13,7 +13,8 @@ Public API (tests, pages and tools rely on these names):
 - ``glmer(formula, data, family="binomial", nAGQ=1) -> GlmmFit`` (binomial logit, Poisson log)
 - ``lm(formula, data) -> LinearFit``
 - ``anova(*fits, names=None) -> DataFrame``; ``format_anova(table) -> str`` prints it as R does
-- ``pooling_estimates``, ``shrinkage_sd``, ``re_contours``
+- ``pooling_estimates(data, response, predictor, group) -> PoolingEstimates`` (the mixed fit,
+  formulas, per-method table, group sizes, shrinkage); ``shrinkage_sd``, ``re_contours``
 - ``load_table(data: bytes, filename) -> DataFrame``
 - ``parse_formula(text) -> Formula``; ``compose_formula(response, fixed=..., groups=...) -> str``
   writes one from menu choices
@@ -27,7 +28,7 @@ __all__ = [
     "LmmError", "FormulaError", "DataError", "FitError", "FitTimeout",
     "parse_formula", "compose_formula", "build_design",
     "lmer", "MixedFit", "glmer", "GlmmFit", "lm", "LinearFit", "anova", "format_anova",
-    "pooling_estimates", "shrinkage_sd", "re_contours", "load_table",
+    "pooling_estimates", "PoolingEstimates", "shrinkage_sd", "re_contours", "load_table",
 ]
 
 # Public names resolve lazily (PEP 562): `import lmmcore` stays cheap for the worker
@@ -45,6 +46,7 @@ _PUBLIC = {
     "anova": "lmmcore.compare",
     "format_anova": "lmmcore.compare",
     "pooling_estimates": "lmmcore.pooling",
+    "PoolingEstimates": "lmmcore.pooling",
     "shrinkage_sd": "lmmcore.pooling",
     "re_contours": "lmmcore.pooling",
     "load_table": "lmmcore.io",
