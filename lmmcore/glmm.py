@@ -43,7 +43,7 @@ from lmmcore.errors import FitError
 from lmmcore.structure import MixedDesign
 
 __all__ = ["Family", "FAMILIES", "GlmmProblem", "GlmmDeviance", "gh_rule", "MAX_AGQ",
-           "conditional_variances"]
+           "conditional_variances", "fit_glm"]
 
 _DBL_EPS = float(np.finfo(float).eps)
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -418,6 +418,38 @@ class _Factor:
         return x1, x2, x3
 
 
+def fit_glm(family: Family, X: np.ndarray, y: np.ndarray, weights=None, maxit: int = 50,
+            tol: float = 1e-10) -> tuple:
+    """A GLM by iteratively reweighted least squares from R's starting values (R's
+    ``glm.fit``; minimum-norm steps where X is rank deficient).
+
+    Returns
+    -------
+    (beta, mu, converged)
+        ``converged`` is False when the deviance still changed after ``maxit`` steps,
+        as under separation, where some estimates grow without bound.
+    """
+    X = np.asarray(X, float)
+    y = np.asarray(y, float)
+    wt = np.ones(len(y)) if weights is None else np.asarray(weights, float)
+    eta = family.linkfun(family.mustart(y, wt))
+    beta = np.zeros(X.shape[1])
+    dev_old = np.inf
+    for _ in range(maxit):
+        mu = family.linkinv(eta)
+        d = family.mu_eta(eta, mu)
+        w = wt * d * d / family.variance(mu)
+        z = eta + (y - mu) / d
+        sw = np.sqrt(w)
+        beta = np.linalg.lstsq(X * sw[:, None], sw * z, rcond=None)[0]
+        eta = X @ beta
+        dev = float(np.sum(family.dev_resid(y, family.linkinv(eta), wt)))
+        if abs(dev - dev_old) < tol * (abs(dev) + 0.1):
+            return beta, family.linkinv(eta), True
+        dev_old = dev
+    return beta, family.linkinv(eta), False
+
+
 #: Largest number of random effects for which conditional variances are computed (dense).
 MAX_CONDVAR_Q = 6000
 
@@ -613,24 +645,9 @@ class GlmmDeviance:
         return other
 
     def _glm_start(self) -> np.ndarray:
-        """beta of the GLM fitted by IRLS from R's starting values (lme4's first PIRLS
-        starts from the family's ``mustart``; any good start gives the same optimum)."""
+        """beta of the GLM without random effects (any good start gives the same optimum)."""
         pr = self.problem
-        eta = self.eta_start.copy()
-        beta = np.zeros(pr.p)
-        dev_old = np.inf
-        for _ in range(50):
-            mu = pr.family.linkinv(eta)
-            w, r = self._weights(eta, mu)
-            z = eta + r / np.where(w > 0, w, 1.0)
-            WX = pr.X * np.sqrt(w)[:, None]
-            beta = np.linalg.lstsq(WX, np.sqrt(w) * z, rcond=None)[0]
-            eta = pr.X @ beta
-            dev = float(np.sum(pr.family.dev_resid(pr.y, pr.family.linkinv(eta), pr.weights)))
-            if abs(dev - dev_old) < 1e-10 * (abs(dev) + 0.1):
-                break
-            dev_old = dev
-        return beta
+        return fit_glm(pr.family, pr.X, pr.y, pr.weights)[0]
 
     # -- the criteria --------------------------------------------------------------
     def laplace(self, st: PirlsState) -> float:

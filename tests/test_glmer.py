@@ -213,3 +213,39 @@ def test_glmer_in_a_worker_process():
     here, _ = _fit("cbpp")
     assert fit.loglik == pytest.approx(here.loglik, rel=1e-9)
     assert fit.summary() == here.summary()
+
+
+def test_pooling_estimates_binary_and_counts_against_glm():
+    ref = json.loads((FIX / "pooling_glm.json").read_text())
+    d = pd.read_csv(DATA["bdf"])
+    est = lmmcore.pooling_estimates(d, "repeatgr", "ses", "schoolNR", random="intercept",
+                                    family="binomial")
+    assert est.family == "binomial"
+    assert np.allclose(est.method("complete").iloc[0][["intercept", "slope"]].to_numpy(float),
+                       ref["bdf_complete"], rtol=1e-8)
+    no = est.method("no")
+    assert no["slope"].iloc[0] == pytest.approx(ref["bdf_no"]["ses"], rel=1e-8)
+    r_glm = pd.Series({k[len("schoolNR"):]: v for k, v in ref["bdf_no"].items()
+                       if k.startswith("schoolNR")})
+    own = no["intercept"].notna()
+    assert np.allclose(no["intercept"][own], r_glm[no.index[own]], rtol=1e-7)
+    # separation: R's glm reports a huge number (about -17); we report none, and say why
+    assert (r_glm[no.index[~own]] < -10).all()
+    assert all("all" in note and "infinity" in note for note in no["note"][~own])
+    partial = est.method("partial")
+    fit = est.fit
+    assert isinstance(fit, lmmcore.GlmmFit)
+    assert np.allclose(partial["intercept"], fit.coef["schoolNR"]["(Intercept)"].to_numpy())
+    assert est.shrinkage[own.to_numpy()].notna().all()
+
+    g = pd.read_csv(DATA["grouseticks"])
+    counts = lmmcore.pooling_estimates(g, "TICKS", "cHEIGHT", "LOCATION", random="intercept",
+                                       family="poisson")
+    assert np.allclose(counts.method("complete").iloc[0][["intercept", "slope"]].to_numpy(float),
+                       ref["grouse_complete"], rtol=1e-8)
+    # cHEIGHT is a property of the location: R's glm gives NA for its no-pooling slope
+    assert ref["grouse_no"]["cHEIGHT"] == "NA"
+    assert counts.method("no")["slope"].isna().all()
+    assert counts.notes.str.contains("does not vary within any group").all()
+    import pickle
+    assert pickle.loads(pickle.dumps(counts)).family == "poisson"
