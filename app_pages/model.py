@@ -27,6 +27,8 @@ K_CAT_GROUP = S.MODEL_CAT_GROUP
 VARCORR_HEADINGS = {"grp": "Groups", "var1": "Name", "var2": "with", "vcov": "Variance / Cov.",
                     "sdcor": "Std.Dev. / Corr."}
 SECTIONS = ["lme4 summary", "Tables", "Plots", "Saved models & anova", "Paired t-test", "Reproduce this"]
+FAMILIES = {"gaussian": "Gaussian (lmer)", "binomial": "binomial (glmer, logit)",
+            "poisson": "Poisson (glmer, log)"}
 
 
 # ------------------------------------------------------------------ formula and builder
@@ -295,6 +297,30 @@ def _reproduce(data, formula: str, reml: bool, has_random: bool, parsed) -> None
                            mime="text/csv", key="model.download_data")
 
 
+def _glmer_results(data, formula: str, parsed, family: str, lecture: bool) -> None:
+    """A binomial or Poisson mixed model: lme4's glmer summary and tables."""
+    if not parsed.has_random:
+        st.info("A generalized linear mixed model needs a random term such as (1 | group) in "
+                "the formula.")
+        return
+    with guard("glmer fit"), st.spinner("Fitting the generalized linear mixed model..."):
+        fitted = fit(f"glmer:{family}", formula, data)
+        _messages(fitted, "glmer")
+        st.markdown(f"**glmer** ({FAMILIES[family]}, Laplace approximation)")
+        st.code(summary(f"glmer:{family}", formula, data, True, fitted), language=None)
+        left, right = _side_by_side(lecture)
+        with left:
+            scale = "log-odds" if family == "binomial" else "log of the expected count"
+            st.markdown(f"**Fixed effects** (on the {scale} scale)")
+            show_table(fitted.coef_table())
+        with right:
+            st.markdown("**Random effects (VarCorr)**")
+            show_table(fitted.varcorr.rename(columns=VARCORR_HEADINGS), hide_index=True,
+                       drop_empty=False)
+        st.caption("Plots, saved models with anova, the paired t-test and \"Reproduce this\" "
+                   "are for Gaussian models (lmer) so far.")
+
+
 def render() -> None:
     ss = st.session_state
     lecture = bool(ss.get(S.APP_LECTURE))
@@ -304,10 +330,16 @@ def render() -> None:
         st.caption(f"Dataset: {md(data.label)} · {len(data.df):,} rows · columns: "
                    + ", ".join(md(c) for c in data.df.columns[:30]))
         _builder(data)
-        c1, c2 = st.columns([5, 1])
+        c1, c2, c3 = st.columns([4, 1, 1])
         c1.text_input("Formula (lme4 syntax)", key=S.MODEL_FORMULA, on_change=_clear_builder,
                       max_chars=5000, placeholder="Reaction ~ Days + (Days | Subject)")
-        c2.radio("Estimation", ["REML", "ML"], key=S.MODEL_METHOD, horizontal=True)
+        if ss.get(S.MODEL_FAMILY) not in FAMILIES:
+            ss[S.MODEL_FAMILY] = "gaussian"
+        c3.radio("Family", list(FAMILIES), key=S.MODEL_FAMILY, format_func=FAMILIES.get)
+        family = ss[S.MODEL_FAMILY]
+        c2.radio("Estimation", ["REML", "ML"], key=S.MODEL_METHOD, horizontal=True,
+                 disabled=family != "gaussian",
+                 help="glmer fits by maximum likelihood only" if family != "gaussian" else None)
         text = (ss.get(S.MODEL_FORMULA) or "").strip()
         if not text:
             st.info("Write a formula, e.g. `response ~ predictor + (1 | group)`, or use the menus above.")
@@ -318,6 +350,14 @@ def render() -> None:
             _formula_error(text, exc)
             return
         formula = str(parsed)
+        if parsed.response.kind == "column":
+            suggested, why = lmmcore.suggest_family(data.df, parsed.response.column)
+            if suggested != family and why:
+                st.info(md(why) + f" Choose **{FAMILIES[suggested]}** as the family.",
+                        icon=":material/lightbulb:")
+        if family != "gaussian":
+            _glmer_results(data, formula, parsed, family, lecture)
+            return
         reml = ss.get(S.MODEL_METHOD, "REML") == "REML"
         mixed = linear = None
         shown: set = set()

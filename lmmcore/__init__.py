@@ -10,7 +10,8 @@ The pipeline has lme4's four seams (Bates et al. 2015, JSS 67(1), Table 1):
 Public API (tests, pages and tools rely on these names):
 
 - ``lmer(formula, data, reml=True) -> MixedFit``
-- ``glmer(formula, data, family="binomial", nAGQ=1) -> GlmmFit`` (binomial logit, Poisson log)
+- ``glmer(formula, data, family="binomial", nAGQ=1) -> GlmmFit`` (binomial logit, Poisson log);
+  ``suggest_family(data, response) -> (family, reason)``
 - ``lm(formula, data) -> LinearFit``
 - ``anova(*fits, names=None) -> DataFrame``; ``format_anova(table) -> str`` prints it as R does
 - ``pooling_estimates(data, response, predictor, group) -> PoolingEstimates`` (the mixed fit,
@@ -27,7 +28,7 @@ from lmmcore.errors import DataError, FitError, FitTimeout, FormulaError, LmmErr
 __all__ = [
     "LmmError", "FormulaError", "DataError", "FitError", "FitTimeout",
     "parse_formula", "compose_formula", "build_design",
-    "lmer", "MixedFit", "glmer", "GlmmFit", "lm", "LinearFit", "anova", "format_anova",
+    "lmer", "MixedFit", "glmer", "GlmmFit", "suggest_family", "lm", "LinearFit", "anova", "format_anova",
     "pooling_estimates", "PoolingEstimates", "shrinkage_sd", "re_contours", "load_table",
 ]
 
@@ -41,6 +42,7 @@ _PUBLIC = {
     "MixedFit": "lmmcore.mixed",
     "glmer": "lmmcore.generalized",
     "GlmmFit": "lmmcore.generalized",
+    "suggest_family": "lmmcore.generalized",
     "lm": "lmmcore.linear",
     "LinearFit": "lmmcore.linear",
     "anova": "lmmcore.compare",

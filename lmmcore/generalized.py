@@ -29,7 +29,7 @@ from lmmcore.optimize import (BOUNDARY_TOL, GRADIENT_TOL, SINGULAR_MESSAGE, _che
                               is_singular)
 from lmmcore.structure import MixedDesign
 
-__all__ = ["glmer", "GlmmFit", "DEFAULT_TIME_LIMIT"]
+__all__ = ["glmer", "GlmmFit", "DEFAULT_TIME_LIMIT", "suggest_family"]
 
 #: Seconds a fit may run before it stops with FitTimeout.
 DEFAULT_TIME_LIMIT = 60.0
@@ -114,6 +114,39 @@ def _cbind_columns(design: MixedDesign, family: Family):
             raise DataError(f"the {what} in {design.response_name} must be whole numbers 0, 1, "
                             f"2, ... (found {bad:g}); check the columns inside cbind()")
     return s, s + f
+
+
+def suggest_family(data: pd.DataFrame, response: str) -> tuple:
+    """The family a response column suggests, and why, in plain words.
+
+    Returns
+    -------
+    (family, reason)
+        ``("binomial", ...)`` for a column with only the values 0 and 1 or with two
+        categories (the second in R's order counts as a success); otherwise
+        ``("gaussian", "")``.  A suggestion only: counts may be Gaussian enough, and a
+        Poisson model is the student's choice.
+    """
+    from lmmcore.design import _factorize
+
+    if not isinstance(data, pd.DataFrame) or response not in data.columns:
+        return "gaussian", ""
+    col = data[response].dropna()
+    if col.empty:
+        return "gaussian", ""
+    if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+        values = set(np.unique(col.to_numpy(dtype=float)).tolist())
+        if values == {0.0, 1.0}:
+            return "binomial", (f"'{response}' has only the values 0 and 1: a logistic "
+                                "(binomial) mixed model fits it, and 1 counts as a success.")
+        return "gaussian", ""
+    codes, labels = _factorize(col)
+    used = [labels[i] for i in sorted(set(codes[codes >= 0].tolist()))]
+    if len(used) == 2:
+        return "binomial", (f"'{response}' has two categories, {used[0]!r} and {used[1]!r}: a "
+                            f"logistic (binomial) mixed model fits it, and {used[1]!r} counts "
+                            "as a success (R's rule: the second level).")
+    return "gaussian", ""
 
 
 # ---------------------------------------------------------------------------
