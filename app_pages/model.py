@@ -330,7 +330,7 @@ def render() -> None:
         st.caption(f"Dataset: {md(data.label)} · {len(data.df):,} rows · columns: "
                    + ", ".join(md(c) for c in data.df.columns[:30]))
         _builder(data)
-        c1, c2, c3 = st.columns([4, 1, 1])
+        c1, c2, c3 = st.columns([3, 1, 2])
         c1.text_input("Formula (lme4 syntax)", key=S.MODEL_FORMULA, on_change=_clear_builder,
                       max_chars=5000, placeholder="Reaction ~ Days + (Days | Subject)")
         if ss.get(S.MODEL_FAMILY) not in FAMILIES:
