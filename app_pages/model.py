@@ -359,7 +359,8 @@ def _formula_and_fits(data, lecture: bool) -> None:
                   max_chars=5000, placeholder="Reaction ~ Days + (Days | Subject)")
     if ss.get(S.MODEL_FAMILY) not in FAMILIES:
         ss[S.MODEL_FAMILY] = "gaussian"
-    c3.radio("Family", list(FAMILIES), key=S.MODEL_FAMILY, format_func=FAMILIES.get)
+    # a menu, not radio buttons: one line high, so lecture mode's chart keeps its space
+    c3.selectbox("Family", list(FAMILIES), key=S.MODEL_FAMILY, format_func=FAMILIES.get)
     family = ss[S.MODEL_FAMILY]
     c2.radio("Estimation", ["REML", "ML"], key=S.MODEL_METHOD, horizontal=True,
              disabled=family != "gaussian",

@@ -28,7 +28,7 @@ def test_binary_response_suggests_binomial_then_glmer_summary():
     assert not at.exception
     infos = " ".join(i.value for i in at.info)
     assert "only the values 0 and 1" in infos and "binomial (glmer, logit)" in infos
-    at.radio(key="model.family").set_value("binomial").run()
+    at.selectbox(key="model.family").set_value("binomial").run()
     assert not at.exception and not at.error
     ref = json.loads((ROOT / "tests" / "fixtures" / "glmm" / "bdf_repeat.json").read_text())
     shown = next(c.value for c in at.code if c.value.startswith("Generalized linear mixed model"))
@@ -39,7 +39,7 @@ def test_binary_response_suggests_binomial_then_glmer_summary():
 
 def test_poisson_family_refuses_a_binary_formula_without_random_terms():
     at = _uploaded_bdf()
-    at.radio(key="model.family").set_value("poisson").run()
+    at.selectbox(key="model.family").set_value("poisson").run()
     at.text_input(key="model.formula").set_value("repeatgr ~ ses").run()
     assert not at.exception
     assert any("needs a random term" in i.value for i in at.info)
