@@ -394,20 +394,28 @@ def pooling_estimates(data: pd.DataFrame, response: str, predictor: str | None, 
         x = np.asarray(design.X[:, 1], dtype=float)
         no_int, no_slope, notes = _no_pooling(x, y, codes, n_g, random, predictor)
 
-    n_int = n_g.astype(int)
+    table = _pooling_table(levels, n_g, (c_int, c_slope), (no_int, no_slope, notes),
+                           (p_int, p_slope))
+    return PoolingEstimates(table=table, fit=fit, formulas=formulas,
+                            response=response, predictor=predictor, group=group, random=random)
+
+
+def _pooling_table(levels, n_g, complete, no, partial) -> pd.DataFrame:
+    """The long table: complete pooling's (intercept, slope), no pooling's (intercepts,
+    slopes, notes) and partial pooling's (intercepts, slopes) per group."""
+    m = len(levels)
     blocks = []
     for method, ints, slopes, note in (
-        ("complete", np.full(m, c_int), np.full(m, c_slope), [""] * m),
-        ("no", no_int, no_slope, notes),
-        ("partial", p_int, p_slope, [""] * m),
+        ("complete", np.full(m, complete[0]), np.full(m, complete[1]), [""] * m),
+        ("no", no[0], no[1], no[2]),
+        ("partial", partial[0], partial[1], [""] * m),
     ):
         blocks.append(pd.DataFrame({
             "group": pd.Series(levels, dtype="str"), "method": method,
             "intercept": np.asarray(ints, dtype=float), "slope": np.asarray(slopes, dtype=float),
-            "n": n_int, "note": pd.Series(list(note), dtype="str"),
+            "n": n_g.astype(int), "note": pd.Series(list(note), dtype="str"),
         }))
-    return PoolingEstimates(table=pd.concat(blocks, ignore_index=True), fit=fit, formulas=formulas,
-                            response=response, predictor=predictor, group=group, random=random)
+    return pd.concat(blocks, ignore_index=True)
 
 
 def _glm_pooling(d, response, predictor, group, random, formulas, family) -> PoolingEstimates:
@@ -500,18 +508,9 @@ def _glm_pooling(d, response, predictor, group, random, formulas, family) -> Poo
     formulas = dict(formulas)
     formulas["complete"] = f"glm({formulas['complete']}, family = {fam.name})"
     formulas["no"] = f"glm({formulas['no']}, family = {fam.name})"
-    blocks = []
-    for method, ints, slopes, note in (
-        ("complete", np.full(m, c_int), np.full(m, c_slope), [""] * m),
-        ("no", no_int, no_slope, notes),
-        ("partial", p_int, p_slope, [""] * m),
-    ):
-        blocks.append(pd.DataFrame({
-            "group": pd.Series(levels, dtype="str"), "method": method,
-            "intercept": np.asarray(ints, dtype=float), "slope": np.asarray(slopes, dtype=float),
-            "n": n_g.astype(int), "note": pd.Series(list(note), dtype="str"),
-        }))
-    return PoolingEstimates(table=pd.concat(blocks, ignore_index=True), fit=fit, formulas=formulas,
+    table = _pooling_table(levels, n_g, (c_int, c_slope), (no_int, no_slope, notes),
+                           (p_int, p_slope))
+    return PoolingEstimates(table=table, fit=fit, formulas=formulas,
                             response=response, predictor=predictor, group=group, random=random,
                             family=fam.name)
 
