@@ -805,56 +805,9 @@ class GlmmFit:
     # -- summary ------------------------------------------------------------------
     def summary(self) -> str:
         """The text of lme4 1.1-31's ``print(summary(fit))`` for a glmer fit."""
+        from lmmcore.printing import glmer_summary
+
         return glmer_summary(self)
-
-
-def glmer_summary(fit: GlmmFit) -> str:
-    """lme4's glmer summary layout (kept in one function, to move to the printing home)."""
-    from lmmcore.mixed import fixef_corr_lines, varcorr_lines
-    from lmmcore.rformat import format_coef_matrix, format_numbers, print_named, r_round, zapsmall
-
-    method = ("Laplace Approximation" if fit.nAGQ == 1 else
-              f"Adaptive Gauss-Hermite Quadrature, nAGQ = {fit.nAGQ}")
-    L = ["Generalized linear mixed model fit by maximum likelihood (" + method.split(" ")[0],
-         f"  {' '.join(method.split(' ')[1:])}) [glmerMod]"]
-    L.append(f" Family: {fit.family}  ( {fit.link} )")
-    L.append(f"Formula: {fit.formula}")
-    L.append(f"   Data: {fit.data_name}")
-    L.append("")
-    vals = r_round([fit.aic, fit.bic, fit.loglik, fit.objective, fit.df_resid], 1)
-    txt = [t.strip() for t in format_numbers(vals, 7, na="NaN")]
-    txt[4] = str(int(fit.df_resid))
-    L.extend(print_named(txt, ["AIC", "BIC", "logLik", "deviance", "df.resid"]))
-    L.append("")
-    L.append("Scaled residuals: ")
-    rq = zapsmall(fit.scaled_resid_quantiles.to_numpy(), 5)
-    L.extend(print_named(format_numbers(rq, 4, na="NaN"), ["Min", "1Q", "Median", "3Q", "Max"]))
-    L.append("")
-    L.append("Random effects:")
-    L.extend(varcorr_lines(fit.design, fit._re_covariances()))
-    groups = "; ".join(f"{g}, {m}" for g, m in fit.ngroups.items())
-    head = f"Number of obs: {fit.nobs}, groups: "
-    if len(head) + 1 + len(groups) > 80:
-        L.extend([head, groups])
-    else:
-        L.append(f"{head} {groups}")
-    p = len(fit.fixed_names)
-    if p > 0:
-        L.append("")
-        L.append("Fixed effects:")
-        ct = fit.coef_table()
-        L.extend(format_coef_matrix(ct.to_numpy(), list(ct.index), list(ct.columns), digits=4,
-                                    cs_ind=(0, 1), tst_ind=(2,), has_pvalue=True))
-        if 1 < p <= 12:
-            L.append("")
-            L.append("Correlation of Fixed Effects:")
-            L.extend(fixef_corr_lines(fit.corr_fixef.to_numpy(), fit.fixed_names))
-    warn = [m for m in fit.lme4_messages if not m.startswith("fixed-effect model matrix")]
-    if warn:
-        L.append("optimizer (L-BFGS-B) convergence code: 0 (OK)")
-        L.extend(warn)
-        L.append("")
-    return "\n".join(L) + "\n"
 
 
 def _rebuild(*args):
