@@ -55,6 +55,8 @@ def _kwargs(kind: str, reml: bool, categorical, numeric, reference) -> dict:
           "reference_levels": dict(reference) or None}
     if kind == "lmer":
         kw["reml"] = reml
+    if kind.startswith("glmer:"):
+        kw["family"] = kind.split(":", 1)[1]
     return {k: v for k, v in kw.items() if v is not None or k == "reml"}
 
 
@@ -64,12 +66,15 @@ def _fit(kind: str, formula: str, digest: str, reml: bool, categorical: tuple, n
     # ``_df`` is left out of the cache key (leading underscore): ``digest`` stands for it.
     df = _df
     kw = _kwargs(kind, reml, categorical, numeric, reference)
-    if kind == "lmer" and data_name:
+    if kind != "lm" and data_name:
         kw["data_name"] = data_name
+    name = kind.split(":", 1)[0]
     settings = load_settings()
     if len(df) >= settings.worker_min_rows:
         from lmmcore.worker import fit_in_worker
-        return fit_in_worker(kind, formula, df, timeout=settings.fit_timeout_s, **kw)
+        return fit_in_worker(name, formula, df, timeout=settings.fit_timeout_s, **kw)
+    if name == "glmer":
+        return lmmcore.glmer(formula, df, time_limit=settings.fit_timeout_s, **kw)
     fn = lmmcore.lmer if kind == "lmer" else lmmcore.lm
     return fn(formula, df, **kw)
 
@@ -89,7 +94,8 @@ def fit_key(kind: str, formula: str, data, reml: bool = True) -> tuple:
 
 
 def fit(kind: str, formula: str, data, reml: bool = True):
-    """Fit ``kind`` ("lmer" or "lm") to an :class:`explorer.data.ActiveData`; cached.
+    """Fit ``kind`` ("lmer", "lm", or "glmer:binomial" / "glmer:poisson") to an
+    :class:`explorer.data.ActiveData`; cached.
 
     Raises ``lmmcore.LmmError`` with a student-readable message on bad input.
     """

@@ -61,6 +61,7 @@ DATA_COLUMNS_PAGE = "data.columns_page"  # lecture mode: the page of the column 
 # model: the model builder page
 MODEL_FORMULA = "model.formula"      # the formula box (text)
 MODEL_METHOD = "model.method"        # "REML" or "ML"
+MODEL_FAMILY = "model.family"        # "gaussian" (lmer), "binomial" or "poisson" (glmer)
 MODEL_SAVED = "model.saved"          # {name: {"formula", "reml", "kind", "dataset"}}
 MODEL_SAVE_NAME = "model.save_name"
 MODEL_SAVE_KIND = "model.save_kind"
@@ -138,7 +139,7 @@ SHRINK_CHART = "shrink.chart"
 NO_PREDICTOR = "(none: intercept only)"
 
 PERSISTENT = (
-    MODEL_FORMULA, MODEL_METHOD, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP, POOL_RANDOM,
+    MODEL_FORMULA, MODEL_METHOD, MODEL_FAMILY, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP, POOL_RANDOM,
     POOL_SELECTED, POOL_SORT, POOL_PAGE, APP_IMAGE_FORMAT, MODEL_COMPARE, MODEL_SAVE_KIND,
     MODEL_SECTION, MODEL_RANEF_GROUP, MODEL_CAT_GROUP, MODEL_BUILDER_OPEN, SHRINK_HIGHLIGHT,
     MODEL_DDF,
@@ -178,6 +179,7 @@ def init() -> None:
         ss[DATA_UPLOAD_ERROR] = None
         ss[MODEL_METHOD] = "REML"
         ss[MODEL_DDF] = "lme4"
+        ss[MODEL_FAMILY] = "gaussian"
         ss[MODEL_SAVED] = {}
         ss[APP_LECTURE] = query["lecture"] in ("1", "true", "yes")
         ss[APP_IMAGE_FORMAT] = "png"

@@ -12,6 +12,8 @@ Public API (tests, pages and tools rely on these names):
 - ``lmer(formula, data, reml=True) -> MixedFit``; on the fit, ``confint(method=...)``
   (``lmmcore.intervals``), ``predict(newdata, re_form, interval)`` (``lmmcore.prediction``)
   and ``influence(group)`` (``lmmcore.influence``)
+- ``glmer(formula, data, family="binomial", nAGQ=1) -> GlmmFit`` (binomial logit, Poisson log);
+  ``suggest_family(data, response) -> (family, reason)``
 - ``lm(formula, data) -> LinearFit``
 - ``anova(*fits, names=None) -> DataFrame``; ``format_anova(table) -> str`` prints it as R does
   (R's and lme4's printed layouts live in ``lmmcore.printing``; ``fit.summary()`` calls them)
@@ -37,7 +39,8 @@ from lmmcore.errors import (BootstrapCancelled, DataError, FitError, FitTimeout,
 __all__ = [
     "LmmError", "FormulaError", "DataError", "FitError", "FitTimeout", "BootstrapCancelled",
     "parse_formula", "compose_formula", "build_design",
-    "lmer", "MixedFit", "lm", "LinearFit", "anova", "format_anova", "r2",
+    "lmer", "MixedFit", "glmer", "GlmmFit", "suggest_family", "lm", "LinearFit", "anova",
+    "format_anova", "r2",
     "pooling_estimates", "PoolingEstimates", "shrinkage_sd", "re_contours", "load_table",
     "model_equation", "compare_lm", "format_lm_comparison", "information_criteria",
 ]
@@ -50,6 +53,9 @@ _PUBLIC = {
     "build_design": "lmmcore.design",
     "lmer": "lmmcore.mixed",
     "MixedFit": "lmmcore.mixed",
+    "glmer": "lmmcore.generalized",
+    "GlmmFit": "lmmcore.generalized",
+    "suggest_family": "lmmcore.generalized",
     "lm": "lmmcore.linear",
     "LinearFit": "lmmcore.linear",
     "anova": "lmmcore.compare",

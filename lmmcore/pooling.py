@@ -57,8 +57,11 @@ class PoolingEstimates:
     random : str
         Which coefficients vary by group: one of :data:`RANDOM_CHOICES` (the
         vocabulary of ``lmmcore.formula_menu.RANDOM_KINDS``).
-    fit : MixedFit
-        The partial-pooling mixed model (lme4's ``lmer``, REML).
+    family : str
+        ``"gaussian"`` (lm / lmer), or ``"binomial"`` / ``"poisson"`` (glm / glmer),
+        whose coefficients are on the link scale (log-odds, log of the expected count).
+    fit : MixedFit or GlmmFit
+        The partial-pooling mixed model (lme4's ``lmer``, REML, or ``glmer``).
     table : pandas.DataFrame
         The long table, one row per group per method: ``group`` (level label, lme4's
         order), ``method``, ``intercept``, ``slope`` (NaN without a predictor), ``n`` (the
@@ -78,7 +81,7 @@ class PoolingEstimates:
     _frozen = False
 
     def __init__(self, *, table: pd.DataFrame, fit, formulas: dict, response: str,
-                 predictor: str | None, group: str, random: str):
+                 predictor: str | None, group: str, random: str, family: str = "gaussian"):
         missing = [c for c in _TABLE_COLUMNS if c not in table.columns]
         if missing:
             raise LmmError(f"a pooling table needs the columns {', '.join(_TABLE_COLUMNS)}; "
@@ -92,6 +95,7 @@ class PoolingEstimates:
         self.predictor = predictor
         self.group = group
         self.random = random
+        self.family = family
         self._frozen = True
 
     def __setattr__(self, name, value):
@@ -105,7 +109,7 @@ class PoolingEstimates:
     def _state(self) -> dict:
         return {"table": self._table, "fit": self.fit, "formulas": self._formulas,
                 "response": self.response, "predictor": self.predictor, "group": self.group,
-                "random": self.random}
+                "random": self.random, "family": self.family}
 
     def __repr__(self):
         return (f"<PoolingEstimates {self._formulas.get('partial', '')!r}: "
@@ -286,7 +290,8 @@ def _check_random(random: str, predictor) -> str:
 
 
 def pooling_estimates(data: pd.DataFrame, response: str, predictor: str | None, group: str,
-                      random: str = "intercept+slope") -> PoolingEstimates:
+                      random: str = "intercept+slope",
+                      family: str = "gaussian") -> PoolingEstimates:
     """Each group's intercept and slope under complete, no and partial pooling.
 
     Parameters
@@ -302,6 +307,11 @@ def pooling_estimates(data: pd.DataFrame, response: str, predictor: str | None, 
         Grouping column (treated as categorical).
     random : {"intercept+slope", "intercept", "slope"}
         Which coefficients vary by group in the partial- and no-pooling models.
+    family : {"gaussian", "binomial", "poisson"}
+        ``"gaussian"``: ``lm`` and ``lmer``.  ``"binomial"`` (a 0/1 or two-category
+        response) and ``"poisson"`` (counts): ``glm`` and ``glmer``, estimates on the
+        link scale; a group whose own ``glm`` has no finite estimate (separation: e.g.
+        all its responses are 1, or all counts 0) gets NaN and says so in ``note``.
 
     Returns
     -------
@@ -346,6 +356,8 @@ def pooling_estimates(data: pd.DataFrame, response: str, predictor: str | None, 
         raise DataError("response, predictor and group must be three different columns.")
     d = data[cols].dropna().reset_index(drop=True)
     formulas = pooling_formulas(response, predictor, group, random)
+    if family != "gaussian":
+        return _glm_pooling(d, response, predictor, group, random, formulas, family)
     numeric = [c for c in (response, predictor) if c is not None]
     fit = lmer(formulas["partial"], d, categorical=[group], numeric=numeric)
     design = fit.design
@@ -377,20 +389,125 @@ def pooling_estimates(data: pd.DataFrame, response: str, predictor: str | None, 
         x = np.asarray(design.X[:, 1], dtype=float)
         no_int, no_slope, notes = _no_pooling(x, y, codes, n_g, random, predictor)
 
-    n_int = n_g.astype(int)
+    table = _pooling_table(levels, n_g, (c_int, c_slope), (no_int, no_slope, notes),
+                           (p_int, p_slope))
+    return PoolingEstimates(table=table, fit=fit, formulas=formulas,
+                            response=response, predictor=predictor, group=group, random=random)
+
+
+def _pooling_table(levels, n_g, complete, no, partial) -> pd.DataFrame:
+    """The long table: complete pooling's (intercept, slope), no pooling's (intercepts,
+    slopes, notes) and partial pooling's (intercepts, slopes) per group."""
+    m = len(levels)
     blocks = []
     for method, ints, slopes, note in (
-        ("complete", np.full(m, c_int), np.full(m, c_slope), [""] * m),
-        ("no", no_int, no_slope, notes),
-        ("partial", p_int, p_slope, [""] * m),
+        ("complete", np.full(m, complete[0]), np.full(m, complete[1]), [""] * m),
+        ("no", no[0], no[1], no[2]),
+        ("partial", partial[0], partial[1], [""] * m),
     ):
         blocks.append(pd.DataFrame({
             "group": pd.Series(levels, dtype="str"), "method": method,
             "intercept": np.asarray(ints, dtype=float), "slope": np.asarray(slopes, dtype=float),
-            "n": n_int, "note": pd.Series(list(note), dtype="str"),
+            "n": n_g.astype(int), "note": pd.Series(list(note), dtype="str"),
         }))
-    return PoolingEstimates(table=pd.concat(blocks, ignore_index=True), fit=fit, formulas=formulas,
-                            response=response, predictor=predictor, group=group, random=random)
+    return pd.concat(blocks, ignore_index=True)
+
+
+def _glm_pooling(d, response, predictor, group, random, formulas, family) -> PoolingEstimates:
+    """pooling_estimates for a binomial or Poisson response: glm, a glm per group, glmer."""
+    from lmmcore.generalized import _family, glmer
+    from lmmcore.glmm import fit_glm
+
+    fam = _family(family)
+    numeric = [predictor] if predictor is not None else None
+    fit = glmer(formulas["partial"], d, fam.name, categorical=[group], numeric=numeric)
+    design = fit.design
+    term = design.random_terms[0]
+    levels = [str(lv) for lv in term.levels]
+    codes = np.asarray(term.codes)
+    m = len(levels)
+    y = np.asarray(fit._problem.y, dtype=float)
+    n_g = np.bincount(codes, minlength=m).astype(float)
+    X = np.asarray(design.X, dtype=float)
+
+    cb = fit_glm(fam, X, y)[0]
+    c_int = float(cb[0])
+    c_slope = float(cb[1]) if predictor is not None else np.nan
+
+    coef = next(iter(fit.coef.values())).copy()
+    coef.index = [str(i) for i in coef.index]
+    coef = coef.reindex(levels)
+    p_int = coef["(Intercept)"].to_numpy(dtype=float)
+    p_slope = (coef[list(design.fixed_names)[1]].to_numpy(dtype=float)
+               if predictor is not None else np.full(m, np.nan))
+
+    # no pooling: one glm whose design separates the groups (the likelihood splits by
+    # group, so the group coefficients are those of a glm per group)
+    onehot = np.zeros((len(y), m))
+    onehot[np.arange(len(y)), codes] = 1.0
+    x = X[:, 1] if predictor is not None else None
+    if x is None:
+        Xn = onehot
+    elif random == "intercept+slope":
+        Xn = np.hstack([onehot, onehot * x[:, None]])
+    elif random == "intercept":
+        Xn = np.hstack([onehot, x[:, None]])
+    else:
+        Xn = np.hstack([np.ones((len(y), 1)), onehot * x[:, None]])
+    if x is not None and random == "intercept":
+        xbar = np.bincount(codes, weights=x, minlength=m) / n_g
+        within = float(np.sum((x - xbar[codes]) ** 2))
+        if within <= 1e-12 * max(float(np.sum(x * x)), np.finfo(float).tiny):
+            # x is a property of the group: the common slope is not identified (R: NA)
+            Xn = onehot
+    beta, mu, _ = fit_glm(fam, Xn, y)
+    if x is not None and random == "intercept" and Xn.shape[1] == m:
+        no_int, no_slope = np.full(m, np.nan), np.full(m, np.nan)
+    elif x is None or random == "intercept+slope":
+        no_int = beta[:m].copy()
+        no_slope = beta[m:].copy() if x is not None else np.full(m, np.nan)
+    elif random == "intercept":
+        no_int, no_slope = beta[:m].copy(), np.full(m, beta[m])
+    else:
+        no_int, no_slope = np.full(m, beta[0]), beta[1:].copy()
+    notes = np.array([""] * m, dtype=object)
+    if not np.isfinite(no_int).any():
+        notes[:] = (f"{predictor} does not vary within any group: the common slope of the "
+                    "no-pooling model cannot be estimated")
+    for j in range(m):
+        if notes[j]:
+            continue
+        sel = codes == j
+        yj, what = y[sel], ("counts" if fam.name == "poisson" else "responses")
+        if fam.name == "poisson" and np.all(yj == 0):
+            notes[j] = (f"all {int(n_g[j])} counts are 0: the group's own log expected count "
+                        "is minus infinity, so no pooling has no finite estimate")
+        elif fam.name == "binomial" and np.all(np.abs(yj - mu[sel]) < 1e-6):
+            if np.all(yj == yj[0]):
+                notes[j] = (f"all {int(n_g[j])} {what} are {yj[0]:g}: the group's own log-odds "
+                            f"is {'plus' if yj[0] == 1 else 'minus'} infinity (separation), so "
+                            "no pooling has no finite estimate")
+            else:
+                notes[j] = (f"{predictor} separates the 0s from the 1s in this group: its own "
+                            "slope is infinite (separation), so no pooling has no finite estimate")
+        elif x is not None and random != "intercept" and (
+                n_g[j] < 2 or np.ptp(x[sel]) <= 1e-12 * max(np.abs(x[sel]).max(), 1e-300)):
+            notes[j] = ("only 1 observation: no line can be fitted" if n_g[j] < 2 else
+                        f"all {int(n_g[j])} observations have the same {predictor} value: no "
+                        "line can be fitted")
+        if notes[j]:
+            no_int[j] = np.nan
+            no_slope[j] = np.nan if (x is not None and random != "intercept") else no_slope[j]
+            if random == "slope":
+                no_int[j] = np.nan
+    formulas = dict(formulas)
+    formulas["complete"] = f"glm({formulas['complete']}, family = {fam.name})"
+    formulas["no"] = f"glm({formulas['no']}, family = {fam.name})"
+    table = _pooling_table(levels, n_g, (c_int, c_slope), (no_int, no_slope, notes),
+                           (p_int, p_slope))
+    return PoolingEstimates(table=table, fit=fit, formulas=formulas,
+                            response=response, predictor=predictor, group=group, random=random,
+                            family=fam.name)
 
 
 def _no_pooling(x, y, codes, n_g, random, predictor):

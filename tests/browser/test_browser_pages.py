@@ -222,3 +222,24 @@ def test_pvalues_lmertest_layout_and_type_iii_anova(page, base_url, server_log, 
     page.screenshot(path=str(screenshot_dir / f"model-anova-type3{suffix}.png"))
     assert "Type III Analysis of Variance Table" in _main_text(page)
     _assert_clean(page, server_log, "the type III anova")
+
+
+def test_binary_upload_fits_a_glmer_after_the_family_choice(page, base_url, server_log,
+                                                            screenshot_dir):
+    """A 0/1 response: the model page suggests a binomial model; choosing it prints
+    glmer's lme4 summary (the family radio, its suggestion and the glmer output)."""
+    from pathlib import Path
+
+    csv = (Path(__file__).resolve().parents[2] / "data" / "bdf.csv").read_bytes()
+    _open(page, base_url, "dataset")
+    upload_table(page, "bdf.csv", csv)
+    fit_on_model_page(page, "repeatgr ~ 1 + ses + minority + (1 | schoolNR)")
+    assert "only the values 0 and 1" in _main_text(page)
+    page.locator(".st-key-model-family").click()
+    page.get_by_role("option", name="binomial (glmer, logit)").click()
+    page.get_by_text("Generalized linear mixed model fit by maximum likelihood").first.wait_for()
+    wait_for_app(page)
+    page.screenshot(path=str(screenshot_dir / "model-glmer.png"), full_page=True)
+    _assert_clean(page, server_log, "the model page fitting a binomial glmer")
+    text = _main_text(page)
+    assert "Family: binomial  ( logit )" in text and "Number of obs: 2283" in text
