@@ -337,7 +337,7 @@ SECTIONS = (
     Section("Tables", "tables", _tables),
     Section("Plots", "plots", _plots),
     Section("Saved models & anova", "saved models", _saved_models),
-    Section("Paired t-test", "paired t", _paired),
+    Section(S.PAIRED_TAB, "paired t", _paired),
     Section("Reproduce this", "reproduce", _reproduce),
 )
 
