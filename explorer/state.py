@@ -117,8 +117,10 @@ SHRINK_CONTRAST = "shrink.contrast"  # a factor of 3+ levels: the condition effe
 
 NO_PREDICTOR = "(none: intercept only)"
 
+# DATA_KEY too: the sidebar draws it every run, but the rerun of a page's st.switch_page
+# (the pooling page's link to the paired t-test) carries no widget values.
 PERSISTENT = (
-    MODEL_FORMULA, MODEL_METHOD, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP, POOL_RANDOM,
+    DATA_KEY, MODEL_FORMULA, MODEL_METHOD, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP, POOL_RANDOM,
     POOL_SELECTED, POOL_SORT, POOL_PAGE, APP_IMAGE_FORMAT, MODEL_COMPARE, MODEL_SAVE_KIND,
     MODEL_SECTION, MODEL_RANEF_GROUP, MODEL_CAT_GROUP, MODEL_BUILDER_OPEN, SHRINK_HIGHLIGHT,
 )
