@@ -180,13 +180,9 @@ def _first_screen_share(pg) -> float:
 # The page's main chart: on the model page, the Plots tab's first figure.  The dataset page
 # draws no chart.
 MAIN_CHART_TAB = {"model": "Plots", "pooling": None, "shrinkage": None}
-OTHER_BRANCH = pytest.mark.xfail(
-    reason="issue 11 part 2, not done on this page yet: its pickers and explanations still come "
-           "before its chart in lecture mode (about 32% of the first screen)", strict=False)
 
 
-@pytest.mark.parametrize("name", ["model", pytest.param("pooling", marks=OTHER_BRANCH),
-                                  pytest.param("shrinkage", marks=OTHER_BRANCH)])
+@pytest.mark.parametrize("name", ["model", "pooling", "shrinkage"])
 def test_lecture_mode_main_chart_fills_half_the_first_screen(page, base_url, server_log, screenshot_dir, name):
     """On a 1280x720 projector the figure everyone came to see needs no scrolling: in
     lecture mode the page's main chart covers at least half of the first screen."""
