@@ -13,7 +13,7 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from browser_support import fit_on_model_page, page_problems, upload_table, wait_for_app
+from browser_support import choose, fit_on_model_page, page_problems, upload_table, wait_for_app
 from explorer.pages import names
 
 pytestmark = pytest.mark.browser
@@ -195,3 +195,33 @@ def test_lecture_mode_main_chart_fills_half_the_first_screen(page, base_url, ser
     page.screenshot(path=str(screenshot_dir / f"{name}-lecture-first-screen.png"))
     share = _first_screen_share(page)
     assert share >= 0.5, f"the {name} page's main chart covers {share:.0%} of the first screen"
+
+
+@pytest.mark.parametrize("lecture", [False, True], ids=["normal", "lecture"])
+def test_factor_predictor_then_one_click_to_the_paired_t(page, base_url, server_log, screenshot_dir, lecture):
+    """df_original with its condition as the pooling predictor: the panels and the
+    shrinkage of the intercepts draw clean (screenshots of both pages), and the paired t
+    button opens the model page's paired t-test for value ~ condition + (1 | participant)."""
+    suffix = "-lecture" if lecture else ""
+    _open(page, base_url, "shrinkage", dataset="df_original", **({"lecture": 1} if lecture else {}))
+    choose(page, "pool.predictor", "condition (factor)")
+    page.screenshot(path=str(screenshot_dir / f"shrinkage-factor{suffix}.png"))
+    _assert_clean(page, server_log, "the shrinkage page with a factor predictor")
+    if lecture:
+        assert _first_screen_share(page) >= 0.5
+    # the predictor persists across pages (sidebar navigation keeps the session)
+    if lecture:
+        page.locator('[data-testid="stExpandSidebarButton"]').click()
+    page.locator('[data-testid="stSidebarNav"] a[href$="/pooling"]').first.click()
+    page.wait_for_url("**/pooling*")
+    wait_for_app(page)
+    page.screenshot(path=str(screenshot_dir / f"pooling-factor{suffix}.png"))
+    _assert_clean(page, server_log, "the pooling page with a factor predictor")
+    assert "value ~ condition + (1 | participant)" in _main_text(page)
+    page.get_by_role("button", name="Show the paired t-test on the Model builder page").click()
+    page.wait_for_url("**/model*")
+    page.get_by_text("paired t-test t").first.wait_for()
+    wait_for_app(page)
+    _assert_clean(page, server_log, "the model page opened from the pooling page")
+    assert page.locator(".st-key-model-formula input").first.input_value() == \
+        "value ~ condition + (1 | participant)"
