@@ -233,10 +233,14 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
                 continue
             xs, ys, custom = curves[method][str(g)]
             if not np.isfinite(ys).all():
-                note = estimates.method(method).at[str(g), "note"]
-                note = note if isinstance(note, str) else ""
-                what = "means" if estimates.is_factor else "line"
-                fig.add_annotation(text=esc(f"no {method}-pooling {what}" + (f": {note}" if note else "")),
+                if estimates.is_factor:  # the panel is narrow: which conditions; the page gives the note
+                    missing = [lv for lv, v in zip(estimates.levels, ys) if not np.isfinite(v)]
+                    text = f"no {method}-pooling mean at {', '.join(missing)}"
+                else:
+                    note = estimates.method(method).at[str(g), "note"]
+                    note = note if isinstance(note, str) else ""
+                    text = f"no {method}-pooling line" + (f": {note}" if note else "")
+                fig.add_annotation(text=esc(text),
                                    xref="x domain", yref="y domain", x=0.02, y=0.02, showarrow=False,
                                    xanchor="left", yanchor="bottom", row=r, col=c,
                                    font={"size": max(10, s["font"] - 4), "color": style["colour"]})
@@ -254,8 +258,10 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
             shown.add(method)
     fig.update_xaxes(title_text=None, showgrid=True)
     if estimates.is_factor:
+        # No fixed x range: with one, plotly.js (2.x) leaves the shared y axes at their
+        # empty default instead of fitting the data.
         fig.update_xaxes(tickvals=list(range(len(estimates.levels))),
-                         ticktext=[esc(lv) for lv in estimates.levels], range=[x0, x1])
+                         ticktext=[esc(lv) for lv in estimates.levels])
     fig.update_yaxes(title_text=None, showgrid=True)
     for c in range(1, ncols + 1):
         fig.update_xaxes(title_text=esc(predictor), row=nrows, col=c)
