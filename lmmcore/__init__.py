@@ -13,7 +13,8 @@ Public API (tests, pages and tools rely on these names):
 - ``lm(formula, data) -> LinearFit``
 - ``anova(*fits, names=None) -> DataFrame``; ``format_anova(table) -> str`` prints it as R does
 - ``pooling_estimates(data, response, predictor, group) -> PoolingEstimates`` (the mixed fit,
-  formulas, per-method table, group sizes, shrinkage); ``shrinkage_sd``, ``re_contours``
+  formulas, per-method table, group sizes, shrinkage; a factor predictor's condition effects
+  and condition means); ``shrinkage_sd``, ``re_contours``
 - ``load_table(data: bytes, filename) -> DataFrame``
 - ``parse_formula(text) -> Formula``; ``compose_formula(response, fixed=..., groups=...) -> str``
   writes one from menu choices
