@@ -13,7 +13,7 @@ import math
 import streamlit as st
 
 from lmmcore import teaching
-from lmmcore.formula import compose_formula
+from lmmcore.formula_menu import compose_formula
 from explorer import charts
 from explorer import data as D
 from explorer import state as S
