@@ -91,6 +91,22 @@ def _paired_link(data, est) -> None:
         st.switch_page(by_name("model").script)
 
 
+# More notes than this (a between-group factor: every group lacks a condition) go in one box.
+MANY_NOTES = 5
+
+
+def _notes(est) -> None:
+    """Why a group has no no-pooling estimate: one line each, or one box for many."""
+    notes = est.notes
+    if len(notes) > MANY_NOTES:
+        with st.expander(f"{len(notes)} of {len(est.groups)} groups of {md(est.group)} cannot give their own "
+                         "estimate: why", icon=":material/info:"):
+            st.markdown("\n".join(f"- {md(g)}: {md(note)}" for g, note in notes.items()))
+        return
+    for g, note in notes.items():
+        st.info(f"{md(est.group)} {md(g)}: {md(note)}")
+
+
 def render() -> None:
     ss = st.session_state
     lecture = bool(ss.get(S.APP_LECTURE))
@@ -134,8 +150,7 @@ def render() -> None:
                        + "; ".join(f"{md(c)} is the difference {md(lv)} − {md(est.levels[0])}"
                                    for c, lv in zip(est.contrasts, est.levels[1:])) + ".")
         _paired_link(data, est)
-        for g, note in est.notes.items():
-            st.info(f"{md(est.group)} {md(g)}: {md(note)}")
+        _notes(est)
         st.subheader("The three sets of estimates")
         show_table(est.wide(), page_key=S.POOL_TABLE_PAGE)
         st.download_button("Download the estimates (CSV)", est.table.to_csv(index=False).encode("utf-8"),

@@ -850,3 +850,15 @@ def _in_order(node) -> list:
         else:
             out.append((getattr(child, "type", ""), str(getattr(child, "value", ""))))
     return out
+
+
+def test_pooling_between_group_factor_says_why_in_one_box():
+    """ChickWeight's Diet: each chick is on one diet, so no chick gives its own diet
+    effects; the page says so once (not 50 boxes), and partial pooling still draws."""
+    at = _app("pooling", **{"data.key": "chickweight"})
+    at.selectbox(key="pool.predictor").set_value("Diet").run()
+    assert _problems(at) == []
+    assert len(at.info) == 0
+    (box,) = [e for e in at.expander if "cannot give their own estimate" in e.label]
+    assert box.label.startswith("50 of 50 groups of Chick")
+    assert len(_traces(_figures(at)[0], "partial")) == 12
