@@ -473,7 +473,7 @@ SECTIONS = (
     Section("Model checks", "model checks", _mixed_only(
         lambda f: intervals_ui.checks_section(f.mixed, f.parsed, f.fit_key, f.lecture))),
     Section("Saved models & anova", "saved models", _saved_models),
-    Section("Paired t-test", "paired t", _paired),
+    Section(S.PAIRED_TAB, "paired t", _paired),
     Section("Reproduce this", "reproduce", _reproduce),
 )
 

@@ -20,7 +20,8 @@ Public API (tests, pages and tools rely on these names):
 - ``MixedFit.coef_table(ddf)`` / ``MixedFit.anova_fixed(ddf)``: lmerTest's t-tests and type III
   F-tests (Satterthwaite, Kenward-Roger); ``r2(fit)``: ``performance::r2_nakagawa``
 - ``pooling_estimates(data, response, predictor, group) -> PoolingEstimates`` (the mixed fit,
-  formulas, per-method table, group sizes, shrinkage); ``shrinkage_sd``, ``re_contours``
+  formulas, per-method table, group sizes, shrinkage; a factor predictor's condition effects
+  and condition means); ``shrinkage_sd``, ``re_contours``
 - ``model_equation(fit) -> ModelEquation``: the model as the lecture writes it (LaTeX lines,
   symbols with estimates, parameter count = anova's ``npar``)
 - ``compare_lm(compact, augmented)`` (R's ``anova(lm_c, lm_a)`` F test and PRE; printed by
