@@ -13,6 +13,9 @@ Public API (tests, pages and tools rely on these names):
 - ``lm(formula, data) -> LinearFit``
 - ``anova(*fits, names=None) -> DataFrame``; ``format_anova(table) -> str`` prints it as R does
 - ``pooling_estimates``, ``shrinkage_sd``, ``re_contours``
+- ``simulate_groups``, ``simulate_scenario``, ``pooling_error``, ``repeat_pooling_error``,
+  ``known_variance_rmse``: simulated groups with the truth known; ``cross_validate``;
+  ``MixedFit.simulate(nsim, seed)`` draws new responses from a fit (lme4's ``simulate``)
 - ``load_table(data: bytes, filename) -> DataFrame``
 - ``parse_formula(text) -> Formula``; ``compose_formula(response, fixed=..., groups=...) -> str``
   writes one from menu choices
@@ -27,6 +30,8 @@ __all__ = [
     "parse_formula", "compose_formula", "build_design",
     "lmer", "MixedFit", "lm", "LinearFit", "anova", "format_anova",
     "pooling_estimates", "shrinkage_sd", "re_contours", "load_table",
+    "simulate_groups", "simulate_scenario", "pooling_error", "repeat_pooling_error",
+    "known_variance_rmse", "cross_validate",
 ]
 
 # Public names resolve lazily (PEP 562): `import lmmcore` stays cheap for the worker
@@ -45,6 +50,12 @@ _PUBLIC = {
     "shrinkage_sd": "lmmcore.pooling",
     "re_contours": "lmmcore.pooling",
     "load_table": "lmmcore.io",
+    "simulate_groups": "lmmcore.simulate",
+    "simulate_scenario": "lmmcore.simulate",
+    "pooling_error": "lmmcore.simulate",
+    "repeat_pooling_error": "lmmcore.simulate",
+    "known_variance_rmse": "lmmcore.simulate",
+    "cross_validate": "lmmcore.crossval",
 }
 
 
