@@ -32,6 +32,7 @@ PAGES = [
     st.Page("app_pages/model.py", title="Model builder", icon=":material/functions:", url_path="model"),
     st.Page("app_pages/pooling.py", title="Pooling comparison", icon=":material/stacked_line_chart:", url_path="pooling"),
     st.Page("app_pages/shrinkage.py", title="Shrinkage", icon=":material/compress:", url_path="shrinkage"),
+    st.Page("app_pages/simulate.py", title="Simulate", icon=":material/casino:", url_path="simulate"),
 ]
 
 
@@ -88,7 +89,7 @@ def _gate(settings) -> bool:
             st.error("That is not the access code.")
 
     # The lock answers at every page's address, so a shared link opens its page once unlocked.
-    paths = ["home", "dataset", "model", "pooling", "shrinkage"]
+    paths = ["home", "dataset", "model", "pooling", "shrinkage", "simulate"]
     st.navigation([st.Page(locked, title="Access", url_path=p, default=(p == "home")) for p in paths],
                   position="hidden").run()
     return False

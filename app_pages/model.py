@@ -16,6 +16,7 @@ from explorer import state as S
 from explorer.escape import md
 from explorer.tables import table as show_table
 from explorer.fitting import fit, guard, summary
+from explorer.simulate_ui import copies_section
 
 B_RESPONSE, B_FIXED, B_INTERACTION = "build.response", "build.fixed", "build.interaction"
 B_GROUPS, B_RANDOM, B_SLOPE, B_GROUPING = "build.groups", "build.random", "build.slope", "build.grouping"
@@ -208,6 +209,7 @@ def _plots(data, mixed, linear, response: str, lecture: bool, fit_key: tuple) ->
             charts.show_cached(("caterpillar", g) + drawn,
                                lambda: charts.caterpillar_plot(teaching.caterpillar(mixed, g), g, lecture),
                                "model.chart_caterpillar", "caterpillar")
+        copies_section(mixed, response, lecture, ("model",) + drawn)
 
 
 def _saved_models(data, current: str, reml: bool, has_random: bool) -> None:

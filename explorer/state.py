@@ -57,12 +57,37 @@ POOL_PAGE = "pool.page"
 SHRINK_HIGHLIGHT = "shrink.highlight"  # groups drawn strong and labelled on the 2-D shrinkage plot
 SHRINK_HIGHLIGHT_FOR = "shrink.highlight_for"  # the (table, columns) that selection belongs to
 
+# Simulate page (app_pages/simulate.py): one slider per simulate_scenario setting, keyed
+# "simulate.<setting>" (SIM_SETTING_KEYS), plus the page's other choices and results.
+SIM_SETTING_KEYS = {name: f"simulate.{name}" for name in (
+    "n_groups", "n_per_group", "imbalance", "intercept", "slope", "sd_intercept", "sd_slope", "corr",
+    "sigma", "centre_x")}
+SIM_PRESET = "simulate.preset"        # "none" or a key of lmmcore.simulate.PRESETS
+SIM_SEED = "simulate.seed"
+SIM_RANDOM = "simulate.random"        # "intercept+slope" or "intercept": the fitted models
+SIM_SECTION = "simulate.section"      # the open tab (only that tab runs)
+SIM_REPEATS = "simulate.repeats"      # (settings signature, runs table) of the last "Repeat 200 times"
+SIM_CV_RESPONSE = "simulate.cv_response"
+SIM_CV_PREDICTOR = "simulate.cv_predictor"
+SIM_CV_GROUP = "simulate.cv_group"
+SIM_CV_RANDOM = "simulate.cv_random"
+SIM_CV_SCHEME = "simulate.cv_scheme"
+SIM_CV_K = "simulate.cv_k"
+SIM_CV_FRACTION = "simulate.cv_fraction"
+SIM_CV_SPLITS = "simulate.cv_splits"
+SIM_CV_SEED = "simulate.cv_seed"
+SIM_CV_RESULT = "simulate.cv_result"  # (choices signature, cross_validate table) of the last run
+SIM_COPIES_SEED = "simulate.copies_seed"  # "Simulate from this fit": the draw shown (New copies adds 1)
+
 NO_PREDICTOR = "(none: intercept only)"
 
 PERSISTENT = (
     MODEL_FORMULA, MODEL_METHOD, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP, POOL_RANDOM,
     POOL_SELECTED, POOL_SORT, POOL_PAGE, APP_IMAGE_FORMAT, MODEL_COMPARE, MODEL_SAVE_KIND,
     MODEL_SECTION, MODEL_RANEF_GROUP, MODEL_CAT_GROUP, MODEL_BUILDER_OPEN, SHRINK_HIGHLIGHT,
+    *SIM_SETTING_KEYS.values(), SIM_PRESET, SIM_SEED, SIM_RANDOM, SIM_SECTION, SIM_CV_RESPONSE,
+    SIM_CV_PREDICTOR, SIM_CV_GROUP, SIM_CV_RANDOM, SIM_CV_SCHEME, SIM_CV_K, SIM_CV_FRACTION, SIM_CV_SPLITS,
+    SIM_CV_SEED,
 )
 
 
@@ -104,10 +129,24 @@ def init() -> None:
             # Only the first 2,000 characters: a link is not the place for a huge formula,
             # and lmmcore checks the rest.
             ss[MODEL_FORMULA] = str(query["formula"])[:2000]
+        ss.update(simulation_defaults())
         ss[APP_READY] = True
     for k in PERSISTENT:
         if k in ss:
             ss[k] = ss[k]
+
+
+def simulation_defaults(preset: str | None = None) -> dict:
+    """The Simulate page's sliders at lmmcore's defaults, or at a preset's settings."""
+    from lmmcore.simulate import DEFAULT_SETTINGS, PRESETS
+
+    settings = PRESETS[preset].settings if preset in PRESETS else DEFAULT_SETTINGS
+    values = {SIM_SETTING_KEYS[k]: v for k, v in settings.items()}
+    if preset is None:
+        values.update({SIM_PRESET: "none", SIM_SEED: 1, SIM_RANDOM: "intercept+slope", SIM_CV_SCHEME: "loo",
+                       SIM_CV_K: 10, SIM_CV_FRACTION: 0.2, SIM_CV_SPLITS: 50, SIM_CV_SEED: 1,
+                       SIM_COPIES_SEED: 1})
+    return values
 
 
 def reset_for_dataset(key: str, guessed: dict | None = None) -> None:

@@ -18,7 +18,7 @@ first and the data from them, so complete, no and partial pooling can be scored:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ import pandas as pd
 from lmmcore.errors import DataError, LmmError
 
 __all__ = ["simulate_groups", "simulate_scenario", "pooling_error", "repeat_pooling_error",
-           "known_variance_rmse", "PRESETS", "Preset", "MAX_ROWS", "MAX_REPETITIONS"]
+           "known_variance_rmse", "PRESETS", "Preset", "DEFAULT_SETTINGS", "MAX_ROWS", "MAX_REPETITIONS"]
 
 #: The largest simulated table (rows): enough for any lecture example, small enough to fit fast.
 MAX_ROWS = 100_000
@@ -231,11 +231,10 @@ class Preset:
     simpson: float = 0.0
     sigma_ratio: float = 1.0
     random_x: float = 0.0
-    twists: tuple = field(default=(), compare=False)
 
 
-_BASE = dict(n_groups=20, n_per_group=10, imbalance=0.0, intercept=0.0, slope=1.0, sd_intercept=4.0,
-             sd_slope=0.5, corr=0.0, sigma=4.0, centre_x=False)
+DEFAULT_SETTINGS = dict(n_groups=20, n_per_group=10, imbalance=0.0, intercept=10.0, slope=1.0, sd_intercept=4.0,
+             sd_slope=1.0, corr=0.0, sigma=4.0, centre_x=False)
 
 PRESETS = {
     "outlier": Preset(
@@ -243,45 +242,46 @@ PRESETS = {
         "The first group (g01) sits far above the others. Partial pooling pulls it toward the "
         "average, so for that one group partial pooling misses the truth by more than no pooling, "
         "while the other groups still gain. Compare g01's three markers with its truth (the star).",
-        {**_BASE, "n_groups": 12, "n_per_group": 5}, outlier=5.0),
+        {**DEFAULT_SETTINGS, "n_groups": 12, "n_per_group": 8}, outlier=5.0),
     "simpson": Preset(
         "Simpson's paradox",
         "Within every group y rises with x, but the groups with larger x have lower intercepts, so "
         "across groups y falls. Complete pooling's single line gets the sign of the slope wrong; "
         "no and partial pooling follow the groups. Look at the slopes in the error table.",
-        {**_BASE, "n_groups": 8, "n_per_group": 8, "slope": 1.0, "sd_slope": 0.2, "sd_intercept": 2.0,
+        {**DEFAULT_SETTINGS, "n_groups": 8, "n_per_group": 8, "slope": 1.0, "sd_slope": 0.2, "sd_intercept": 2.0,
          "sigma": 1.5}, simpson=3.0),
     "singular": Preset(
         "A singular fit",
         "The groups barely differ (random-intercept SD 0.3 against a residual SD of 6). lmer estimates "
         "their spread as zero: a singular fit. Partial pooling then equals complete pooling: every "
         "arrow in the shrinkage plot ends at the same point, and lmer warns 'boundary (singular) fit'.",
-        {**_BASE, "n_groups": 10, "n_per_group": 6, "sd_intercept": 0.3, "sd_slope": 0.0, "sigma": 6.0}),
+        {**DEFAULT_SETTINGS, "n_groups": 10, "n_per_group": 6, "sd_intercept": 0.3, "sd_slope": 0.0, "sigma": 6.0}),
     "few_groups": Preset(
         "Few groups",
         "Only 3 groups: the mixed model must estimate how much groups vary from 3 values, so that SD "
-        "is very uncertain and the amount of shrinkage is a guess. Repeat the simulation and watch "
-        "partial pooling's advantage shrink or vanish.",
-        {**_BASE, "n_groups": 3, "n_per_group": 10}),
+        "is very uncertain and the amount of shrinkage is a guess. Most draws give a singular fit "
+        "(lmer cannot tell the slopes' spread from 3 groups). Repeat the study and watch partial "
+        "pooling's advantage shrink or vanish.",
+        {**DEFAULT_SETTINGS, "n_groups": 3, "n_per_group": 10}),
     "mixture": Preset(
         "Two kinds of participants",
         "Half the groups are precise (residual SD 1.5) and half are noisy (residual SD 8), but the "
         "mixed model assumes one residual SD for everybody. 'Simulate from this fit' shows copies "
         "with the same noise in every group, unlike the data: the check that reveals the wrong "
         "assumption.",
-        {**_BASE, "n_groups": 12, "n_per_group": 10, "sigma": 1.5, "sd_slope": 0.3}, sigma_ratio=16 / 3),
+        {**DEFAULT_SETTINGS, "n_groups": 12, "n_per_group": 10, "sigma": 1.5}, sigma_ratio=16 / 3),
     "imbalance": Preset(
         "Severe imbalance",
         "Most groups have only 1 or 2 observations; a few have all 10. No pooling cannot fit a line to "
         "a group of one, and its lines for groups of two are wild; partial pooling still estimates "
         "every group, shrinking the small ones strongly toward the average.",
-        {**_BASE, "n_groups": 20, "n_per_group": 10, "imbalance": 0.75}),
+        {**DEFAULT_SETTINGS, "n_groups": 20, "n_per_group": 10, "imbalance": 0.75}),
     "salaries": Preset(
         "Faculty salaries",
         "5 departments x 20 faculty: salary (in $1,000) by years of experience. Departments differ in "
         "starting salary and raises. With 20 people per department the three methods agree closely on "
         "the departments; pooling matters most where data are few.",
-        {**_BASE, "n_groups": 5, "n_per_group": 20, "intercept": 50.0, "slope": 1.5, "sd_intercept": 8.0,
+        {**DEFAULT_SETTINGS, "n_groups": 5, "n_per_group": 20, "intercept": 50.0, "slope": 1.5, "sd_intercept": 8.0,
          "sd_slope": 0.5, "corr": 0.3, "sigma": 6.0}, random_x=30.0),
 }
 
@@ -301,11 +301,11 @@ def imbalanced_sizes(n_groups: int, n_per_group: int, imbalance: float, rng) -> 
 
 
 def _scenario_design(settings: dict, preset: str | None, rng) -> _Design:
-    s = {**_BASE, **settings}
-    unknown = set(settings) - set(_BASE)
+    s = {**DEFAULT_SETTINGS, **settings}
+    unknown = set(settings) - set(DEFAULT_SETTINGS)
     if unknown:
         raise LmmError(f"unknown simulation setting(s): {', '.join(sorted(unknown))}; "
-                       f"the settings are {', '.join(_BASE)}.")
+                       f"the settings are {', '.join(DEFAULT_SETTINGS)}.")
     p = None
     if preset is not None:
         if preset not in PRESETS:
@@ -349,7 +349,8 @@ def simulate_scenario(preset: str | None = None, *, seed=None, **settings):
         ``n_groups``, ``n_per_group``, ``imbalance`` (share of groups with only 1 or 2
         observations), ``intercept``, ``slope``, ``sd_intercept``, ``sd_slope``, ``corr``,
         ``sigma``, ``centre_x`` (x runs around 0 instead of from 0); missing ones take the
-        defaults 20 groups x 10, slope 1, SDs 4 / 0.5, sigma 4.
+        defaults (:data:`DEFAULT_SETTINGS`): 20 groups x 10, intercept 10, slope 1,
+        SDs 4 / 1, sigma 4.
 
     Returns
     -------

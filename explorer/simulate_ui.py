@@ -1,0 +1,72 @@
+"""Simulation steps shared by the Simulate page and the model page: the cached simulated
+study (data, truth, estimates, errors, fit) and "Simulate from this fit"."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import lmmcore
+from explorer import charts
+from explorer import state as S
+
+# Groups drawn in each "simulate from this fit" panel: enough to see the spread, few enough to read.
+COPIES_MAX_GROUPS = 24
+COPIES = 3
+
+
+class Study(NamedTuple):
+    """One simulated study and what the page shows of it."""
+    data: pd.DataFrame
+    truth: pd.DataFrame
+    estimates: pd.DataFrame
+    errors: pd.DataFrame
+    fit: object  # the partial-pooling lmer (MixedFit)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def study(settings: tuple, preset: str | None, seed: int, random: str) -> Study:
+    """``lmmcore.simulate_scenario`` and the three poolings scored against its truth (cached:
+    the inputs are a handful of numbers)."""
+    data, truth = lmmcore.simulate_scenario(preset, seed=seed, **dict(settings))
+    est = lmmcore.pooling_estimates(data, "y", "x", "group", random=random)
+    fit = lmmcore.lmer(est.attrs["formulas"]["partial"], data, categorical=["group"], numeric=["y", "x"])
+    return Study(data, truth, est, lmmcore.pooling_error(est, truth), fit)
+
+
+def copies_section(fit, response: str, lecture: bool, cache_key: tuple) -> None:
+    """The observed response by group beside ``COPIES`` data sets simulated from ``fit``
+    (``MixedFit.simulate``): a posterior-predictive-style check of the model's assumptions."""
+    ss = st.session_state
+    term = fit.design.random_terms[0]
+    levels = [str(v) for v in term.levels]
+    shown = levels[:COPIES_MAX_GROUPS]
+    codes = np.asarray(term.codes)
+    keep = codes < len(shown)
+    groups = np.asarray(levels, dtype=object)[codes[keep]]
+    c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
+    c1.markdown(f"**Simulate from this fit**: the data (first panel) beside {COPIES} data sets the fitted "
+                "model says could have been observed instead (new random effects and residuals, "
+                "lme4's `simulate()`). If the copies look unlike the data (spread, skew, outliers), the "
+                "model misses something.")
+
+    def new_copies():
+        ss[S.SIM_COPIES_SEED] = int(ss.get(S.SIM_COPIES_SEED, 1)) + 1
+
+    c2.button("New copies", key=f"simulate.copies_new.{cache_key[0]}", on_click=new_copies)
+    seed = int(ss.get(S.SIM_COPIES_SEED, 1))
+
+    def build():
+        sims = fit.simulate(COPIES, seed=seed)
+        panels = {"observed data": (groups, np.asarray(fit.design.y, float)[keep])}
+        for j in range(COPIES):
+            panels[f"simulated copy {j + 1}"] = (groups, sims.iloc[:, j].to_numpy()[keep])
+        return charts.simulated_copies(panels, term.group_name, response, lecture)
+
+    charts.show_cached(("simulated_copies", seed, lecture) + cache_key, build,
+                       f"simulate.copies_chart.{cache_key[0]}", "simulated_copies")
+    if len(levels) > len(shown):
+        st.caption(f"The first {len(shown)} of {len(levels)} levels of {term.group_name} are shown.")
