@@ -50,6 +50,7 @@ def _settings() -> dict:
 
 
 def _controls() -> tuple:
+    """Preset, seed and fitted models across the top; the explanation of the preset."""
     ss = st.session_state
     options = ["none"] + list(PRESETS)
     if ss.get(S.SIM_PRESET) not in options:
@@ -62,17 +63,18 @@ def _controls() -> tuple:
     c3.radio("Fitted models", list(RANDOM_LABELS), key=S.SIM_RANDOM, format_func=RANDOM_LABELS.get)
     if preset in PRESETS:
         st.info(md(PRESETS[preset].explanation), icon=":material/lightbulb:")
-    with st.expander("Sliders: the model the data are drawn from", expanded=preset == "none"):
-        cols = st.columns(3)
-        for i, (name, (label, lo, hi, step, help_text)) in enumerate(SLIDERS.items()):
-            cols[i % 3].slider(label, lo, hi, step=step, key=S.SIM_SETTING_KEYS[name], help=help_text)
-        cols[0].checkbox("Centre x at 0 in every group", key=S.SIM_SETTING_KEYS["centre_x"],
-                         help="The intercept is then each group's mean level (the theory's reference values "
-                              "assume this).")
+    return (None if preset == "none" else preset), int(ss[S.SIM_SEED]), ss[S.SIM_RANDOM]
+
+
+def _sliders() -> None:
+    st.markdown("**The model the data are drawn from**")
+    for name, (label, lo, hi, step, help_text) in SLIDERS.items():
+        st.slider(label, lo, hi, step=step, key=S.SIM_SETTING_KEYS[name], help=help_text)
+    st.checkbox("Centre x at 0 in every group", key=S.SIM_SETTING_KEYS["centre_x"],
+                help="The intercept is then each group's mean level (the theory's reference values assume this).")
     st.caption("y = (intercept + b₀ⱼ) + (slope + b₁ⱼ)·x + e, with (b₀ⱼ, b₁ⱼ) normal with SDs τ₀, τ₁ and "
                "their correlation, and e normal with SD σ. The truth, each group's intercept + b₀ⱼ and "
                "slope + b₁ⱼ, is known here, unlike in real data.")
-    return (None if preset == "none" else preset), int(ss[S.SIM_SEED]), ss[S.SIM_RANDOM]
 
 
 def _winner_sentence(err: pd.DataFrame) -> str:
@@ -156,16 +158,34 @@ def _repeat(settings: dict, preset, seed: int, random: str) -> None:
 
 def _simulated_groups(lecture: bool) -> None:
     preset, seed, random = _controls()
+    left, right = st.columns([1, 2.4], gap="medium")
+    with left:
+        _sliders()
     settings = _settings()
     with st.spinner("Simulating and fitting..."):
         result = study(tuple(sorted(settings.items())), preset, seed, random)
     data, truth, est, err, fit = result
     key = (tuple(sorted(settings.items())), preset, seed, random, lecture)
-    for message in fit.messages:
-        st.warning(md(message), icon=":material/info:")
-    st.subheader("Each method against the truth")
-    show_table(_error_table(err, True))
-    st.markdown(_winner_sentence(err))
+    with right:
+        for message in fit.messages:
+            st.warning(md(message), icon=":material/info:")
+        st.markdown("**Each method against the truth** (root mean squared error over the groups)")
+        show_table(_error_table(err, True))
+        st.markdown(_winner_sentence(err))
+        st.markdown("**Shrinkage with the truth**: arrows go from no pooling to partial pooling; the stars are "
+                    "the true values, each tied to its partial-pooling estimate by a dotted line (the miss).")
+        if random == "intercept+slope":
+            fe = fit.fixef
+
+            def build():
+                return charts.shrinkage_2d(est, lmmcore.re_contours(fit, "group"),
+                                           (float(fe.iloc[0]), float(fe.iloc[1])), lecture, "x", truth=truth)
+        else:
+            def build():
+                return charts.shrinkage_1d(est, float(fit.fixef.iloc[0]), lecture, "group", "intercept",
+                                           truth=truth)
+        charts.show_cached(("sim_shrinkage", random) + key, build, "simulate.shrinkage", "simulated_shrinkage")
+    st.subheader("The groups: data, the three lines and the true line")
     groups = list(truth.index)
     per_view = 6 if lecture else 12
     view = groups[:per_view]
@@ -176,18 +196,6 @@ def _simulated_groups(lecture: bool) -> None:
                        "simulate.panels", "simulated_pooling")
     if len(groups) > len(view):
         st.caption(f"The first {len(view)} of {len(groups)} groups; the table and the shrinkage plot use all.")
-    st.markdown("**Shrinkage with the truth**: arrows from no pooling to partial pooling; the stars are the "
-                "true values, each tied to its partial-pooling estimate by a dotted line (the miss).")
-    if random == "intercept+slope":
-        fe = fit.fixef
-
-        def build():
-            return charts.shrinkage_2d(est, lmmcore.re_contours(fit, "group"), (float(fe.iloc[0]), float(fe.iloc[1])),
-                                       lecture, "x", truth=truth)
-    else:
-        def build():
-            return charts.shrinkage_1d(est, float(fit.fixef.iloc[0]), lecture, "group", "intercept", truth=truth)
-    charts.show_cached(("sim_shrinkage", random) + key, build, "simulate.shrinkage", "simulated_shrinkage")
     with st.expander("Simulate from this fit", expanded=preset == "mixture"):
         copies_section(fit, "y", lecture, ("simulate",) + key)
     st.download_button("Download the simulated data (CSV)", data.to_csv(index=False).encode("utf-8"),

@@ -592,15 +592,20 @@ def rmse_distribution(runs: pd.DataFrame, column: str, reference: dict | None, l
                                              "opacity": 0.55, "symbol": style["symbol"]},
             line={"color": style["colour"], "width": s["line"] / 1.5}, fillcolor="rgba(0,0,0,0)",
             hovertemplate=f"{style['label']}: RMSE %{{x:.4g}}<extra></extra>"))
-    for method, (value, text) in (reference or {}).items():
+    # The reference values often lie close together: their labels go on separate lines above.
+    line_px = s["font"] + 8
+    for i, (method, (value, text)) in enumerate((reference or {}).items()):
         fig.add_vline(x=value, line={"color": METHODS[method]["colour"], "dash": "dash", "width": s["line"] / 1.3})
-        fig.add_annotation(x=value, y=1.0, yref="paper", text=esc(text), showarrow=False, yanchor="bottom",
-                           xanchor="left", font={"size": max(10, s["font"] - 3), "color": METHODS[method]["colour"]})
+        fig.add_annotation(x=value, y=1.0, yref="paper", yshift=4 + i * line_px, text=esc(text), showarrow=False,
+                           yanchor="bottom", xanchor="left",
+                           font={"size": max(10, s["font"] - 3), "color": METHODS[method]["colour"]})
     fig.update_xaxes(title_text=f"RMSE of the group {column}s against the truth (one point per run)",
                      showgrid=True, rangemode="tozero")
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(showlegend=False)
-    return _layout(fig, lecture, height=330)
+    _layout(fig, lecture, height=330 + 30 * len(reference or {}))
+    fig.update_layout(margin={"t": 20 + line_px * (len(reference or {}) + 1)})
+    return fig
 
 
 def cv_errors(table: pd.DataFrame, lecture: bool) -> go.Figure:

@@ -62,7 +62,7 @@ def test_simulate_page_loads_clean_with_the_truth_on_every_figure(lecture):
     figs = _figures(at)
     assert len(figs) >= 2
     panels, shrink = figs[0], figs[1]
-    data, truth = lmmcore.simulate_scenario(seed=1, **DEFAULT_SETTINGS)
+    data, truth = lmmcore.simulate_scenario(seed=at.session_state["simulate.seed"], **DEFAULT_SETTINGS)
     # the panels' truth lines are the simulated truth of the groups shown
     for t in _traces(panels, "truth"):
         g = t["meta"]["group"]
@@ -117,7 +117,7 @@ def test_repeat_200_times_shows_the_distribution_and_the_theory():
     text = "\n".join(m.value for m in at.markdown)
     assert "of the 200 runs" in text
     # the result belongs to its settings: another seed hides it until the button is pressed again
-    at.number_input(key="simulate.seed").set_value(2).run()
+    at.number_input(key="simulate.seed").set_value(at.session_state["simulate.seed"] + 1).run()
     assert "of the 200 runs" not in "\n".join(m.value for m in at.markdown)
 
 
