@@ -103,21 +103,34 @@ def _subset_design(design, train: np.ndarray):
     return sub, maps
 
 
-def _partial(design, train, test, population_only: bool) -> np.ndarray:
-    from lmmcore.mixed import fit_design
+def _partial(design, train, test, population_only: bool, theta0) -> np.ndarray:
+    """Partial pooling's predictions for the test rows from the lmer fitted to the training rows.
+
+    The fit is lme4's (REML criterion minimised over theta, then beta and the conditional
+    modes), started from ``theta0``, the optimum on all rows: a training set differs from
+    all rows by a few rows, so its optimum is near and the optimiser needs few steps.
+    lme4's pre-fit checks run; its convergence warnings are not needed for a prediction.
+    """
+    from lmmcore import deviance as dev
+    from lmmcore.mixed import _check_design
+    from lmmcore.optimize import minimize_theta
 
     sub, maps = _subset_design(design, train)
-    fit = fit_design(sub)
-    beta = fit.fixef.to_numpy()
-    pred = np.asarray(design.X, float)[test] @ beta
+    _check_design(sub)
+    cp = dev.cross_products(sub)
+    objective = dev.ProfiledDeviance(cp, True)
+    theta, value, _ = minimize_theta(objective, theta0, objective.lower())
+    if not np.isfinite(value):
+        raise LmmError("the REML criterion cannot be evaluated on these training rows")
+    sol = dev.solve(cp, theta, True)
+    pred = np.asarray(design.X, float)[test] @ sol.beta
     if population_only:
         return pred
-    for t, new, b in zip(design.random_terms, maps, fit.ranef.values()):
+    for t, new, b in zip(design.random_terms, maps, sol.b):
         codes = new[np.asarray(t.codes)[test]]
         known = codes >= 0
         Z = np.asarray(t.Z_raw, float)[test]
-        bb = b.to_numpy()
-        pred[known] += np.einsum("nk,nk->n", Z[known], bb[codes[known]])
+        pred[known] += np.einsum("nk,nk->n", Z[known], b[codes[known]])
     return pred
 
 
@@ -207,7 +220,8 @@ def cross_validate(data: pd.DataFrame, response: str, predictor: str, group: str
     counted in its ``n``).  Rows with a missing value in the three columns are dropped
     first.  The lmer on each training set is fitted from the design built once on all
     rows (the rows kept, unused levels dropped), which is what ``lmer`` on those rows
-    would build.
+    would build, and its optimiser starts at the optimum on all rows (lme4 starts each
+    fit afresh; both stop within the optimiser's tolerance of the same optimum).
     """
     from lmmcore.design import build_design
     from lmmcore.pooling import pooling_formulas
@@ -243,6 +257,9 @@ def cross_validate(data: pd.DataFrame, response: str, predictor: str, group: str
     if len(splits) > MAX_SPLITS:
         raise LmmError(f"{scheme} would fit {len(splits):,} models; the limit is {MAX_SPLITS:,}. "
                        "Use k-fold or random splits on a table this large.")
+    from lmmcore.mixed import fit_design
+
+    theta_all = fit_design(design).theta  # the optimum on all rows: every split starts there
     group_scheme = scheme == "group"
     methods = ("complete", "partial") if group_scheme else METHODS
     errors = {mth: [] for mth in methods}
@@ -254,7 +271,7 @@ def cross_validate(data: pd.DataFrame, response: str, predictor: str, group: str
         if not group_scheme:
             errors["no"].append(obs - _no_pooling(x, y, codes, term.levels, train, test, random))
         try:
-            errors["partial"].append(obs - _partial(design, train, test, group_scheme))
+            errors["partial"].append(obs - _partial(design, train, test, group_scheme, theta_all))
         except LmmError as exc:
             raise LmmError(f"split {i + 1} of {len(splits)}: the mixed model could not be fitted "
                            f"to the training rows ({exc})") from None
