@@ -9,7 +9,7 @@ import streamlit as st
 import lmmcore
 from lmmcore import teaching
 from lmmcore.compare import format_anova
-from lmmcore.formula import compose_formula, decompose_formula
+from lmmcore.formula import RANDOM_KINDS, RANDOM_LABELS, compose_formula, decompose_formula, random_term
 from explorer import charts
 from explorer import data as D
 from explorer import state as S
@@ -28,8 +28,6 @@ K_CAT_GROUP = S.MODEL_CAT_GROUP
 VARCORR_HEADINGS = {"grp": "Groups", "var1": "Name", "var2": "with", "vcov": "Variance / Cov.",
                     "sdcor": "Std.Dev. / Corr."}
 SECTIONS = ["lme4 summary", "Tables", "Plots", "Saved models & anova", "Paired t-test", "Reproduce this"]
-RANDOM_LABELS = {"intercept": "intercept (1 | g)", "slope": "slope only (0 + x | g)",
-                 "both": "intercept and slope (x | g)", "uncorrelated": "both, uncorrelated (x || g)"}
 
 
 # ------------------------------------------------------------------ formula and builder
@@ -89,7 +87,8 @@ def _builder(data) -> None:
             st.radio("Several groups are", ["crossed", "nested"], key=B_GROUPING, horizontal=True,
                      help="crossed: (1 | a) + (1 | b); nested: (1 | a/b), b within a (first one outermost)")
         with c3:
-            st.radio("Random effects", list(RANDOM_LABELS), key=B_RANDOM, format_func=RANDOM_LABELS.get)
+            st.radio("Random effects", list(RANDOM_KINDS), key=B_RANDOM,
+                     format_func=lambda kind: f"{RANDOM_LABELS[kind]} {random_term(kind)}")
             slopes = [c for c in ss.get(B_FIXED, []) if c in numeric]
             if ss.get(B_SLOPE) not in slopes:
                 ss[B_SLOPE] = slopes[0] if slopes else None

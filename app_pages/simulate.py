@@ -164,7 +164,8 @@ def _simulated_groups(lecture: bool) -> None:
     settings = _settings()
     with st.spinner("Simulating and fitting..."):
         result = study(tuple(sorted(settings.items())), preset, seed, random)
-    data, truth, est, err, fit = result
+    data, truth, est, err = result
+    fit = est.fit
     key = (tuple(sorted(settings.items())), preset, seed, random, lecture)
     with right:
         for message in fit.messages:
@@ -175,15 +176,11 @@ def _simulated_groups(lecture: bool) -> None:
         st.markdown("**Shrinkage with the truth**: arrows go from no pooling to partial pooling; the stars are "
                     "the true values, each tied to its partial-pooling estimate by a dotted line (the miss).")
         if random == "intercept+slope":
-            fe = fit.fixef
-
             def build():
-                return charts.shrinkage_2d(est, lmmcore.re_contours(fit, "group"),
-                                           (float(fe.iloc[0]), float(fe.iloc[1])), lecture, "x", truth=truth)
+                return charts.shrinkage_2d(est, lmmcore.re_contours(fit, "group"), lecture, truth=truth)
         else:
             def build():
-                return charts.shrinkage_1d(est, float(fit.fixef.iloc[0]), lecture, "group", "intercept",
-                                           truth=truth)
+                return charts.shrinkage_1d(est, lecture, truth=truth)
         charts.show_cached(("sim_shrinkage", random) + key, build, "simulate.shrinkage", "simulated_shrinkage")
     st.subheader("The groups: data, the three lines and the true line")
     groups = list(truth.index)
@@ -191,8 +188,8 @@ def _simulated_groups(lecture: bool) -> None:
     view = groups[:per_view]
     few = pd.Series({g: n <= 2 for g, n in data.groupby("group").size().items()})
     charts.show_cached(("sim_panels", tuple(view)) + key,
-                       lambda: charts.pooling_panels(data, est, "y", "x", "group", view, few, lecture,
-                                                     ncols=3 if lecture else 4, truth=truth),
+                       lambda: charts.pooling_panels(data, est, view, few, lecture, ncols=3 if lecture else 4,
+                                                     truth=truth),
                        "simulate.panels", "simulated_pooling")
     if len(groups) > len(view):
         st.caption(f"The first {len(view)} of {len(groups)} groups; the table and the shrinkage plot use all.")

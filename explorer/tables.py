@@ -1,7 +1,7 @@
 """Tables on the pages: ``st.dataframe`` of a copy without ``DataFrame.attrs``.
 
-lmmcore keeps notes in ``attrs`` (e.g. the anova's "refitting with ML" note, the pooling
-formulas); Streamlit sends attrs to the browser inside the Arrow schema as JSON, where a
+lmmcore keeps notes in ``attrs`` (e.g. the anova's "refitting with ML" note);
+Streamlit sends attrs to the browser inside the Arrow schema as JSON, where a
 NaN in them is invalid JSON and the table fails to draw.  Columns that are all missing
 (e.g. the slope of an intercept-only model) are left out.
 

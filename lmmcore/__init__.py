@@ -12,7 +12,8 @@ Public API (tests, pages and tools rely on these names):
 - ``lmer(formula, data, reml=True) -> MixedFit``
 - ``lm(formula, data) -> LinearFit``
 - ``anova(*fits, names=None) -> DataFrame``; ``format_anova(table) -> str`` prints it as R does
-- ``pooling_estimates``, ``shrinkage_sd``, ``re_contours``
+- ``pooling_estimates(data, response, predictor, group) -> PoolingEstimates`` (the mixed fit,
+  formulas, per-method table, group sizes, shrinkage); ``shrinkage_sd``, ``re_contours``
 - ``simulate_groups``, ``simulate_scenario``, ``pooling_error``, ``repeat_pooling_error``,
   ``known_variance_rmse``: simulated groups with the truth known; ``cross_validate``;
   ``MixedFit.simulate(nsim, seed)`` draws new responses from a fit (lme4's ``simulate``)
@@ -29,7 +30,7 @@ __all__ = [
     "LmmError", "FormulaError", "DataError", "FitError", "FitTimeout",
     "parse_formula", "compose_formula", "build_design",
     "lmer", "MixedFit", "lm", "LinearFit", "anova", "format_anova",
-    "pooling_estimates", "shrinkage_sd", "re_contours", "load_table",
+    "pooling_estimates", "PoolingEstimates", "shrinkage_sd", "re_contours", "load_table",
     "simulate_groups", "simulate_scenario", "pooling_error", "repeat_pooling_error",
     "known_variance_rmse", "cross_validate",
 ]
@@ -47,6 +48,7 @@ _PUBLIC = {
     "anova": "lmmcore.compare",
     "format_anova": "lmmcore.compare",
     "pooling_estimates": "lmmcore.pooling",
+    "PoolingEstimates": "lmmcore.pooling",
     "shrinkage_sd": "lmmcore.pooling",
     "re_contours": "lmmcore.pooling",
     "load_table": "lmmcore.io",

@@ -119,6 +119,7 @@ def anova(*fits, names=None) -> pd.DataFrame:
     table.attrs["notes"] = notes
     table.attrs["data_name"] = next((d for d in data_names if d), "data")
     table.attrs["formulas"] = {nm: _printed_formula(f) for nm, f in zip(names, fits)}
+    table.attrs["nobs"] = n
     return table
 
 
@@ -158,3 +159,100 @@ def format_anova(table: pd.DataFrame, width: int = 80) -> str:
         width=width,
     )
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# The lecture's model-comparison recap, worked out (issue 14)
+
+LM_COLUMNS = ["Res.Df", "RSS", "Df", "Sum of Sq", "F", "Pr(>F)"]
+
+
+def compare_lm(compact, augmented) -> pd.DataFrame:
+    """R's ``anova(lm_compact, lm_augmented)`` F test, with the proportional reduction in error.
+
+    Parameters
+    ----------
+    compact, augmented : LinearFit
+        Nested ordinary least-squares fits to the same observations; ``augmented`` has
+        more coefficients.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows ``1`` and ``2`` (the compact and the augmented model), columns ``Res.Df``,
+        ``RSS``, ``Df``, ``Sum of Sq``, ``F``, ``Pr(>F)`` as R's ``anova.lm`` (NaN where R
+        prints nothing).  ``attrs``: ``"PRE"`` (``1 - SSE_A / SSE_C``), ``"formulas"``
+        and the pieces of the F ratio (``"PA"``, ``"PC"``, ``"n"``).
+
+    Notes
+    -----
+    With :math:`PA` and :math:`PC` coefficients,
+    :math:`F = \\frac{(SSE_C - SSE_A)/(PA - PC)}{SSE_A/(n - PA)}` on :math:`(PA - PC,\\ n - PA)`
+    degrees of freedom, and :math:`PRE = 1 - SSE_A/SSE_C`; ``F`` is
+    :math:`\\frac{PRE/(PA-PC)}{(1-PRE)/(n-PA)}`.
+    """
+    for position, fit in enumerate((compact, augmented), start=1):
+        if not hasattr(fit, "rss") or getattr(fit.design, "random_terms", ()):
+            raise LmmError(f"compare_lm: model {position} is not an lm fit; the F test and PRE "
+                           "compare two lm models (use anova() for lmer models).")
+    if compact.nobs != augmented.nobs:
+        raise LmmError("compare_lm: the two models were fitted to different numbers of "
+                       f"observations ({compact.nobs} and {augmented.nobs}).")
+    pc, pa = len(compact.fixef), len(augmented.fixef)
+    if pa <= pc:
+        raise LmmError("compare_lm: the augmented model must have more coefficients than the "
+                       f"compact one (it has {pa}, the compact {pc}): give the smaller model first.")
+    n = augmented.nobs
+    sse_c, sse_a = float(compact.rss), float(augmented.rss)
+    df = pa - pc
+    sum_sq = sse_c - sse_a
+    f_value = (sum_sq / df) / (sse_a / (n - pa)) if n > pa else float("nan")
+    p_value = float(stats.f.sf(f_value, df, n - pa)) if n > pa else float("nan")
+    table = pd.DataFrame(
+        {"Res.Df": [n - pc, n - pa], "RSS": [sse_c, sse_a], "Df": [np.nan, df],
+         "Sum of Sq": [np.nan, sum_sq], "F": [np.nan, f_value], "Pr(>F)": [np.nan, p_value]},
+        index=pd.Index(["1", "2"], dtype=object))
+    table.attrs.update(PRE=1.0 - sse_a / sse_c if sse_c > 0 else float("nan"), PA=pa, PC=pc, n=n,
+                       formulas=[_printed_formula(compact), _printed_formula(augmented)])
+    return table
+
+
+def format_lm_comparison(table: pd.DataFrame, width: int = 80) -> str:
+    """Print :func:`compare_lm`'s table as R prints ``anova(lm_c, lm_a)`` (``print.anova``: F
+    is the test statistic, the Df columns and F are not zapped)."""
+    lines = ["Analysis of Variance Table", ""]
+    lines += [f"Model {i}: {f}" for i, f in enumerate(table.attrs.get("formulas", []), start=1)]
+    lines += format_coef_matrix(table[LM_COLUMNS].to_numpy(dtype=float),
+                                [str(i) for i in table.index], LM_COLUMNS, digits=5,
+                                cs_ind=(), tst_ind=(4,), zap_ind=(1, 3),
+                                has_pvalue=True, na_print="", width=width)
+    return "\n".join(lines) + "\n"
+
+
+def information_criteria(table: pd.DataFrame, n: int) -> pd.DataFrame:
+    """AIC and BIC of each model of an :func:`anova` table, worked out from their formulas.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The result of :func:`anova` (ML log-likelihoods: REML fits were refitted).
+    n : int
+        The number of observations (every model's).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Per model: ``k`` (anova's ``npar``), ``n``, ``logLik`` (ln L-hat), ``AIC``
+        :math:`= 2k - 2\\ln\\hat L`, ``BIC`` :math:`= \\ln(n)\\,k - 2\\ln\\hat L`, and
+        ``AIC_worked`` / ``BIC_worked``: the formulas with the numbers filled in (LaTeX).
+        ``AIC`` and ``BIC`` equal the anova table's columns.
+    """
+    k = table["npar"].to_numpy(dtype=float)
+    loglik = table["logLik"].to_numpy(dtype=float)
+    aic = 2.0 * k - 2.0 * loglik
+    bic = np.log(n) * k - 2.0 * loglik
+    aic_worked = [rf"2 \cdot {ki:g} - 2 \cdot ({li:.2f}) = {a:.2f}" for ki, li, a in zip(k, loglik, aic)]
+    bic_worked = [rf"\ln({n}) \cdot {ki:g} - 2 \cdot ({li:.2f}) = {b:.2f}"
+                  for ki, li, b in zip(k, loglik, bic)]
+    return pd.DataFrame({"k": k.astype(int), "n": n, "logLik": loglik, "AIC": aic, "BIC": bic,
+                         "AIC_worked": aic_worked, "BIC_worked": bic_worked}, index=table.index)

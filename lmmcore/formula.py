@@ -35,7 +35,7 @@ from lmmcore.errors import FormulaError
 __all__ = [
     "Formula", "ModelTerms", "RandomPart", "Term", "Variable",
     "parse_formula", "compose_formula", "decompose_formula", "format_number",
-    "quote_name", "MAX_LENGTH", "MAX_DEPTH", "NUMERIC_TRANSFORMS", "FACTOR_TRANSFORMS",
+    "RANDOM_KINDS", "RANDOM_LABELS", "random_term", "quote_name", "MAX_LENGTH", "MAX_DEPTH", "NUMERIC_TRANSFORMS", "FACTOR_TRANSFORMS",
 ]
 
 MAX_LENGTH = 2000
@@ -1045,7 +1045,24 @@ def _bar_pos(node) -> int:
 # The model builder's formula (app) and back
 
 
-RANDOM_KINDS = ("intercept", "slope", "both", "uncorrelated")
+# The random part of a one-predictor model, one vocabulary for the model builder and the
+# pooling pages: which coefficients vary by group.  Words for menus in RANDOM_LABELS; the
+# lme4 term is :func:`random_term`'s.
+RANDOM_KINDS = ("intercept", "slope", "intercept+slope", "uncorrelated")
+RANDOM_LABELS = {"intercept": "intercept only", "slope": "slope only",
+                 "intercept+slope": "intercept and slope",
+                 "uncorrelated": "both, uncorrelated"}
+
+
+def random_term(kind: str, slope: str = "x", group: str = "g") -> str:
+    """The random term of one kind, e.g. ``(x | g)`` for ``"intercept+slope"``.
+
+    ``slope`` and ``group`` are written as given (quote column names first); ``group``
+    may be a nesting such as ``a/b``.
+    """
+    lhs = {"intercept": "1", "slope": f"0 + {slope}", "intercept+slope": slope,
+           "uncorrelated": slope}[kind]
+    return f"({lhs} {'||' if kind == 'uncorrelated' else '|'} {group})"
 
 
 def compose_formula(response: str, fixed=(), interaction: bool = False, groups=(),
@@ -1063,8 +1080,9 @@ def compose_formula(response: str, fixed=(), interaction: bool = False, groups=(
         Join the predictors with ``*`` (all interactions) instead of ``+``.
     groups : sequence of str
         Grouping columns; none gives a formula for ``lm``.
-    random : {"intercept", "slope", "both", "uncorrelated"}
-        ``(1 | g)``, ``(0 + slope | g)``, ``(slope | g)`` or ``(slope || g)``.
+    random : {"intercept", "slope", "intercept+slope", "uncorrelated"}
+        ``(1 | g)``, ``(0 + slope | g)``, ``(slope | g)`` or ``(slope || g)``
+        (:func:`random_term`).
     slope : str, optional
         The column with a random slope; defaults to the first fixed predictor.
     grouping : {"crossed", "nested"}
@@ -1091,13 +1109,11 @@ def compose_formula(response: str, fixed=(), interaction: bool = False, groups=(
             slope = slope or (fixed[0] if fixed else None)
             if not slope:
                 raise FormulaError("a random slope needs a numeric predictor: choose one")
-        lhs = {"intercept": "1", "slope": f"0 + {quote_name(slope or '')}",
-               "both": quote_name(slope or ""), "uncorrelated": quote_name(slope or "")}[random]
-        bar = "||" if random == "uncorrelated" else "|"
+        x = quote_name(slope or "")
         if grouping == "nested" and len(groups) > 1:
-            terms = [f"({lhs} {bar} {'/'.join(quote_name(g) for g in groups)})"]
+            terms = [random_term(random, x, "/".join(quote_name(g) for g in groups))]
         else:
-            terms = [f"({lhs} {bar} {quote_name(g)})" for g in groups]
+            terms = [random_term(random, x, quote_name(g)) for g in groups]
         rhs = " + ".join([rhs] + terms)
     text = f"{quote_name(response)} ~ {rhs}"
     parse_formula(text)
@@ -1181,7 +1197,7 @@ def _unnest(chain) -> list | None:
 
 
 def _random_kind(parts):
-    """("intercept"|"slope"|"both"|"uncorrelated", slope) for a builder-style term."""
+    """(one of :data:`RANDOM_KINDS`, slope) for a builder-style term."""
     def single(terms):
         if len(terms.terms) == 1 and terms.terms[0].order == 1 \
                 and terms.terms[0].variables[0].kind == "column":
@@ -1199,5 +1215,5 @@ def _random_kind(parts):
     if not t.terms and t.intercept:
         return "intercept", None
     if single(t):
-        return ("both" if t.intercept else "slope"), single(t)
+        return ("intercept+slope" if t.intercept else "slope"), single(t)
     return None

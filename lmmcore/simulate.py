@@ -366,14 +366,12 @@ def simulate_scenario(preset: str | None = None, *, seed=None, **settings):
 # --------------------------------------------------------------------------- scoring
 
 def _estimate_table(estimates) -> pd.DataFrame:
-    """The long table (group, method, intercept, slope) behind ``pooling_estimates``' result."""
-    table = getattr(estimates, "table", estimates)
-    if callable(table):
-        table = table()
+    """The long table (group, method, intercept, slope) of a ``PoolingEstimates``."""
+    table = getattr(estimates, "table", None)
     need = {"group", "method", "intercept", "slope"}
     if not isinstance(table, pd.DataFrame) or not need <= set(table.columns):
         raise LmmError("pooling_error needs the result of pooling_estimates() "
-                       "(columns group, method, intercept, slope).")
+                       "(a PoolingEstimates with its table of group, method, intercept, slope).")
     return table
 
 
@@ -382,8 +380,8 @@ def pooling_error(estimates, truth: pd.DataFrame) -> pd.DataFrame:
 
     Parameters
     ----------
-    estimates
-        The result of :func:`lmmcore.pooling_estimates`.
+    estimates : PoolingEstimates
+        The result of :func:`lmmcore.pooling_estimates` on the simulated data.
     truth : pandas.DataFrame
         From :func:`simulate_groups`: indexed by group label, columns ``intercept`` and
         ``slope``.

@@ -225,7 +225,8 @@ def test_shared_link_opens_dataset_and_formula():
     assert at.query_params["lecture"] in ("1", ["1"])
 
 
-def _estimates(key: str, response: str, predictor, group: str, random: str, categorical) -> pd.DataFrame:
+def _estimates(key: str, response: str, predictor, group: str, random: str,
+               categorical) -> lmmcore.PoolingEstimates:
     raw = pd.read_csv(ROOT / "data" / f"{key}.csv")
     df = teaching.apply_types(raw, teaching.column_types(raw, categorical))
     return lmmcore.pooling_estimates(df, response, predictor, group, random=random)
@@ -257,7 +258,7 @@ def test_pooling_figure_draws_lmmcore_estimates():
     for method in ("complete", "no", "partial"):
         for trace in _traces(fig, method):
             a, b, g = trace["customdata"][0]
-            row = est[(est["group"].astype(str) == g) & (est["method"] == method)].iloc[0]
+            row = est.table[(est.table["group"].astype(str) == g) & (est.table["method"] == method)].iloc[0]
             assert a == pytest.approx(row["intercept"], rel=1e-12)
             assert b == pytest.approx(row["slope"], rel=1e-12)
             x0, x1 = trace["x"]
@@ -273,17 +274,56 @@ def test_pooling_figure_draws_lmmcore_estimates():
     assert {t["meta"]["group"] for t in _traces(fig, "no")} == {"374"}
 
 
+@pytest.mark.parametrize("random", ["intercept", "slope"])
+def test_pooling_pages_for_each_random_part(random):
+    """Each random part of the menu: the pooling and shrinkage pages name its lmer and
+    draw the estimates of that model (the 1-D shrinkage view for one varying coefficient)."""
+    at = _app("pooling")
+    at.selectbox(key="pool.random").set_value(random).run()
+    assert _problems(at) == []
+    est = _estimates("sleepstudy_fake", "Reaction", "Days", "Subject", random, ["Subject"])
+    from explorer.escape import md
+
+    assert any(md(est.formulas["partial"]) in str(c.value) for c in at.caption)
+    part = est.method("partial")
+    for trace in _traces(_figures(at)[0], "partial"):
+        a, b, g = trace["customdata"][0]
+        assert [a, b] == pytest.approx(part.loc[g, ["intercept", "slope"]].tolist(), rel=1e-12)
+    at.switch_page("app_pages/shrinkage.py").run()
+    assert _problems(at) == []
+    (ptrace,) = _traces(_figures(at)[0], "partial")
+    column = "slope" if random == "slope" else "intercept"
+    groups = [c[0] for c in ptrace["customdata"]]
+    np.testing.assert_allclose(_arr(ptrace["x"]), part.loc[groups, column], rtol=1e-12)
+
+
+def test_pooling_order_by_shrinkage_reads_the_estimates():
+    """"Largest change" orders the panels by the estimates' one shrinkage measure; a group
+    without its own estimate (373) comes first."""
+    at = _app("pooling")
+    at.selectbox(key="pool.sort").set_value("shrinkage").run()
+    assert _problems(at) == []
+    est = _estimates("sleepstudy_fake", "Reaction", "Days", "Subject", "intercept+slope", ["Subject"])
+    shown = list(dict.fromkeys(t["meta"]["group"] for t in _traces(_figures(at)[0], "partial")))
+    moved = est.shrinkage.drop("373").sort_values(ascending=False, kind="stable")
+    assert shown == ["373"] + list(moved.index[:11])
+    at.selectbox(key="pool.sort").set_value("fewest").run()
+    shown = list(dict.fromkeys(t["meta"]["group"] for t in _traces(_figures(at)[0], "partial")))
+    assert shown[:3] == ["373", "374", "308"]
+
+
 def test_shrinkage_figure_draws_lmmcore_estimates_and_contours():
     at = _app("shrinkage")
     assert _problems(at) == []
     est = _estimates("sleepstudy_fake", "Reaction", "Days", "Subject", "intercept+slope", ["Subject"])
     fig = _figures(at)[0]
-    part = est[est["method"] == "partial"].set_index(est[est["method"] == "partial"]["group"].astype(str))
+    table = est.table
+    part = table[table["method"] == "partial"].set_index(table[table["method"] == "partial"]["group"].astype(str))
     (ptrace,) = _traces(fig, "partial")
     groups = [c[0] for c in ptrace["customdata"]]
     np.testing.assert_allclose(_arr(ptrace["x"]), part.loc[groups, "intercept"], rtol=1e-12)
     np.testing.assert_allclose(_arr(ptrace["y"]), part.loc[groups, "slope"], rtol=1e-12)
-    no = est[est["method"] == "no"].set_index(est[est["method"] == "no"]["group"].astype(str))
+    no = table[table["method"] == "no"].set_index(table[table["method"] == "no"]["group"].astype(str))
     (ntrace,) = _traces(fig, "no")
     ngroups = [c[0] for c in ntrace["customdata"]]
     assert "373" not in ngroups and "374" in ngroups
@@ -308,7 +348,7 @@ def test_shrinkage_1d_for_random_intercept_models():
     at = _app("shrinkage", **{"data.key": "dyestuff"})
     assert _problems(at) == []
     fig = _figures(at)[0]
-    est = _estimates("Dyestuff", "Yield", None, "Batch", "intercept", ["Batch"])
+    est = _estimates("Dyestuff", "Yield", None, "Batch", "intercept", ["Batch"]).table
     (ptrace,) = _traces(fig, "partial")
     part = est[est["method"] == "partial"].set_index(est[est["method"] == "partial"]["group"].astype(str))
     groups = [c[0] for c in ptrace["customdata"]]
@@ -598,7 +638,8 @@ def test_shrinkage_with_many_groups_highlights_few_and_most_shrunk():
     (ptrace,) = _traces(fig, "partial")
     opacity = dict(zip([c[0] for c in ptrace["customdata"]], ptrace["marker"]["opacity"]))
     assert {g for g, o in opacity.items() if o == 1.0} == set(expected)
-    no = est[(est["method"] == "no") & est["intercept"].notna() & est["slope"].notna()]
+    table = est.table
+    no = table[(table["method"] == "no") & table["intercept"].notna() & table["slope"].notna()]
     arrows = [a for a in fig["layout"]["annotations"] if a.get("text") == "" and a.get("showarrow")]
     assert len(arrows) == len(no) == 50
     at.multiselect(key="shrink.highlight").set_value(["1"]).run()

@@ -61,7 +61,8 @@ def test_simulate_page_loads_clean_with_the_truth_on_every_figure(lecture):
     assert _settings(at) == DEFAULT_SETTINGS
     figs = _figures(at)
     assert len(figs) >= 2
-    panels, shrink = figs[0], figs[1]
+    # the shrinkage plot sits beside the sliders, the panels below
+    shrink, panels = figs[0], figs[1]
     data, truth = lmmcore.simulate_scenario(seed=at.session_state["simulate.seed"], **DEFAULT_SETTINGS)
     # the panels' truth lines are the simulated truth of the groups shown
     for t in _traces(panels, "truth"):
@@ -86,7 +87,7 @@ def test_every_preset_sets_the_sliders_explains_and_draws(preset):
     assert _settings(at) == PRESETS[preset].settings
     assert PRESETS[preset].explanation.split(".")[0][:40] in "\n".join(i.value.replace("\\", "") for i in at.info)
     figs = _figures(at)
-    assert len(figs) >= 2 and _traces(figs[1], "truth")
+    assert len(figs) >= 2 and _traces(figs[0], "truth") and _traces(figs[1], "truth")
     if preset == "singular":
         assert any("singular" in w.value for w in at.warning)
 
@@ -97,7 +98,7 @@ def test_a_slider_change_redraws_from_the_new_settings():
     at.number_input(key="simulate.seed").set_value(7).run()
     assert _problems(at) == []
     data, truth = lmmcore.simulate_scenario(seed=7, **{**DEFAULT_SETTINGS, "sigma": 12.0})
-    star = _traces(_figures(at)[1], "truth")[0]
+    star = _traces(_figures(at)[0], "truth")[0]
     np.testing.assert_allclose(_arr(star["x"]), truth["intercept"].to_numpy())
 
 

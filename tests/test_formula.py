@@ -403,14 +403,14 @@ BUILDER = [
      "Reaction ~ Days + (1 | Subject)"),
     (dict(response="Reaction", fixed=["Days"], groups=["Subject"], random="slope"),
      "Reaction ~ Days + (0 + Days | Subject)"),
-    (dict(response="Reaction", fixed=["Days"], groups=["Subject"], random="both"),
+    (dict(response="Reaction", fixed=["Days"], groups=["Subject"], random="intercept+slope"),
      "Reaction ~ Days + (Days | Subject)"),
     (dict(response="Reaction", fixed=["Days"], groups=["Subject"], random="uncorrelated"),
      "Reaction ~ Days + (Days || Subject)"),
     (dict(response="weight", fixed=["Time", "Diet"], interaction=True, groups=["Chick"],
-          random="both"),
+          random="intercept+slope"),
      "weight ~ Time * Diet + (Time | Chick)"),
-    (dict(response="distance", fixed=["age", "Sex"], groups=["Subject"], random="both",
+    (dict(response="distance", fixed=["age", "Sex"], groups=["Subject"], random="intercept+slope",
           slope="age"),
      "distance ~ age + Sex + (age | Subject)"),
     (dict(response="diameter", groups=["plate", "sample"]),
@@ -422,7 +422,7 @@ BUILDER = [
     (dict(response="reaction time", fixed=["sleep days"], groups=["subject id"],
           random="uncorrelated"),
      "`reaction time` ~ `sleep days` + (`sleep days` || `subject id`)"),
-    (dict(response="y", fixed=["x"], groups=["a", "b", "c"], random="both", grouping="nested"),
+    (dict(response="y", fixed=["x"], groups=["a", "b", "c"], random="intercept+slope", grouping="nested"),
      "y ~ x + (x | a/b/c)"),
 ]
 
@@ -458,7 +458,7 @@ def test_decompose_gives_none_for_what_the_builder_cannot_show(text):
 
 
 def test_decompose_accepts_equivalent_spellings():
-    assert decompose_formula("Reaction ~ 1 + Days + (1 + Days | Subject)")["random"] == "both"
+    assert decompose_formula("Reaction ~ 1 + Days + (1 + Days | Subject)")["random"] == "intercept+slope"
     assert decompose_formula("y ~ a + b + a:b + (1 | g)")["interaction"] is True
 
 

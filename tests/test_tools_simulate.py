@@ -73,12 +73,12 @@ def test_pooling_error_matches_a_hand_computation_and_leaves_missing_groups_out(
     err = pooling_error(est, truth)
     assert list(err.index) == ["complete", "no", "partial"]
     assert err["n_groups"].tolist() == [6, 5, 6]  # g1 has one row: no line, counted out
-    no = est[est["method"] == "no"].set_index("group")
+    no = est.method("no")
     diff = (no[["intercept", "slope"]] - truth).dropna()
     assert len(diff) == 5
     np.testing.assert_allclose(err.loc["no", ["intercept", "slope"]].to_numpy(float),
                                np.sqrt((diff ** 2).mean()).to_numpy(), rtol=1e-12)
-    part = est[est["method"] == "partial"].set_index("group")
+    part = est.method("partial")
     np.testing.assert_allclose(err.loc["partial", "intercept"],
                                np.sqrt(((part["intercept"] - truth["intercept"]) ** 2).mean()), rtol=1e-12)
 
@@ -86,6 +86,10 @@ def test_pooling_error_matches_a_hand_computation_and_leaves_missing_groups_out(
 def test_pooling_error_rejects_other_tables():
     with pytest.raises(LmmError, match="pooling_estimates"):
         pooling_error(pd.DataFrame({"a": [1]}), pd.DataFrame({"intercept": [1.0], "slope": [0.0]}))
+    with pytest.raises(LmmError, match="pooling_estimates"):
+        pooling_error(lmmcore.pooling_estimates(pd.DataFrame({"y": [1.0, 2, 3, 5], "x": [0.0, 1, 0, 1],
+                                                              "group": ["a", "a", "b", "b"]}), "y", "x", "group",
+                                                random="intercept").table, pd.DataFrame())
 
 
 def test_repeated_simulation_agrees_with_known_variance_theory():
@@ -127,7 +131,7 @@ def test_presets_do_what_they_say():
     s = PRESETS["simpson"].settings
     data, truth = simulate_scenario("simpson", seed=3, **s)
     est = lmmcore.pooling_estimates(data, "y", "x", "group")
-    assert est.loc[est["method"] == "complete", "slope"].iloc[0] < 0 < truth["slope"].min()
+    assert est.method("complete")["slope"].iloc[0] < 0 < truth["slope"].min()
     data, truth = simulate_scenario("imbalance", seed=3, **PRESETS["imbalance"].settings)
     sizes = data.groupby("group").size()
     assert (sizes <= 2).sum() == 15 and sizes.max() == 10
