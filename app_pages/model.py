@@ -208,7 +208,7 @@ def _plots(data, mixed, linear, response: str, lecture: bool, fit_key: tuple) ->
             charts.show_cached(("caterpillar", g) + drawn,
                                lambda: charts.caterpillar_plot(teaching.caterpillar(mixed, g), g, lecture),
                                "model.chart_caterpillar", "caterpillar")
-        copies_section(mixed, response, lecture, ("model",) + drawn)
+        copies_section(mixed, response, lecture, ("model",) + drawn, S.SIM_COPIES_OPEN_MODEL)
 
 
 def _saved_models(data, current: str, reml: bool, has_random: bool) -> None:

@@ -42,6 +42,8 @@ def _apply_preset() -> None:
     preset = st.session_state.get(S.SIM_PRESET)
     if preset in PRESETS:
         st.session_state.update(S.simulation_defaults(preset))
+    # The mixture preset is about what "Simulate from this fit" shows: open it.
+    st.session_state[S.SIM_COPIES_OPEN] = preset == "mixture"
 
 
 def _settings() -> dict:
@@ -182,19 +184,25 @@ def _simulated_groups(lecture: bool) -> None:
             def build():
                 return charts.shrinkage_1d(est, lecture, truth=truth)
         charts.show_cached(("sim_shrinkage", random) + key, build, "simulate.shrinkage", "simulated_shrinkage")
-    st.subheader("The groups: data, the three lines and the true line")
-    groups = list(truth.index)
-    per_view = 6 if lecture else 12
-    view = groups[:per_view]
-    few = pd.Series({g: n <= 2 for g, n in data.groupby("group").size().items()})
-    charts.show_cached(("sim_panels", tuple(view)) + key,
-                       lambda: charts.pooling_panels(data, est, view, few, lecture, ncols=3 if lecture else 4,
-                                                     truth=truth),
-                       "simulate.panels", "simulated_pooling")
-    if len(groups) > len(view):
-        st.caption(f"The first {len(view)} of {len(groups)} groups; the table and the shrinkage plot use all.")
-    with st.expander("Simulate from this fit", expanded=preset == "mixture"):
-        copies_section(fit, "y", lecture, ("simulate",) + key)
+    # The panels cost more to draw than everything else on the tab: in an expander (open by
+    # default) whose content runs only while it is open.
+    if S.SIM_PANELS_OPEN not in st.session_state:
+        st.session_state[S.SIM_PANELS_OPEN] = True
+    box = st.expander("The groups: data, the three lines and the true line", key=S.SIM_PANELS_OPEN,
+                      on_change="rerun")
+    if box.open:
+        with box:
+            groups = list(truth.index)
+            view = groups[:6 if lecture else 8]
+            few = pd.Series({g: n <= 2 for g, n in data.groupby("group").size().items()})
+            charts.show_cached(("sim_panels", tuple(view)) + key,
+                               lambda: charts.pooling_panels(data, est, view, few, lecture, ncols=3 if lecture else 4,
+                                                             truth=truth),
+                               "simulate.panels", "simulated_pooling")
+            if len(groups) > len(view):
+                st.caption(f"The first {len(view)} of {len(groups)} groups; the table and the shrinkage plot "
+                           "use all.")
+    copies_section(fit, "y", lecture, ("simulate",) + key, S.SIM_COPIES_OPEN)
     st.download_button("Download the simulated data (CSV)", data.to_csv(index=False).encode("utf-8"),
                        file_name="simulated.csv", mime="text/csv", key="simulate.download")
     _repeat(settings, preset, seed, random)

@@ -35,36 +35,44 @@ def study(settings: tuple, preset: str | None, seed: int, random: str) -> Study:
     return Study(data, truth, est, lmmcore.pooling_error(est, truth))
 
 
-def copies_section(fit, response: str, lecture: bool, cache_key: tuple) -> None:
-    """The observed response by group beside ``COPIES`` data sets simulated from ``fit``
-    (``MixedFit.simulate``): a posterior-predictive-style check of the model's assumptions."""
+def copies_section(fit, response: str, lecture: bool, cache_key: tuple, open_key: str,
+                   expanded: bool = False) -> None:
+    """An expander "Simulate from this fit": the observed response by group beside ``COPIES``
+    data sets simulated from ``fit`` (``MixedFit.simulate``), a posterior-predictive-style
+    check of the model's assumptions.  Its content runs only while it is open (``open_key``
+    holds that state): closed, it costs a page run nothing."""
     ss = st.session_state
+    if open_key not in ss:
+        ss[open_key] = bool(expanded)
+    box = st.expander("Simulate from this fit", key=open_key, on_change="rerun")
+    if not box.open:
+        return
     term = fit.design.random_terms[0]
     levels = [str(v) for v in term.levels]
     shown = levels[:COPIES_MAX_GROUPS]
     codes = np.asarray(term.codes)
     keep = codes < len(shown)
     groups = np.asarray(levels, dtype=object)[codes[keep]]
-    c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
-    c1.markdown(f"**Simulate from this fit**: the data (first panel) beside {COPIES} data sets the fitted "
-                "model says could have been observed instead (new random effects and residuals, "
-                "lme4's `simulate()`). If the copies look unlike the data (spread, skew, outliers), the "
-                "model misses something.")
+    with box:
+        c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
+        c1.markdown(f"The data (first panel) beside {COPIES} data sets the fitted model says could have been "
+                    "observed instead (new random effects and residuals, lme4's `simulate()`). If the copies "
+                    "look unlike the data (spread, skew, outliers), the model misses something.")
 
-    def new_copies():
-        ss[S.SIM_COPIES_SEED] = int(ss.get(S.SIM_COPIES_SEED, 1)) + 1
+        def new_copies():
+            ss[S.SIM_COPIES_SEED] = int(ss.get(S.SIM_COPIES_SEED, 1)) + 1
 
-    c2.button("New copies", key=f"simulate.copies_new.{cache_key[0]}", on_click=new_copies)
-    seed = int(ss.get(S.SIM_COPIES_SEED, 1))
+        c2.button("New copies", key=f"simulate.copies_new.{cache_key[0]}", on_click=new_copies)
+        seed = int(ss.get(S.SIM_COPIES_SEED, 1))
 
-    def build():
-        sims = fit.simulate(COPIES, seed=seed)
-        panels = {"observed data": (groups, np.asarray(fit.design.y, float)[keep])}
-        for j in range(COPIES):
-            panels[f"simulated copy {j + 1}"] = (groups, sims.iloc[:, j].to_numpy()[keep])
-        return charts.simulated_copies(panels, term.group_name, response, lecture)
+        def build():
+            sims = fit.simulate(COPIES, seed=seed)
+            panels = {"observed data": (groups, np.asarray(fit.design.y, float)[keep])}
+            for j in range(COPIES):
+                panels[f"simulated copy {j + 1}"] = (groups, sims.iloc[:, j].to_numpy()[keep])
+            return charts.simulated_copies(panels, term.group_name, response, lecture)
 
-    charts.show_cached(("simulated_copies", seed, lecture) + cache_key, build,
-                       f"simulate.copies_chart.{cache_key[0]}", "simulated_copies")
-    if len(levels) > len(shown):
-        st.caption(f"The first {len(shown)} of {len(levels)} levels of {term.group_name} are shown.")
+        charts.show_cached(("simulated_copies", seed, lecture) + cache_key, build,
+                           f"simulate.copies_chart.{cache_key[0]}", "simulated_copies")
+        if len(levels) > len(shown):
+            st.caption(f"The first {len(shown)} of {len(levels)} levels of {term.group_name} are shown.")

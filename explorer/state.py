@@ -78,6 +78,9 @@ SIM_CV_SPLITS = "simulate.cv_splits"
 SIM_CV_SEED = "simulate.cv_seed"
 SIM_CV_RESULT = "simulate.cv_result"  # (choices signature, cross_validate table) of the last run
 SIM_COPIES_SEED = "simulate.copies_seed"  # "Simulate from this fit": the draw shown (New copies adds 1)
+SIM_COPIES_OPEN = "simulate.copies_open"  # that expander is open on the Simulate page (its content runs)
+SIM_COPIES_OPEN_MODEL = "simulate.copies_open_model"  # ... and on the model page's Plots tab
+SIM_PANELS_OPEN = "simulate.panels_open"  # the Simulate page's per-group panels are open
 
 NO_PREDICTOR = "(none: intercept only)"
 
@@ -87,7 +90,7 @@ PERSISTENT = (
     MODEL_SECTION, MODEL_RANEF_GROUP, MODEL_CAT_GROUP, MODEL_BUILDER_OPEN, SHRINK_HIGHLIGHT,
     *SIM_SETTING_KEYS.values(), SIM_PRESET, SIM_SEED, SIM_RANDOM, SIM_SECTION, SIM_CV_RESPONSE,
     SIM_CV_PREDICTOR, SIM_CV_GROUP, SIM_CV_RANDOM, SIM_CV_SCHEME, SIM_CV_K, SIM_CV_FRACTION, SIM_CV_SPLITS,
-    SIM_CV_SEED,
+    SIM_CV_SEED, SIM_COPIES_OPEN, SIM_COPIES_OPEN_MODEL, SIM_PANELS_OPEN,
 )
 
 

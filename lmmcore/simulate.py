@@ -399,25 +399,25 @@ def pooling_error(estimates, truth: pd.DataFrame) -> pd.DataFrame:
     if not isinstance(truth, pd.DataFrame) or not {"intercept", "slope"} <= set(truth.columns):
         raise LmmError("truth must be the table simulate_groups() returns "
                        "(indexed by group, columns intercept and slope).")
-    t = truth.copy()
-    t.index = t.index.astype(str)
+    truth_index = pd.Index(truth.index.astype(str))
+    true_values = truth[["intercept", "slope"]].to_numpy(dtype=float)
+    groups = table["group"].astype(str).to_numpy()
+    unknown = sorted(set(groups) - set(truth_index))
+    if unknown:
+        raise DataError(f"no truth for group(s) {', '.join(unknown[:5])}: "
+                        "were the estimates made from these simulated data?")
+    where = truth_index.get_indexer(groups)
+    err = table[["intercept", "slope"]].to_numpy(dtype=float) - true_values[where]
+    methods = table["method"].to_numpy()
     rows = {}
     for method in METHODS:
-        sub = table[table["method"] == method].copy()
-        sub.index = sub["group"].astype(str)
-        unknown = sub.index.difference(t.index)
-        if len(unknown):
-            raise DataError(f"no truth for group(s) {', '.join(map(str, unknown[:5]))}: "
-                            "were the estimates made from these simulated data?")
-        err = sub[["intercept", "slope"]].astype(float) - t.loc[sub.index, ["intercept", "slope"]]
+        e = err[methods == method]
         with np.errstate(invalid="ignore"):
-            rmse = np.sqrt((err ** 2).mean(skipna=True))
-        rows[method] = {"intercept": rmse["intercept"], "slope": rmse["slope"],
-                        "n_groups": int(err["intercept"].notna().sum())}
-    out = pd.DataFrame(rows).T.loc[list(METHODS)]
+            rmse = [math.sqrt(np.mean(col[np.isfinite(col)] ** 2)) if np.isfinite(col).any() else math.nan
+                    for col in e.T]
+        rows[method] = (rmse[0], rmse[1], int(np.isfinite(e[:, 0]).sum()))
+    out = pd.DataFrame.from_dict(rows, orient="index", columns=["intercept", "slope", "n_groups"])
     out.index.name = "method"
-    out["n_groups"] = out["n_groups"].astype(int)
-    out[["intercept", "slope"]] = out[["intercept", "slope"]].astype(float)
     return out
 
 

@@ -42,12 +42,12 @@ def test_only_the_open_tab_of_the_model_page_runs():
     assert len(at.get("plotly_chart")) == 0 and len(at.dataframe) == 0 and len(at.metric) == 0
     at.session_state["model.section"] = "Plots"
     at.run()
-    assert len(at.get("plotly_chart")) == 5  # 4 diagnostics + simulate from this fit
+    assert len(at.get("plotly_chart")) == 4
     assert "REML criterion at convergence" not in "\n".join(str(c.value) for c in at.code)
     # the open tab survives a visit to another page
     at.switch_page("app_pages/pooling.py").run()
     at.switch_page("app_pages/model.py").run()
-    assert at.session_state["model.section"] == "Plots" and len(at.get("plotly_chart")) == 5
+    assert at.session_state["model.section"] == "Plots" and len(at.get("plotly_chart")) == 4
 
 
 def test_a_cached_figure_is_the_figure_and_lecture_mode_gets_its_own():

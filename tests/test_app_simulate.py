@@ -68,7 +68,7 @@ def test_simulate_page_loads_clean_with_the_truth_on_every_figure(lecture):
     for t in _traces(panels, "truth"):
         g = t["meta"]["group"]
         assert t["customdata"][0][:2] == pytest.approx(truth.loc[g].tolist())
-    assert len(_traces(panels, "truth")) == (6 if lecture else 12)
+    assert len(_traces(panels, "truth")) == (6 if lecture else 8)
     star = _traces(shrink, "truth")[0]
     assert [row[0] for row in star["customdata"]] == list(truth.index)
     # the error table is lmmcore.pooling_error of those data
@@ -90,6 +90,9 @@ def test_every_preset_sets_the_sliders_explains_and_draws(preset):
     assert len(figs) >= 2 and _traces(figs[0], "truth") and _traces(figs[1], "truth")
     if preset == "singular":
         assert any("singular" in w.value for w in at.warning)
+    # the mixture preset opens "Simulate from this fit": the copies show one residual SD for all
+    copies = [f for f in figs if any("panel" in (t.get("meta") or {}) for t in f["data"])]
+    assert len(copies) == (1 if preset == "mixture" else 0)
 
 
 def test_a_slider_change_redraws_from_the_new_settings():
@@ -140,6 +143,10 @@ def test_cross_validation_on_a_builtin_dataset_equals_lmmcore():
 def test_model_page_simulates_from_the_fit():
     at = _app("model", **{"model.section": "Plots"})
     assert _problems(at) == []
+    # closed (the default) it draws nothing; opened, the copies
+    assert not [f for f in _figures(at) if any("panel" in (t.get("meta") or {}) for t in f["data"])]
+    at.session_state["simulate.copies_open_model"] = True
+    at.run()
     figs = [f for f in _figures(at) if any("panel" in (t.get("meta") or {}) for t in f["data"])]
     assert len(figs) == 1
     panels = [t["meta"]["panel"] for t in figs[0]["data"]]
