@@ -15,7 +15,7 @@ from explorer import state as S
 from explorer.escape import md
 from explorer.fitting import guard
 from explorer.settings import load_settings
-from explorer.simulate_ui import copies_section, study
+from explorer.simulate_ui import copies_section, progress_bar, study
 from explorer.tables import table as show_table
 
 SECTIONS = ["Simulated groups", "Cross-validation"]
@@ -118,12 +118,7 @@ def _repeat(settings: dict, preset, seed: int, random: str) -> None:
     st.markdown("Same design, new random effects and residuals each time; each method's error against "
                 "the truth is recorded. Partial pooling wins **on average**, not every time.")
     if st.button(f"Repeat {REPEATS} times", key="simulate.repeat_button", type="primary"):
-        bar = st.progress(0.0, text=f"0 of {REPEATS} runs")
-
-        def progress(done, total):
-            if done % 5 == 0 or done == total:
-                bar.progress(done / total, text=f"{done} of {total} runs")
-
+        bar, progress = progress_bar("runs", every=5)
         with guard("repeated simulation"):
             runs = lmmcore.repeat_pooling_error(REPEATS, preset=preset, random=random, seed=seed,
                                                 progress=progress, **settings)
@@ -265,12 +260,7 @@ def _cross_validation(lecture: bool) -> None:
                    f"under {limit:,} rows (this one has {len(data.df):,}).")
         return
     if st.button("Run cross-validation", key="simulate.cv_run", type="primary"):
-        bar = st.progress(0.0, text="fitting the first split")
-
-        def progress(done, total):
-            if done % max(1, total // 50) == 0 or done == total:
-                bar.progress(done / total, text=f"{done} of {total} splits")
-
+        bar, progress = progress_bar("splits", every=2)
         with guard("cross-validation"):
             table = lmmcore.cross_validate(data.df, response, predictor, group, random=random, scheme=scheme,
                                            progress=progress, **options)

@@ -18,6 +18,18 @@ COPIES_MAX_GROUPS = 24
 COPIES = 3
 
 
+def progress_bar(unit: str, every: int = 1):
+    """A progress bar and the ``progress(done, total)`` callback lmmcore's loops take
+    (updated every ``every`` steps and at the end: each update is a message to the browser)."""
+    bar = st.progress(0.0, text=f"0 {unit}")
+
+    def progress(done: int, total: int) -> None:
+        if done % every == 0 or done == total:
+            bar.progress(done / total, text=f"{done} of {total} {unit}")
+
+    return bar, progress
+
+
 class Study(NamedTuple):
     """One simulated study and what the page shows of it."""
     data: pd.DataFrame

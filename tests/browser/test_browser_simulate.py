@@ -57,19 +57,19 @@ def test_every_preset_from_the_menu(page, base_url, server_log, screenshot_dir):
         page.screenshot(path=str(screenshot_dir / f"simulate-preset-{key}.png"))
 
 
+def _run(pg, server_log, screenshot_dir, button: str, done_text: str, chart: str, name: str) -> None:
+    """Press a run button, wait for its result, check the page and photograph the chart."""
+    pg.locator(f".st-key-simulate-{button} button").click()
+    pg.get_by_text(done_text).first.wait_for(timeout=120_000)
+    wait_for_app(pg)
+    _assert_clean(pg, server_log, name)
+    pg.locator(f".st-key-simulate-{chart}").first.scroll_into_view_if_needed()
+    pg.screenshot(path=str(screenshot_dir / f"simulate-{name}.png"))
+
+
 def test_repeat_then_cross_validate(page, base_url, server_log, screenshot_dir):
     _open(page, base_url)
-    page.locator(".st-key-simulate-repeat_button button").click()
-    page.get_by_text("of the 200 runs").first.wait_for(timeout=120_000)
-    wait_for_app(page)
-    _assert_clean(page, server_log, "repeat 200 times")
-    page.locator(".st-key-simulate-repeat_chart").first.scroll_into_view_if_needed()
-    page.screenshot(path=str(screenshot_dir / "simulate-repeat.png"))
+    _run(page, server_log, screenshot_dir, "repeat_button", "of the 200 runs", "repeat_chart", "repeat")
     page.get_by_role("tab", name="Cross-validation").click()
     wait_for_app(page)
-    page.locator(".st-key-simulate-cv_run button").click()
-    page.get_by_text("predicts best here").first.wait_for(timeout=120_000)
-    wait_for_app(page)
-    _assert_clean(page, server_log, "cross-validation")
-    page.locator(".st-key-simulate-cv_chart").first.scroll_into_view_if_needed()
-    page.screenshot(path=str(screenshot_dir / "simulate-cv.png"))
+    _run(page, server_log, screenshot_dir, "cv_run", "predicts best here", "cv_chart", "cv")
