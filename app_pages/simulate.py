@@ -117,7 +117,7 @@ def _repeat(settings: dict, preset, seed: int, random: str) -> None:
     st.subheader(f"Repeat the study {REPEATS} times")
     st.markdown("Same design, new random effects and residuals each time; each method's error against "
                 "the truth is recorded. Partial pooling wins **on average**, not every time.")
-    if st.button(f"Repeat {REPEATS} times", key="simulate.repeat_button", type="primary"):
+    if st.button(f"Repeat {REPEATS} times", key=S.SIM_REPEAT_RUN, type="primary"):
         bar, progress = progress_bar("runs", every=5)
         with guard("repeated simulation"):
             runs = lmmcore.repeat_pooling_error(REPEATS, preset=preset, random=random, seed=seed,
@@ -133,7 +133,7 @@ def _repeat(settings: dict, preset, seed: int, random: str) -> None:
     lecture = bool(ss.get(S.APP_LECTURE))
     charts.show_cached(("rmse_distribution", "intercept", lecture) + signature,
                        lambda: charts.rmse_distribution(runs, "intercept", reference, lecture),
-                       "simulate.repeat_chart", "rmse_distribution")
+                       S.SIM_REPEAT_CHART, "rmse_distribution")
     wide = runs.pivot(index="rep", columns="method", values="intercept")
     wins = float((wide["partial"] < wide["no"]).mean())
     summary = runs.groupby("method")[["intercept", "slope"]].mean().reindex(list(METHOD_NAMES))
@@ -178,11 +178,10 @@ def _simulated_groups(lecture: bool) -> None:
         else:
             def build():
                 return charts.shrinkage_1d(est, lecture, truth=truth)
-        charts.show_cached(("sim_shrinkage", random) + key, build, "simulate.shrinkage", "simulated_shrinkage")
+        charts.show_cached(("sim_shrinkage", random) + key, build, S.SIM_SHRINKAGE_CHART, "simulated_shrinkage")
     # The panels cost more to draw than everything else on the tab: in an expander (open by
     # default) whose content runs only while it is open.
-    if S.SIM_PANELS_OPEN not in st.session_state:
-        st.session_state[S.SIM_PANELS_OPEN] = True
+    st.session_state.setdefault(S.SIM_PANELS_OPEN, True)
     box = st.expander("The groups: data, the three lines and the true line", key=S.SIM_PANELS_OPEN,
                       on_change="rerun")
     if box.open:
@@ -193,13 +192,13 @@ def _simulated_groups(lecture: bool) -> None:
             charts.show_cached(("sim_panels", tuple(view)) + key,
                                lambda: charts.pooling_panels(data, est, view, few, lecture, ncols=3 if lecture else 4,
                                                              truth=truth),
-                               "simulate.panels", "simulated_pooling")
+                               S.SIM_PANELS_CHART, "simulated_pooling")
             if len(groups) > len(view):
                 st.caption(f"The first {len(view)} of {len(groups)} groups; the table and the shrinkage plot "
                            "use all.")
-    copies_section(fit, "y", lecture, ("simulate",) + key, S.SIM_COPIES_OPEN)
+    copies_section(fit, "y", lecture, key, "simulate")
     st.download_button("Download the simulated data (CSV)", data.to_csv(index=False).encode("utf-8"),
-                       file_name="simulated.csv", mime="text/csv", key="simulate.download")
+                       file_name="simulated.csv", mime="text/csv", key=S.SIM_DOWNLOAD)
     _repeat(settings, preset, seed, random)
 
 
@@ -259,7 +258,7 @@ def _cross_validation(lecture: bool) -> None:
         st.warning(f"Cross-validation refits the mixed model once per split; on this page it runs for tables "
                    f"under {limit:,} rows (this one has {len(data.df):,}).")
         return
-    if st.button("Run cross-validation", key="simulate.cv_run", type="primary"):
+    if st.button("Run cross-validation", key=S.SIM_CV_RUN, type="primary"):
         bar, progress = progress_bar("splits", every=2)
         with guard("cross-validation"):
             table = lmmcore.cross_validate(data.df, response, predictor, group, random=random, scheme=scheme,
@@ -273,7 +272,7 @@ def _cross_validation(lecture: bool) -> None:
         return
     table = saved[1]
     charts.show_cached(("cv_errors", lecture) + signature, lambda: charts.cv_errors(table, lecture),
-                       "simulate.cv_chart", "cross_validation")
+                       S.SIM_CV_CHART, "cross_validation")
     show_table(table.rename(index=METHOD_NAMES).rename(columns={"rmse": "prediction RMSE",
                                                                  "n": "predictions made"}))
     best = table["rmse"].idxmin()

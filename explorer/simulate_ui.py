@@ -47,16 +47,27 @@ def study(settings: tuple, preset: str | None, seed: int, random: str) -> Study:
     return Study(data, truth, est, lmmcore.pooling_error(est, truth))
 
 
-def copies_section(fit, response: str, lecture: bool, cache_key: tuple, open_key: str,
-                   expanded: bool = False) -> None:
+class CopiesKeys(NamedTuple):
+    """The widget keys of one page's "Simulate from this fit" (constants in explorer.state)."""
+    open: str
+    new: str
+    chart: str
+
+
+COPIES_KEYS = {"simulate": CopiesKeys(S.SIM_COPIES_OPEN, S.SIM_COPIES_NEW, S.SIM_COPIES_CHART),
+               "model": CopiesKeys(S.MODEL_COPIES_OPEN, S.MODEL_COPIES_NEW, S.MODEL_CHART_COPIES)}
+
+
+def copies_section(fit, response: str, lecture: bool, cache_key: tuple, page: str) -> None:
     """An expander "Simulate from this fit": the observed response by group beside ``COPIES``
     data sets simulated from ``fit`` (``MixedFit.simulate``), a posterior-predictive-style
-    check of the model's assumptions.  Its content runs only while it is open (``open_key``
-    holds that state): closed, it costs a page run nothing."""
+    check of the model's assumptions.  ``page`` ("simulate" or "model") picks the widget keys
+    (:data:`COPIES_KEYS`).  Its content runs only while it is open: closed, it costs a page
+    run nothing."""
     ss = st.session_state
-    if open_key not in ss:
-        ss[open_key] = bool(expanded)
-    box = st.expander("Simulate from this fit", key=open_key, on_change="rerun")
+    keys = COPIES_KEYS[page]
+    ss.setdefault(keys.open, False)
+    box = st.expander("Simulate from this fit", key=keys.open, on_change="rerun")
     if not box.open:
         return
     term = fit.design.random_terms[0]
@@ -74,7 +85,7 @@ def copies_section(fit, response: str, lecture: bool, cache_key: tuple, open_key
         def new_copies():
             ss[S.SIM_COPIES_SEED] = int(ss.get(S.SIM_COPIES_SEED, 1)) + 1
 
-        c2.button("New copies", key=f"simulate.copies_new.{cache_key[0]}", on_click=new_copies)
+        c2.button("New copies", key=keys.new, on_click=new_copies)
         seed = int(ss.get(S.SIM_COPIES_SEED, 1))
 
         def build():
@@ -84,7 +95,7 @@ def copies_section(fit, response: str, lecture: bool, cache_key: tuple, open_key
                 panels[f"simulated copy {j + 1}"] = (groups, sims.iloc[:, j].to_numpy()[keep])
             return charts.simulated_copies(panels, term.group_name, response, lecture)
 
-        charts.show_cached(("simulated_copies", seed, lecture) + cache_key, build,
-                           f"simulate.copies_chart.{cache_key[0]}", "simulated_copies")
+        charts.show_cached(("simulated_copies", page, seed, lecture) + cache_key, build, keys.chart,
+                           "simulated_copies")
         if len(levels) > len(shown):
             st.caption(f"The first {len(shown)} of {len(levels)} levels of {term.group_name} are shown.")

@@ -145,14 +145,14 @@ def test_model_page_simulates_from_the_fit():
     assert _problems(at) == []
     # closed (the default) it draws nothing; opened, the copies
     assert not [f for f in _figures(at) if any("panel" in (t.get("meta") or {}) for t in f["data"])]
-    at.session_state["simulate.copies_open_model"] = True
+    at.session_state["model.copies_open"] = True
     at.run()
     figs = [f for f in _figures(at) if any("panel" in (t.get("meta") or {}) for t in f["data"])]
     assert len(figs) == 1
     panels = [t["meta"]["panel"] for t in figs[0]["data"]]
     assert panels == ["observed data", "simulated copy 1", "simulated copy 2", "simulated copy 3"]
     before = figs[0]["data"][1]["y"]
-    at.button(key="simulate.copies_new.model").click().run()
+    at.button(key="model.copies_new").click().run()
     after = [f for f in _figures(at) if any("panel" in (t.get("meta") or {}) for t in f["data"])][0]
     assert not np.array_equal(_arr(after["data"][1]["y"]), _arr(before))
     np.testing.assert_array_equal(_arr(after["data"][0]["y"]), _arr(figs[0]["data"][0]["y"]))

@@ -315,9 +315,10 @@ def test_hostile_text_is_refused_fast(text):
     start = time.perf_counter()
     with pytest.raises(FormulaError) as info:
         parse_formula(text)
-    # Generous on purpose (shared CI machines): refusing takes well under a millisecond;
-    # what this guards against is quadratic or exponential work, which takes seconds.
-    assert time.perf_counter() - start < 0.5
+    # A hang guard, not a stopwatch (shared CI machines): refusing takes microseconds, which
+    # `make bench` prints per text (bench/bench_app.py); quadratic or exponential work on
+    # these lengths would take far longer than this bound.
+    assert time.perf_counter() - start < 2.0
     assert len(str(info.value)) < 400
 
 
