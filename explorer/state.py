@@ -81,6 +81,9 @@ MODEL_CHART_OBSERVED = "model.chart_observed"
 MODEL_CHART_RESIDUALS = "model.chart_residuals"
 MODEL_CHART_QQ = "model.chart_qq"
 MODEL_CHART_CATERPILLAR = "model.chart_caterpillar"
+MODEL_EQUATION_OF = "model.equation_of"        # "lmer" or "lm": whose equation the Equation tab shows
+MODEL_CHART_CONDITION_FIT = "model.chart_condition_fit"      # paired tab: lm points, lmer lines
+MODEL_CHART_CONDITION_RESID = "model.chart_condition_resid"  # paired tab: residuals of each
 
 # build: the model page's formula builder (all dropped at once when the formula is typed)
 BUILD_PREFIX = "build."

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 import lmmcore
 from lmmcore import teaching
-from lmmcore.formula import compose_formula
+from lmmcore import compose_formula
 from explorer.pages import by_name, names
 
 ROOT = Path(__file__).resolve().parent.parent
