@@ -1,5 +1,6 @@
 """Simulate page: data with the truth known (does partial pooling really win?), the same study
-repeated 200 times beside the theory, and cross-validation of the three poolings on any dataset."""
+repeated 200 times beside the theory, cross-validation of the three poolings on any dataset,
+and power by simulation for subjects x two conditions."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from explorer.settings import load_settings
 from explorer.simulate_ui import copies_section, progress_bar, study
 from explorer.tables import table as show_table
 
-SECTIONS = ["Simulated groups", "Cross-validation"]
+SECTIONS = ["Simulated groups", "Cross-validation", "Power"]
 METHOD_NAMES = {"complete": "complete pooling", "no": "no pooling", "partial": "partial pooling"}
 RANDOM_LABELS = {"intercept+slope": "intercept and slope vary by group", "intercept": "intercept only"}
 # setting -> (label, min, max, step, help); the keys are S.SIM_SETTING_KEYS[setting]
@@ -282,6 +283,56 @@ def _cross_validation(lecture: bool) -> None:
                    "it has nothing to say about a group absent from the training rows.")
 
 
+POWER_SLIDERS = {
+    "n_subjects": ("Subjects", 2, 100, 1),
+    "n_trials": ("Trials per subject and condition", 1, 20, 1),
+    "effect": ("True effect (B − A)", 0.0, 5.0, 0.05),
+    "sd_subject": ("Subject SD", 0.0, 5.0, 0.05),
+    "sigma": ("Residual SD", 0.1, 5.0, 0.05),
+    "n_sims": ("Simulated studies", 50, 1000, 50),
+}
+
+
+def _power(lecture: bool) -> None:
+    ss = st.session_state
+    st.markdown("Every subject is measured in conditions A and B. For a true effect, a subject SD and a residual "
+                "SD, many studies are simulated; each is tested with the mixed model `y ~ condition + (1 | subject)` "
+                "(lmerTest's Satterthwaite t-test) and with the paired t-test on the subjects' means. **Power** is "
+                "the share of studies in which a test finds p < .05.")
+    cols = st.columns(3)
+    for i, (name, (label, lo, hi, step)) in enumerate(POWER_SLIDERS.items()):
+        cols[i % 3].slider(label, lo, hi, step=step, key=S.SIM_POWER_KEYS[name])
+    settings = {name: ss[key] for name, key in S.SIM_POWER_KEYS.items()}
+    signature = tuple(sorted(settings.items())) + (int(ss[S.SIM_SEED]),)
+    if st.button("Simulate the studies", key=S.SIM_POWER_RUN, type="primary"):
+        bar, progress = progress_bar("studies", every=5)
+        with guard("power simulation"):
+            out = lmmcore.simulate_power(settings["n_subjects"], settings["effect"], settings["sd_subject"],
+                                         settings["sigma"], n_trials=settings["n_trials"],
+                                         n_sims=settings["n_sims"], seed=int(ss[S.SIM_SEED]), progress=progress)
+            ss[S.SIM_POWER_RESULT] = (signature, out)
+        bar.empty()
+    saved = ss.get(S.SIM_POWER_RESULT)
+    if not saved or saved[0] != signature:
+        st.caption("Press the button to run it (the seed is the one on the first tab).")
+        return
+    out = saved[1]
+    c1, c2, c3 = st.columns(3)
+    for col, (row, label) in zip((c1, c2, c3), (("lmer", "lmer (Satterthwaite) detects"),
+                                                ("paired t", "paired t-test detects"),
+                                                ("singular", "singular lmer fits"))):
+        col.metric(label, f"{out.loc[row, 'share']:.1%}", help=f"± {1.96 * out.loc[row, 'mc_se']:.1%} (95% Monte Carlo)")
+    n = int(settings["n_sims"])
+    st.markdown(f"**Monte Carlo error**: with {n} simulated studies each share is uncertain by about "
+                f"±{1.96 * out.loc['lmer', 'mc_se']:.1%} (1.96 × √(p(1 − p)/{n})); more studies narrow it.")
+    if settings["n_trials"] == 1:
+        st.caption("With one trial per condition the lmer test is the paired t-test: they differ only where the fit "
+                   "is singular (the subject SD estimated as 0), where lmer tests as if the subjects did not differ.")
+    st.warning("Power belongs to a design and an assumed true effect, before the data exist. Do not compute "
+               "\"observed power\" from a study's own estimate: it is a function of the p-value and says nothing "
+               "new about it.", icon=":material/report:")
+
+
 def render() -> None:
     ss = st.session_state
     lecture = bool(ss.get(S.APP_LECTURE))
@@ -298,6 +349,9 @@ def render() -> None:
     if tabs[1].open:
         with tabs[1], guard("cross-validation"):
             _cross_validation(lecture)
+    if tabs[2].open:
+        with tabs[2], guard("power"):
+            _power(lecture)
 
 
 render()

@@ -153,6 +153,18 @@ SIM_CV_SEED = "simulate.cv_seed"
 SIM_CV_RUN = "simulate.cv_run"
 SIM_CV_RESULT = "simulate.cv_result"  # (choices signature, cross_validate table) of the last run
 SIM_CV_CHART = "simulate.cv_chart"
+SIM_POWER_SUBJECTS = "simulate.power_subjects"  # the Power tab's sliders (SIM_POWER_KEYS)
+SIM_POWER_TRIALS = "simulate.power_trials"
+SIM_POWER_EFFECT = "simulate.power_effect"
+SIM_POWER_SD_SUBJECT = "simulate.power_sd_subject"
+SIM_POWER_SIGMA = "simulate.power_sigma"
+SIM_POWER_SIMS = "simulate.power_sims"
+SIM_POWER_RUN = "simulate.power_run"
+SIM_POWER_RESULT = "simulate.power_result"  # (settings signature, simulate_power table) of the last run
+SIM_POWER_KEYS = {
+    "n_subjects": SIM_POWER_SUBJECTS, "n_trials": SIM_POWER_TRIALS, "effect": SIM_POWER_EFFECT,
+    "sd_subject": SIM_POWER_SD_SUBJECT, "sigma": SIM_POWER_SIGMA, "n_sims": SIM_POWER_SIMS,
+}
 SIM_SETTING_KEYS = {
     "n_groups": SIM_N_GROUPS, "n_per_group": SIM_N_PER_GROUP, "imbalance": SIM_IMBALANCE,
     "intercept": SIM_INTERCEPT, "slope": SIM_SLOPE, "sd_intercept": SIM_SD_INTERCEPT, "sd_slope": SIM_SD_SLOPE,
@@ -172,7 +184,7 @@ PERSISTENT = (
     MODEL_DDF,
     *SIM_SETTING_KEYS.values(), SIM_PRESET, SIM_SEED, SIM_RANDOM, SIM_SECTION, SIM_CV_RESPONSE,
     SIM_CV_PREDICTOR, SIM_CV_GROUP, SIM_CV_RANDOM, SIM_CV_SCHEME, SIM_CV_K, SIM_CV_FRACTION, SIM_CV_SPLITS,
-    SIM_CV_SEED, SIM_COPIES_OPEN, MODEL_COPIES_OPEN, SIM_PANELS_OPEN,
+    SIM_CV_SEED, SIM_COPIES_OPEN, MODEL_COPIES_OPEN, SIM_PANELS_OPEN, *SIM_POWER_KEYS.values(),
 )
 
 
@@ -238,7 +250,8 @@ def simulation_defaults(preset: str | None = None) -> dict:
         # closest to the truth); seed 1 is a draw where no pooling wins the intercepts.
         values.update({SIM_PRESET: "none", SIM_SEED: 2, SIM_RANDOM: "intercept+slope", SIM_CV_SCHEME: "loo",
                        SIM_CV_K: 10, SIM_CV_FRACTION: 0.2, SIM_CV_SPLITS: 50, SIM_CV_SEED: 1,
-                       SIM_COPIES_SEED: 1})
+                       SIM_COPIES_SEED: 1, SIM_POWER_SUBJECTS: 20, SIM_POWER_TRIALS: 1, SIM_POWER_EFFECT: 0.5,
+                       SIM_POWER_SD_SUBJECT: 1.0, SIM_POWER_SIGMA: 1.0, SIM_POWER_SIMS: 200})
     return values
 
 

@@ -19,6 +19,7 @@ Public API (tests, pages and tools rely on these names):
   formulas, per-method table, group sizes, shrinkage); ``shrinkage_sd``, ``re_contours``
 - ``simulate_groups``, ``simulate_scenario``, ``pooling_error``, ``repeat_pooling_error``,
   ``known_variance_rmse``: simulated groups with the truth known; ``cross_validate``;
+  ``simulate_power`` (lmer Satterthwaite test vs paired t-test over simulated studies);
   ``MixedFit.simulate(nsim, seed)`` draws new responses from a fit (lme4's ``simulate``)
 - ``model_equation(fit) -> ModelEquation``: the model as the lecture writes it (LaTeX lines,
   symbols with estimates, parameter count = anova's ``npar``)
@@ -40,7 +41,7 @@ __all__ = [
     "lmer", "MixedFit", "lm", "LinearFit", "anova", "format_anova", "r2",
     "pooling_estimates", "PoolingEstimates", "shrinkage_sd", "re_contours", "load_table",
     "simulate_groups", "simulate_scenario", "pooling_error", "repeat_pooling_error",
-    "known_variance_rmse", "cross_validate",
+    "known_variance_rmse", "cross_validate", "simulate_power",
     "model_equation", "compare_lm", "format_lm_comparison", "information_criteria",
 ]
 
@@ -68,6 +69,7 @@ _PUBLIC = {
     "repeat_pooling_error": "lmmcore.simulate",
     "known_variance_rmse": "lmmcore.simulate",
     "cross_validate": "lmmcore.crossval",
+    "simulate_power": "lmmcore.power",
     "model_equation": "lmmcore.equation",
     "compare_lm": "lmmcore.compare",
     "format_lm_comparison": "lmmcore.printing",

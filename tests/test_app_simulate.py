@@ -156,3 +156,17 @@ def test_model_page_simulates_from_the_fit():
     after = [f for f in _figures(at) if any("panel" in (t.get("meta") or {}) for t in f["data"])][0]
     assert not np.array_equal(_arr(after["data"][1]["y"]), _arr(before))
     np.testing.assert_array_equal(_arr(after["data"][0]["y"]), _arr(figs[0]["data"][0]["y"]))
+
+
+def test_power_tab_shows_shares_with_their_monte_carlo_error_and_the_warning():
+    at = _app(**{"simulate.section": "Power", "simulate.power_sims": 50, "simulate.power_subjects": 8})
+    assert _problems(at) == []
+    at.button(key="simulate.power_run").click().run()
+    assert _problems(at) == []
+    table = at.session_state["simulate.power_result"][1]
+    expected = lmmcore.simulate_power(8, 0.5, 1.0, 1.0, n_sims=50, seed=at.session_state["simulate.seed"])
+    np.testing.assert_allclose(table["share"].to_numpy(), expected["share"].to_numpy())
+    assert [m.value for m in at.metric] == [f"{v:.1%}" for v in expected["share"]]
+    text = "\n".join(m.value for m in at.markdown)
+    assert "Monte Carlo error" in text
+    assert any("observed power" in w.value for w in at.warning)
