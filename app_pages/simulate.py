@@ -16,7 +16,7 @@ from explorer import state as S
 from explorer.escape import md
 from explorer.fitting import guard
 from explorer.settings import load_settings
-from explorer.simulate_ui import copies_section, progress_bar, study
+from explorer.simulate_ui import copies_section, run_on_click, study
 from explorer.tables import table as show_table
 
 SECTIONS = ["Simulated groups", "Cross-validation", "Power"]
@@ -118,18 +118,12 @@ def _repeat(settings: dict, preset, seed: int, random: str) -> None:
     st.subheader(f"Repeat the study {REPEATS} times")
     st.markdown("Same design, new random effects and residuals each time; each method's error against "
                 "the truth is recorded. Partial pooling wins **on average**, not every time.")
-    if st.button(f"Repeat {REPEATS} times", key=S.SIM_REPEAT_RUN, type="primary"):
-        bar, progress = progress_bar("runs", every=5)
-        with guard("repeated simulation"):
-            runs = lmmcore.repeat_pooling_error(REPEATS, preset=preset, random=random, seed=seed,
-                                                progress=progress, **settings)
-            ss[S.SIM_REPEATS] = (signature, runs)
-        bar.empty()
-    saved = ss.get(S.SIM_REPEATS)
-    if not saved or saved[0] != signature:
-        st.caption("Press the button to run it (a few seconds).")
+    runs = run_on_click(f"Repeat {REPEATS} times", S.SIM_REPEAT_RUN, S.SIM_REPEATS, signature, "runs",
+                        lambda progress: lmmcore.repeat_pooling_error(REPEATS, preset=preset, random=random,
+                                                                      seed=seed, progress=progress, **settings),
+                        "Press the button to run it (a few seconds).")
+    if runs is None:
         return
-    runs = saved[1]
     reference, broken = _reference(settings, preset)
     lecture = bool(ss.get(S.APP_LECTURE))
     charts.show_cached(("rmse_distribution", "intercept", lecture) + signature,
@@ -259,19 +253,13 @@ def _cross_validation(lecture: bool) -> None:
         st.warning(f"Cross-validation refits the mixed model once per split; on this page it runs for tables "
                    f"under {limit:,} rows (this one has {len(data.df):,}).")
         return
-    if st.button("Run cross-validation", key=S.SIM_CV_RUN, type="primary"):
-        bar, progress = progress_bar("splits", every=2)
-        with guard("cross-validation"):
-            table = lmmcore.cross_validate(data.df, response, predictor, group, random=random, scheme=scheme,
-                                           progress=progress, **options)
-            ss[S.SIM_CV_RESULT] = (signature, table)
-        bar.empty()
-    saved = ss.get(S.SIM_CV_RESULT)
-    if not saved or saved[0] != signature:
-        st.caption("Press the button to run it (leave-one-out fits one lmer per row: a few seconds for "
-                   "sleepstudy).")
+    table = run_on_click("Run cross-validation", S.SIM_CV_RUN, S.SIM_CV_RESULT, signature, "splits",
+                         lambda progress: lmmcore.cross_validate(data.df, response, predictor, group, random=random,
+                                                                 scheme=scheme, progress=progress, **options),
+                         "Press the button to run it (leave-one-out fits one lmer per row: a few seconds for "
+                         "sleepstudy).")
+    if table is None:
         return
-    table = saved[1]
     charts.show_cached(("cv_errors", lecture) + signature, lambda: charts.cv_errors(table, lecture),
                        S.SIM_CV_CHART, "cross_validation")
     show_table(table.rename(index=METHOD_NAMES).rename(columns={"rmse": "prediction RMSE",
@@ -304,19 +292,14 @@ def _power(lecture: bool) -> None:
         cols[i % 3].slider(label, lo, hi, step=step, key=S.SIM_POWER_KEYS[name])
     settings = {name: ss[key] for name, key in S.SIM_POWER_KEYS.items()}
     signature = tuple(sorted(settings.items())) + (int(ss[S.SIM_SEED]),)
-    if st.button("Simulate the studies", key=S.SIM_POWER_RUN, type="primary"):
-        bar, progress = progress_bar("studies", every=5)
-        with guard("power simulation"):
-            out = lmmcore.simulate_power(settings["n_subjects"], settings["effect"], settings["sd_subject"],
-                                         settings["sigma"], n_trials=settings["n_trials"],
-                                         n_sims=settings["n_sims"], seed=int(ss[S.SIM_SEED]), progress=progress)
-            ss[S.SIM_POWER_RESULT] = (signature, out)
-        bar.empty()
-    saved = ss.get(S.SIM_POWER_RESULT)
-    if not saved or saved[0] != signature:
-        st.caption("Press the button to run it (the seed is the one on the first tab).")
+    out = run_on_click("Simulate the studies", S.SIM_POWER_RUN, S.SIM_POWER_RESULT, signature, "studies",
+                       lambda progress: lmmcore.simulate_power(
+                           settings["n_subjects"], settings["effect"], settings["sd_subject"], settings["sigma"],
+                           n_trials=settings["n_trials"], n_sims=settings["n_sims"], seed=int(ss[S.SIM_SEED]),
+                           progress=progress),
+                       "Press the button to run it (the seed is the one on the first tab).")
+    if out is None:
         return
-    out = saved[1]
     c1, c2, c3 = st.columns(3)
     for col, (row, label) in zip((c1, c2, c3), (("lmer", "lmer (Satterthwaite) detects"),
                                                 ("paired t", "paired t-test detects"),

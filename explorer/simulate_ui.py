@@ -30,6 +30,28 @@ def progress_bar(unit: str, every: int = 1):
     return bar, progress
 
 
+def run_on_click(label: str, key: str, result_key: str, signature: tuple, unit: str, compute,
+                 hint: str):
+    """A button that runs ``compute(progress)`` with a progress bar (lmmcore's messages shown
+    by :func:`explorer.fitting.guard`) and keeps ``(signature, result)`` under ``result_key``.
+
+    Returns the kept result when it belongs to ``signature`` (the current choices), else
+    None after showing ``hint``: a result is never shown for other settings than its own."""
+    from explorer.fitting import guard
+
+    ss = st.session_state
+    if st.button(label, key=key, type="primary"):
+        bar, progress = progress_bar(unit, every=2)
+        with guard(label):
+            ss[result_key] = (signature, compute(progress))
+        bar.empty()
+    saved = ss.get(result_key)
+    if not saved or saved[0] != signature:
+        st.caption(hint)
+        return None
+    return saved[1]
+
+
 class Study(NamedTuple):
     """One simulated study and what the page shows of it."""
     data: pd.DataFrame
