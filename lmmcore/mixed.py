@@ -19,7 +19,7 @@ import pandas as pd
 from lmmcore import deviance as _dev
 from lmmcore.design import check_grouping_factor
 from lmmcore.errors import DataError, FitError
-from lmmcore.optimize import check_convergence, minimize_theta
+from lmmcore.optimize import check_convergence, minimize_theta, theta_space
 from lmmcore.rformat import format_matrix, format_numbers, print_named, r_round, zapsmall
 from lmmcore.structure import MixedDesign
 
@@ -114,13 +114,21 @@ def fit_design(design: MixedDesign, reml: bool = True, data_name: str = "data") 
 def _fit_design(design: MixedDesign, reml: bool, data_name: str) -> "MixedFit":
     _check_design(design)
     cp = _dev.cross_products(design)
+    return _fit_cross_products(design, cp, reml, data_name)
+
+
+def _fit_cross_products(design: MixedDesign, cp, reml: bool, data_name: str,
+                        theta0=None) -> "MixedFit":
+    """Minimise the profiled criterion of ``cp`` (from ``theta0``, lme4's start if None),
+    check the optimum as lme4 does and package it."""
     dev = _dev.ProfiledDeviance(cp, reml)
-    lower = dev.lower()
-    theta, value, record = minimize_theta(dev, dev.start(), lower)
+    space = theta_space(cp.layouts)
+    theta, value, record = minimize_theta(dev, space, theta0)
     if not np.isfinite(value):
         raise FitError("The model could not be fitted: the response is fitted exactly by the "
                        "fixed effects, so there is no residual variation to split up.")
-    check = check_convergence(dev, theta, value, lower, record.final_gradient)
+    check = check_convergence(dev, theta, value, space.lower, record.final_gradient,
+                              record.final_hessian)
     sol = _dev.solve(cp, theta, reml)
     return MixedFit(design, bool(reml), cp, sol, record, check, data_name)
 
