@@ -642,7 +642,7 @@ def factorize(cp: CrossProducts, theta) -> Factor:
         c1 = cp.C1 * (t * L11inv)
     else:
         S = T1.T @ cp.A11 @ T1                        # T' A_j T for every level j
-        S[:, np.arange(k1), np.arange(k1)] += 1.0
+        S += np.eye(k1)
         L11 = _batched_cholesky(S)
         L11inv = _batched_lower_inverse(L11)
         c1 = L11inv @ (T1.T @ cp.C1)
@@ -1040,31 +1040,32 @@ class ProfiledDeviance:
     def n_theta(self) -> int:
         return self.cp.n_theta
 
-    def factor(self, theta):
-        """The factor at ``theta`` (None where it does not exist), kept for the next call:
-        an optimiser that asks for the value first and the gradient only for an accepted
-        step pays one factorization."""
+    def _evaluate(self, theta):
+        """``(factor or None, value)`` at ``theta``, kept for the next call: an optimiser
+        that asks for the value first and the gradient only for an accepted step pays one
+        factorization."""
         theta = np.array(theta, dtype=float)
+        key = theta.tobytes()
         last = self._last
-        if last is not None and np.array_equal(last[0], theta):
-            return last[1]
+        if last is not None and last[0] == key:
+            return last[1], last[2]
         f = self.rep.factor(theta)
-        self._last = (theta, f)
-        return f
+        val = (float("inf") if f is None else
+               profiled_criterion(f.logdet, f.LM, self.cp.n, self.cp.p, self.reml))
+        self._last = (key, f, val)
+        return f, val
+
+    def factor(self, theta):
+        """The factor at ``theta`` (None where it does not exist)."""
+        return self._evaluate(theta)[0]
 
     def __call__(self, theta) -> float:
-        f = self.factor(theta)
-        if f is None:
-            return float("inf")
-        return profiled_criterion(f.logdet, f.LM, self.cp.n, self.cp.p, self.reml)
+        return self._evaluate(theta)[1]
 
     def value_and_gradient(self, theta):
         """``(value, gradient)``; the gradient is None when only finite differences work."""
-        f = self.factor(theta)
-        if f is None:
-            return float("inf"), None
-        val = profiled_criterion(f.logdet, f.LM, self.cp.n, self.cp.p, self.reml)
-        if not np.isfinite(val):
+        f, val = self._evaluate(theta)
+        if f is None or not np.isfinite(val):
             return val, None
         return val, self.rep.gradient(f, self.reml)
 

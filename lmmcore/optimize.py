@@ -22,6 +22,7 @@ as ``deriv12``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,25 +139,27 @@ class _Tracked:
         self.best_theta = None
         self.best_value = np.inf
         self.best_gradient = None
+        self._best_signs = None
 
     def __call__(self, theta):
         theta = np.array(theta, dtype=float)
         val = float(self.fun(theta))
-        theta = self.signs(theta) * theta
+        s = self.signs(theta)
+        theta = s * theta
         self.thetas.append(theta)
         self.values.append(val)
         if val < self.best_value:
             # its gradient, if wanted, comes later through attach_gradient()
             self.best_value, self.best_theta, self.best_gradient = val, theta, None
+            self._best_signs = s
         return val
 
     def attach_gradient(self, theta, gradient):
         """The gradient at the last recorded theta (computed after its value)."""
-        s = self.signs(theta)
-        theta = s * np.asarray(theta, float)
-        gradient = s * gradient
-        if self.best_theta is not None and np.array_equal(theta, self.best_theta):
-            self.best_gradient = gradient
+        if self.best_theta is not None:
+            s = self._best_signs
+            if np.array_equal(s * np.asarray(theta, float), self.best_theta):
+                self.best_gradient = s * gradient
 
 
 def _fd_value_and_gradient(f, x, h):
@@ -205,7 +208,7 @@ def _fd_hessian(grad_at, x, g, delta=HESSIAN_STEP):
     return 0.5 * (H + H.T)
 
 
-def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None):
+def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None, H0=None):
     """Unconstrained BFGS (full k x k Hessian approximation) with a backtracking line search.
 
     The first step has unit length along -g (L-BFGS-B's choice), after which the
@@ -215,11 +218,14 @@ def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None):
     below ``DECREMENT_TOL`` (the test that ends Newton's method), which near the optimum
     is reached one superlinear step after the objective stops changing.
 
+    ``H0``: a positive definite Hessian approximation at x0 to start from (a warm
+    start's curvature) instead of the scaled identity.
+
     Returns (x, f, g, H, converged, message); H is the Hessian approximation at x.
     """
     x, f, g = x0, f0, g0
-    H = np.eye(x.size) * max(float(np.linalg.norm(g)), 1e-8)
-    first = True
+    first = H0 is None
+    H = np.eye(x.size) * max(float(np.linalg.norm(g)), 1e-8) if first else H0
     for _ in range(max_iter):
         p = -np.linalg.solve(H, g)
         decrement = -0.5 * float(g @ p)            # predicted decrease of the quadratic model
@@ -261,7 +267,7 @@ def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None):
         fn, gn = value_and_gradient(xn)
         s_, y_ = xn - x, gn - g
         sy = float(s_ @ y_)
-        if sy > 1e-12 * float(np.linalg.norm(s_) * np.linalg.norm(y_)):
+        if sy > 1e-12 * math.sqrt(float(s_ @ s_) * float(y_ @ y_)):
             if first:
                 H = np.eye(x.size) * (float(y_ @ y_) / sy)
                 first = False
@@ -271,7 +277,7 @@ def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None):
     return x, f, g, H, False, "iteration limit reached"
 
 
-def minimize_theta(fun, space: ThetaSpace, theta0=None):
+def minimize_theta(fun, space: ThetaSpace, theta0=None, hessian0=None):
     """Minimise ``fun(theta)`` subject to lme4's bounds ``theta >= space.lower``.
 
     Parameters
@@ -285,6 +291,11 @@ def minimize_theta(fun, space: ThetaSpace, theta0=None):
     theta0 : array_like, optional
         Where to start: lme4's start (``space.start``) if None; a warm start (e.g. the
         theta of a fit to similar data) saves evaluations.
+    hessian0 : ndarray, optional
+        The Hessian in theta at (or near) ``theta0``, e.g. ``record.final_hessian`` of
+        the fit that gave ``theta0``: BFGS starts with that curvature, so a warm start
+        near the optimum takes Newton-like steps from the first one.  Used only when
+        positive definite.
 
     Returns
     -------
@@ -336,9 +347,13 @@ def minimize_theta(fun, space: ThetaSpace, theta0=None):
     def value_z(z):
         return value_only(theta_of(z))
 
+    z_probe = math.asinh(ZERO_PROBE / SINH_SCALE)
+
     def zero_probe(z_old, z_new):
         """z_new with diagonal elements set to 0 that fell by a quarter or more to below
         ZERO_PROBE in theta; None when there are none."""
+        if not (diagonal & (np.abs(z_new) < z_probe)).any():
+            return None
         t_old, t_new = np.abs(theta_of(z_old)), np.abs(theta_of(z_new))
         falling = diagonal & (t_new < ZERO_PROBE) & (t_new < 0.75 * t_old) & (z_new != 0)
         if not falling.any():
@@ -360,7 +375,20 @@ def minimize_theta(fun, space: ThetaSpace, theta0=None):
         s = space.canonical_signs(t)
         return np.outer(s, s) * H
 
-    def run(start):
+    def z_hessian(z, H):
+        """A Hessian in theta as a starting approximation in z: D H D (D = dtheta/dz);
+        None unless positive definite."""
+        if H is None:
+            return None
+        d = np.where(diagonal, SINH_SCALE * np.cosh(z), 1.0)
+        Hz = np.asarray(H, float) * np.outer(d, d)
+        try:
+            np.linalg.cholesky(Hz)
+        except np.linalg.LinAlgError:
+            return None
+        return Hz
+
+    def run(start, H0=None):
         # BFGS works on z with theta = SINH_SCALE sinh(z) for the diagonal elements (see
         # Notes), theta = z off the diagonal
         z0 = np.where(diagonal, np.arcsinh(np.asarray(start, float) / SINH_SCALE), start)
@@ -368,11 +396,15 @@ def minimize_theta(fun, space: ThetaSpace, theta0=None):
             return False, "the objective cannot be evaluated at the start", None
         f0, g0 = value_and_gradient_z(z0)
         z, _, g, H, ok, msg = _bfgs(value_z, value_and_gradient_z, z0, f0, g0,
-                                    zero_probe=zero_probe)
+                                    zero_probe=zero_probe, H0=z_hessian(z0, H0))
         end = space.canonical_signs(theta_of(z)) * theta_of(z)
         return ok, msg, (end, theta_hessian(z, g, H))
 
-    converged, message, end = run(theta0)
+    if hessian0 is not None:
+        # the Hessian of a canonical theta0 maps to the sign pattern BFGS starts from
+        s0 = space.canonical_signs(theta0)
+        hessian0 = np.outer(s0, s0) * np.asarray(hessian0, float)
+    converged, message, end = run(theta0, hessian0)
     if tracked.best_theta is None:                  # inf everywhere tried: nothing to check
         tracked.best_theta, lower = theta0.copy(), np.full(theta0.size, -np.inf)
     theta, value = tracked.best_theta, tracked.best_value
