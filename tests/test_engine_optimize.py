@@ -110,3 +110,53 @@ def test_cross_products_pickle_without_the_schur_pattern_and_rebuild_it():
     assert back.schur is not None
     theta = np.array([0.7, 0.4, 0.2])
     assert dv.objective(back, theta) == dv.objective(cp, theta)
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_convergence_verdict_from_the_optimizer_equals_the_differences_one(name):
+    """lme4's checkConv from BFGS's own Hessian gives the verdict that a fresh
+    finite-difference Hessian gives (and lme4's: the fixture's messages)."""
+    from lmmcore.optimize import check_convergence
+    fx = load_fixture(name)
+    fit = fit_design(hand_design(name), reml=fx["REML"])
+    dev, rec = fit.deviance_function(), fit.optimizer
+    lower = theta_space(fit._cp.layouts).lower
+    quick = check_convergence(dev, fit.theta, fit.objective, lower, rec.final_gradient,
+                              rec.final_hessian)
+    slow = check_convergence(dev, fit.theta, fit.objective, lower)
+    assert quick.hessian_source == ("" if fx["singular"] else "optimizer")
+    assert (quick.converged, quick.singular, quick.lme4_messages) == \
+        (slow.converged, slow.singular, slow.lme4_messages)
+    assert list(quick.lme4_messages) == fx["lme4_messages"]
+    if not fx["singular"]:
+        np.testing.assert_allclose(np.linalg.eigvalsh(rec.final_hessian),
+                                   np.linalg.eigvalsh(gradient_hessian(dev, fit.theta, fit.objective)[1]),
+                                   rtol=0.1)
+
+
+def test_non_converged_reference_cases_get_lme4_hessian_verdicts():
+    """lme4 flags sleepstudy with Days x100 / x1000 (tests/fixtures/engine/
+    make_nonconverged.R): a very large eigenvalue, and a large eigenvalue ratio at x1000.
+    The Hessian messages are the same here (from differences: the optimizer's Hessian is
+    not trusted near lme4's thresholds); lme4's max|grad| message comes from BOBYQA
+    stopping early, and our optimum is lower."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from lmmcore.mixed import lmer
+    root = Path(__file__).resolve().parent
+    refs = json.loads((root / "fixtures" / "engine" / "nonconverged.json").read_text())
+    data = pd.read_csv(root.parent / "data" / "sleepstudy.csv")
+    data["Subject"] = data["Subject"].astype(str)
+    for ref in refs:
+        fit = lmer(ref["formula"], data.assign(Dayx=data["Days"] * ref["scale"]))
+        assert not fit.converged and not fit.is_singular
+        assert fit._check.hessian_source == "finite differences"
+        assert fit.objective <= ref["objective"]
+        hessian_msgs = [m for m in ref["messages"] if not m.startswith("Model failed to converge with")]
+        assert fit.lme4_messages == hessian_msgs
+        np.testing.assert_allclose(np.linalg.eigvalsh(gradient_hessian(
+            fit.deviance_function(), fit.theta, fit.objective)[1])[0],
+            min(ref["hessian_eigenvalues"]), rtol=0.2)
