@@ -452,33 +452,30 @@ def _chol_or_none(M):
 # ---------------------------------------------------------------------------
 # batched k x k helpers for the lead term (closed forms for k = 1, 2: the common cases)
 
-def _batched_cholesky(S: np.ndarray):
-    """Lower Cholesky factors of m symmetric k x k blocks; None if one is not PD."""
-    k = S.shape[-1]
+def _lead_blocks(A11: np.ndarray, T: np.ndarray):
+    """``(L11^{-1}, log det A_11)`` for the blocks ``A_j = T'A11_j T + I`` of the lead
+    term, ``L11_j L11_j' = A_j`` (closed forms for k <= 2: the common cases, where a
+    few elementwise operations beat batched LAPACK calls)."""
+    k = T.shape[0]
     if k == 1:
-        return np.sqrt(S)
+        t = T[0, 0]
+        d = A11 * (t * t) + 1.0
+        return 1.0 / np.sqrt(d), float(np.log(d).sum())
+    S = T.T @ A11 @ T                                 # T' A11_j T for every level j
     if k == 2:
-        L = np.zeros_like(S)
-        l00 = np.sqrt(S[:, 0, 0])
-        l10 = S[:, 1, 0] / l00
-        L[:, 0, 0] = l00
-        L[:, 1, 0] = l10
-        L[:, 1, 1] = np.sqrt(S[:, 1, 1] - l10 * l10)
-        return L
-    return np.linalg.cholesky(S)
-
-
-def _batched_lower_inverse(L: np.ndarray) -> np.ndarray:
-    k = L.shape[-1]
-    if k == 1:
-        return 1.0 / L
-    if k == 2:
-        Li = np.zeros_like(L)
-        Li[:, 0, 0] = 1.0 / L[:, 0, 0]
-        Li[:, 1, 1] = 1.0 / L[:, 1, 1]
-        Li[:, 1, 0] = -L[:, 1, 0] * Li[:, 0, 0] * Li[:, 1, 1]
-        return Li
-    return np.linalg.inv(L)
+        s00, s10, s11 = S[:, 0, 0] + 1.0, S[:, 1, 0], S[:, 1, 1] + 1.0
+        i00 = 1.0 / np.sqrt(s00)
+        l10 = s10 * i00
+        d11 = s11 - l10 * l10                         # L11[1, 1]^2
+        i11 = 1.0 / np.sqrt(d11)
+        Li = np.zeros_like(S)
+        Li[:, 0, 0] = i00
+        Li[:, 1, 0] = -l10 * i00 * i11
+        Li[:, 1, 1] = i11
+        return Li, float(np.log(s00 * d11).sum())
+    S += np.eye(k)
+    L = np.linalg.cholesky(S)
+    return np.linalg.inv(L), 2.0 * float(np.log(np.diagonal(L, axis1=1, axis2=2)).sum())
 
 
 def _batched_gram(Li: np.ndarray) -> np.ndarray:
@@ -532,8 +529,8 @@ class Factor:
     theta : ndarray
     T1 : ndarray (k1, k1)
         Template of the lead term's Lambda block.
-    L11, L11inv : ndarray (m1, k1, k1)
-        Diagonal blocks of L for the lead term and their inverses.
+    L11inv : ndarray (m1, k1, k1)
+        Inverses of the diagonal blocks of L for the lead term.
     lam2 : scipy.sparse.csr_matrix or ndarray or None
         Lambda_2 (a vector when every rest term is scalar).
     L21 : scipy.sparse.csr_matrix or ndarray (q2, q1), or None
@@ -551,7 +548,6 @@ class Factor:
 
     theta: np.ndarray
     T1: np.ndarray
-    L11: np.ndarray
     L11inv: np.ndarray
     lam2: object
     L21: object
@@ -635,18 +631,11 @@ def factorize(cp: CrossProducts, theta) -> Factor:
     lay1 = cp.layouts[cp.lead]
     k1, m1, p = lay1.k, lay1.m, cp.p
     T1 = lay1.template(theta)
+    L11inv, logdet = _lead_blocks(cp.A11, T1)
     if k1 == 1:
-        t = T1[0, 0]
-        L11 = np.sqrt(cp.A11 * (t * t) + 1.0)
-        L11inv = 1.0 / L11
-        c1 = cp.C1 * (t * L11inv)
+        c1 = cp.C1 * (T1[0, 0] * L11inv)
     else:
-        S = T1.T @ cp.A11 @ T1                        # T' A_j T for every level j
-        S += np.eye(k1)
-        L11 = _batched_cholesky(S)
-        L11inv = _batched_lower_inverse(L11)
         c1 = L11inv @ (T1.T @ cp.C1)
-    logdet = 2.0 * float(np.log(np.diagonal(L11, axis1=1, axis2=2)).sum())
     c1f = c1.reshape(m1 * k1, p + 1)
     M = cp.M0 - c1f.T @ c1f
 
@@ -667,7 +656,7 @@ def factorize(cp: CrossProducts, theta) -> Factor:
     LM = _chol_or_none(M)
     if LM is None or not np.isfinite(logdet):
         raise np.linalg.LinAlgError("the Schur complement of [X y] is not positive definite")
-    return Factor(theta, T1, L11, L11inv, lam2, L21, L22, c1, c2, LM, logdet)
+    return Factor(theta, T1, L11inv, lam2, L21, L22, c1, c2, LM, logdet)
 
 
 def _factor_or_none(cp: CrossProducts, theta):

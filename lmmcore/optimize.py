@@ -225,13 +225,17 @@ def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None, 
     """
     x, f, g = x0, f0, g0
     first = H0 is None
-    H = np.eye(x.size) * max(float(np.linalg.norm(g)), 1e-8) if first else H0
+    # the inverse B = H^{-1} is updated (no linear solve per step); H itself is formed
+    # only when returned
+    n = x.size
+    B = np.eye(n) / max(math.sqrt(float(g @ g)), 1e-8) if first else np.linalg.inv(H0)
+    eye = np.eye(n)
     for _ in range(max_iter):
-        p = -np.linalg.solve(H, g)
+        p = -(B @ g)
         decrement = -0.5 * float(g @ p)            # predicted decrease of the quadratic model
         tol = DECREMENT_TOL * (1.0 + abs(f))
         if decrement <= tol:
-            return x, f, g, H, True, "predicted decrease below tolerance"
+            return x, f, g, np.linalg.inv(B), True, "predicted decrease below tolerance"
         big = np.abs(p).max() / (2.0 * max(1.0, np.abs(x).max()))
         if big > 1.0:
             # a step far beyond the scale of theta comes from a poor early Hessian: shorten
@@ -248,8 +252,8 @@ def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None, 
             if fn <= f + 1e-4 * t * slope:           # Armijo: sufficient decrease
                 break
             if t < 1e-10 or (near and trials >= 3):
-                return x, f, g, H, near, ("no further decrease at the rounding level" if near
-                                          else "line search failed")
+                return x, f, g, np.linalg.inv(B), near, (
+                    "no further decrease at the rounding level" if near else "line search failed")
             if np.isfinite(fn):
                 # minimiser of the parabola through f, slope and fn, kept in [0.1 t, 0.5 t]
                 tq = -slope * t * t / (2.0 * (fn - f - slope * t))
@@ -267,14 +271,16 @@ def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None, 
         fn, gn = value_and_gradient(xn)
         s_, y_ = xn - x, gn - g
         sy = float(s_ @ y_)
-        if sy > 1e-12 * math.sqrt(float(s_ @ s_) * float(y_ @ y_)):
+        yy = float(y_ @ y_)
+        if sy > 1e-12 * math.sqrt(float(s_ @ s_) * yy):
             if first:
-                H = np.eye(x.size) * (float(y_ @ y_) / sy)
+                B = eye * (sy / yy)
                 first = False
-            Hs = H @ s_
-            H = H - np.outer(Hs, Hs) / float(s_ @ Hs) + np.outer(y_, y_) / sy
+            # B+ = (I - rho s y') B (I - rho y s') + rho s s', rho = 1 / s'y
+            V = eye - np.outer(s_, y_) / sy
+            B = V @ B @ V.T + np.outer(s_, s_) / sy
         x, f, g = xn, fn, gn
-    return x, f, g, H, False, "iteration limit reached"
+    return x, f, g, np.linalg.inv(B), False, "iteration limit reached"
 
 
 def minimize_theta(fun, space: ThetaSpace, theta0=None, hessian0=None):
