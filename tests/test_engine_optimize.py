@@ -160,3 +160,26 @@ def test_non_converged_reference_cases_get_lme4_hessian_verdicts():
         np.testing.assert_allclose(np.linalg.eigvalsh(gradient_hessian(
             fit.deviance_function(), fit.theta, fit.objective)[1])[0],
             min(ref["hessian_eigenvalues"]), rtol=0.2)
+
+
+def test_fixed_theta_elements_for_a_profile():
+    """A profile point: theta_0 held fixed, the rest optimised from the fit's optimum."""
+    fit = fit_design(hand_design("sleepstudy_slope"), reml=True)
+    dev, space = fit.deviance_function(), theta_space(fit._cp.layouts)
+    at_opt, value, rec = minimize_theta(dev, space, fit.theta, fit.optimizer.final_hessian,
+                                        fixed={0: fit.theta[0]})
+    assert value == pytest.approx(fit.objective, abs=1e-8)
+    np.testing.assert_allclose(at_opt, fit.theta, atol=1e-5)
+    assert rec.path_theta.shape[1] == 3 and np.all(rec.path_theta[:, 0] == fit.theta[0])
+    previous, theta = fit.objective, at_opt
+    for t0 in (1.1, 1.3, 1.6):                        # moving away: the profile rises
+        theta, value, rec = minimize_theta(dev, space, theta, fixed={0: t0})
+        assert theta[0] == t0 and value > previous and rec.converged
+        # no better point with theta_0 = t0 from lme4's start
+        assert value <= minimize_theta(dev, space, fixed={0: t0})[1] + 1e-8
+        previous = value
+    # a fixed off-diagonal (correlation) element
+    theta, value, _ = minimize_theta(dev, space, fit.theta, fixed={1: 0.0})
+    assert theta[1] == 0.0 and value >= fit.objective
+    with pytest.raises(ValueError):
+        minimize_theta(dev, space, fixed={2: -0.5})
