@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
 
-.PHONY: run test bench loadtest clean
+.PHONY: run test bench loadtest image-test clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,21 @@ run: $(VENV)/.runtime
 test: $(VENV)/.dev
 	$(PY) -m pytest
 
+# Build the Dockerfile with podman (no registry: deploy/image/prepare-podman.sh makes the base
+# image from Debian's archive) and check the running container (tests/test_deploy_image.py).
+IMAGE ?= localhost/pooling-explorer:test
+image-test: $(VENV)/.dev
+	bash deploy/image/prepare-podman.sh
+	podman build --format docker -t $(IMAGE) .
+	@podman image inspect $(IMAGE) --format 'image $(IMAGE): {{.Size}} bytes' 2>/dev/null
+	POOLING_IMAGE=$(IMAGE) $(PY) -m pytest -p no:cacheprovider -m image tests/test_deploy_image.py
+
 # The peers (mixedlm, and lme4 when Rscript is installed) are needed only here.
+# bench_app.py: page run times and the app's cost checks (charts per tab, frozen heap).
 bench: $(VENV)/.dev
 	$(PY) -m pip install --quiet -r bench/requirements.txt
 	$(PY) bench/bench_fit.py
+	$(PY) bench/bench_app.py
 
 # 30 simulated students against a local server (scripts/loadtest.py).
 loadtest: $(VENV)/.dev

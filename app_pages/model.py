@@ -1,15 +1,20 @@
 """Model builder page: formula box and builder, lmer and lm fits, lme4's output, saved
-models with anova, diagnostic plots, the paired t-test link and "reproduce this"."""
+models with anova, diagnostic plots, the paired t-test link and "reproduce this".
+
+The page's tabs are the table ``SECTIONS``: a tab is one line there and one function that
+takes the :class:`Fitted` model; only the open tab's function runs."""
 
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import pandas as pd
 import streamlit as st
 
 import lmmcore
 from lmmcore import teaching
-from lmmcore.compare import format_anova
-from lmmcore.formula import compose_formula, decompose_formula
+from lmmcore.printing import format_anova
+from lmmcore.formula_menu import RANDOM_KINDS, RANDOM_LABELS, compose_formula, decompose_formula, random_term
 from explorer import charts
 from explorer import data as D
 from explorer import state as S
@@ -17,39 +22,23 @@ from explorer.escape import md
 from explorer.tables import table as show_table
 from explorer.fitting import fit, guard, summary
 
-B_RESPONSE, B_FIXED, B_INTERACTION = "build.response", "build.fixed", "build.interaction"
-B_GROUPS, B_RANDOM, B_SLOPE, B_GROUPING = "build.groups", "build.random", "build.slope", "build.grouping"
-B_APPLY, B_ERROR = "build.apply", "build.error"
-K_SAVE = "model.save"
-K_RANEF_GROUP = S.MODEL_RANEF_GROUP
-K_CAT_GROUP = S.MODEL_CAT_GROUP
-
 VARCORR_HEADINGS = {"grp": "Groups", "var1": "Name", "var2": "with", "vcov": "Variance / Cov.",
                     "sdcor": "Std.Dev. / Corr."}
-SECTIONS = ["lme4 summary", "Tables", "Plots", "Saved models & anova", "Paired t-test", "Reproduce this"]
-RANDOM_LABELS = {"intercept": "intercept (1 | g)", "slope": "slope only (0 + x | g)",
-                 "both": "intercept and slope (x | g)", "uncorrelated": "both, uncorrelated (x || g)"}
 
 
 # ------------------------------------------------------------------ formula and builder
-
-def _clear_builder() -> None:
-    for k in list(st.session_state.keys()):
-        if str(k).startswith(S.BUILD_PREFIX):
-            del st.session_state[k]
-
 
 def _apply_builder() -> None:
     ss = st.session_state
     try:
         text = compose_formula(
-            ss[B_RESPONSE], fixed=tuple(ss[B_FIXED]), interaction=bool(ss[B_INTERACTION]),
-            groups=tuple(ss[B_GROUPS]), random=ss[B_RANDOM], slope=ss.get(B_SLOPE) or None,
-            grouping=ss[B_GROUPING])
+            ss[S.BUILD_RESPONSE], fixed=tuple(ss[S.BUILD_FIXED]), interaction=bool(ss[S.BUILD_INTERACTION]),
+            groups=tuple(ss[S.BUILD_GROUPS]), random=ss[S.BUILD_RANDOM], slope=ss.get(S.BUILD_SLOPE) or None,
+            grouping=ss[S.BUILD_GROUPING])
     except lmmcore.LmmError as exc:
-        ss[B_ERROR] = str(exc)
+        ss[S.BUILD_ERROR] = str(exc)
         return
-    ss[B_ERROR] = None
+    ss[S.BUILD_ERROR] = None
     ss[S.MODEL_FORMULA] = text
 
 
@@ -66,13 +55,13 @@ def _builder(data) -> None:
     # None for a formula the menus cannot show (a transform, mixed random parts): empty menus.
     choice = decompose_formula(ss.get(S.MODEL_FORMULA, "")) or {}
     defaults = {
-        B_RESPONSE: choice.get("response") if choice.get("response") in numeric else (numeric[-1] if numeric else None),
-        B_FIXED: [c for c in choice.get("fixed", []) if c in cols],
-        B_INTERACTION: bool(choice.get("interaction", False)),
-        B_GROUPS: [c for c in choice.get("groups", []) if c in categorical],
-        B_RANDOM: choice.get("random", "intercept"),
-        B_SLOPE: choice.get("slope"),
-        B_GROUPING: choice.get("grouping", "crossed"),
+        S.BUILD_RESPONSE: choice.get("response") if choice.get("response") in numeric else (numeric[-1] if numeric else None),
+        S.BUILD_FIXED: [c for c in choice.get("fixed", []) if c in cols],
+        S.BUILD_INTERACTION: bool(choice.get("interaction", False)),
+        S.BUILD_GROUPS: [c for c in choice.get("groups", []) if c in categorical],
+        S.BUILD_RANDOM: choice.get("random", "intercept"),
+        S.BUILD_SLOPE: choice.get("slope"),
+        S.BUILD_GROUPING: choice.get("grouping", "crossed"),
     }
     for k, v in defaults.items():
         if k not in ss:
@@ -80,23 +69,24 @@ def _builder(data) -> None:
     with box:
         c1, c2, c3 = st.columns(3)
         with c1:
-            st.selectbox("Response", numeric, key=B_RESPONSE)
-            st.multiselect("Fixed effects", [c for c in cols if c != ss.get(B_RESPONSE)], key=B_FIXED)
-            st.checkbox("With all interactions (a * b)", key=B_INTERACTION)
+            st.selectbox("Response", numeric, key=S.BUILD_RESPONSE)
+            st.multiselect("Fixed effects", [c for c in cols if c != ss.get(S.BUILD_RESPONSE)], key=S.BUILD_FIXED)
+            st.checkbox("With all interactions (a * b)", key=S.BUILD_INTERACTION)
         with c2:
-            st.multiselect("Grouping factor(s)", categorical, key=B_GROUPS)
-            st.radio("Several groups are", ["crossed", "nested"], key=B_GROUPING, horizontal=True,
+            st.multiselect("Grouping factor(s)", categorical, key=S.BUILD_GROUPS)
+            st.radio("Several groups are", ["crossed", "nested"], key=S.BUILD_GROUPING, horizontal=True,
                      help="crossed: (1 | a) + (1 | b); nested: (1 | a/b), b within a (first one outermost)")
         with c3:
-            st.radio("Random effects", list(RANDOM_LABELS), key=B_RANDOM, format_func=RANDOM_LABELS.get)
-            slopes = [c for c in ss.get(B_FIXED, []) if c in numeric]
-            if ss.get(B_SLOPE) not in slopes:
-                ss[B_SLOPE] = slopes[0] if slopes else None
-            st.selectbox("Random slope of", slopes, key=B_SLOPE,
-                         disabled=ss.get(B_RANDOM) == "intercept" or not slopes)
-        st.button("Write this formula", key=B_APPLY, on_click=_apply_builder, type="primary")
-        if ss.get(B_ERROR):
-            st.error(md(ss[B_ERROR]))
+            st.radio("Random effects", list(RANDOM_KINDS), key=S.BUILD_RANDOM,
+                     format_func=lambda kind: f"{RANDOM_LABELS[kind]} {random_term(kind)}")
+            slopes = [c for c in ss.get(S.BUILD_FIXED, []) if c in numeric]
+            if ss.get(S.BUILD_SLOPE) not in slopes:
+                ss[S.BUILD_SLOPE] = slopes[0] if slopes else None
+            st.selectbox("Random slope of", slopes, key=S.BUILD_SLOPE,
+                         disabled=ss.get(S.BUILD_RANDOM) == "intercept" or not slopes)
+        st.button("Write this formula", key=S.BUILD_APPLY, on_click=_apply_builder, type="primary")
+        if ss.get(S.BUILD_ERROR):
+            st.error(md(ss[S.BUILD_ERROR]))
 
 
 def _formula_error(text: str, exc: lmmcore.FormulaError) -> None:
@@ -108,6 +98,25 @@ def _formula_error(text: str, exc: lmmcore.FormulaError) -> None:
 
 # ------------------------------------------------------------------ results
 
+class Fitted(NamedTuple):
+    """What every tab reads: the table, the formula as parsed, and the two fits."""
+    data: object            # explorer.data.ActiveData
+    parsed: object          # lmmcore's parsed formula
+    reml: bool
+    mixed: object           # the lmer fit, None without random terms (or when it failed)
+    linear: object          # the lm with the same fixed effects, None when it failed
+    lecture: bool
+
+    @property
+    def formula(self) -> str:
+        return str(self.parsed)
+
+    @property
+    def fit_key(self) -> tuple:
+        """(table digest, formula, method): names the fits, so figures are cached on it."""
+        return (self.data.digest, self.formula, self.reml)
+
+
 def _messages(fitted, kind: str) -> None:
     for msg in getattr(fitted, "messages", ()) or ():
         st.warning(f"**{kind}:** " + md(msg), icon=":material/warning:")
@@ -115,7 +124,8 @@ def _messages(fitted, kind: str) -> None:
         st.caption("**What to do:** " + advice)
 
 
-def _summary(data, formula: str, fixed: str, mixed, linear, reml: bool) -> None:
+def _summary(f: Fitted) -> None:
+    data, formula, fixed, mixed, linear, reml = f.data, f.formula, f.parsed.fixed_text, f.mixed, f.linear, f.reml
     lm_text = summary("lm", fixed, data, True, linear) if linear is not None else ""
     if mixed is not None:
         st.markdown(f"**lmer** ({'REML' if reml else 'ML'})")
@@ -132,7 +142,8 @@ def _side_by_side(lecture: bool):
     return (st.container(), st.container()) if lecture else st.columns(2)
 
 
-def _tables(data, mixed, linear, lecture: bool = False) -> None:
+def _tables(f: Fitted) -> None:
+    mixed, linear, lecture = f.mixed, f.linear, f.lecture
     left, right = _side_by_side(lecture)
     with left:
         st.markdown("**Fixed effects** (lmer)" if mixed is not None else "**Coefficients** (lm)")
@@ -141,11 +152,12 @@ def _tables(data, mixed, linear, lecture: bool = False) -> None:
         else:
             fe = pd.DataFrame({"Estimate": linear.fixef, "Std. Error": linear.se, "t value": linear.tvalue,
                                "Pr(>|t|)": linear.pvalue})
-        show_table(fe)
+        show_table(fe, page_key=S.MODEL_FIXEF_PAGE)
         if mixed is not None and linear is not None:
             st.markdown("**The same fixed effects in lm** (ignores the grouping)")
             show_table(pd.DataFrame({"Estimate": linear.fixef, "Std. Error": linear.se,
-                                       "t value": linear.tvalue, "Pr(>|t|)": linear.pvalue}))
+                                     "t value": linear.tvalue, "Pr(>|t|)": linear.pvalue}),
+                       page_key=S.MODEL_LM_FIXEF_PAGE)
     if mixed is None:
         return
     with right:
@@ -162,55 +174,70 @@ def _tables(data, mixed, linear, lecture: bool = False) -> None:
             for i, (g, v) in enumerate(icc.items()):
                 cols[i % len(cols)].metric(f"ICC {g}", f"{v:.3f}")
     groups = list(mixed.ranef)
-    if st.session_state.get(K_RANEF_GROUP) not in groups:  # kept from another model
-        st.session_state[K_RANEF_GROUP] = groups[0]
-    g = st.selectbox("Random effects of", groups, key=K_RANEF_GROUP) if len(groups) > 1 else groups[0]
+    if st.session_state.get(S.MODEL_RANEF_GROUP) not in groups:  # kept from another model
+        st.session_state[S.MODEL_RANEF_GROUP] = groups[0]
+    g = st.selectbox("Random effects of", groups, key=S.MODEL_RANEF_GROUP) if len(groups) > 1 else groups[0]
     c1, c2 = _side_by_side(lecture)
-    for col, what, table in ((c1, "coef()", mixed.coef[g]), (c2, "ranef()", mixed.ranef[g])):
+    for col, what, table, key, page_key in (
+            (c1, "coef()", mixed.coef[g], S.MODEL_DOWNLOAD_COEF, S.MODEL_COEF_PAGE),
+            (c2, "ranef()", mixed.ranef[g], S.MODEL_DOWNLOAD_RANEF, S.MODEL_RANEF_PAGE)):
         with col:
             st.markdown(f"**{what}**: " + ("fixed + random effect per level" if what == "coef()"
                                            else "each level's deviation from the fixed effects"))
-            show_table(table, height=300)
+            show_table(table, height=300, page_key=page_key)
             st.download_button(f"Download {what} as CSV", table.to_csv().encode("utf-8"),
                                file_name=f"{what.strip('()')}_{''.join(ch for ch in g if ch.isalnum())}.csv",
-                               mime="text/csv", key=f"model.download_{what.strip('()')}")
+                               mime="text/csv", key=key)
 
 
-def _plots(data, mixed, linear, response: str, lecture: bool, fit_key: tuple) -> None:
-    # fit_key (table digest, formula, method) names the fits: the figures are cached on it.
+def _explained(text: str, lecture: bool, draw: Callable[[], None]) -> None:
+    """A chart with its one-line explanation: above it, or below it on a projector, where
+    the chart must start high enough to fill the first screen."""
+    if not lecture:
+        st.markdown(text)
+    draw()
+    if lecture:
+        st.markdown(text)
+
+
+def _plots(f: Fitted) -> None:
+    mixed, linear, response, lecture = f.mixed, f.linear, f.parsed.response.label, f.lecture
     panels = {}
     if linear is not None:
         panels["lm (complete pooling)"] = (linear.fitted, linear.fitted + linear.residuals, linear.residuals)
     if mixed is not None:
         panels["lmer (partial pooling)"] = (mixed.fitted, mixed.fitted + mixed.residuals, mixed.residuals)
-    drawn = fit_key + (tuple(panels), response, lecture)
-    st.markdown("**Observed vs fitted**: points on the dashed line are explained by the model.")
-    charts.show_cached(("fitted_pairs", "observed") + drawn,
-                       lambda: charts.fitted_pairs(panels, "observed", response, lecture),
-                       "model.chart_observed", "observed_vs_fitted")
-    st.markdown("**Residuals vs fitted**: what is left over.")
-    charts.show_cached(("fitted_pairs", "residuals") + drawn,
-                       lambda: charts.fitted_pairs(panels, "residuals", response, lecture),
-                       "model.chart_residuals", "residuals_vs_fitted")
+    drawn = f.fit_key + (tuple(panels), response, lecture)
+    _explained("**Observed vs fitted**: points on the dashed line are explained by the model.", lecture,
+               lambda: charts.show_cached(("fitted_pairs", "observed") + drawn,
+                                          lambda: charts.fitted_pairs(panels, "observed", response, lecture),
+                                          S.MODEL_CHART_OBSERVED, "observed_vs_fitted"))
+    _explained("**Residuals vs fitted**: what is left over.", lecture,
+               lambda: charts.show_cached(("fitted_pairs", "residuals") + drawn,
+                                          lambda: charts.fitted_pairs(panels, "residuals", response, lecture),
+                                          S.MODEL_CHART_RESIDUALS, "residuals_vs_fitted"))
     main = mixed if mixed is not None else linear
     c1, c2 = st.columns(2)
     with c1:
-        st.markdown("**Normal Q-Q plot of the residuals**" + (" (lmer)" if mixed is not None else " (lm)"))
-        charts.show_cached(("qq",) + drawn, lambda: charts.qq_plot(teaching.qq_points(main.residuals), lecture),
-                           "model.chart_qq", "qq_plot")
+        _explained("**Normal Q-Q plot of the residuals**" + (" (lmer)" if mixed is not None else " (lm)"), lecture,
+                   lambda: charts.show_cached(("qq",) + drawn,
+                                              lambda: charts.qq_plot(teaching.qq_points(main.residuals), lecture),
+                                              S.MODEL_CHART_QQ, "qq_plot"))
     if mixed is not None:
         with c2:
             groups = list(mixed.ranef)
-            if st.session_state.get(K_CAT_GROUP) not in groups:  # kept from another model
-                st.session_state[K_CAT_GROUP] = groups[0]
-            g = st.selectbox("Caterpillar plot of", groups, key=K_CAT_GROUP) if len(groups) > 1 else groups[0]
-            st.markdown("**Random effects with 95% conditional intervals**")
-            charts.show_cached(("caterpillar", g) + drawn,
-                               lambda: charts.caterpillar_plot(teaching.caterpillar(mixed, g), g, lecture),
-                               "model.chart_caterpillar", "caterpillar")
+            if st.session_state.get(S.MODEL_CAT_GROUP) not in groups:  # kept from another model
+                st.session_state[S.MODEL_CAT_GROUP] = groups[0]
+            g = st.selectbox("Caterpillar plot of", groups, key=S.MODEL_CAT_GROUP) if len(groups) > 1 else groups[0]
+            _explained("**Random effects with 95% conditional intervals**", lecture,
+                       lambda: charts.show_cached(("caterpillar", g) + drawn,
+                                                  lambda: charts.caterpillar_plot(teaching.caterpillar(mixed, g),
+                                                                                  g, lecture),
+                                                  S.MODEL_CHART_CATERPILLAR, "caterpillar"))
 
 
-def _saved_models(data, current: str, reml: bool, has_random: bool) -> None:
+def _saved_models(f: Fitted) -> None:
+    data, current, reml, has_random = f.data, f.formula, f.reml, f.parsed.has_random
     ss = st.session_state
     saved = ss[S.MODEL_SAVED]
     mine = {n: m for n, m in saved.items() if m["dataset"] == data.key}
@@ -236,7 +263,7 @@ def _saved_models(data, current: str, reml: bool, has_random: bool) -> None:
         chosen = [n for n in ss.get(S.MODEL_COMPARE, []) if n in ss[S.MODEL_SAVED]]
         ss[S.MODEL_COMPARE] = chosen + [name] if name not in chosen else chosen
 
-    c3.button("Save", key=K_SAVE, on_click=save)
+    c3.button("Save", key=S.MODEL_SAVE, on_click=save)
     if not mine:
         st.caption("No saved models for this dataset yet.")
         return
@@ -258,7 +285,8 @@ def _saved_models(data, current: str, reml: bool, has_random: bool) -> None:
             show_table(table)
 
 
-def _paired(data, mixed, linear) -> None:
+def _paired(f: Fitted) -> None:
+    data, mixed, linear = f.data, f.mixed, f.linear
     res = teaching.paired_comparison(mixed, data.df) if mixed is not None else None
     if res is None:
         st.caption("This tab is for a model like `value ~ condition + (1 | participant)` where every "
@@ -277,8 +305,9 @@ def _paired(data, mixed, linear) -> None:
                "smaller t (see the lm table).")
 
 
-def _reproduce(data, formula: str, reml: bool, has_random: bool, parsed) -> None:
-    raw = D._raw(data.key)[0]
+def _reproduce(f: Fitted) -> None:
+    data, formula, reml, has_random, parsed = f.data, f.formula, f.reml, f.parsed.has_random, f.parsed
+    raw = data.raw
     used = [c for c in parsed.columns if c in data.types]
     categorical = [c for c in used if data.types[c] == "categorical"]
     numeric = [c for c in used if data.types[c] == "numeric" and not pd.api.types.is_numeric_dtype(raw[c])]
@@ -290,69 +319,92 @@ def _reproduce(data, formula: str, reml: bool, has_random: bool, parsed) -> None
     st.code(r_code, language="r", wrap_lines=True)
     st.markdown("**Python (lmmcore)**")
     st.code(py_code, language="python", wrap_lines=True)
-    if data.key in ("upload", "long"):
+    if data.is_own:
         st.download_button("Download the data as CSV", data.df.to_csv(index=False).encode("utf-8"),
                            file_name=data.file if data.file.endswith(".csv") else "data.csv",
-                           mime="text/csv", key="model.download_data")
+                           mime="text/csv", key=S.MODEL_DOWNLOAD_DATA)
+
+
+class Section(NamedTuple):
+    """One tab of the page: its label, what a failure in it is called, and what draws it."""
+    label: str
+    what: str
+    draw: Callable[[Fitted], None]
+
+
+SECTIONS = (
+    Section("lme4 summary", "summary", _summary),
+    Section("Tables", "tables", _tables),
+    Section("Plots", "plots", _plots),
+    Section("Saved models & anova", "saved models", _saved_models),
+    Section("Paired t-test", "paired t", _paired),
+    Section("Reproduce this", "reproduce", _reproduce),
+)
+
+
+def _about_data(data) -> None:
+    """The dataset line and the formula builder's menus."""
+    st.caption(f"Dataset: {md(data.label)} · {len(data.df):,} rows · columns: "
+               + ", ".join(md(c) for c in data.df.columns[:30]))
+    _builder(data)
+
+
+def _formula_and_fits(data, lecture: bool) -> None:
+    """The formula box, the two fits, lme4's messages and the open tab."""
+    ss = st.session_state
+    c1, c2 = st.columns([5, 1])
+    c1.text_input("Formula (lme4 syntax)", key=S.MODEL_FORMULA, on_change=S.clear_builder,
+                  max_chars=5000, placeholder="Reaction ~ Days + (Days | Subject)")
+    c2.radio("Estimation", ["REML", "ML"], key=S.MODEL_METHOD, horizontal=True)
+    text = (ss.get(S.MODEL_FORMULA) or "").strip()
+    if not text:
+        st.info("Write a formula, e.g. `response ~ predictor + (1 | group)`, or use the menus "
+                + ("below." if lecture else "above."))
+        return
+    try:
+        parsed = lmmcore.parse_formula(text)
+    except lmmcore.FormulaError as exc:
+        _formula_error(text, exc)
+        return
+    formula = str(parsed)
+    reml = ss.get(S.MODEL_METHOD, "REML") == "REML"
+    mixed = linear = None
+    shown: set = set()
+    if parsed.has_random:
+        with guard("lmer fit", shown), st.spinner("Fitting the mixed model..."):
+            mixed = fit("lmer", formula, data, reml)
+    with guard("lm fit", shown):
+        linear = fit("lm", parsed.fixed_text, data)
+    if mixed is None and linear is None:
+        return
+    if mixed is not None:
+        _messages(mixed, "lmer")
+    # Only the open tab runs: each tab's content (charts above all) costs far more than the
+    # fit, and a student looks at one at a time.  Switching tabs reruns the page.
+    labels = [section.label for section in SECTIONS]
+    if ss.get(S.MODEL_SECTION) not in labels:
+        ss[S.MODEL_SECTION] = labels[0]
+    tabs = st.tabs(labels, key=S.MODEL_SECTION, on_change="rerun")
+    fitted = Fitted(data, parsed, reml, mixed, linear, lecture)
+    for section, tab in zip(SECTIONS, tabs):
+        if tab.open:
+            with tab, guard(section.what):
+                section.draw(fitted)
 
 
 def render() -> None:
-    ss = st.session_state
-    lecture = bool(ss.get(S.APP_LECTURE))
+    lecture = bool(st.session_state.get(S.APP_LECTURE))
     st.title("Model builder")
     with guard("model page"):
         data = D.active()
-        st.caption(f"Dataset: {md(data.label)} · {len(data.df):,} rows · columns: "
-                   + ", ".join(md(c) for c in data.df.columns[:30]))
-        _builder(data)
-        c1, c2 = st.columns([5, 1])
-        c1.text_input("Formula (lme4 syntax)", key=S.MODEL_FORMULA, on_change=_clear_builder,
-                      max_chars=5000, placeholder="Reaction ~ Days + (Days | Subject)")
-        c2.radio("Estimation", ["REML", "ML"], key=S.MODEL_METHOD, horizontal=True)
-        text = (ss.get(S.MODEL_FORMULA) or "").strip()
-        if not text:
-            st.info("Write a formula, e.g. `response ~ predictor + (1 | group)`, or use the menus above.")
-            return
-        try:
-            parsed = lmmcore.parse_formula(text)
-        except lmmcore.FormulaError as exc:
-            _formula_error(text, exc)
-            return
-        formula = str(parsed)
-        reml = ss.get(S.MODEL_METHOD, "REML") == "REML"
-        mixed = linear = None
-        shown: set = set()
-        if parsed.has_random:
-            with guard("lmer fit", shown), st.spinner("Fitting the mixed model..."):
-                mixed = fit("lmer", formula, data, reml)
-        with guard("lm fit", shown):
-            linear = fit("lm", parsed.fixed_text, data)
-        if mixed is None and linear is None:
-            return
-        if mixed is not None:
-            _messages(mixed, "lmer")
-        # Only the open tab runs: each tab's content (charts above all) costs far more than the
-        # fit, and a student looks at one at a time.  Switching tabs reruns the page.
-        if ss.get(S.MODEL_SECTION) not in SECTIONS:
-            ss[S.MODEL_SECTION] = SECTIONS[0]
-        tabs = st.tabs(SECTIONS, key=S.MODEL_SECTION, on_change="rerun")
-        if tabs[0].open:
-            with tabs[0]:
-                _summary(data, formula, parsed.fixed_text, mixed, linear, reml)
-        if tabs[1].open:
-            with tabs[1], guard("tables"):
-                _tables(data, mixed, linear, lecture)
-        if tabs[2].open:
-            with tabs[2], guard("plots"):
-                _plots(data, mixed, linear, parsed.response.label, lecture, (data.digest, formula, reml))
-        if tabs[3].open:
-            with tabs[3], guard("saved models"):
-                _saved_models(data, formula, reml, parsed.has_random)
-        if tabs[4].open:
-            with tabs[4], guard("paired t"):
-                _paired(data, mixed, linear)
-        if tabs[5].open:
-            with tabs[5], guard("reproduce"):
-                _reproduce(data, formula, reml, parsed.has_random, parsed)
+        # On a projector the formula and the tabs come straight after the title, so the
+        # open tab's chart starts high on the first screen; the dataset line and the
+        # builder's menus follow the tab's content.
+        if not lecture:
+            _about_data(data)
+        _formula_and_fits(data, lecture)
+        if lecture:
+            _about_data(data)
+
 
 render()

@@ -21,18 +21,14 @@ SORTS = {"name": "group name", "fewest": "fewest observations first",
 
 
 def _order(est, sort: str) -> list:
-    groups = list(dict.fromkeys(est["group"].astype(str)))
+    groups = est.groups
     if sort == "fewest":
-        n = est.drop_duplicates("group").set_index(est.drop_duplicates("group")["group"].astype(str))["n"]
-        return sorted(groups, key=lambda g: (n[g], groups.index(g)))
+        n = est.n
+        return sorted(groups, key=lambda g: n[g])  # stable: ties keep the groups' order
     if sort == "shrinkage":
-        no = est[est["method"] == "no"].set_index(est[est["method"] == "no"]["group"].astype(str))
-        part = est[est["method"] == "partial"].set_index(est[est["method"] == "partial"]["group"].astype(str))
-
-        def change(g):
-            d = abs(part.loc[g, "intercept"] - no.loc[g, "intercept"]) if g in no.index else math.inf
-            return -(d if d == d else math.inf)
-        return sorted(groups, key=change)
+        # A group without its own estimate first: all of its estimate comes from the others.
+        moved = est.shrinkage.fillna(math.inf)
+        return sorted(groups, key=lambda g: -moved[g])
     return groups
 
 
@@ -44,13 +40,11 @@ def render() -> None:
                 "alone (an lm per group) · **partial pooling** (lmer) lets groups borrow strength.")
     with guard("pooling page"):
         data = D.active()
-        chosen = chosen_estimates(data)
-        if chosen is None:
+        est = chosen_estimates(data)
+        if est is None:
             return
-        response, predictor, group, random, est = chosen
-        n_by_group = est.drop_duplicates("group").set_index(est.drop_duplicates("group")["group"].astype(str))["n"]
-        few = teaching.few_observations(n_by_group)
-        all_groups = [str(g) for g in dict.fromkeys(est["group"].astype(str))]
+        few = teaching.few_observations(est.n)
+        all_groups = est.groups
 
         per_page = 6 if lecture else 12
         c1, c2, c3, c4 = st.columns([2.6, 2, 1.4, 1.8], vertical_alignment="bottom")
@@ -73,35 +67,28 @@ def render() -> None:
                 ss[S.POOL_SELECTED] = small
                 ss[S.POOL_PAGE] = 1
 
-            c4.button(f"▲ Few obs. ({len(small)})", key="pool.zoom_few", help="Show only the groups with few observations",
+            c4.button(f"▲ Few obs. ({len(small)})", key=S.POOL_ZOOM_FEW, help="Show only the groups with few observations",
                       on_click=zoom)
         view = shown[(page - 1) * per_page: page * per_page]
         ncols = 3 if lecture else 4
-        if predictor is not None:
+        if est.predictor is not None:
             def build():
-                return charts.pooling_panels(data.df, est, response, predictor, group, view, few, lecture,
-                                             ncols=ncols)
+                return charts.pooling_panels(data.df, est, view, few, lecture, ncols=ncols)
         else:
             def build():
-                return charts.pooling_means(data.df, est, response, group, view, few, lecture)
+                return charts.pooling_means(data.df, est, view, few, lecture)
         # Cached per table, choice of columns and groups shown: a rerun does not redraw it.
-        charts.show_cached(("pooling", data.digest, response, predictor, group, random, tuple(view), lecture,
-                            ncols), build, "pool.chart", "pooling_comparison")
+        charts.show_cached(("pooling", data.digest, est.response, est.predictor, est.group, est.random,
+                            tuple(view), lecture, ncols), build, S.POOL_CHART, "pooling_comparison")
         where = f"Page {page} of {pages}: " if pages > 1 else ""
         st.caption(f"{where}showing {len(view)} of {len(all_groups)} groups. ▲ marks groups with few observations. "
                    "A group whose data cannot give a no-pooling line shows none and says why.")
-        notes = est[est["note"].fillna("").astype(str) != ""] if "note" in est else est.iloc[0:0]
-        for _, row in notes.drop_duplicates(["group", "note"]).iterrows():
-            st.info(f"{md(group)} {md(row['group'])}: {md(row['note'])}")
+        for g, note in est.notes.items():
+            st.info(f"{md(est.group)} {md(g)}: {md(note)}")
         st.subheader("The three sets of estimates")
-        table = est.pivot_table(index="group", columns="method", values=["intercept", "slope"]
-                                if predictor is not None else ["intercept"], dropna=False, sort=False)
-        table.columns = [f"{v} ({m})" for v, m in table.columns]
-        table = table.reindex(index=all_groups) if set(all_groups) <= set(table.index.astype(str)) else table
-        table.insert(0, "n", n_by_group.reindex(table.index.astype(str)).to_numpy())
-        show_table(table)
-        st.download_button("Download the estimates (CSV)", est.to_csv(index=False).encode("utf-8"),
-                           file_name="pooling_estimates.csv", mime="text/csv", key="pool.download")
+        show_table(est.wide())
+        st.download_button("Download the estimates (CSV)", est.table.to_csv(index=False).encode("utf-8"),
+                           file_name="pooling_estimates.csv", mime="text/csv", key=S.POOL_DOWNLOAD)
 
 
 render()

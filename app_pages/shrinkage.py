@@ -11,8 +11,8 @@ from explorer import charts
 from explorer import data as D
 from explorer import state as S
 from explorer.tables import table as show_table
-from explorer.fitting import fit, guard
-from explorer.pooling_ui import chosen_estimates, model_text
+from explorer.fitting import guard
+from explorer.pooling_ui import chosen_estimates
 
 # What the mixed model knows about the groups' spread, said in terms of the view on screen:
 # the 2-D view draws it as contours, the 1-D view only marks its centre.
@@ -47,7 +47,7 @@ def _highlight(est, chosen_key: tuple) -> list:
     and those that shrink most when there are many groups, and with none (all drawn
     alike) otherwise."""
     ss = st.session_state
-    groups = list(dict.fromkeys(est["group"].astype(str)))
+    groups = est.groups
     if ss.get(S.SHRINK_HIGHLIGHT_FOR) != chosen_key[:-1]:
         ss[S.SHRINK_HIGHLIGHT_FOR] = chosen_key[:-1]  # lecture mode keeps the selection
         ss[S.SHRINK_HIGHLIGHT] = teaching.groups_to_highlight(est) if len(groups) > CROWDED else []
@@ -63,50 +63,42 @@ def render() -> None:
     st.title("Shrinkage")
     with guard("shrinkage page"):
         data = D.active()
-        chosen = chosen_estimates(data)
-        if chosen is None:
+        est = chosen_estimates(data)
+        if est is None:
             return
-        response, predictor, group, random, est = chosen
-        with st.spinner("Fitting..."):
-            mixed = fit("lmer", model_text(response, predictor, group, random), data, True)
         # The figures are cached on the table and the columns chosen (and lecture mode).
-        chosen_key = (data.digest, response, predictor, group, random, lecture)
+        chosen_key = (data.digest, est.response, est.predictor, est.group, est.random, lecture)
         left, right = st.columns([2, 1]) if not lecture else (st.container(), st.container())
         with left:
-            if random == "intercept+slope":
+            if est.random == "intercept+slope":
                 strong = _highlight(est, chosen_key)
 
                 def build():
-                    fe = mixed.fixef
-                    return charts.shrinkage_2d(est, lmmcore.re_contours(mixed, group),
-                                               (float(fe.iloc[0]), float(fe.iloc[1])), lecture, predictor,
-                                               highlight=strong)
+                    return charts.shrinkage_2d(est, lmmcore.re_contours(est), lecture, highlight=strong)
                 st.markdown("Each arrow goes from a group's **no-pooling** estimate (its own lm) to its "
                             "**partial-pooling** estimate (lmer's coef). Contours: the fitted distribution of "
                             "the groups' (intercept, slope), levels .1 .3 .5 .7 .9, centred at the fixed effects.")
-                charts.show_cached(("shrinkage_2d", tuple(strong)) + chosen_key, build, "shrink.chart", "shrinkage_2d")
-                sd = teaching.random_sd(mixed, group)
+                charts.show_cached(("shrinkage_2d", tuple(strong)) + chosen_key, build, S.SHRINK_CHART, "shrinkage_2d")
+                sd = teaching.random_sd(est.fit, est.group)
                 st.caption(f"The contours are drawn in the data's units: the groups' intercepts spread with "
                            f"SD {sd.iloc[0]:.3g} and their slopes with SD {sd.iloc[1]:.3g} (VarCorr), so "
                            "each contour is an ellipse; how round it looks depends on the two axes' scales.")
-                lonely = est[(est["method"] == "no") & ~(est["intercept"].notna() & est["slope"].notna())]
-                if len(lonely):
+                if not est.own_estimate.all():
                     st.caption("Labelled points: groups too small for their own line; they get a "
                                "partial-pooling estimate anyway.")
             else:
-                column = "slope" if random == "slope" else "intercept"
-                grand = float(mixed.fixef[predictor] if column == "slope" else mixed.fixef.iloc[0])
+                (column,) = est.varying
                 st.markdown(f"Each arrow goes from a group's **no-pooling** {column} to its **partial-pooling** "
                             f"{column}, toward the fixed effect (the average). Rows show each group's size.")
                 charts.show_cached(("shrinkage_1d", column) + chosen_key,
-                                   lambda: charts.shrinkage_1d(est, grand, lecture, group, column),
-                                   "shrink.chart", "shrinkage_1d")
+                                   lambda: charts.shrinkage_1d(est, lecture),
+                                   S.SHRINK_CHART, "shrinkage_1d")
         with right:
             st.markdown("**Spread of the group estimates** (SD across groups)")
             sd = lmmcore.shrinkage_sd(est)
             show_table(sd.rename(index={"no": "no pooling", "partial": "partial pooling"}))
             st.caption("Partial-pooling estimates vary less than no-pooling ones: that is the shrinkage.")
-            st.markdown(EXPLANATION.format(knows=KNOWS[random == "intercept+slope"]))
+            st.markdown(EXPLANATION.format(knows=KNOWS[est.random == "intercept+slope"]))
 
 
 render()

@@ -143,21 +143,24 @@ def _line(a: float, b: float, x0: float, x1: float) -> tuple[list, list]:
 # ------------------------------------------------------------------ pooling
 
 
-def pooling_panels(data: pd.DataFrame, estimates: pd.DataFrame, response: str, predictor: str,
-                   group: str, groups: list, few: pd.Series, lecture: bool, ncols: int = 4) -> go.Figure:
+def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, lecture: bool,
+                   ncols: int = 4) -> go.Figure:
     """A panel per group: its data and the complete, no and partial pooling lines.
 
-    ``estimates`` is ``lmmcore.pooling_estimates`` output; each line's trace holds the
-    method's (intercept, slope) in ``customdata`` and spans the predictor's full range.
+    ``estimates`` is ``lmmcore.pooling_estimates``' result (its columns name the axes);
+    each line's trace holds the method's (intercept, slope) in ``customdata`` and spans
+    the predictor's full range.
     """
     s = sizes(lecture)
+    response, predictor, group = estimates.response, estimates.predictor, estimates.group
+    counts = estimates.n
+    by_method = {m: estimates.method(m) for m in METHODS if m in estimates.methods}
     n = max(1, len(groups))
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
     titles = []
     for g in groups:
-        rows = estimates[(estimates["group"].astype(str) == str(g))]
-        count = int(rows["n"].iloc[0]) if len(rows) else 0
+        count = int(counts.get(str(g), 0))
         flag = " ▲ few obs" if bool(few.get(str(g), False)) else ""
         titles.append(f"{esc(g)} (n={count}){flag}")
     height = 110 + 230 * nrows
@@ -177,13 +180,14 @@ def pooling_panels(data: pd.DataFrame, estimates: pd.DataFrame, response: str, p
             marker={"color": DATA_COLOUR, "size": s["data_marker"], "opacity": 0.75},
             hovertemplate=f"{esc(group)} {esc(g)}<br>%{{x}}, %{{y}}<extra></extra>"), row=r, col=c)
         shown.add("data")
-        for method, style in METHODS.items():
-            row = estimates[(estimates["group"].astype(str) == str(g)) & (estimates["method"] == method)]
-            if row.empty:
+        for method, rows in by_method.items():
+            style = METHODS[method]
+            if str(g) not in rows.index:
                 continue
-            a, b = float(row["intercept"].iloc[0]), float(row["slope"].iloc[0])
+            a, b = float(rows.at[str(g), "intercept"]), float(rows.at[str(g), "slope"])
             if not (math.isfinite(a) and math.isfinite(b)):
-                note = str(row["note"].iloc[0]) if "note" in row and isinstance(row["note"].iloc[0], str) else ""
+                note = rows.at[str(g), "note"]
+                note = note if isinstance(note, str) else ""
                 fig.add_annotation(text=esc(f"no {method}-pooling line" + (f": {note}" if note else "")),
                                    xref="x domain", yref="y domain", x=0.02, y=0.02, showarrow=False,
                                    xanchor="left", yanchor="bottom", row=r, col=c,
@@ -227,17 +231,17 @@ def _legend_above_panel_titles(fig: go.Figure, lecture: bool) -> go.Figure:
     return fig
 
 
-def pooling_means(data: pd.DataFrame, estimates: pd.DataFrame, response: str, group: str,
-                  groups: list, few: pd.Series, lecture: bool) -> go.Figure:
+def pooling_means(data: pd.DataFrame, estimates, groups: list, few: pd.Series, lecture: bool) -> go.Figure:
     """Intercept-only pooling: per group its data, group mean (no pooling), lmer estimate
     (partial pooling) and the grand mean (complete pooling), one row per group."""
     s = sizes(lecture)
+    response, group = estimates.response, estimates.group
+    counts = estimates.n
     fig = go.Figure()
     gcol = data[group].astype(str)
     labels = {}
     for g in groups:
-        rows = estimates[estimates["group"].astype(str) == str(g)]
-        count = int(rows["n"].iloc[0]) if len(rows) else 0
+        count = int(counts.get(str(g), 0))
         labels[str(g)] = f"{esc(g)} (n={count}){' ▲' if bool(few.get(str(g), False)) else ''}"
     sub = data[gcol.isin([str(g) for g in groups])]
     fig.add_trace(go.Scatter(
@@ -245,7 +249,10 @@ def pooling_means(data: pd.DataFrame, estimates: pd.DataFrame, response: str, gr
         name="data", marker={"color": DATA_COLOUR, "size": s["data_marker"], "opacity": 0.6},
         hovertemplate="%{y}: %{x}<extra></extra>"))
     for method, style in METHODS.items():
-        rows = estimates[(estimates["method"] == method) & estimates["group"].astype(str).isin(labels)]
+        if method not in estimates.methods:
+            continue
+        rows = estimates.method(method).reset_index()
+        rows = rows[rows["group"].isin(labels)]
         if rows.empty:
             continue
         if method == "complete":
@@ -270,10 +277,10 @@ def pooling_means(data: pd.DataFrame, estimates: pd.DataFrame, response: str, gr
 # ------------------------------------------------------------------ shrinkage
 
 
-def shrinkage_2d(estimates: pd.DataFrame, contours: pd.DataFrame | None, fixef: tuple, lecture: bool,
-                 predictor: str, highlight=()) -> go.Figure:
+def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highlight=()) -> go.Figure:
     """Arrows from each group's no-pooling (intercept, slope) to its partial-pooling one,
-    over the contours of the fitted random-effects distribution.
+    over the contours of the fitted random-effects distribution (``lmmcore.re_contours``;
+    None draws none) and the fixed effects.
 
     ``highlight``: groups drawn strong and named at their no-pooling point (the outer end
     of the arrow, away from the crowded middle); with any given, the other groups' points
@@ -281,6 +288,7 @@ def shrinkage_2d(estimates: pd.DataFrame, contours: pd.DataFrame | None, fixef: 
     """
     s = sizes(lecture)
     strong = {str(g) for g in highlight}
+    fixef = (float(estimates.fixef["intercept"]), float(estimates.fixef["slope"]))
     fig = go.Figure()
     if contours is not None and len(contours):
         for i, (level, ring) in enumerate(contours.groupby("level", sort=True)):
@@ -289,11 +297,9 @@ def shrinkage_2d(estimates: pd.DataFrame, contours: pd.DataFrame | None, fixef: 
                 legendgroup="contours", showlegend=i == 0, meta={"level": float(level)},
                 line={"color": CONTOUR_COLOUR, "width": max(1.0, s["line"] / 2)},
                 hovertemplate=f"contour {float(level):g}<extra></extra>"))
-    no = estimates[estimates["method"] == "no"].set_index(estimates[estimates["method"] == "no"]["group"].astype(str))
-    part = estimates[estimates["method"] == "partial"]
-    part = part.set_index(part["group"].astype(str))
-    both = [g for g in part.index if g in no.index
-            and np.isfinite(no.loc[g, "intercept"]) and np.isfinite(no.loc[g, "slope"])]
+    no, part = estimates.method("no"), estimates.method("partial")
+    own = estimates.own_estimate
+    both = [g for g in part.index if own.get(g, False)]
     lonely = [g for g in part.index if g not in both]
     def faint(g) -> bool:
         return bool(strong) and g not in strong and g not in lonely
@@ -334,8 +340,8 @@ def shrinkage_2d(estimates: pd.DataFrame, contours: pd.DataFrame | None, fixef: 
             textfont={"size": s["font"], "color": "#222222"}))
     _label_lonely(fig, part, lonely, pd.concat([part[["intercept", "slope"]],
                                                 no.loc[both, ["intercept", "slope"]]]), s)
-    comp = estimates[estimates["method"] == "complete"]
-    if len(comp):
+    comp = estimates.method("complete") if "complete" in estimates.methods else None
+    if comp is not None and len(comp):
         cst = METHODS["complete"]
         fig.add_trace(go.Scatter(
             x=[float(comp["intercept"].iloc[0])], y=[float(comp["slope"].iloc[0])], mode="markers",
@@ -348,7 +354,7 @@ def shrinkage_2d(estimates: pd.DataFrame, contours: pd.DataFrame | None, fixef: 
         marker={"symbol": FIXED["symbol"], "size": s["marker"] + 4, "color": FIXED["colour"],
                 "line": {"width": 1, "color": "white"}}))
     fig.update_xaxes(title_text="intercept", showgrid=True)
-    fig.update_yaxes(title_text=f"slope of {esc(predictor)}", showgrid=True)
+    fig.update_yaxes(title_text=f"slope of {esc(estimates.predictor)}", showgrid=True)
     _layout(fig, lecture, height=640)
     # The legend under the plot: above it, four entries would push the arrows off a projector.
     fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.12, "x": 0})
@@ -403,15 +409,14 @@ def _label_lonely(fig: go.Figure, part: pd.DataFrame, lonely: list, others: pd.D
             bordercolor=colour, borderwidth=1, borderpad=3, name="lonely group")
 
 
-def shrinkage_1d(estimates: pd.DataFrame, grand: float, lecture: bool, group: str,
-                 column: str = "intercept") -> go.Figure:
-    """One-coefficient shrinkage: each group's no-pooling estimate to its partial-pooling
-    estimate, arrows toward the fixed effect; rows labelled with the group size."""
+def shrinkage_1d(estimates, lecture: bool) -> go.Figure:
+    """One-coefficient shrinkage: each group's no-pooling estimate of the coefficient that
+    varies by group to its partial-pooling estimate, arrows toward the fixed effect; rows
+    labelled with the group size."""
     s = sizes(lecture)
-    no = estimates[estimates["method"] == "no"]
-    no = no.set_index(no["group"].astype(str))
-    part = estimates[estimates["method"] == "partial"]
-    part = part.set_index(part["group"].astype(str))
+    column = "slope" if estimates.varying == ("slope",) else "intercept"
+    grand, group = float(estimates.fixef[column]), estimates.group
+    no, part = estimates.method("no"), estimates.method("partial")
     order = list(part.sort_values(column).index)
     labels = {g: f"{esc(g)} (n={int(part.loc[g, 'n'])})" for g in order}
     fin = [g for g in order if g in no.index and np.isfinite(no.loc[g, column])]

@@ -78,7 +78,7 @@ def _key(kind: str, formula: str, data, reml: bool) -> tuple:
     kw = data.fit_kwargs()
     ref = tuple(sorted((kw["reference_levels"] or {}).items()))
     # lme4 prints "Data: <name>": the dataset's key for built-ins, "data" for a student's file.
-    name = data.key if data.key not in ("upload", "long") else "data"
+    name = "data" if data.is_own else data.key
     return (kind, formula, data.digest, bool(reml) if kind == "lmer" else True,
             tuple(kw["categorical"]), tuple(kw["numeric"]), ref, name)
 
@@ -104,7 +104,8 @@ def summary(kind: str, formula: str, data, reml: bool, fitted) -> str:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def _pooling(digest: str, response: str, predictor, group: str, random: str, _df: pd.DataFrame) -> pd.DataFrame:
+def _pooling(digest: str, response: str, predictor, group: str, random: str,
+             _df: pd.DataFrame) -> lmmcore.PoolingEstimates:
     df = _df
     settings = load_settings()
     if len(df) >= settings.worker_min_rows:
@@ -115,6 +116,7 @@ def _pooling(digest: str, response: str, predictor, group: str, random: str, _df
     return lmmcore.pooling_estimates(df, response, predictor, group, random=random)
 
 
-def pooling(data, response: str, predictor, group: str, random: str) -> pd.DataFrame:
-    """``lmmcore.pooling_estimates`` on the current table; cached."""
+def pooling(data, response: str, predictor, group: str, random: str) -> lmmcore.PoolingEstimates:
+    """``lmmcore.pooling_estimates`` on the current table; cached (the estimates carry
+    their mixed fit, so a page that needs it does not fit again)."""
     return _pooling(data.digest, response, predictor, group, random, _df=data.df)

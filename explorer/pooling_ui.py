@@ -1,19 +1,15 @@
 """The column pickers shared by the pooling and shrinkage pages (same keys on both), and
-the step both pages start with: pick the columns, name the model, get the estimates."""
+the step both pages start with: pick the columns, get the estimates, name the model."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import pandas as pd
 import streamlit as st
 
+from lmmcore.formula_menu import RANDOM_LABELS
+from lmmcore.pooling import RANDOM_CHOICES, PoolingEstimates
 from explorer import state as S
 from explorer.escape import md
 from explorer.fitting import pooling
-
-RANDOM_LABELS = {"intercept+slope": "intercept and slope", "intercept": "intercept only",
-                 "slope": "slope only"}
 
 
 def controls(data) -> tuple | None:
@@ -47,42 +43,22 @@ def controls(data) -> tuple | None:
                      disabled=True)
         predictor = None
     else:
-        if ss.get(S.POOL_RANDOM) not in RANDOM_LABELS:
+        if ss.get(S.POOL_RANDOM) not in RANDOM_CHOICES:
             ss[S.POOL_RANDOM] = "intercept+slope"
-        c4.selectbox("Random part", list(RANDOM_LABELS), key=S.POOL_RANDOM, format_func=RANDOM_LABELS.get)
+        c4.selectbox("Random part", list(RANDOM_CHOICES), key=S.POOL_RANDOM, format_func=RANDOM_LABELS.get)
     random = ss[S.POOL_RANDOM]
     return response, predictor, group, random
 
 
-def model_text(response: str, predictor, group: str, random: str) -> str:
-    """The partial-pooling model in lme4 syntax, for the page's caption."""
-    from lmmcore.formula import compose_formula
-
-    kind = {"intercept+slope": "both", "intercept": "intercept", "slope": "slope"}[random]
-    return compose_formula(response, fixed=(predictor,) if predictor else (), groups=(group,),
-                           random=kind, slope=predictor)
-
-
-def describe(response, predictor, group, random) -> None:
-    st.caption("Partial pooling is the lmer fit " + md(model_text(response, predictor, group, random)))
-
-
-class Chosen(NamedTuple):
-    """The columns a student picked and the three poolings' estimates for them."""
-    response: str
-    predictor: str | None
-    group: str
-    random: str
-    estimates: pd.DataFrame
-
-
-def chosen_estimates(data) -> Chosen | None:
-    """Draw the pickers, say which lmer is the partial pooling, and return the estimates
-    (``lmmcore.pooling_estimates`` through the cache); None when the table cannot be used
+def chosen_estimates(data) -> PoolingEstimates | None:
+    """Draw the pickers, get the estimates (``lmmcore.pooling_estimates`` through the
+    cache) and say which lmer is the partial pooling; None when the table cannot be used
     (after :func:`controls` has said why)."""
     chosen = controls(data)
     if chosen is None:
         return None
-    describe(*chosen)
+    caption = st.empty()  # the model's name goes above the spinner, once it is fitted
     with st.spinner("Fitting..."):
-        return Chosen(*chosen, pooling(data, *chosen))
+        estimates = pooling(data, *chosen)
+    caption.caption("Partial pooling is the lmer fit " + md(estimates.formulas["partial"]))
+    return estimates

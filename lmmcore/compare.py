@@ -15,7 +15,6 @@ import pandas as pd
 from scipy import stats
 
 from lmmcore.errors import LmmError
-from lmmcore.rformat import format_coef_matrix
 
 COLUMNS = ["npar", "AIC", "BIC", "logLik", "deviance", "Chisq", "Df", "Pr(>Chisq)"]
 REFIT_NOTE = "refitting model(s) with ML (instead of REML)"
@@ -28,15 +27,6 @@ def _check_fit(fit, position: int) -> None:
                 f"anova: argument {position} is not a fitted model (got {type(fit).__name__}); "
                 "pass results of lmmcore.lmer() or lmmcore.lm()."
             )
-
-
-def _printed_formula(fit) -> str:
-    """The formula as lme4's anova heading shows it (``||`` expanded as R deparses it)."""
-    text = str(fit.formula)
-    if "||" in text:
-        from lmmcore.mixed import _deparse_double_bar
-        return _deparse_double_bar(text)
-    return text
 
 
 def anova(*fits, names=None) -> pd.DataFrame:
@@ -56,7 +46,8 @@ def anova(*fits, names=None) -> pd.DataFrame:
         ``BIC``, ``logLik``, ``deviance``, ``Chisq``, ``Df``, ``Pr(>Chisq)`` (NaN in the
         first row's test columns, as R's NA).  ``attrs``: ``"notes"`` (e.g. lme4's
         "refitting model(s) with ML (instead of REML)"), ``"data_name"`` and
-        ``"formulas"`` (model name -> formula), used by :func:`format_anova`.
+        ``"formulas"`` (model name -> formula as fitted), used by
+        :func:`lmmcore.printing.format_anova`.
 
     Raises
     ------
@@ -111,50 +102,97 @@ def anova(*fits, names=None) -> pd.DataFrame:
         p = np.where(df == 0, np.nan, stats.chi2.sf(chisq, np.where(df > 0, df, 1)))
     p[0] = np.nan
     table = pd.DataFrame(
-        {"npar": npar, "AIC": aic, "BIC": bic, "logLik": loglik, "deviance": deviance,
-         "Chisq": chisq, "Df": df, "Pr(>Chisq)": p},
+        dict(zip(COLUMNS, (npar, aic, bic, loglik, deviance, chisq, df, p))),
         index=pd.Index(names, dtype=object),
     )
     data_names = [getattr(f, "data_name", None) for f in fits]
     table.attrs["notes"] = notes
     table.attrs["data_name"] = next((d for d in data_names if d), "data")
-    table.attrs["formulas"] = {nm: _printed_formula(f) for nm, f in zip(names, fits)}
+    table.attrs["formulas"] = {nm: str(f.formula) for nm, f in zip(names, fits)}
+    table.attrs["nobs"] = n
     return table
 
 
-def format_anova(table: pd.DataFrame, width: int = 80) -> str:
-    """Print an :func:`anova` table as lme4 does (``print.anova`` / ``printCoefmat``).
+# ---------------------------------------------------------------------------
+# The lecture's model-comparison recap, worked out (issue 14)
+
+LM_COLUMNS = ["Res.Df", "RSS", "Df", "Sum of Sq", "F", "Pr(>F)"]
+
+
+def compare_lm(compact, augmented) -> pd.DataFrame:
+    """R's ``anova(lm_compact, lm_augmented)`` F test, with the proportional reduction in error.
+
+    Parameters
+    ----------
+    compact, augmented : LinearFit
+        Nested ordinary least-squares fits to the same observations; ``augmented`` has
+        more coefficients.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows ``1`` and ``2`` (the compact and the augmented model), columns ``Res.Df``,
+        ``RSS``, ``Df``, ``Sum of Sq``, ``F``, ``Pr(>F)`` as R's ``anova.lm`` (NaN where R
+        prints nothing).  ``attrs``: ``"PRE"`` (``1 - SSE_A / SSE_C``), ``"formulas"``
+        and the pieces of the F ratio (``"PA"``, ``"PC"``, ``"n"``).
+
+    Notes
+    -----
+    With :math:`PA` and :math:`PC` coefficients,
+    :math:`F = \\frac{(SSE_C - SSE_A)/(PA - PC)}{SSE_A/(n - PA)}` on :math:`(PA - PC,\\ n - PA)`
+    degrees of freedom, and :math:`PRE = 1 - SSE_A/SSE_C`; ``F`` is
+    :math:`\\frac{PRE/(PA-PC)}{(1-PRE)/(n-PA)}`.
+    """
+    for position, fit in enumerate((compact, augmented), start=1):
+        if not hasattr(fit, "rss") or getattr(fit.design, "random_terms", ()):
+            raise LmmError(f"compare_lm: model {position} is not an lm fit; the F test and PRE "
+                           "compare two lm models (use anova() for lmer models).")
+    if compact.nobs != augmented.nobs:
+        raise LmmError("compare_lm: the two models were fitted to different numbers of "
+                       f"observations ({compact.nobs} and {augmented.nobs}).")
+    pc, pa = len(compact.fixef), len(augmented.fixef)
+    if pa <= pc:
+        raise LmmError("compare_lm: the augmented model must have more coefficients than the "
+                       f"compact one (it has {pa}, the compact {pc}): give the smaller model first.")
+    n = augmented.nobs
+    sse_c, sse_a = float(compact.rss), float(augmented.rss)
+    df = pa - pc
+    sum_sq = sse_c - sse_a
+    f_value = (sum_sq / df) / (sse_a / (n - pa)) if n > pa else float("nan")
+    p_value = float(stats.f.sf(f_value, df, n - pa)) if n > pa else float("nan")
+    table = pd.DataFrame(
+        {"Res.Df": [n - pc, n - pa], "RSS": [sse_c, sse_a], "Df": [np.nan, df],
+         "Sum of Sq": [np.nan, sum_sq], "F": [np.nan, f_value], "Pr(>F)": [np.nan, p_value]},
+        index=pd.Index(["1", "2"], dtype=object))
+    table.attrs.update(PRE=1.0 - sse_a / sse_c if sse_c > 0 else float("nan"), PA=pa, PC=pc, n=n,
+                       formulas=[str(compact.formula), str(augmented.formula)])
+    return table
+
+
+def information_criteria(table: pd.DataFrame, n: int) -> pd.DataFrame:
+    """AIC and BIC of each model of an :func:`anova` table, worked out from their formulas.
 
     Parameters
     ----------
     table : pandas.DataFrame
-        The result of :func:`anova` (its ``attrs`` give the "Data:" and "Models:" lines).
+        The result of :func:`anova` (ML log-likelihoods: REML fits were refitted).
+    n : int
+        The number of observations (every model's).
 
     Returns
     -------
-    str
-        "Data: ..." and "Models:" lines, one "name: formula" line per model, the table
-        with R's number formatting and significance stars, and the "Signif. codes"
-        legend when stars are shown.  lme4's refit message is not part of the printout
-        (R sends it as a message): read it from ``table.attrs["notes"]``.
+    pandas.DataFrame
+        Per model: ``k`` (anova's ``npar``), ``n``, ``logLik`` (ln L-hat), ``AIC``
+        :math:`= 2k - 2\\ln\\hat L`, ``BIC`` :math:`= \\ln(n)\\,k - 2\\ln\\hat L`, and
+        ``AIC_worked`` / ``BIC_worked``: the formulas with the numbers filled in (LaTeX).
+        ``AIC`` and ``BIC`` equal the anova table's columns.
     """
-    missing = [c for c in COLUMNS if c not in table.columns]
-    if missing:
-        raise LmmError(f"format_anova needs the table from lmmcore.anova(); missing columns: {missing}")
-    formulas = table.attrs.get("formulas", {})
-    lines = [f"Data: {table.attrs.get('data_name', 'data')}", "Models:"]
-    for name in table.index:
-        lines.append(f"{name}: {formulas.get(name, '')}")
-    lines += format_coef_matrix(
-        table[COLUMNS].to_numpy(dtype=float),
-        [str(i) for i in table.index],
-        COLUMNS,
-        digits=5,
-        cs_ind=(),
-        tst_ind=(5,),
-        zap_ind=(0, 1, 2, 3, 4),
-        has_pvalue=True,
-        na_print="",
-        width=width,
-    )
-    return "\n".join(lines) + "\n"
+    k = table["npar"].to_numpy(dtype=float)
+    loglik = table["logLik"].to_numpy(dtype=float)
+    aic = 2.0 * k - 2.0 * loglik
+    bic = np.log(n) * k - 2.0 * loglik
+    aic_worked = [rf"2 \cdot {ki:g} - 2 \cdot ({li:.2f}) = {a:.2f}" for ki, li, a in zip(k, loglik, aic)]
+    bic_worked = [rf"\ln({n}) \cdot {ki:g} - 2 \cdot ({li:.2f}) = {b:.2f}"
+                  for ki, li, b in zip(k, loglik, bic)]
+    return pd.DataFrame({"k": k.astype(int), "n": n, "logLik": loglik, "AIC": aic, "BIC": bic,
+                         "AIC_worked": aic_worked, "BIC_worked": bic_worked}, index=table.index)

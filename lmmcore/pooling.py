@@ -9,46 +9,269 @@ For a response, one numeric predictor and one grouping factor:
   ("shrunk") toward the fixed effects, the more so the less data the group has and the
   further it lies from the average.
 
-:func:`pooling_estimates` gives all three per group, :func:`shrinkage_sd` the spread of
-the no- and partial-pooling estimates, and :func:`re_contours` the ellipses of the
-fitted random-effects distribution that partial pooling shrinks toward.
+:func:`pooling_estimates` fits all three and returns one :class:`PoolingEstimates`: the
+mixed fit, each method's formula, the per-group table, the group sizes and how far each
+group shrank.  Everything the pages show about pooling is read from that object;
+:func:`shrinkage_sd` gives the spread of the no- and partial-pooling estimates and
+:func:`re_contours` the ellipses of the fitted random-effects distribution that partial
+pooling shrinks toward.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from lmmcore.errors import DataError, LmmError
+from lmmcore.formula import quote_name
+from lmmcore.formula_menu import compose_formula
 
+__all__ = ["PoolingEstimates", "pooling_estimates", "pooling_formulas", "shrinkage_sd", "re_contours",
+           "RANDOM_CHOICES", "METHODS", "COEFFICIENTS"]
+
+# The kinds of random part (lmmcore.formula_menu.RANDOM_KINDS, one vocabulary) the pooling
+# comparison offers, in the order its menu lists them.
 RANDOM_CHOICES = ("intercept+slope", "intercept", "slope")
 METHODS = ("complete", "no", "partial")
+COEFFICIENTS = ("intercept", "slope")
+# Which coefficients differ between groups, for each kind of random part.
+_VARYING = {"intercept+slope": ("intercept", "slope"), "intercept": ("intercept",), "slope": ("slope",)}
+_TABLE_COLUMNS = ["group", "method", *COEFFICIENTS, "n", "note"]
 
 
-def _quote(name: str) -> str:
-    from lmmcore.formula import quote_name
+class PoolingEstimates:
+    """Each group's coefficients under several pooling methods, with what they came from.
 
-    return quote_name(name)
+    Made by :func:`pooling_estimates`; read-only (and picklable).  Consumers read it and
+    never refit: it carries the mixed model that gave partial pooling.
+
+    Attributes
+    ----------
+    response, group : str
+        The response and grouping columns.
+    predictor : str or None
+        The numeric predictor; None for an intercept-only comparison.
+    random : str
+        Which coefficients vary by group: one of :data:`RANDOM_CHOICES` (the
+        vocabulary of ``lmmcore.formula_menu.RANDOM_KINDS``).
+    fit : MixedFit
+        The partial-pooling mixed model (lme4's ``lmer``, REML).
+    table : pandas.DataFrame
+        The long table, one row per group per method: ``group`` (level label, lme4's
+        order), ``method``, ``intercept``, ``slope`` (NaN without a predictor), ``n`` (the
+        group's observations used) and ``note`` (why an estimate is missing, in plain
+        words; else "").  A copy each time: changing it changes nothing here.
+    formulas : dict
+        Method -> the model formula whose coefficients are that method's estimates.
+
+    Notes
+    -----
+    The table is generic in its methods (rows) and coefficients (columns): the lookups
+    here (:meth:`method`, :meth:`wide`, :attr:`n`, :attr:`shrinkage`...) work for any
+    set of methods, so another model family (estimates on its link scale) or a simulated
+    truth can be added as methods of the same table.
+    """
+
+    _frozen = False
+
+    def __init__(self, *, table: pd.DataFrame, fit, formulas: dict, response: str,
+                 predictor: str | None, group: str, random: str):
+        missing = [c for c in _TABLE_COLUMNS if c not in table.columns]
+        if missing:
+            raise LmmError(f"a pooling table needs the columns {', '.join(_TABLE_COLUMNS)}; "
+                           f"missing: {', '.join(missing)}.")
+        if random not in _VARYING:
+            raise LmmError(f"random must be one of {', '.join(RANDOM_CHOICES)} (got '{random}').")
+        self._table = table.reset_index(drop=True).copy()
+        self._formulas = dict(formulas)
+        self.fit = fit
+        self.response = response
+        self.predictor = predictor
+        self.group = group
+        self.random = random
+        self._frozen = True
+
+    def __setattr__(self, name, value):
+        if self._frozen:
+            raise AttributeError("PoolingEstimates is read-only; call pooling_estimates() again")
+        object.__setattr__(self, name, value)
+
+    def __reduce__(self):
+        return (_rebuild_estimates, (type(self), self._state()))
+
+    def _state(self) -> dict:
+        return {"table": self._table, "fit": self.fit, "formulas": self._formulas,
+                "response": self.response, "predictor": self.predictor, "group": self.group,
+                "random": self.random}
+
+    def __repr__(self):
+        return (f"<PoolingEstimates {self._formulas.get('partial', '')!r}: "
+                f"{len(self.groups)} groups, methods {', '.join(self.methods)}>")
+
+    # -- what it was computed from ------------------------------------------------------
+    @property
+    def table(self) -> pd.DataFrame:
+        # A shallow copy: pandas' copy-on-write copies the data only if the copy is written to.
+        return self._table.copy(deep=False)
+
+    @property
+    def formulas(self) -> dict:
+        return dict(self._formulas)
+
+    @property
+    def methods(self) -> tuple:
+        """The methods in the table, in its order (``("complete", "no", "partial")``)."""
+        return tuple(dict.fromkeys(self._table["method"]))
+
+    @property
+    def coefficients(self) -> tuple:
+        """The coefficients estimated: ``("intercept", "slope")``, or ``("intercept",)``
+        without a predictor."""
+        return COEFFICIENTS if self.predictor is not None else COEFFICIENTS[:1]
+
+    @property
+    def varying(self) -> tuple:
+        """The coefficients that differ between groups (the random part's)."""
+        return _VARYING[self.random]
+
+    @property
+    def fixef(self) -> pd.Series:
+        """The mixed model's fixed effects, indexed ``intercept``, ``slope`` (NaN without
+        a predictor): the average that partial pooling shrinks toward."""
+        fe = self.fit.fixef
+        names = list(self.fit.design.fixed_names)
+        slope = float(fe[names[1]]) if self.predictor is not None and len(names) > 1 else math.nan
+        return pd.Series({"intercept": float(fe.get("(Intercept)", math.nan)), "slope": slope},
+                         name="fixef")
+
+    # -- per group ------------------------------------------------------------------------
+    @property
+    def groups(self) -> list:
+        """Group labels in lme4's order."""
+        return list(dict.fromkeys(self._table["group"]))
+
+    @property
+    def n(self) -> pd.Series:
+        """Observations per group, indexed by group."""
+        first = self._table.drop_duplicates("group")
+        return pd.Series(first["n"].to_numpy(dtype=int), index=pd.Index(first["group"], name="group"),
+                         name="n")
+
+    def method(self, name: str) -> pd.DataFrame:
+        """One method's rows, indexed by group: coefficients, ``n`` and ``note``."""
+        rows = self._table[self._table["method"] == name]
+        if rows.empty and name not in self.methods:
+            raise LmmError(f"no method {name!r} in the estimates; they hold {', '.join(self.methods)}.")
+        return rows.drop(columns="method").set_index("group")
+
+    def wide(self) -> pd.DataFrame:
+        """One row per group: ``n``, then each coefficient under each method, as
+        ``"intercept (complete)"``, ``"intercept (no)"``, ... ``"slope (partial)"``."""
+        groups = pd.Index(self.groups, name="group")
+        out = pd.DataFrame({"n": self.n.reindex(groups).to_numpy()}, index=groups)
+        by = {m: self.method(m) for m in self.methods}
+        for coef in self.coefficients:
+            for m, rows in by.items():
+                out[f"{coef} ({m})"] = rows[coef].reindex(groups).to_numpy(dtype=float)
+        return out
+
+    @property
+    def own_estimate(self) -> pd.Series:
+        """Whether each group's data give its own (no-pooling) estimate of every varying
+        coefficient: False for a group too small, or without variation in the predictor."""
+        no = self.method("no").reindex(self.groups)
+        own = np.isfinite(no[list(self.varying)].to_numpy(dtype=float)).all(axis=1)
+        return pd.Series(own, index=pd.Index(self.groups, name="group"), name="own_estimate")
+
+    @property
+    def notes(self) -> pd.Series:
+        """Why an estimate is missing, indexed by group (only the groups with a note)."""
+        t = self._table
+        rows = t[t["note"].fillna("").astype(str) != ""].drop_duplicates(["group", "note"])
+        return pd.Series(rows["note"].astype(str).to_numpy(), index=pd.Index(rows["group"], name="group"),
+                         name="note")
+
+    @property
+    def shrinkage(self) -> pd.Series:
+        """How far each group's estimate moves from no to partial pooling.
+
+        Returns
+        -------
+        pandas.Series
+            Indexed by group; NaN for a group without its own estimate (see
+            :attr:`own_estimate`), whose estimate comes from the other groups alone.
+
+        Notes
+        -----
+        The distance between the group's no-pooling and partial-pooling coefficients,
+        each varying coefficient ``k`` (see :attr:`varying`) measured in ``s_k``, the
+        standard deviation (``ddof=1``) of the no-pooling estimates across groups::
+
+            shrinkage_g = sqrt( sum_k ((partial_gk - no_gk) / s_k)^2 )
+
+        Intercept and slope have different units; divided by how much the groups'
+        own estimates differ, their moves are comparable and add up, and a group
+        counts as shrinking much when it moves far relative to the spread of the
+        groups.  The scale is the data's spread rather than the model's random-effects
+        covariance, so the measure is defined for a singular fit too.  With one varying
+        coefficient it is ``|partial - no| / s``.  A coefficient whose no-pooling
+        estimates do not vary (``s_k`` 0 or undefined) is left out; with none left the
+        measure is NaN.
+        """
+        groups = pd.Index(self.groups, name="group")
+        no = self.method("no").reindex(groups)
+        part = self.method("partial").reindex(groups)
+        total, used = np.zeros(len(groups)), False
+        for coef in self.varying:
+            own = no[coef].to_numpy(dtype=float)
+            spread = float(np.nanstd(own, ddof=1)) if np.isfinite(own).sum() > 1 else math.nan
+            if math.isfinite(spread) and spread > 0:
+                total = total + ((part[coef].to_numpy(dtype=float) - own) / spread) ** 2
+                used = True
+        moved = np.sqrt(total) if used else np.full(len(groups), math.nan)
+        moved[~self.own_estimate.to_numpy()] = math.nan
+        return pd.Series(moved, index=groups, name="shrinkage")
+
+
+def _rebuild_estimates(cls, state):
+    return cls(**state)
 
 
 def pooling_formulas(response: str, predictor: str | None, group: str,
                      random: str = "intercept+slope") -> dict:
-    """The lm (complete pooling) and lmer (partial pooling) formulas used for the estimates.
+    """The formula of each method: the model whose coefficients are its estimates.
 
     Returns
     -------
     dict
-        ``{"complete": "Reaction ~ Days", "partial": "Reaction ~ Days + (Days | Subject)"}``.
-        With ``predictor=None``: ``"y ~ 1"`` and ``"y ~ 1 + (1 | g)"``.
+        ``complete`` (an ``lm``), ``no`` (an ``lm`` with one coefficient per group for
+        each varying coefficient) and ``partial`` (the ``lmer``), e.g.
+        ``{"complete": "Reaction ~ Days", "no": "Reaction ~ 0 + Subject + Subject:Days",
+        "partial": "Reaction ~ Days + (Days | Subject)"}``.  With ``predictor=None``:
+        ``"y ~ 1"``, ``"y ~ 0 + g"`` and ``"y ~ 1 + (1 | g)"``.
+
+    Notes
+    -----
+    ``lm(formulas["no"])`` gives the same estimates as one ``lm(response ~ predictor)``
+    per group (``random="intercept+slope"``); where a group cannot give its own line,
+    :func:`pooling_estimates` reports NaN rather than ``lm``'s partial answer.
     """
     random = _check_random(random, predictor)
-    y, g = _quote(response), _quote(group)
+    fixed = (predictor,) if predictor is not None else ()
+    formulas = {"complete": compose_formula(response, fixed=fixed)}
+    y, g = quote_name(response), quote_name(group)
     if predictor is None:
-        return {"complete": f"{y} ~ 1", "partial": f"{y} ~ 1 + (1 | {g})"}
-    x = _quote(predictor)
-    bar = {"intercept+slope": x, "intercept": "1", "slope": f"0 + {x}"}[random]
-    return {"complete": f"{y} ~ {x}", "partial": f"{y} ~ {x} + ({bar} | {g})"}
+        formulas["no"] = f"{y} ~ 0 + {g}"
+    else:
+        x = quote_name(predictor)
+        formulas["no"] = {"intercept+slope": f"{y} ~ 0 + {g} + {g}:{x}", "intercept": f"{y} ~ 0 + {g} + {x}",
+                          "slope": f"{y} ~ {x}:{g}"}[random]
+    formulas["partial"] = compose_formula(response, fixed=fixed, groups=(group,), random=random,
+                                          slope=predictor)
+    return formulas
 
 
 def _check_random(random: str, predictor) -> str:
@@ -63,7 +286,7 @@ def _check_random(random: str, predictor) -> str:
 
 
 def pooling_estimates(data: pd.DataFrame, response: str, predictor: str | None, group: str,
-                      random: str = "intercept+slope") -> pd.DataFrame:
+                      random: str = "intercept+slope") -> PoolingEstimates:
     """Each group's intercept and slope under complete, no and partial pooling.
 
     Parameters
@@ -82,13 +305,10 @@ def pooling_estimates(data: pd.DataFrame, response: str, predictor: str | None, 
 
     Returns
     -------
-    pandas.DataFrame
-        Columns ``group`` (level label, lme4's order), ``method`` ("complete", "no",
-        "partial"), ``intercept``, ``slope``, ``n`` (the group's observations used) and
-        ``note`` (why a no-pooling estimate is missing, in plain words; else "").  One
-        row per group per method.  ``attrs``: ``formulas`` (see
-        :func:`pooling_formulas`), ``fixef`` ({"intercept", "slope"} of the mixed model),
-        ``response``, ``predictor``, ``group``, ``random``.
+    PoolingEstimates
+        The mixed fit, the formulas (:func:`pooling_formulas`) and the table: one row
+        per group per method (``"complete"``, ``"no"``, ``"partial"``) with columns
+        ``group``, ``method``, ``intercept``, ``slope``, ``n``, ``note``.
 
     Raises
     ------
@@ -169,14 +389,8 @@ def pooling_estimates(data: pd.DataFrame, response: str, predictor: str | None, 
             "intercept": np.asarray(ints, dtype=float), "slope": np.asarray(slopes, dtype=float),
             "n": n_int, "note": pd.Series(list(note), dtype="str"),
         }))
-    out = pd.concat(blocks, ignore_index=True)
-    fe = fit.fixef
-    out.attrs.update(
-        formulas=formulas, response=response, predictor=predictor, group=group, random=random,
-        fixef={"intercept": float(fe.get("(Intercept)", np.nan)),
-               "slope": float(fe[slope_name]) if slope_name else float("nan")},
-    )
-    return out
+    return PoolingEstimates(table=pd.concat(blocks, ignore_index=True), fit=fit, formulas=formulas,
+                            response=response, predictor=predictor, group=group, random=random)
 
 
 def _no_pooling(x, y, codes, n_g, random, predictor):
@@ -232,12 +446,12 @@ def _no_pooling(x, y, codes, n_g, random, predictor):
     return np.full(m, a), slope, notes
 
 
-def shrinkage_sd(estimates: pd.DataFrame) -> pd.DataFrame:
+def shrinkage_sd(estimates: PoolingEstimates) -> pd.DataFrame:
     """Spread across groups of the no- and partial-pooling estimates.
 
     Parameters
     ----------
-    estimates : pandas.DataFrame
+    estimates : PoolingEstimates
         The result of :func:`pooling_estimates`.
 
     Returns
@@ -247,29 +461,30 @@ def shrinkage_sd(estimates: pd.DataFrame) -> pd.DataFrame:
         deviation (``ddof=1``, missing estimates skipped) of each method's estimates.
         Partial pooling's is smaller: that is the shrinkage.
     """
-    need = {"method", "intercept", "slope"}
-    if not isinstance(estimates, pd.DataFrame) or not need <= set(estimates.columns):
-        raise LmmError("shrinkage_sd needs the table from pooling_estimates() "
-                       "(columns method, intercept, slope).")
+    if not isinstance(estimates, PoolingEstimates):
+        raise LmmError("shrinkage_sd needs the result of pooling_estimates().")
     rows = {}
     for method in ("no", "partial"):
-        sub = estimates.loc[estimates["method"] == method, ["intercept", "slope"]]
-        sd = sub.astype(float).std(ddof=1, skipna=True)
+        sub = estimates.method(method)[list(COEFFICIENTS)].astype(float)
+        sd = sub.std(ddof=1, skipna=True)
         # A coefficient shared by all groups (e.g. the common slope) has SD 0, not 1e-15.
-        scale = sub.astype(float).abs().max().fillna(0.0).clip(lower=1.0)
+        scale = sub.abs().max().fillna(0.0).clip(lower=1.0)
         rows[method] = sd.where(~(sd <= 1e-12 * scale), 0.0)
-    return pd.DataFrame(rows).T.loc[["no", "partial"], ["intercept", "slope"]]
+    return pd.DataFrame(rows).T.loc[["no", "partial"], list(COEFFICIENTS)]
 
 
-def re_contours(fit, group: str, levels=(0.1, 0.3, 0.5, 0.7, 0.9), n_points: int = 100) -> pd.DataFrame:
+def re_contours(fit, group: str | None = None, levels=(0.1, 0.3, 0.5, 0.7, 0.9),
+                n_points: int = 100) -> pd.DataFrame:
     """Contour ellipses of one group's fitted bivariate normal random effects.
 
     Parameters
     ----------
-    fit : MixedFit
-        A mixed model with a random intercept and one random slope for ``group``.
-    group : str
-        Grouping factor name as lme4 names it (e.g. ``"Subject"``).
+    fit : PoolingEstimates or MixedFit
+        Pooling estimates (their mixed fit and grouping factor are used), or a mixed
+        model with a random intercept and one random slope for ``group``.
+    group : str, optional
+        Grouping factor name as lme4 names it (e.g. ``"Subject"``); needed with a
+        MixedFit, defaults to the estimates' grouping factor.
     levels : sequence of float in (0, 1)
         Probability each ellipse contains.
     n_points : int
@@ -297,6 +512,11 @@ def re_contours(fit, group: str, levels=(0.1, 0.3, 0.5, 0.7, 0.9), n_points: int
     from the eigen-decomposition ``Sigma = V diag(lambda) V'`` (which also draws the
     degenerate ellipse of a singular fit as a line segment).
     """
+    if isinstance(fit, PoolingEstimates):
+        group = fit.group if group is None else group
+        fit = fit.fit
+    if group is None:
+        raise LmmError("re_contours needs the grouping factor's name with a mixed model.")
     if not hasattr(fit, "re_cov"):
         raise LmmError("re_contours needs a mixed model fitted with lmer().")
     cov = fit.re_cov(group)

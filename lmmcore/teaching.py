@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import stats
 
 from lmmcore.errors import DataError, FitError
+from lmmcore.formula import quote_name
 
 __all__ = [
     "column_types", "column_overview", "level_order", "wide_to_long", "guess_roles",
@@ -186,13 +187,6 @@ def guess_roles(data: pd.DataFrame, types: dict) -> dict:
         rhs = quote_name(predictor) if predictor else "1"
         formula = f"{quote_name(response)} ~ {rhs} + (1 | {quote_name(group)})"
     return {"response": response, "predictor": predictor, "group": group, "formula": formula}
-
-
-def quote_name(name: str) -> str:
-    """A column name as it must appear in a formula: back-quoted unless a plain name."""
-    from lmmcore.formula import quote_name as _quote
-
-    return _quote(str(name))
 
 
 # ---------------------------------------------------------------- fitted models
@@ -404,19 +398,16 @@ def few_observations(n) -> pd.Series:
     return n < cut
 
 
-def groups_to_highlight(estimates: pd.DataFrame, n_most: int = 5) -> list:
+def groups_to_highlight(estimates, n_most: int = 5) -> list:
     """The groups a shrinkage plot should name: those with few observations, and the
     ``n_most`` whose estimate moves most from no to partial pooling.
 
-    The move is measured in each coefficient's spread across the no-pooling estimates
-    (intercept and slope have different units), so a group counts as "shrinking most"
-    when it moves far relative to how much the groups differ.
-
     Parameters
     ----------
-    estimates : DataFrame
-        ``lmmcore.pooling_estimates`` output (``group``, ``method``, ``intercept``,
-        ``slope``, ``n``).
+    estimates : lmmcore.pooling.PoolingEstimates
+        ``lmmcore.pooling_estimates`` output; "moves most" is its
+        :attr:`~lmmcore.pooling.PoolingEstimates.shrinkage` (each coefficient's move
+        measured in its spread across the groups' no-pooling estimates).
     n_most : int
         How many of the groups that move most to add.
 
@@ -425,22 +416,11 @@ def groups_to_highlight(estimates: pd.DataFrame, n_most: int = 5) -> list:
     list of str
         Group labels, in the estimates' order.
     """
-    group = estimates["group"].astype(str)
-    order = list(dict.fromkeys(group))
-    sizes = estimates.assign(group=group).drop_duplicates("group").set_index("group")["n"]
+    sizes = estimates.n
     chosen = set(sizes.index[few_observations(sizes).to_numpy()])
-    no = estimates[estimates["method"] == "no"].assign(group=group).set_index("group")
-    part = estimates[estimates["method"] == "partial"].assign(group=group).set_index("group")
-    common = [g for g in part.index if g in no.index]
-    moved = pd.Series(0.0, index=common)
-    for column in ("intercept", "slope"):
-        spread = float(no[column].std())
-        if math.isfinite(spread) and spread > 0:
-            step = ((part.loc[common, column] - no.loc[common, column]) / spread) ** 2
-            moved = moved + step.astype(float)
-    moved = moved[np.isfinite(moved.to_numpy())]
+    moved = estimates.shrinkage.dropna()
     chosen |= set(moved.sort_values(ascending=False, kind="stable").index[:max(0, n_most)])
-    return [g for g in order if g in chosen]
+    return [g for g in estimates.groups if g in chosen]
 
 
 # ---------------------------------------------------------------- reproduce this

@@ -28,6 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts" / "deploy"
 STARTUP_TIMEOUT_S = 60.0
 
+# A student's upload for the whole-session tests (proxy, container image): 6 participants x 5
+# days; a random-intercept model's lme4 printout names 30 observations.
+STUDENT_CSV_NAME = "class data.csv"
+STUDENT_CSV = "\n".join(
+    ["participant,day,rt"]
+    + [f"p{p},{d},{200 + 7 * p + (9 + p % 3) * d + (d * p) % 5}.{(p * d) % 10}"
+       for p in range(1, 7) for d in range(5)]) + "\n"
+STUDENT_FORMULA = "rt ~ day + (1 | participant)"
+
 
 def missing(reason: str) -> None:
     """Skip on a developer machine; fail where the system tests are required (CI sets

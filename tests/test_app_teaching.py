@@ -12,7 +12,7 @@ from scipy import stats
 
 import lmmcore
 from lmmcore import teaching
-from lmmcore.formula import compose_formula, decompose_formula
+from lmmcore.formula_menu import compose_formula, decompose_formula
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures"
@@ -160,8 +160,7 @@ def test_column_types_overview_and_levels():
 
 def test_few_observations_marks_the_incomplete_subjects():
     est = lmmcore.pooling_estimates(_data("sleepstudy_fake", ["Subject"]), "Reaction", "Days", "Subject")
-    n = est.drop_duplicates("group").set_index("group")["n"]
-    few = teaching.few_observations(n)
+    few = teaching.few_observations(est.n)
     assert set(few[few].index.astype(str)) == {"373", "374"}
 
 
@@ -220,8 +219,9 @@ def test_groups_to_highlight_are_the_small_and_the_most_shrunk():
     picked = teaching.groups_to_highlight(est, n_most=3)
     # 373 and 374 have one and two observations; three more are the largest moves
     assert {"373", "374"} <= set(picked)
-    no = est[est["method"] == "no"].set_index("group")
-    part = est[est["method"] == "partial"].set_index("group")
+    table = est.table
+    no = table[table["method"] == "no"].set_index("group")
+    part = table[table["method"] == "partial"].set_index("group")
     move = (((part["intercept"] - no["intercept"]) / no["intercept"].std()) ** 2
             + ((part["slope"] - no["slope"]) / no["slope"].std()) ** 2).dropna()
     assert set(picked) == {"373", "374"} | {str(g) for g in move.nlargest(3).index}

@@ -21,13 +21,6 @@ import deploy_support as ds
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-UPLOAD_NAME = "class data.csv"
-# 6 participants x 5 days; a random-intercept model's lme4 printout names 30 observations.
-UPLOAD_CSV = "\n".join(
-    ["participant,day,rt"]
-    + [f"p{p},{d},{200 + 7 * p + (9 + p % 3) * d + (d * p) % 5}.{(p * d) % 10}"
-       for p in range(1, 7) for d in range(5)]) + "\n"
-FORMULA = "rt ~ day + (1 | participant)"
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +105,8 @@ def test_a_student_session_through_the_proxy(proxy, chromium, tmp_path):
         page = context.new_page()
         page.goto(f"{proxy['base']}/dataset", wait_until="domcontentloaded")
         wait_for_app(page)
-        upload_table(page, UPLOAD_NAME, UPLOAD_CSV.encode())
-        fit_on_model_page(page, FORMULA)
+        upload_table(page, ds.STUDENT_CSV_NAME, ds.STUDENT_CSV.encode())
+        fit_on_model_page(page, ds.STUDENT_FORMULA)
         page.get_by_text("Number of obs: 30").first.wait_for()
         ds.ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ds.ARTIFACTS / "proxy-session.png"))

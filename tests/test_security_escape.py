@@ -78,22 +78,24 @@ def test_inline_code_cannot_be_broken_out_of(text):
 GROUPS = [HOSTILE[0], HOSTILE[1], HOSTILE[2], HOSTILE[4], HOSTILE[16]]
 
 
-def _estimates():
-    rows = []
-    rng = np.random.default_rng(1)
-    for i, g in enumerate(GROUPS):
-        for method in ("complete", "no", "partial"):
-            rows.append({"group": g, "method": method, "intercept": 250 + rng.normal(0, 10),
-                         "slope": 10 + rng.normal(0, 2), "n": 10 - i})
-    return pd.DataFrame(rows)
-
-
 def _data():
+    """Five groups with hostile names in columns with hostile names; the first group has
+    one observation (no no-pooling line of its own)."""
+    rng = np.random.default_rng(1)
     rows = []
-    for g in GROUPS:
-        for x in range(4):
-            rows.append({"<b>Reaction</b>": 250.0 + x, "$Days$": float(x), "<i>Subject</i>": g})
+    for i, g in enumerate(GROUPS):
+        for x in range(1 if i == 0 else 4):
+            rows.append({"<b>Reaction</b>": 250.0 + 10 * i + (10 + i) * x + rng.normal(0, 3),
+                         "$Days$": float(x), "<i>Subject</i>": g})
     return pd.DataFrame(rows)
+
+
+def _estimates(predictor="$Days$"):
+    """The pooling estimates of :func:`_data`, fitted as the app fits them."""
+    import lmmcore
+
+    return lmmcore.pooling_estimates(_data(), "<b>Reaction</b>", predictor, "<i>Subject</i>",
+                                     random="intercept+slope" if predictor else "intercept")
 
 
 # Keys whose strings plotly draws as (pseudo-HTML) text.
@@ -140,7 +142,7 @@ def _check_figure(fig):
 def test_shrinkage_1d_labels_are_escaped():
     from explorer import charts
 
-    fig = charts.shrinkage_1d(_estimates(), 251.4, lecture=False, group="<i>Subject</i>")
+    fig = charts.shrinkage_1d(_estimates(predictor=None), lecture=False)
     assert _check_figure(fig) == []
     assert any(plotly_text(HOSTILE[0]) in s for _, s in _rendered_strings(fig.to_plotly_json()))
 
@@ -149,8 +151,8 @@ def test_shrinkage_2d_labels_are_escaped():
     from explorer import charts
 
     est = _estimates()
-    est.loc[(est["group"] == GROUPS[0]) & (est["method"] == "no"), ["intercept", "slope"]] = np.nan
-    fig = charts.shrinkage_2d(est, None, (251.4, 10.5), lecture=False, predictor="$Days$")
+    assert not est.own_estimate[GROUPS[0]]  # drawn as a labelled point, not an arrow
+    fig = charts.shrinkage_2d(est, None, lecture=False)
     assert _check_figure(fig) == []
 
 
@@ -159,8 +161,7 @@ def test_pooling_panels_labels_are_escaped():
 
     data = _data()
     few = pd.Series({g: True for g in GROUPS})
-    fig = charts.pooling_panels(data, _estimates(), "<b>Reaction</b>", "$Days$", "<i>Subject</i>",
-                                GROUPS, few, lecture=True)
+    fig = charts.pooling_panels(data, _estimates(), GROUPS, few, lecture=True)
     assert _check_figure(fig) == []
 
 
@@ -169,6 +170,5 @@ def test_pooling_means_labels_are_escaped():
 
     data = _data()
     few = pd.Series({g: False for g in GROUPS})
-    fig = charts.pooling_means(data, _estimates(), "<b>Reaction</b>", "<i>Subject</i>", GROUPS, few,
-                               lecture=False)
+    fig = charts.pooling_means(data, _estimates(predictor=None), GROUPS, few, lecture=False)
     assert _check_figure(fig) == []

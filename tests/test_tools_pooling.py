@@ -1,6 +1,7 @@
 """Pooling estimates, shrinkage SD and contour ellipses on the sleepstudy data."""
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,9 @@ import pytest
 from scipy import stats
 
 from lmmcore import LmmError, lm, lmer
-from lmmcore.pooling import pooling_estimates, pooling_formulas, re_contours, shrinkage_sd
+from lmmcore.formula_menu import RANDOM_KINDS, RANDOM_LABELS, compose_formula, random_term
+from lmmcore.pooling import (METHODS, RANDOM_CHOICES, PoolingEstimates, pooling_estimates, pooling_formulas,
+                             re_contours, shrinkage_sd)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures"
@@ -36,7 +39,7 @@ def fake_estimates(fake):
 
 
 def test_sleepstudy_partial_equals_lme4_coef(sleep):
-    est = pooling_estimates(sleep, "Reaction", "Days", "Subject")
+    est = pooling_estimates(sleep, "Reaction", "Days", "Subject").table
     ref = json.loads((FIX / "lme4" / "sleepstudy_slope.json").read_text())["coef"]["Subject"]
     part = est[est["method"] == "partial"]
     assert part["group"].tolist() == ref["levels"]
@@ -49,7 +52,7 @@ def test_sleepstudy_partial_equals_lme4_coef(sleep):
 
 
 def test_sleepstudy_no_pooling_is_per_group_lm(sleep):
-    est = pooling_estimates(sleep, "Reaction", "Days", "Subject")
+    est = pooling_estimates(sleep, "Reaction", "Days", "Subject").table
     no = est[est["method"] == "no"].set_index("group")
     for subject in ("308", "335", "372"):
         fit = lm("Reaction ~ Days", sleep[sleep["Subject"].astype(str) == subject])
@@ -63,7 +66,8 @@ def test_sleepstudy_no_pooling_is_per_group_lm(sleep):
 
 @pytest.mark.parametrize("random", ["intercept+slope", "intercept", "slope"])
 def test_fake_matches_r(fake_estimates, random):
-    est = fake_estimates[random]
+    result = fake_estimates[random]
+    est = result.table
     ref = json.loads((FIX / "r" / f"pooling_sleepstudy_fake_{random.replace('+', '_')}.json").read_text())
     by = {m: est[est["method"] == m] for m in ("complete", "no", "partial")}
     for m in by.values():
@@ -77,12 +81,12 @@ def test_fake_matches_r(fake_estimates, random):
     # Partial pooling: lme4's coef(), to the optimizer's tolerance.
     np.testing.assert_allclose(by["partial"]["intercept"], ref["partial_intercept"], rtol=1e-4)
     np.testing.assert_allclose(by["partial"]["slope"], ref["partial_slope"], rtol=1e-4)
-    assert est.attrs["formulas"]["partial"] == ref["formula"]
-    assert est.attrs["fixef"]["intercept"] == pytest.approx(ref["fixef"][0], rel=1e-5)
+    assert result.formulas["partial"] == ref["formula"]
+    assert result.fixef["intercept"] == pytest.approx(ref["fixef"][0], rel=1e-5)
 
 
 def test_incomplete_groups_get_nan_with_a_reason(fake_estimates):
-    est = fake_estimates["intercept+slope"]
+    est = fake_estimates["intercept+slope"].table
     no = est[est["method"] == "no"].set_index("group")
     assert np.isnan(no.loc["373", "slope"]) and np.isnan(no.loc["373", "intercept"])
     assert no.loc["373", "note"] == "only 1 observation: no line can be fitted"
@@ -93,7 +97,7 @@ def test_incomplete_groups_get_nan_with_a_reason(fake_estimates):
     assert (no.drop(index="373")["note"] == "").all()
     part = est[est["method"] == "partial"].set_index("group")
     assert np.isfinite(part.loc["373", ["intercept", "slope"]].astype(float)).all()
-    slope_only = fake_estimates["slope"]
+    slope_only = fake_estimates["slope"].table
     note = slope_only[(slope_only["method"] == "no") & (slope_only["group"] == "373")]["note"].item()
     assert "Days = 0" in note
 
@@ -101,7 +105,7 @@ def test_incomplete_groups_get_nan_with_a_reason(fake_estimates):
 def test_no_variation_in_predictor_is_nan_not_zero(sleep):
     d = sleep.copy()
     d.loc[d["Subject"] == 308, "Days"] = 4
-    est = pooling_estimates(d, "Reaction", "Days", "Subject")
+    est = pooling_estimates(d, "Reaction", "Days", "Subject").table
     row = est[(est["method"] == "no") & (est["group"] == "308")].iloc[0]
     assert np.isnan(row["slope"]) and np.isnan(row["intercept"])
     assert "same Days value" in row["note"]
@@ -112,7 +116,7 @@ def test_shrinkage_sd_partial_smaller(fake_estimates):
     assert list(sd.index) == ["no", "partial"] and list(sd.columns) == ["intercept", "slope"]
     assert sd.loc["partial", "intercept"] < sd.loc["no", "intercept"]
     assert sd.loc["partial", "slope"] < sd.loc["no", "slope"]
-    est = fake_estimates["intercept+slope"]
+    est = fake_estimates["intercept+slope"].table
     no = est[est["method"] == "no"]
     assert sd.loc["no", "slope"] == pytest.approx(np.nanstd(no["slope"], ddof=1))
     # A coefficient common to all groups has no spread.
@@ -120,14 +124,15 @@ def test_shrinkage_sd_partial_smaller(fake_estimates):
 
 
 def test_intercept_only(fake):
-    est = pooling_estimates(fake, "Reaction", None, "Subject")
+    result = pooling_estimates(fake, "Reaction", None, "Subject")
+    est = result.table
     no = est[est["method"] == "no"].set_index("group")
     means = fake.groupby(fake["Subject"].astype(str))["Reaction"].mean()
     np.testing.assert_allclose(no["intercept"], means[no.index], rtol=1e-12)
     comp = est[est["method"] == "complete"]
     np.testing.assert_allclose(comp["intercept"], fake["Reaction"].mean(), rtol=1e-12)
     assert est["slope"].isna().all()
-    assert shrinkage_sd(est).loc["partial", "intercept"] < shrinkage_sd(est).loc["no", "intercept"]
+    assert shrinkage_sd(result).loc["partial", "intercept"] < shrinkage_sd(result).loc["no", "intercept"]
     assert pooling_formulas("Reaction", None, "Subject")["partial"] == "Reaction ~ 1 + (1 | Subject)"
 
 
@@ -135,8 +140,8 @@ def test_quoted_names_and_bad_input():
     d = pd.read_csv(ROOT / "data" / "sleepstudy.csv").rename(
         columns={"Reaction": "reaction time", "Subject": "sub ject"})
     est = pooling_estimates(d, "reaction time", "Days", "sub ject", random="intercept")
-    assert est.attrs["formulas"]["partial"] == "`reaction time` ~ Days + (1 | `sub ject`)"
-    assert len(est) == 3 * 18
+    assert est.formulas["partial"] == "`reaction time` ~ Days + (1 | `sub ject`)"
+    assert len(est.table) == 3 * 18
     with pytest.raises(LmmError, match="random must be"):
         pooling_estimates(d, "reaction time", "Days", "sub ject", random="both")
     with pytest.raises(LmmError, match="no column"):
@@ -170,3 +175,102 @@ def test_contours_need_intercept_and_one_slope(sleep):
         re_contours(fit, "Subject")
     with pytest.raises(LmmError):
         re_contours(lm("Reaction ~ Days", sleep), "Subject")
+
+
+# ------------------------------------------------------------- the PoolingEstimates object
+
+
+def test_estimates_carry_their_fit_and_are_read_only(fake_estimates, fake):
+    est = fake_estimates["intercept+slope"]
+    assert isinstance(est, PoolingEstimates)
+    assert (est.response, est.predictor, est.group, est.random) == ("Reaction", "Days", "Subject",
+                                                                    "intercept+slope")
+    assert est.fit.formula == est.formulas["partial"]
+    refit = lmer(est.formulas["partial"], fake, categorical=["Subject"])
+    np.testing.assert_allclose(est.fit.fixef, refit.fixef, rtol=1e-12)
+    assert est.fixef.tolist() == pytest.approx(refit.fixef.tolist(), rel=1e-12)
+    with pytest.raises(AttributeError, match="read-only"):
+        est.fit = refit
+    table = est.table
+    table.loc[0, "intercept"] = -1.0
+    est.formulas["partial"] = "changed"
+    assert est.table.loc[0, "intercept"] != -1.0 and est.formulas["partial"] == refit.formula
+    back = pickle.loads(pickle.dumps(est))
+    pd.testing.assert_frame_equal(back.table, est.table)
+    assert back.formulas == est.formulas and back.fit.fixef.equals(est.fit.fixef)
+
+
+@pytest.mark.parametrize("random", ["intercept+slope", "intercept", "slope"])
+def test_no_pooling_formula_gives_the_no_pooling_estimates(fake_estimates, fake, random):
+    """formulas["no"] is the lm whose coefficients are the no-pooling estimates (where a
+    group can give them; lm drops the aliased columns of the others)."""
+    est = fake_estimates[random]
+    coef = lm(est.formulas["no"], fake, categorical=["Subject"]).fixef
+    no = est.method("no")
+    own = est.own_estimate
+    for g in no.index[own.to_numpy()]:
+        if random == "intercept+slope":
+            want = (coef[f"Subject{g}"], coef[f"Subject{g}:Days"])
+        elif random == "intercept":
+            want = (coef[f"Subject{g}"], coef["Days"])
+        else:
+            want = (coef["(Intercept)"], coef[f"Days:Subject{g}"])
+        assert no.loc[g, ["intercept", "slope"]].tolist() == pytest.approx(want, rel=1e-9)
+
+
+def test_lookups_per_group(fake_estimates):
+    est = fake_estimates["intercept+slope"]
+    assert est.methods == METHODS
+    assert est.coefficients == ("intercept", "slope") and est.varying == ("intercept", "slope")
+    assert est.groups[-2:] == ["373", "374"] and len(est.groups) == 20
+    assert est.n.loc[["308", "373", "374"]].tolist() == [10, 1, 2]
+    assert est.own_estimate[~est.own_estimate].index.tolist() == ["373"]
+    assert est.notes.to_dict() == {"373": "only 1 observation: no line can be fitted"}
+    wide = est.wide()
+    assert list(wide.columns) == ["n"] + [f"{c} ({m})" for c in ("intercept", "slope") for m in METHODS]
+    assert list(wide.index) == est.groups
+    table = est.table
+    for m in METHODS:
+        rows = table[table["method"] == m].set_index("group")
+        np.testing.assert_array_equal(wide[f"slope ({m})"], rows.loc[est.groups, "slope"])
+        pd.testing.assert_frame_equal(est.method(m), rows.drop(columns="method"))
+    with pytest.raises(LmmError, match="no method 'truth'"):
+        est.method("truth")
+    only_intercept = fake_estimates["intercept"]
+    assert only_intercept.varying == ("intercept",)
+    assert shrinkage_sd(only_intercept).loc["no", "slope"] == 0.0
+
+
+def test_shrinkage_is_the_move_in_no_pooling_sds(fake_estimates, fake):
+    est = fake_estimates["intercept+slope"]
+    no, part = (est.method(m)[["intercept", "slope"]] for m in ("no", "partial"))
+    want = np.sqrt((((part - no) / no.std()) ** 2).sum(axis=1, min_count=2))
+    np.testing.assert_allclose(est.shrinkage, want.loc[est.groups], rtol=1e-12)
+    assert np.isnan(est.shrinkage["373"]) and est.shrinkage["374"] == est.shrinkage.max()
+    # One varying coefficient: |partial - no| / SD, the same order as the raw change.
+    one = pooling_estimates(fake, "Reaction", None, "Subject")
+    no, part = one.method("no")["intercept"], one.method("partial")["intercept"]
+    np.testing.assert_allclose(one.shrinkage, (part - no).abs() / no.std(), rtol=1e-12)
+    # With a common slope (random intercept), the slope's move is no group's shrinkage.
+    common = fake_estimates["intercept"]
+    no, part = common.method("no")["intercept"], common.method("partial")["intercept"]
+    np.testing.assert_allclose(common.shrinkage, (part - no).abs() / no.std(), rtol=1e-12)
+
+
+def test_contours_and_spread_take_the_estimates(fake_estimates):
+    est = fake_estimates["intercept+slope"]
+    pd.testing.assert_frame_equal(re_contours(est), re_contours(est.fit, "Subject"))
+    with pytest.raises(LmmError, match="grouping factor"):
+        re_contours(est.fit)
+    with pytest.raises(LmmError, match="pooling_estimates"):
+        shrinkage_sd(est.table)
+
+
+def test_one_vocabulary_for_the_random_part():
+    """The pooling choices are the formula builder's kinds, written by the same writer."""
+    assert set(RANDOM_CHOICES) <= set(RANDOM_KINDS) == set(RANDOM_LABELS)
+    for kind in RANDOM_CHOICES:
+        assert pooling_formulas("Reaction", "Days", "Subject", kind)["partial"] == compose_formula(
+            "Reaction", fixed=("Days",), groups=("Subject",), random=kind)
+        assert f"+ {random_term(kind, 'Days', 'Subject')}" in pooling_formulas(
+            "Reaction", "Days", "Subject", kind)["partial"]
