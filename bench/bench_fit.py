@@ -11,7 +11,7 @@ reuses the encoded design and warm-starts; a fresh ``lmer`` on the subset for th
 in-process fits of an already loaded data frame, after an untimed warm-up, so imports,
 R's start-up and reading the CSV are outside the timing.  The BLAS and thread settings
 are left as the environment has them and recorded in the output; lmmcore itself runs
-each fit with one BLAS thread (``lmmcore.mixed._one_blas_thread``), the peers with the
+each fit with one BLAS thread (``lmmcore.optimize.one_blas_thread``), the peers with the
 environment's.
 
 Printed: a table of times, lmmcore's speed-up over each peer (peer time / lmmcore time)

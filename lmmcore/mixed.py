@@ -19,7 +19,7 @@ import pandas as pd
 from lmmcore import deviance as _dev
 from lmmcore.design import check_grouping_factor
 from lmmcore.errors import DataError, FitError
-from lmmcore.optimize import check_convergence, minimize_theta, theta_space
+from lmmcore.optimize import check_convergence, minimize_theta, one_blas_thread, theta_space
 from lmmcore.structure import MixedDesign
 
 __all__ = ["lmer", "fit_design", "MixedFit"]
@@ -83,30 +83,9 @@ def _check_design(design: MixedDesign) -> None:
         check_grouping_factor(term.group_name, text, used, term.n_columns, n)
 
 
-_BLAS = None
-
-
-def _one_blas_thread():
-    """Run BLAS single-threaded during a fit.
-
-    The fit makes thousands of small BLAS calls; OpenBLAS's worker threads spin-wait
-    between them, which on a busy 2-core server costs milliseconds per call.  One thread
-    is as fast for these sizes and predictable when several students fit at once.
-    """
-    global _BLAS
-    try:
-        if _BLAS is None:
-            from threadpoolctl import ThreadpoolController
-            _BLAS = ThreadpoolController()
-        return _BLAS.limit(limits=1, user_api="blas")
-    except Exception:  # threadpoolctl missing or unusable: run with the default threads
-        import contextlib
-        return contextlib.nullcontext()
-
-
 def fit_design(design: MixedDesign, reml: bool = True, data_name: str = "data") -> "MixedFit":
     """Fit the model of an already built design (the engine without the formula step)."""
-    with _one_blas_thread():
+    with one_blas_thread():
         return _fit_design(design, reml, data_name)
 
 
@@ -535,7 +514,7 @@ class MixedFit:
         y = _new_response(y, self.nobs)
         cp = _dev.with_response(self._cp, self._response_map, y)
         design = replace(self.design, y=y)
-        with _one_blas_thread():
+        with one_blas_thread():
             fit = _fit_cross_products(design, cp, reml, self.data_name,
                                       warm=self if reml == self.reml else None)
         fit.__dict__["_response_map"] = self._response_map   # same design: share the map
@@ -584,7 +563,7 @@ class MixedFit:
         design = _design_subset(self.design, rows)
         if y is not None:
             design = replace(design, y=_new_response(y, design.nobs))
-        with _one_blas_thread():
+        with one_blas_thread():
             _check_design(design)
             cp = _dev.cross_products(design)
             return _fit_cross_products(design, cp, self.reml, self.data_name,
