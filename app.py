@@ -57,6 +57,7 @@ def _lecture_css() -> None:
       .stMainBlockContainer code, .stMainBlockContainer pre { font-size: 1.3rem !important; }
       .stMainBlockContainer [data-testid="stCaptionContainer"] p { font-size: 1.2rem !important; }
       .stMainBlockContainer [data-testid="stMetricValue"] p { font-size: 2.8rem !important; }
+      .stMainBlockContainer .katex-display .katex { font-size: 1.75em !important; }
       .stMainBlockContainer [data-testid="stTable"] td, .stMainBlockContainer [data-testid="stTable"] th
         { font-size: 1.25rem !important; padding: 0.3rem 0.5rem !important; }
       section[data-testid="stSidebar"] p, section[data-testid="stSidebar"] label,

@@ -13,10 +13,13 @@ import streamlit as st
 
 import lmmcore
 from lmmcore import teaching
-from lmmcore.printing import format_anova
+from lmmcore.compare import compare_lm, information_criteria
+from lmmcore.equation import latex_text, model_equation
+from lmmcore.printing import format_anova, format_lm_comparison
 from lmmcore.formula_menu import RANDOM_KINDS, RANDOM_LABELS, compose_formula, decompose_formula, random_term
 from explorer import charts
 from explorer import data as D
+from explorer import inference_ui
 from explorer import state as S
 from explorer.escape import md
 from explorer.tables import table as show_table
@@ -128,13 +131,52 @@ def _summary(f: Fitted) -> None:
     data, formula, fixed, mixed, linear, reml = f.data, f.formula, f.parsed.fixed_text, f.mixed, f.linear, f.reml
     lm_text = summary("lm", fixed, data, True, linear) if linear is not None else ""
     if mixed is not None:
+        ddf = inference_ui.ddf_choice()
         st.markdown(f"**lmer** ({'REML' if reml else 'ML'})")
-        st.code(summary("lmer", formula, data, reml, mixed), language=None)
+        if ddf == "lme4":
+            st.code(summary("lmer", formula, data, reml, mixed), language=None)
+        else:
+            with guard("p-values"):
+                inference_ui.summary_block(data, formula, reml, mixed, ddf)
         with st.expander("lm with the same fixed effects (ignores the grouping)"):
             st.code(lm_text, language=None)
     else:
         st.markdown("**lm** (no random terms in the formula)")
         st.code(lm_text, language=None)
+
+
+ML_REFIT_SENTENCE = (
+    "**Why the lmer is refitted with ML here.** REML estimates the variances from what is left "
+    "after the fixed effects, so its criterion changes with the fixed effects themselves: two REML "
+    "fits with different fixed effects, or a REML fit and an lm, are not on the same scale. "
+    "`anova()` therefore refits every REML model by maximum likelihood (ML), where each model's "
+    "ln L̂ is the likelihood of the same data, and compares those.")
+
+
+def _equation(f: Fitted) -> None:
+    ss = st.session_state
+    fits = {k: m for k, m in (("lmer", f.mixed), ("lm", f.linear)) if m is not None}
+    if len(fits) > 1:
+        if ss.get(S.MODEL_EQUATION_OF) not in fits:
+            ss[S.MODEL_EQUATION_OF] = "lmer"
+        which = st.radio("Equation of the", list(fits), key=S.MODEL_EQUATION_OF, horizontal=True,
+                         format_func=lambda k: "lmer fit" if k == "lmer" else "lm with the same fixed effects")
+    else:
+        which = next(iter(fits))
+    eq = model_equation(fits[which])
+    for line in eq.lines:
+        st.latex(line)
+    st.markdown("Indices: " + "; ".join(f"${letter}$ counts {md(meaning)}" for letter, meaning in eq.indices) + ".")
+    c = eq.counts
+    st.markdown(f"**Parameters: {c['fixed']} fixed effect{'s' if c['fixed'] != 1 else ''} + "
+                f"{c['variance-covariance']} variance-covariance + {c['residual']} residual = {c['total']}** "
+                "(the `npar` that `anova()` prints for this model).")
+    rows = ["| symbol | kind | estimate | what it is |", "|---|---|---:|---|"]
+    for r in eq.symbols.itertuples(index=False):
+        rows.append(f"| ${r.symbol}$ | {r.kind} | {r.estimate:.4g} | {md(r.meaning)} |")
+    st.markdown("\n".join(rows))
+    st.caption("Standard deviations and correlations as `summary()` prints them; the equation writes "
+               "each distribution with its variance, the SD squared.")
 
 
 def _side_by_side(lecture: bool):
@@ -173,6 +215,8 @@ def _tables(f: Fitted) -> None:
             cols = st.columns(min(4, len(icc)))
             for i, (g, v) in enumerate(icc.items()):
                 cols[i % len(cols)].metric(f"ICC {g}", f"{v:.3f}")
+        with guard("R²"):
+            inference_ui.r2_block(f.data, f.formula, f.reml, mixed)
     groups = list(mixed.ranef)
     if st.session_state.get(S.MODEL_RANEF_GROUP) not in groups:  # kept from another model
         st.session_state[S.MODEL_RANEF_GROUP] = groups[0]
@@ -239,6 +283,10 @@ def _plots(f: Fitted) -> None:
 def _saved_models(f: Fitted) -> None:
     data, current, reml, has_random = f.data, f.formula, f.reml, f.parsed.has_random
     ss = st.session_state
+    if f.mixed is not None:
+        with guard("type III anova"):
+            inference_ui.anova_block(data, current, reml, f.mixed, ss.get(S.MODEL_DDF, "lme4"))
+        st.divider()
     saved = ss[S.MODEL_SAVED]
     mine = {n: m for n, m in saved.items() if m["dataset"] == data.key}
     st.markdown("Save fits under a name, then compare two or more with a likelihood-ratio test "
@@ -283,6 +331,40 @@ def _saved_models(f: Fitted) -> None:
             st.caption(md(note))
         with st.expander("All digits"):
             show_table(table)
+        kinds = {mine[n]["kind"] for n in names}
+        if "lmer" in kinds and ("lm" in kinds or table.attrs.get("notes")):
+            st.markdown(ML_REFIT_SENTENCE)
+        _worked_comparison(table, dict(zip(names, fits)), mine)
+
+
+def _worked_comparison(table, fits: dict, mine: dict) -> None:
+    """The lecture's recap with the numbers filled in: AIC and BIC from k, n and ln L-hat;
+    for two lm fits, PRE and the F test."""
+    st.markdown("**Where the numbers come from**")
+    worked = information_criteria(table, table.attrs["nobs"])
+    for name, row in worked.iterrows():
+        label = latex_text(name)
+        st.latex(rf"{label}:\ k = {row['k']},\ n = {row['n']},\ \ln\hat L = {row['logLik']:.2f}")
+        st.latex(rf"\text{{AIC}} = 2k - 2\ln\hat L = {row['AIC_worked']} \qquad "
+                 rf"\text{{BIC}} = \ln(n)\,k - 2\ln\hat L = {row['BIC_worked']}")
+    lms = [n for n in table.index if mine[n]["kind"] == "lm"]
+    if len(lms) == 2 and len(table.index) == 2:
+        compact, augmented = lms  # the anova table is ordered by npar: compact first
+        if len(fits[compact].fixef) == len(fits[augmented].fixef):
+            st.caption("The two lm fits have as many coefficients each: neither is the compact model "
+                       "of the other, so there is no PRE or F test between them.")
+            return
+        lm_table = compare_lm(fits[compact], fits[augmented])
+        a = lm_table.attrs
+        sse_c, sse_a = lm_table["RSS"].iloc[0], lm_table["RSS"].iloc[1]
+        st.markdown(f"**Two lm fits: proportional reduction in error** (compact {md(compact)}, "
+                    f"augmented {md(augmented)})")
+        st.latex(rf"\text{{PRE}} = 1 - \frac{{SSE_A}}{{SSE_C}} = 1 - \frac{{{sse_a:.5g}}}{{{sse_c:.5g}}} "
+                 rf"= {a['PRE']:.4f}")
+        st.latex(rf"F = \frac{{\text{{PRE}}/(PA - PC)}}{{(1 - \text{{PRE}})/(n - PA)}} = "
+                 rf"\frac{{{a['PRE']:.4f}/({a['PA']} - {a['PC']})}}{{(1 - {a['PRE']:.4f})/({a['n']} - {a['PA']})}}"
+                 rf" = {lm_table['F'].iloc[1]:.4f}")
+        st.code(format_lm_comparison(lm_table), language=None)
 
 
 def _paired(f: Fitted) -> None:
@@ -303,6 +385,36 @@ def _paired(f: Fitted) -> None:
     st.caption(f"Mean difference {res['mean_difference']:.4g} = the lmer estimate {res['lmer_estimate']:.4g}. "
                "An lm that ignores the pairing treats the observations as independent and gets a much "
                "smaller t (see the lm table).")
+    if linear is not None:
+        _condition_pictures(f, res)
+
+
+def _condition_pictures(f: Fitted, res: dict) -> None:
+    """The lecture's df.original pictures: what each model predicts, and what it leaves over."""
+    mixed, linear, lecture = f.mixed, f.linear, f.lecture
+    condition, group, response = res["condition"], res["group"], res["response"]
+    rows = f.data.df.loc[mixed.fitted.index]
+    table = pd.DataFrame({condition: rows[condition].astype(str), group: rows[group].astype(str),
+                          "observed": mixed.fitted + mixed.residuals,
+                          "fitted_lm": linear.fitted.reindex(mixed.fitted.index),
+                          "residual_lm": linear.residuals.reindex(mixed.fitted.index),
+                          "fitted_lmer": mixed.fitted, "residual_lmer": mixed.residuals})
+    table = table.sort_values(condition, key=lambda c: c.map({v: i for i, v in enumerate(
+        teaching.level_order(rows[condition]))}), kind="stable")
+    drawn = f.fit_key + (condition, group, lecture)
+    _explained("**What each model predicts.** The lm has one prediction per condition for everyone; the "
+               f"lmer gives every {md(group)} a line of their own across the two conditions.", lecture,
+               lambda: charts.show_cached(("condition_panels", "predictions") + drawn,
+                                          lambda: charts.condition_panels(table, condition, group, response,
+                                                                          "predictions", lecture),
+                                          S.MODEL_CHART_CONDITION_FIT, "condition_predictions"))
+    _explained(f"**What is left over.** The lm leaves much of the variance (residual SD σ = {linear.sigma:.3g}); "
+               f"the lmer's lines explain almost all of it (σ = {mixed.sigma:.3g}): the differences "
+               f"between {md(group)}s were the variance.", lecture,
+               lambda: charts.show_cached(("condition_panels", "residuals") + drawn,
+                                          lambda: charts.condition_panels(table, condition, group, response,
+                                                                          "residuals", lecture),
+                                          S.MODEL_CHART_CONDITION_RESID, "condition_residuals"))
 
 
 def _reproduce(f: Fitted) -> None:
@@ -313,9 +425,12 @@ def _reproduce(f: Fitted) -> None:
     numeric = [c for c in used if data.types[c] == "numeric" and not pd.api.types.is_numeric_dtype(raw[c])]
     refs = {c: v for c, v in data.reference.items() if c in categorical}
     kind = "lmer" if has_random else "lm"
+    ddf = st.session_state.get(S.MODEL_DDF, "lme4")
     r_code, py_code = teaching.reproduce_code(formula, data.file, reml, kind=kind, categorical=categorical,
-                                              numeric=numeric, reference_levels=refs)
-    st.markdown("**R (lme4)**: the copy icon at the top right of each box copies the code")
+                                              numeric=numeric, reference_levels=refs,
+                                              ddf=ddf if has_random else None, r2=has_random)
+    st.markdown(("**R (lme4, lmerTest, performance)**" if has_random else "**R**")
+                + ": the copy icon at the top right of each box copies the code")
     st.code(r_code, language="r", wrap_lines=True)
     st.markdown("**Python (lmmcore)**")
     st.code(py_code, language="python", wrap_lines=True)
@@ -334,6 +449,7 @@ class Section(NamedTuple):
 
 SECTIONS = (
     Section("lme4 summary", "summary", _summary),
+    Section("Equation", "equation", _equation),
     Section("Tables", "tables", _tables),
     Section("Plots", "plots", _plots),
     Section("Saved models & anova", "saved models", _saved_models),

@@ -70,6 +70,7 @@ MODEL_SECTION = "model.section"      # the model page's open tab (only that tab 
 MODEL_BUILDER_OPEN = "model.builder_open"  # the formula builder's expander is open (its menus run)
 MODEL_RANEF_GROUP = "model.ranef_group"
 MODEL_CAT_GROUP = "model.caterpillar_group"
+MODEL_DDF = "model.ddf"              # p-values: "lme4" (none), "satterthwaite", "kenward-roger"
 MODEL_DOWNLOAD_COEF = "model.download_coef"
 MODEL_COEF_PAGE = "model.coef_page"  # lecture mode: the page of coef()'s rows shown
 MODEL_FIXEF_PAGE = "model.fixef_page"
@@ -81,6 +82,9 @@ MODEL_CHART_OBSERVED = "model.chart_observed"
 MODEL_CHART_RESIDUALS = "model.chart_residuals"
 MODEL_CHART_QQ = "model.chart_qq"
 MODEL_CHART_CATERPILLAR = "model.chart_caterpillar"
+MODEL_EQUATION_OF = "model.equation_of"        # "lmer" or "lm": whose equation the Equation tab shows
+MODEL_CHART_CONDITION_FIT = "model.chart_condition_fit"      # paired tab: lm points, lmer lines
+MODEL_CHART_CONDITION_RESID = "model.chart_condition_resid"  # paired tab: residuals of each
 
 # build: the model page's formula builder (all dropped at once when the formula is typed)
 BUILD_PREFIX = "build."
@@ -117,6 +121,7 @@ PERSISTENT = (
     MODEL_FORMULA, MODEL_METHOD, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP, POOL_RANDOM,
     POOL_SELECTED, POOL_SORT, POOL_PAGE, APP_IMAGE_FORMAT, MODEL_COMPARE, MODEL_SAVE_KIND,
     MODEL_SECTION, MODEL_RANEF_GROUP, MODEL_CAT_GROUP, MODEL_BUILDER_OPEN, SHRINK_HIGHLIGHT,
+    MODEL_DDF,
 )
 
 
@@ -152,6 +157,7 @@ def init() -> None:
         ss[DATA_REFERENCE] = {}
         ss[DATA_UPLOAD_ERROR] = None
         ss[MODEL_METHOD] = "REML"
+        ss[MODEL_DDF] = "lme4"
         ss[MODEL_SAVED] = {}
         ss[APP_LECTURE] = query["lecture"] in ("1", "true", "yes")
         ss[APP_IMAGE_FORMAT] = "png"
