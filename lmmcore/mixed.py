@@ -606,13 +606,13 @@ class MixedFit:
     def _varpar_derivatives(self):
         from lmmcore.inference import varpar_derivatives
         # dozens of small factorisations: one BLAS thread, as in the fit (20x faster when busy)
-        with _one_blas_thread():
+        with one_blas_thread():
             return varpar_derivatives(self)
 
     @cached_property
     def _kenward_roger(self):
         from lmmcore.inference import KenwardRoger
-        with _one_blas_thread():
+        with one_blas_thread():
             return KenwardRoger(self)
 
     # -- summary ------------------------------------------------------------------
