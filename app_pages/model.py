@@ -19,7 +19,7 @@ from lmmcore.printing import format_anova, format_lm_comparison
 from lmmcore.formula_menu import RANDOM_KINDS, RANDOM_LABELS, compose_formula, decompose_formula, random_term
 from explorer import charts
 from explorer import data as D
-from explorer import inference_ui
+from explorer import inference_ui, intervals_ui
 from explorer import state as S
 from explorer.escape import md
 from explorer.tables import table as show_table
@@ -447,11 +447,29 @@ class Section(NamedTuple):
     draw: Callable[[Fitted], None]
 
 
+def _mixed_only(draw: Callable[[Fitted], None]) -> Callable[[Fitted], None]:
+    """A tab about the lmer fit (explorer.intervals_ui): a note instead without one."""
+    def section(f: Fitted) -> None:
+        if f.mixed is None:
+            st.caption("This section needs a mixed model: add a random term such as "
+                       "`(1 | group)` to the formula.")
+            return
+        draw(f)
+    return section
+
+
 SECTIONS = (
     Section("lme4 summary", "summary", _summary),
     Section("Equation", "equation", _equation),
     Section("Tables", "tables", _tables),
     Section("Plots", "plots", _plots),
+    Section("Intervals", "intervals", _mixed_only(
+        lambda f: intervals_ui.intervals_section(f.mixed, f.fit_key, f.lecture))),
+    Section("Predictions", "predictions", _mixed_only(
+        lambda f: intervals_ui.predictions_section(f.mixed, f.data, f.parsed, f.fit_key,
+                                                   f.lecture))),
+    Section("Model checks", "model checks", _mixed_only(
+        lambda f: intervals_ui.checks_section(f.mixed, f.parsed, f.fit_key, f.lecture))),
     Section("Saved models & anova", "saved models", _saved_models),
     Section("Paired t-test", "paired t", _paired),
     Section("Reproduce this", "reproduce", _reproduce),

@@ -543,6 +543,62 @@ def run_inference_bench(quick: bool = False, csv_dir: Path | None = None) -> dic
                              + (f" ({row[f'speedup_{ddf}']:.1f}x)" if r else ""))
         print(f"- {row['label']}: " + "; ".join(parts))
     return rows
+# --------------------------------------------------------------------------- intervals
+# (issue 8, the `intervals` helper's block: profile confint and bootstrap refits vs lme4)
+INTERVALS_R = Path(__file__).resolve().parent / "bench_intervals.R"
+#: lmmcore's targets: profile confint and 1,000 bootstrap refits >= 5x lme4's
+INTERVALS_TARGET = 5.0
+
+
+def _bench_intervals(quick: bool, with_lme4: bool, csv_dir: Path) -> dict:
+    """Profile confint and 1,000 bootstrap refits on sleepstudy (Days | Subject), lmmcore
+    and (when R is there) lme4's ``confint(method = "profile")`` and ``bootMer``."""
+    import lmmcore
+
+    data = _sleepstudy()
+    fit = lmmcore.lmer("Reaction ~ Days + (Days | Subject)", data, categorical=["Subject"])
+    repeats = 1 if quick else 3
+    nsim = 1000
+    fit.confint()                                   # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fit.confint()
+        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    fit.bootstrap(nsim=nsim, seed=101)
+    boot = time.perf_counter() - start
+    out = {"profile": {"lmmcore": float(np.median(times))}, "bootstrap_1000": {"lmmcore": boot}}
+    if with_lme4:
+        csv = csv_dir / "sleepstudy_intervals.csv"
+        data.to_csv(csv, index=False)
+        try:
+            res = subprocess.run([shutil.which("Rscript"), str(INTERVALS_R), str(csv),
+                                  str(repeats), str(nsim)], capture_output=True, text=True,
+                                 check=True, timeout=1800)
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            out["profile"]["lme4"] = r["profile_median"]
+            out["bootstrap_1000"]["lme4"] = r["boot_seconds"]
+        except Exception as exc:  # a failing peer is a finding, not a crash
+            out["lme4_note"] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+    for row in ("profile", "bootstrap_1000"):
+        r = out[row]
+        if "lme4" in r:
+            r["vs_lme4"] = r["lme4"] / r["lmmcore"]
+            r[f"at_least_{INTERVALS_TARGET:g}x_lme4"] = r["vs_lme4"] >= INTERVALS_TARGET
+    return out
+
+
+def _print_intervals(res: dict) -> None:
+    print("\nConfidence intervals, sleepstudy Reaction ~ Days + (Days | Subject):")
+    print(f"  {'':<22}{'lmmcore':>10}{'lme4':>10}{'vs lme4':>9}")
+    labels = {"profile": "profile confint", "bootstrap_1000": "1,000 bootstrap refits"}
+    for key, label in labels.items():
+        r = res[key]
+        print(f"  {label:<22}{_fmt_time(r.get('lmmcore')):>10}{_fmt_time(r.get('lme4')):>10}"
+              f"{_fmt_ratio(r.get('vs_lme4')):>9}")
+    if res.get("lme4_note"):
+        print(f"  lme4: {res['lme4_note']}")
 
 
 # --------------------------------------------------------------------------- main
@@ -559,6 +615,8 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also cProfile one lmmcore fit per model (artifacts/profile/)")
     parser.add_argument("--output", type=Path, default=ARTIFACT)
+    parser.add_argument("--skip-intervals", action="store_true",
+                        help="leave out the profile confint and bootstrap timings")
     args = parser.parse_args(argv)
 
     wanted = [p.strip() for p in args.peers.split(",") if p.strip()]
@@ -622,8 +680,15 @@ def main(argv=None) -> int:
                       f"   (wall {time.perf_counter() - start:.1f} s)", file=sys.stderr)
             rows[model.key] = row
 
+        intervals = None
+        if not args.skip_intervals and "lmmcore" in active:
+            print("[bench] intervals: profile confint and 1,000 bootstrap refits", file=sys.stderr)
+            intervals = _bench_intervals(args.quick, "lme4" in active, Path(tmp))
+
     _summarise(rows)
     _print_table(rows)
+    if intervals:
+        _print_intervals(intervals)
     for peer, reason in missing.items():
         print(f"- {peer} not run: {reason}")
 
@@ -641,6 +706,7 @@ def main(argv=None) -> int:
               "load_average_at_start": load_at_start,
               "versions": versions, "missing": missing, "environment": _environment(),
               "models": rows, "inference": inference_rows}
+              "models": rows, "intervals": intervals}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, default=str))
     print(f"\nwritten: {args.output}")

@@ -479,18 +479,20 @@ def fitted_pairs(panels: dict, kind: str, response: str, lecture: bool) -> go.Fi
     return _layout(fig, lecture, height=420)
 
 
-def qq_plot(qq: dict, lecture: bool) -> go.Figure:
-    """Normal Q-Q plot of residuals (points from ``lmmcore.teaching.qq_points``)."""
+def qq_plot(qq: dict, lecture: bool, what: str = "residuals") -> go.Figure:
+    """Normal Q-Q plot of residuals, or of ``what`` (points from
+    ``lmmcore.teaching.qq_points``)."""
     s = sizes(lecture)
     t, r = qq["theoretical"], qq["sample"]
     a, b = qq["line"]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=t, y=r, mode="markers", name="residuals",
+    fig.add_trace(go.Scatter(x=t, y=r, mode="markers", name=what,
                              marker={"color": OKABE_ITO["vermillion"], "size": s["data_marker"]}))
     fig.add_trace(go.Scatter(x=[t[0], t[-1]], y=[a + b * t[0], a + b * t[-1]], mode="lines",
                              name="through the quartiles", line={"color": "black", "width": s["line"] / 1.5}))
     fig.update_xaxes(title_text="normal quantiles", showgrid=True)
-    fig.update_yaxes(title_text="residual quantiles", showgrid=True)
+    fig.update_yaxes(title_text=f"{what} quantiles" if what != "residuals" else "residual quantiles",
+                     showgrid=True)
     return _layout(fig, lecture, height=420)
 
 

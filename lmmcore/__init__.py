@@ -9,7 +9,9 @@ The pipeline has lme4's four seams (Bates et al. 2015, JSS 67(1), Table 1):
 
 Public API (tests, pages and tools rely on these names):
 
-- ``lmer(formula, data, reml=True) -> MixedFit``
+- ``lmer(formula, data, reml=True) -> MixedFit``; on the fit, ``confint(method=...)``
+  (``lmmcore.intervals``), ``predict(newdata, re_form, interval)`` (``lmmcore.prediction``)
+  and ``influence(group)`` (``lmmcore.influence``)
 - ``lm(formula, data) -> LinearFit``
 - ``anova(*fits, names=None) -> DataFrame``; ``format_anova(table) -> str`` prints it as R does
   (R's and lme4's printed layouts live in ``lmmcore.printing``; ``fit.summary()`` calls them)
@@ -26,13 +28,14 @@ Public API (tests, pages and tools rely on these names):
   ``compose_formula(response, fixed=..., groups=...) -> str`` writes one from menu choices
   (``lmmcore.formula_menu``)
 - errors: ``LmmError`` and its subclasses ``FormulaError``, ``DataError``,
-  ``FitError``, ``FitTimeout``
+  ``FitError``, ``FitTimeout``, ``BootstrapCancelled``
 """
 
-from lmmcore.errors import DataError, FitError, FitTimeout, FormulaError, LmmError
+from lmmcore.errors import (BootstrapCancelled, DataError, FitError, FitTimeout, FormulaError,
+                            LmmError)
 
 __all__ = [
-    "LmmError", "FormulaError", "DataError", "FitError", "FitTimeout",
+    "LmmError", "FormulaError", "DataError", "FitError", "FitTimeout", "BootstrapCancelled",
     "parse_formula", "compose_formula", "build_design",
     "lmer", "MixedFit", "lm", "LinearFit", "anova", "format_anova", "r2",
     "pooling_estimates", "PoolingEstimates", "shrinkage_sd", "re_contours", "load_table",

@@ -442,30 +442,40 @@ class MixedFit:
         q = np.quantile(self.scaled_residuals.to_numpy(), [0, 0.25, 0.5, 0.75, 1.0])
         return pd.Series(q, index=["Min", "1Q", "Median", "3Q", "Max"])
 
-    def predict(self, newdata: pd.DataFrame | None = None, include_random: bool = True) -> pd.Series:
-        """Predictions for new data (lme4's ``predict(fit, newdata, allow.new.levels=TRUE)``).
+    # -- intervals, predictions and influence (lmmcore.intervals / prediction / influence)
+    def confint(self, method: str = "profile", level: float = 0.95, nsim: int = 1000,
+                seed=None, progress=None) -> pd.DataFrame:
+        """lme4's ``confint(fit, method=..., oldNames = FALSE)``: ``"profile"``, ``"wald"``
+        (fixed effects only) or ``"boot"`` (parametric bootstrap, percentile limits;
+        ``progress(done, total)`` returning False stops it with
+        :class:`~lmmcore.errors.BootstrapCancelled`).  See :mod:`lmmcore.intervals`."""
+        from lmmcore.intervals import confint
+        return confint(self, method, level, nsim, seed, progress)
 
-        Levels of a grouping factor not seen in fitting get the population prediction
-        (their random effects are taken as 0).  ``include_random=False`` gives the
-        fixed-effects prediction (``re.form = NA``).
-        """
-        if newdata is None:
-            if include_random:
-                return self.fitted
-            return pd.Series(np.asarray(self.design.X, float) @ self._sol.beta,
-                             index=self.design.row_index, name="predicted")
-        enc = self.design.encoder
-        X = np.asarray(enc.fixed_matrix(newdata), float)
-        pred = X @ self._sol.beta
-        if include_random:
-            for (codes, Z_raw), b in zip(enc.group_codes(newdata), self._sol.b):
-                codes = np.asarray(codes, np.intp)
-                known = codes >= 0
-                Zr = np.asarray(Z_raw, float).reshape(len(codes), -1)
-                contrib = np.zeros(len(codes))
-                contrib[known] = np.einsum("nk,nk->n", Zr[known], b[codes[known]])
-                pred = pred + contrib
-        return pd.Series(pred, index=newdata.index, name="predicted")
+    def bootstrap(self, nsim: int = 1000, seed=None, progress=None):
+        """bootMer's parametric bootstrap replicates (:func:`lmmcore.intervals.bootstrap`)."""
+        from lmmcore.intervals import bootstrap
+        return bootstrap(self, nsim, seed, progress)
+
+    def predict(self, newdata: pd.DataFrame | None = None, re_form: str = "full",
+                interval=None, level: float = 0.95, include_random: bool | None = None):
+        """Predictions as lme4's ``predict(fit, newdata, re.form, allow.new.levels = TRUE)``;
+        with ``interval`` ("confidence" or "prediction") a DataFrame ``fit, se_fit, lwr,
+        upr``.  See :mod:`lmmcore.prediction`.  ``include_random`` is the old spelling of
+        ``re_form`` (True: "full", False: "none") and is deprecated."""
+        from lmmcore.prediction import predict
+        if include_random is not None:
+            import warnings
+            warnings.warn("predict(include_random=...) is deprecated; use re_form='full' or "
+                          "re_form='none'", DeprecationWarning, stacklevel=2)
+            re_form = "full" if include_random else "none"
+        return predict(self, newdata, re_form, interval, level)
+
+    def influence(self, group: str) -> pd.DataFrame:
+        """lme4's ``influence(fit, groups = group)``: Cook's distance and the fixed effects
+        refitted without each level (:func:`lmmcore.influence.influence`)."""
+        from lmmcore.influence import influence
+        return influence(self, group)
 
     # -- functions of the fit -----------------------------------------------------
     def deviance_function(self) -> _dev.ProfiledDeviance:
