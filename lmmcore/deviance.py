@@ -977,6 +977,13 @@ class Dense:
         return np.bincount(self.lam_theta, weights=terms, minlength=self.cp.n_theta)
 
 
+def blocked_gradient(cp: CrossProducts, f: Factor, reml: bool):
+    """The analytic gradient at the blocked factor ``f`` of ``cp`` (:class:`OneTerm`'s or
+    :class:`Blocked`'s formula, as the model has one term or several); None where only
+    finite differences work."""
+    return (Blocked(cp) if cp.rest else OneTerm(cp)).gradient(f, reml)
+
+
 def representation(cp: CrossProducts, kind: str | None = None):
     """The factor representation for ``cp``: ``"one_term"``, ``"blocked"`` or ``"dense"``.
 
