@@ -27,6 +27,8 @@ from explorer.fitting import fit, guard, summary
 
 VARCORR_HEADINGS = {"grp": "Groups", "var1": "Name", "var2": "with", "vcov": "Variance / Cov.",
                     "sdcor": "Std.Dev. / Corr."}
+FAMILIES = {"gaussian": "Gaussian (lmer)", "binomial": "binomial (glmer, logit)",
+            "poisson": "Poisson (glmer, log)"}
 
 
 # ------------------------------------------------------------------ formula and builder
@@ -471,7 +473,7 @@ SECTIONS = (
     Section("Model checks", "model checks", _mixed_only(
         lambda f: intervals_ui.checks_section(f.mixed, f.parsed, f.fit_key, f.lecture))),
     Section("Saved models & anova", "saved models", _saved_models),
-    Section("Paired t-test", "paired t", _paired),
+    Section(S.PAIRED_TAB, "paired t", _paired),
     Section("Reproduce this", "reproduce", _reproduce),
 )
 
@@ -486,10 +488,17 @@ def _about_data(data) -> None:
 def _formula_and_fits(data, lecture: bool) -> None:
     """The formula box, the two fits, lme4's messages and the open tab."""
     ss = st.session_state
-    c1, c2 = st.columns([5, 1])
+    c1, c2, c3 = st.columns([3, 1, 2])
     c1.text_input("Formula (lme4 syntax)", key=S.MODEL_FORMULA, on_change=S.clear_builder,
                   max_chars=5000, placeholder="Reaction ~ Days + (Days | Subject)")
-    c2.radio("Estimation", ["REML", "ML"], key=S.MODEL_METHOD, horizontal=True)
+    if ss.get(S.MODEL_FAMILY) not in FAMILIES:
+        ss[S.MODEL_FAMILY] = "gaussian"
+    # a menu, not radio buttons: one line high, so lecture mode's chart keeps its space
+    c3.selectbox("Family", list(FAMILIES), key=S.MODEL_FAMILY, format_func=FAMILIES.get)
+    family = ss[S.MODEL_FAMILY]
+    c2.radio("Estimation", ["REML", "ML"], key=S.MODEL_METHOD, horizontal=True,
+             disabled=family != "gaussian",
+             help="glmer fits by maximum likelihood only" if family != "gaussian" else None)
     text = (ss.get(S.MODEL_FORMULA) or "").strip()
     if not text:
         st.info("Write a formula, e.g. `response ~ predictor + (1 | group)`, or use the menus "
@@ -501,6 +510,14 @@ def _formula_and_fits(data, lecture: bool) -> None:
         _formula_error(text, exc)
         return
     formula = str(parsed)
+    if parsed.response.kind == "column":
+        suggested, why = lmmcore.suggest_family(data.df, parsed.response.column)
+        if suggested != family and why:
+            st.info(md(why) + f" Choose **{FAMILIES[suggested]}** as the family.",
+                    icon=":material/lightbulb:")
+    if family != "gaussian":
+        _glmer_results(data, formula, parsed, family, lecture)
+        return
     reml = ss.get(S.MODEL_METHOD, "REML") == "REML"
     mixed = linear = None
     shown: set = set()
@@ -524,6 +541,30 @@ def _formula_and_fits(data, lecture: bool) -> None:
         if tab.open:
             with tab, guard(section.what):
                 section.draw(fitted)
+
+
+def _glmer_results(data, formula: str, parsed, family: str, lecture: bool) -> None:
+    """A binomial or Poisson mixed model: lme4's glmer summary and tables."""
+    if not parsed.has_random:
+        st.info("A generalized linear mixed model needs a random term such as (1 | group) in "
+                "the formula.")
+        return
+    with guard("glmer fit"), st.spinner("Fitting the generalized linear mixed model..."):
+        fitted = fit(f"glmer:{family}", formula, data)
+        _messages(fitted, "glmer")
+        st.markdown(f"**glmer** ({FAMILIES[family]}, Laplace approximation)")
+        st.code(summary(f"glmer:{family}", formula, data, True, fitted), language=None)
+        left, right = _side_by_side(lecture)
+        with left:
+            scale = "log-odds" if family == "binomial" else "log of the expected count"
+            st.markdown(f"**Fixed effects** (on the {scale} scale)")
+            show_table(fitted.coef_table())
+        with right:
+            st.markdown("**Random effects (VarCorr)**")
+            show_table(fitted.varcorr.rename(columns=VARCORR_HEADINGS), hide_index=True,
+                       drop_empty=False)
+        st.caption("Plots, saved models with anova, the paired t-test and \"Reproduce this\" "
+                   "are for Gaussian models (lmer) so far.")
 
 
 def render() -> None:

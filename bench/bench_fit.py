@@ -602,6 +602,61 @@ def _print_intervals(res: dict) -> None:
 
 
 # --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- glmer
+# The glmer block (issue 10): lmmcore.glmer against lme4's glmer in the same run.
+# Targets: VerbAgg at least 2x faster than lme4; bdf within 100 ms.
+
+GLMER_MODELS = [
+    # key, data file, formula, factors, family, repeats, target
+    ("bdf", ROOT / "data" / "bdf.csv", "repeatgr ~ 1 + ses + minority + (1 | schoolNR)",
+     ("schoolNR", "minority"), "binomial", 5, "<= 100 ms"),
+    ("verbagg", Path(__file__).resolve().parent / "data" / "VerbAgg.csv",
+     "r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)",
+     ("id", "item", "r2", "Gender", "btype", "situ"), "binomial", 3, ">= 2x lme4"),
+]
+
+
+def _bench_glmer(quick: bool) -> dict:
+    import statistics
+
+    import lmmcore
+
+    rows = {}
+    for key, path, formula, factors, family, repeats, target in GLMER_MODELS:
+        repeats = 1 if quick else repeats
+        data = pd.read_csv(path)
+        times = []
+        fit = lmmcore.glmer(formula, data, family, categorical=list(factors))  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fit = lmmcore.glmer(formula, data, family, categorical=list(factors))
+            times.append(time.perf_counter() - start)
+        row = {"formula": formula, "nobs": len(data), "target": target,
+               "lmmcore": {"median": statistics.median(times), "deviance": -2 * fit.loglik}}
+        if shutil.which("Rscript"):
+            out = subprocess.run([shutil.which("Rscript"), str(R_SCRIPT.parent / "bench_glmer.R"),
+                                  str(path), formula, ",".join(factors), family, str(repeats)],
+                                 capture_output=True, text=True, timeout=900)
+            if out.returncode == 0:
+                row["lme4"] = json.loads(out.stdout.strip().splitlines()[-1])
+                row["speedup"] = row["lme4"]["median"] / row["lmmcore"]["median"]
+                row["deviance_diff"] = row["lmmcore"]["deviance"] - row["lme4"]["deviance"]
+            else:
+                row["lme4"] = {"note": out.stderr[-300:]}
+        rows[key] = row
+        print(f"[bench] glmer {key}: lmmcore {_fmt_time(row['lmmcore']['median'])}", file=sys.stderr)
+    return rows
+
+
+def _print_glmer(rows: dict) -> None:
+    print("\nglmer (binomial, Laplace)")
+    for key, row in rows.items():
+        lme4 = row.get("lme4", {}).get("median")
+        print(f"- {key} ({row['nobs']:,} rows): lmmcore {_fmt_time(row['lmmcore']['median'])}, "
+              f"lme4 {_fmt_time(lme4)}, vs lme4 {_fmt_ratio(row.get('speedup'))}, "
+              f"deviance diff {row.get('deviance_diff', float('nan')):+.2e}; target {row['target']}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -685,10 +740,13 @@ def main(argv=None) -> int:
             print("[bench] intervals: profile confint and 1,000 bootstrap refits", file=sys.stderr)
             intervals = _bench_intervals(args.quick, "lme4" in active, Path(tmp))
 
+    glmm_rows = _bench_glmer(args.quick)
+
     _summarise(rows)
     _print_table(rows)
     if intervals:
         _print_intervals(intervals)
+    _print_glmer(glmm_rows)
     for peer, reason in missing.items():
         print(f"- {peer} not run: {reason}")
 
@@ -705,8 +763,8 @@ def main(argv=None) -> int:
     report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick,
               "load_average_at_start": load_at_start,
               "versions": versions, "missing": missing, "environment": _environment(),
-              "models": rows, "inference": inference_rows}
-              "models": rows, "intervals": intervals}
+              "models": rows, "inference": inference_rows, "intervals": intervals,
+              "glmer": glmm_rows}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, default=str))
     print(f"\nwritten: {args.output}")

@@ -61,12 +61,14 @@ DATA_COLUMNS_PAGE = "data.columns_page"  # lecture mode: the page of the column 
 # model: the model builder page
 MODEL_FORMULA = "model.formula"      # the formula box (text)
 MODEL_METHOD = "model.method"        # "REML" or "ML"
+MODEL_FAMILY = "model.family"        # "gaussian" (lmer), "binomial" or "poisson" (glmer)
 MODEL_SAVED = "model.saved"          # {name: {"formula", "reml", "kind", "dataset"}}
 MODEL_SAVE_NAME = "model.save_name"
 MODEL_SAVE_KIND = "model.save_kind"
 MODEL_SAVE = "model.save"            # the Save button
 MODEL_COMPARE = "model.compare"
 MODEL_SECTION = "model.section"      # the model page's open tab (only that tab runs)
+PAIRED_TAB = "Paired t-test"         # the label of the model page's paired t tab (a value of MODEL_SECTION)
 MODEL_BUILDER_OPEN = "model.builder_open"  # the formula builder's expander is open (its menus run)
 MODEL_RANEF_GROUP = "model.ranef_group"
 MODEL_CAT_GROUP = "model.caterpillar_group"
@@ -129,16 +131,22 @@ POOL_PAGE = "pool.page"
 POOL_ZOOM_FEW = "pool.zoom_few"      # button: show only the groups with few observations
 POOL_CHART = "pool.chart"
 POOL_DOWNLOAD = "pool.download"
+POOL_TABLE_PAGE = "pool.table_page"  # lecture mode: the page of the estimates table's rows shown
+POOL_PAIRED = "pool.paired"          # button: this comparison as the paired t-test, on the model page
 
 # shrink: the shrinkage page
 SHRINK_HIGHLIGHT = "shrink.highlight"  # groups drawn strong and labelled on the 2-D shrinkage plot
 SHRINK_HIGHLIGHT_FOR = "shrink.highlight_for"  # the (table, columns) that selection belongs to
 SHRINK_CHART = "shrink.chart"
+SHRINK_CONTRAST = "shrink.contrast"  # a factor of 3+ levels: the condition effect on the 2-D plot's y axis
 
 NO_PREDICTOR = "(none: intercept only)"
 
+# DATA_KEY too: the sidebar draws it every run, but the rerun of a page's st.switch_page
+# (the pooling page's link to the paired t-test) carries no widget values.
 PERSISTENT = (
-    MODEL_FORMULA, MODEL_METHOD, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP, POOL_RANDOM,
+    DATA_KEY, MODEL_FORMULA, MODEL_METHOD, MODEL_FAMILY, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP,
+    POOL_RANDOM,
     POOL_SELECTED, POOL_SORT, POOL_PAGE, APP_IMAGE_FORMAT, MODEL_COMPARE, MODEL_SAVE_KIND,
     MODEL_SECTION, MODEL_RANEF_GROUP, MODEL_CAT_GROUP, MODEL_BUILDER_OPEN, SHRINK_HIGHLIGHT,
     MODEL_DDF,
@@ -178,6 +186,7 @@ def init() -> None:
         ss[DATA_UPLOAD_ERROR] = None
         ss[MODEL_METHOD] = "REML"
         ss[MODEL_DDF] = "lme4"
+        ss[MODEL_FAMILY] = "gaussian"
         ss[MODEL_SAVED] = {}
         ss[APP_LECTURE] = query["lecture"] in ("1", "true", "yes")
         ss[APP_IMAGE_FORMAT] = "png"
@@ -219,6 +228,16 @@ def clear_builder() -> None:
     for k in list(ss.keys()):
         if str(k).startswith(BUILD_PREFIX):
             del ss[k]
+
+
+def open_model(formula: str, section: str | None = None) -> None:
+    """Set the model page's formula (and its open tab) for a link from another page;
+    the caller then switches to ``explorer.pages.by_name("model")``."""
+    ss = st.session_state
+    ss[MODEL_FORMULA] = formula
+    if section is not None:
+        ss[MODEL_SECTION] = section
+    clear_builder()
 
 
 def share_query() -> dict:

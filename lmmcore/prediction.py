@@ -65,13 +65,8 @@ def predict(fit, newdata: pd.DataFrame | None = None, re_form: str = "full", int
     n = X.shape[0]
     pred = X @ beta
     if re_form == "full":
-        for (codes, Z_raw), b in zip(groups, fit._sol.b):
-            codes = np.asarray(codes, np.intp)
-            known = codes >= 0
-            Zr = np.asarray(Z_raw, float).reshape(n, -1)
-            contrib = np.zeros(n)
-            contrib[known] = np.einsum("nk,nk->n", Zr[known], b[codes[known]])
-            pred = pred + contrib
+        from lmmcore.mixed import random_part_of
+        pred = pred + random_part_of(groups, fit._sol.b, n)
     if interval is None:
         return pd.Series(pred, index=index, name="predicted")
     from lmmcore.intervals import _check_level
