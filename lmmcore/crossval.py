@@ -113,13 +113,13 @@ def _partial(design, train, test, population_only: bool, theta0) -> np.ndarray:
     """
     from lmmcore import deviance as dev
     from lmmcore.mixed import _check_design
-    from lmmcore.optimize import minimize_theta
+    from lmmcore.optimize import minimize_theta, theta_space
 
     sub, maps = _subset_design(design, train)
     _check_design(sub)
     cp = dev.cross_products(sub)
     objective = dev.ProfiledDeviance(cp, True)
-    theta, value, _ = minimize_theta(objective, theta0, objective.lower())
+    theta, value, _ = minimize_theta(objective, theta_space(cp.layouts), theta0)
     if not np.isfinite(value):
         raise LmmError("the REML criterion cannot be evaluated on these training rows")
     sol = dev.solve(cp, theta, True)
