@@ -7,7 +7,11 @@ All keys are initialised here, in :func:`init`, called once at the top of every 
 :func:`init` writes those values back each run (Streamlit's documented pattern).
 
 The URL query carries ``dataset``, ``formula`` and ``lecture``: read on a session's first
-run, written back whenever they change, so a lecturer can post a link to a view.
+run, written back whenever they change, so a lecturer can post a link to a view.  While a
+student works on their own file the query says ``upload=<its name>`` instead of a dataset:
+a file is never stored, so a session that starts from such a URL (the student's server
+was restarted, or the link was opened elsewhere) knows the file is gone and says so
+(``DATA_LOST``) instead of silently showing other data.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ DATA_TYPES = "data.types"            # {dataset key: {column: "numeric"|"categor
 DATA_REFERENCE = "data.reference"    # {dataset key: {column: reference level}}
 DATA_UPLOADER = "data.uploader"
 DATA_UPLOAD_ERROR = "data.upload_error"
+DATA_LOST = "data.lost"              # name of an uploaded file the URL refers to but this session lacks
 DATA_TYPED = "data.typed"            # (signature, types, typed table) of the last run, small tables: reused while unchanged
 
 MODEL_FORMULA = "model.formula"      # the formula box (text)
@@ -85,13 +90,15 @@ def init() -> None:
     persistent widget values alive across pages.  Call first thing in every run."""
     ss = st.session_state
     if not ss.get(APP_READY):
-        query = {k: st.query_params.get(k) for k in ("dataset", "formula", "lecture")}
+        query = {k: st.query_params.get(k) for k in ("dataset", "formula", "lecture", "upload")}
         key = query["dataset"] if query["dataset"] in CATALOGUE else DEFAULT_KEY
         ss[DATA_KEY] = key
         ss[DATA_USER] = {}
         ss[DATA_TYPES] = {}
         ss[DATA_REFERENCE] = {}
         ss[DATA_UPLOAD_ERROR] = None
+        # A new session has no uploaded file: if the URL names one, it was lost.
+        ss[DATA_LOST] = str(query["upload"])[:200] if query["upload"] else None
         ss[MODEL_METHOD] = "REML"
         ss[MODEL_SAVED] = {}
         ss[APP_LECTURE] = query["lecture"] in ("1", "true", "yes")
@@ -145,6 +152,9 @@ def share_query() -> dict:
         formula = (ss.get(MODEL_FORMULA) or "").strip()
         if formula and formula != CATALOGUE[ss[DATA_KEY]].formula:
             q["formula"] = formula
+    elif ss.get(DATA_KEY) in ss.get(DATA_USER, {}):
+        # not shareable, but a session started from this URL knows a file is missing
+        q["upload"] = ss[DATA_USER][ss[DATA_KEY]]["label"][:200]
     if ss.get(APP_LECTURE):
         q["lecture"] = "1"
     return q
