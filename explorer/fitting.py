@@ -122,3 +122,24 @@ def pooling(data, response: str, predictor, group: str, random: str) -> lmmcore.
     """``lmmcore.pooling_estimates`` on the current table; cached (the estimates carry
     their mixed fit, so a page that needs it does not fit again)."""
     return _pooling(data.digest, response, predictor, group, random, _df=data.df)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _shrinkage_sd(digest: str, response: str, predictor, group: str, random: str,
+                  _estimates: lmmcore.PoolingEstimates) -> pd.DataFrame:
+    return lmmcore.shrinkage_sd(_estimates)
+
+
+def shrinkage_sd(data, estimates: lmmcore.PoolingEstimates) -> pd.DataFrame:
+    """``lmmcore.shrinkage_sd`` of :func:`pooling`'s estimates.
+
+    On a built-in dataset it is cached with the estimates' key, so a lecture hall on the
+    shared link computes it once (it was about half of a shrinkage-page run's CPU); a
+    student's own table is not put in a shared cache for it.
+    """
+    from explorer.datasets import CATALOGUE
+
+    if data.key not in CATALOGUE:
+        return lmmcore.shrinkage_sd(estimates)
+    return _shrinkage_sd(data.digest, estimates.response, estimates.predictor, estimates.group,
+                         estimates.random, _estimates=estimates)
