@@ -90,6 +90,16 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) ``pid`` has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _descendants(pid: int) -> list[int]:
     """``pid`` and every process below it (worker processes, the fork server)."""
     children = {}
@@ -573,6 +583,7 @@ async def run(args) -> dict:
     load_before = os.getloadavg()[0]
     sampler = MemorySampler(args.server_pid)
     baseline_main, baseline_tree = sampler.sample()
+    cpu_before = sum(_cpu_s(p) for p in sampler.pids)
     results = [SessionResult(i) for i in range(args.sessions)]
     stop, hold = asyncio.Event(), asyncio.Event()
     delays = [args.ramp * i / max(1, args.sessions) for i in range(args.sessions)]
@@ -617,12 +628,14 @@ async def run(args) -> dict:
             if warm.errors:
                 raise SystemExit(f"warming {url} failed: {warm.errors}")
         baseline_main, baseline_tree = sampler.sample()
+        cpu_before = sum(_cpu_s(p) for p in sampler.pids)
     if args.client == "ws":
         session = {"model": _ws_session, "hall": _hall_session, "upload": _upload_session}[args.scenario]
         extra = {"data": student_csv(args.upload_mb * 1_000_000)} if args.scenario == "upload" else {}
         tasks = [session(base, r.index, args.rounds, args.timeout, delays[r.index], r, hold,
                          args.think, **extra) for r in results]
         wall, (connected_main, connected_tree) = await drive(tasks)
+        cpu_used = sum(_cpu_s(p) for p in sampler.pids) - cpu_before
         if args.release_wait > 0:
             # the sessions are closed now: does the server give their memory back?
             release = []
@@ -665,6 +678,12 @@ async def run(args) -> dict:
         "loadavg_before": load_before, "loadavg_after": os.getloadavg()[0],
         "cpus": os.cpu_count(),
     }
+    if args.client == "ws" and sampler.pids:
+        # the servers' own CPU (not the client's, not other work on the machine): what a run
+        # costs, comparable between a busy and a quiet machine
+        runs = len(loads) + len(changes)
+        report["server_cpu_s"] = round(cpu_used, 2)
+        report["server_cpu_per_run_ms"] = round(1000 * cpu_used / max(1, runs), 1)
     if args.client == "ws" and args.release_wait > 0:
         report["rss_after_close_mb"] = release  # (seconds since the sessions closed, MB)
     if args.server_pid:
@@ -702,6 +721,9 @@ def _print(report: dict, target: float) -> None:
               f"p50 {f(report['run_p50_s'])} s, p95 {f(report['run_p95_s'])} s")
     first = "open -> plot" if report["scenario"] == "hall" else "first page load"
     print(f"{first}: p50 {f(report['load_p50_s'])} s, p95 {f(report['load_p95_s'])} s")
+    if "server_cpu_s" in report:
+        print(f"server CPU (main processes): {report['server_cpu_s']:.1f} s in all, "
+              f"{report['server_cpu_per_run_ms']:.0f} ms per page run")
     print(f"machine: {report['cpus']} CPUs, load average {report['loadavg_before']:.1f} before, "
           f"{report['loadavg_after']:.1f} after (server and browser share these cores)")
     print(f"errors: {report['error_count']} in {report['sessions_with_errors']} sessions")
@@ -718,9 +740,44 @@ def _print(report: dict, target: float) -> None:
         print(f"server RSS after the sessions closed: {trail}")
 
 
+def _serve(args):
+    """Start ``args.serve`` replicas of the app on loopback (and nginx with deploy/nginx.conf
+    in front when there are several), as tests/deploy_support.py does for the proxy tests;
+    point the run at them.  Returns the context manager stack to close afterwards."""
+    import contextlib
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import deploy_support as ds
+
+    stack = contextlib.ExitStack()
+    env = {}
+    if args.session_ttl is not None:
+        env["STREAMLIT_SERVER_DISCONNECTED_SESSION_TTL"] = str(int(args.session_ttl))
+    ports = [ds.free_port() for _ in range(args.serve)]
+    replicas = [stack.enter_context(ds.streamlit_replica(port, f"loadtest-{i}", env))
+                for i, port in enumerate(ports)]
+    args.server_pid = [proc.pid for _, proc, _ in replicas]
+    args.warm_url = args.warm_url or [base for base, _, _ in replicas]
+    if args.serve == 1:
+        args.url = replicas[0][0]
+    else:
+        if not shutil.which("nginx"):
+            raise SystemExit("--serve 2 or more needs nginx (apt-get install nginx)")
+        args.url, _ = stack.enter_context(ds.nginx_proxy(ports, ds.free_port()))
+    return stack
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("url", help="the running app, e.g. http://127.0.0.1:8501 (loopback only)")
+    p.add_argument("url", nargs="?",
+                   help="the running app, e.g. http://127.0.0.1:8501 (loopback only); "
+                        "omit with --serve")
+    p.add_argument("--serve", type=int, default=0,
+                   help="start this many replicas of the app here first (2 or more behind "
+                        "nginx with deploy/nginx.conf, each opened once before measuring) "
+                        "and stop them afterwards")
+    p.add_argument("--session-ttl", type=float,
+                   help="with --serve: the replicas' disconnectedSessionTTL in seconds")
     p.add_argument("--sessions", type=int, default=30)
     p.add_argument("--client", choices=["ws", "browser"], default="ws",
                    help="Streamlit's websocket protocol (default) or headless Chromium")
@@ -751,7 +808,19 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not 1 <= args.sessions <= 200 or not 1 <= args.rounds <= 50:
         p.error("--sessions must be 1..200 and --rounds 1..50 (a bounded load)")
-    report = asyncio.run(run(args))
+    if args.serve:
+        if not 1 <= args.serve <= 8:
+            p.error("--serve must be 1..8")
+        stack = _serve(args)
+    elif not args.url:
+        p.error("give the app's URL, or --serve N")
+    else:
+        stack = None
+    try:
+        report = asyncio.run(run(args))
+    finally:
+        if stack is not None:
+            stack.close()
     _print(report, args.target_p95)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
