@@ -456,23 +456,32 @@ async def _ws_session(base: str, index: int, rounds: int, timeout_s: float,
         await client.run(text_marker(first_text))
         result.load_s = time.perf_counter() - t0
         formula_id = client.widget_id(FORMULA_KEY)
-        rng = random.Random(index)
-        for r in range(rounds):
-            if think > 0:
-                # a student reads the result before changing the model again
-                await asyncio.sleep(rng.uniform(0.5 * think, 1.5 * think))
+
+        def change(r):
             formula, text = MODELS[(r + 1) % len(MODELS)]
-            seen, finished = await client.run(
-                text_marker(text), [WidgetState(id=formula_id, string_value=formula)])
-            result.change_s.append(seen)
-            result.run_s.append(finished)
-        result.errors.extend(client.state["errors"])
-        # stay connected (the session stays alive on the server) until all are done
-        await hold.wait()
+            return text_marker(text), [WidgetState(id=formula_id, string_value=formula)]
+
+        await _changes(client, change, result, index, rounds, think, hold)
     except Exception as exc:
         result.errors.append(_describe(exc))
     finally:
         await client.close()
+
+
+async def _changes(client: WsClient, change, result: SessionResult, index: int, rounds: int,
+                   think: float, hold: asyncio.Event) -> None:
+    """``rounds`` changes (``change(r)`` gives the run's ``done`` and the widgets to set),
+    each timed; then stay connected (the session alive on the server) until all are done."""
+    rng = random.Random(index)
+    for r in range(rounds):
+        if think > 0:
+            # a student reads the result before changing the model again
+            await asyncio.sleep(rng.uniform(0.5 * think, 1.5 * think))
+        seen, finished = await client.run(*change(r))
+        result.change_s.append(seen)
+        result.run_s.append(finished)
+    result.errors.extend(client.state["errors"])
+    await hold.wait()
 
 
 def _describe(exc: BaseException) -> str:
@@ -505,20 +514,14 @@ async def _hall_session(base: str, index: int, rounds: int, timeout_s: float,
         await client.connect(fetch_cookies=True)
         seen, _ = await client.run(element_marker("plotly_chart"))
         result.load_s = time.perf_counter() - t0 - _ + seen  # until the plot arrived
-        rng = random.Random(index)
-        for r in range(rounds):
-            if think > 0:
-                await asyncio.sleep(rng.uniform(0.5 * think, 1.5 * think))
+
+        def change(r):
             choice, formula = HALL_CHANGES[r % len(HALL_CHANGES)]
             select = client.element(RANDOM_KEY)
             label = select.options[RANDOM_CHOICES.index(choice)]
-            seen, finished = await client.run(
-                element_marker("plotly_chart", formula),
-                [WidgetState(id=select.id, string_value=label)])
-            result.change_s.append(seen)
-            result.run_s.append(finished)
-        result.errors.extend(client.state["errors"])
-        await hold.wait()
+            return element_marker("plotly_chart", formula), [WidgetState(id=select.id, string_value=label)]
+
+        await _changes(client, change, result, index, rounds, think, hold)
     except Exception as exc:
         result.errors.append(_describe(exc))
     finally:
