@@ -27,9 +27,11 @@ Design points
   Python instruction once the limit passes.
 * Nothing here imports streamlit; the app passes its settings (see
   ``explorer.settings.Settings``).
-* As with any non-fork start method, the program's main module must be importable
-  without side effects: true for ``streamlit run``, pytest and ``python -m lmmcore``; a
-  script of your own needs the ``if __name__ == "__main__":`` guard.
+* The children never import the program's main module: under ``streamlit run`` the main
+  module seen from a session's thread is the app script itself, and importing it would
+  run the whole app, bare, in every child (about a second and a Streamlit warning per
+  fit).  So the function a child runs must live in an importable module, not in the
+  ``__main__`` script.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ __all__ = ["fit_in_worker", "run_in_worker", "set_max_workers", "max_workers", "
 # The forkserver imports these once; every child then starts with them in memory.
 # A module that does not exist (yet) is skipped by multiprocessing, not an error.
 # statsmodels is listed because lmmcore.linear imports it only on the first lm() call.
-_PRELOAD = ["__main__", "numpy", "scipy.linalg", "scipy.optimize", "scipy.sparse", "pandas",
+_PRELOAD = ["numpy", "scipy.linalg", "scipy.optimize", "scipy.sparse", "pandas",
             "statsmodels.api", "lmmcore", "lmmcore.formula", "lmmcore.design", "lmmcore.mixed",
             "lmmcore.linear"]
 
@@ -74,10 +76,31 @@ class _RemoteTraceback(Exception):
         return self.tb
 
 
+_PROCESS_NAME = "lmmcore-fit"
+
+
+def _without_main(get_preparation_data):
+    """multiprocessing's start-up data for a child, minus "import the main module" for
+    our fit processes (see the module docstring)."""
+    def preparation_data(name):
+        data = get_preparation_data(name)
+        if name == _PROCESS_NAME:
+            data.pop("init_main_from_name", None)
+            data.pop("init_main_from_path", None)
+        return data
+
+    preparation_data.lmmcore_without_main = True
+    return preparation_data
+
+
 def _get_context():
     global _context
     with _lock:
         if _context is None:
+            from multiprocessing import spawn
+
+            if not getattr(spawn.get_preparation_data, "lmmcore_without_main", False):
+                spawn.get_preparation_data = _without_main(spawn.get_preparation_data)
             method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
             ctx = multiprocessing.get_context(method)
             if method == "forkserver":
@@ -214,7 +237,7 @@ def run_in_worker(func, *args, timeout: float, **kwargs):
     try:
         receiver, sender = ctx.Pipe(duplex=False)
         process = ctx.Process(target=_child_main, args=(sender, func, args, kwargs),
-                              name="lmmcore-fit", daemon=True)
+                              name=_PROCESS_NAME, daemon=True)
         try:
             process.start()
         except BaseException:
