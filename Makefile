@@ -32,9 +32,11 @@ image-test: $(VENV)/.dev
 	POOLING_IMAGE=$(IMAGE) $(PY) -m pytest -p no:cacheprovider -m image tests/test_deploy_image.py
 
 # The peers (mixedlm, and lme4 when Rscript is installed) are needed only here.
+# bench_app.py: page run times and the app's cost checks (charts per tab, frozen heap).
 bench: $(VENV)/.dev
 	$(PY) -m pip install --quiet -r bench/requirements.txt
 	$(PY) bench/bench_fit.py
+	$(PY) bench/bench_app.py
 
 # 30 simulated students against a local server (scripts/loadtest.py).
 loadtest: $(VENV)/.dev

@@ -1,8 +1,11 @@
 """Pooling Explorer: the entry point. Navigation, sidebar, access gate and shareable link.
 
-Run with ``streamlit run app.py``.  Each page is one file in ``app_pages/`` (not ``pages/``: Streamlit treats a ``pages/`` folder as the old multipage layout and would run a deep-linked page without this script on a fresh server); this script
-initialises the session state (``explorer.state``), draws the sidebar every run, and
-runs the page the URL names.
+Run with ``streamlit run app.py``.  Each page is one file in ``app_pages/`` (not ``pages/``:
+Streamlit treats a ``pages/`` folder as the old multipage layout and would run a deep-linked
+page without this script on a fresh server), registered by one line in
+``explorer.pages.PAGES`` (how to add a page: that module's docstring).  This script
+initialises the session state (``explorer.state``), draws the sidebar every run, and runs
+the page the URL names.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import streamlit as st
 
 from explorer import data as D
 from explorer import state as S
+from explorer.pages import HOME, PAGES
 from explorer.escape import md
 from explorer.settings import load_settings
 # Imported here, not only by the pages, so they are loaded before the heap is frozen.
@@ -22,17 +26,13 @@ from explorer.runtime import freeze_new_modules
 log = logging.getLogger("pooling_explorer")
 
 
-PAGES = [
-    # The root URL shows the dataset page; "/dataset" must also work for shared links, and
-    # Streamlit serves the default page at the root only, so the same file is registered
-    # twice: a hidden default at the root and the visible "/dataset".
-    st.Page("app_pages/dataset.py", title="Dataset", icon=":material/table_view:", url_path="home", default=True,
-            visibility="hidden"),
-    st.Page("app_pages/dataset.py", title="Dataset", icon=":material/table_view:", url_path="dataset"),
-    st.Page("app_pages/model.py", title="Model builder", icon=":material/functions:", url_path="model"),
-    st.Page("app_pages/pooling.py", title="Pooling comparison", icon=":material/stacked_line_chart:", url_path="pooling"),
-    st.Page("app_pages/shrinkage.py", title="Shrinkage", icon=":material/compress:", url_path="shrinkage"),
-]
+def _navigation_pages() -> list:
+    """``st.Page`` objects for the registry's pages, the first one also hidden at the root
+    (Streamlit serves its default page only there, and "/dataset" must work for links)."""
+    first = PAGES[0]
+    home = st.Page(first.script, title=first.title, icon=first.icon, url_path=HOME, default=True,
+                   visibility="hidden")
+    return [home] + [st.Page(p.script, title=p.title, icon=p.icon, url_path=p.name) for p in PAGES]
 
 
 def _page_config() -> None:
@@ -57,6 +57,7 @@ def _lecture_css() -> None:
       .stMainBlockContainer code, .stMainBlockContainer pre { font-size: 1.3rem !important; }
       .stMainBlockContainer [data-testid="stCaptionContainer"] p { font-size: 1.2rem !important; }
       .stMainBlockContainer [data-testid="stMetricValue"] p { font-size: 2.8rem !important; }
+      .stMainBlockContainer .katex-display .katex { font-size: 1.75em !important; }
       .stMainBlockContainer [data-testid="stTable"] td, .stMainBlockContainer [data-testid="stTable"] th
         { font-size: 1.25rem !important; padding: 0.3rem 0.5rem !important; }
       section[data-testid="stSidebar"] p, section[data-testid="stSidebar"] label,
@@ -64,7 +65,7 @@ def _lecture_css() -> None:
         { font-size: 1.2rem !important; }
       section[data-testid="stSidebar"] input { font-size: 1.1rem !important; }
       section[data-testid="stSidebar"] code, section[data-testid="stSidebar"] pre { font-size: 1rem !important; }
-      .stMainBlockContainer h1 { font-size: 3rem !important; }
+      .stMainBlockContainer h1 { font-size: 3rem !important; padding: 1rem 0 0.25rem 0 !important; }
       .stMainBlockContainer h2 { font-size: 2.3rem !important; }
       .stMainBlockContainer h3 { font-size: 1.8rem !important; }
       .stMainBlockContainer input, .stMainBlockContainer textarea,
@@ -88,8 +89,8 @@ def _gate(settings) -> bool:
             st.error("That is not the access code.")
 
     # The lock answers at every page's address, so a shared link opens its page once unlocked.
-    paths = ["home", "dataset", "model", "pooling", "shrinkage"]
-    st.navigation([st.Page(locked, title="Access", url_path=p, default=(p == "home")) for p in paths],
+    paths = [HOME] + [p.name for p in PAGES]
+    st.navigation([st.Page(locked, title="Access", url_path=p, default=(p == HOME)) for p in paths],
                   position="hidden").run()
     return False
 
@@ -105,11 +106,13 @@ def _sidebar(page) -> None:
                  horizontal=True, format_func=str.upper)
         query = S.write_query()
         if S.share_query().get("dataset"):
-            path = page.url_path if page.url_path not in ("", "home") else "dataset"
+            path = page.url_path if page.url_path not in ("", HOME) else PAGES[0].name
             base = (st.context.url or "").rstrip("/")
-            for suffix in ("/" + page.url_path, "/home"):  # the browser's URL may hold the page
-                if page.url_path and base.endswith(suffix):
-                    base = base[: -len(suffix)]
+            # The browser's URL may end in a page's path (or /home, which Streamlit answers
+            # with the first page): the link is built on the app's own address.
+            head, _, tail = base.rpartition("/")
+            if tail in [HOME] + [p.name for p in PAGES]:
+                base = head
             st.caption("Link to this view (page, dataset, formula, lecture mode):")
             st.code(f"{base}/{path}?{query}", language=None, wrap_lines=True)
         else:
@@ -139,7 +142,7 @@ def main() -> None:
     _page_config()
     if not _gate(settings):
         return
-    page = st.navigation(PAGES)
+    page = st.navigation(_navigation_pages())
     _sidebar(page)
     _base_css()
     if st.session_state.get(S.APP_LECTURE):

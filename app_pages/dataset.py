@@ -15,29 +15,18 @@ from explorer.tables import table as show_table
 from explorer.fitting import guard
 from explorer.settings import load_settings
 
-K_CATEGORICAL = "data.categorical"
-K_REF_COLUMN = "data.ref_column"
-K_REF_LEVEL = "data.ref_level"
-K_TYPE_ERROR = "data.type_error"
-K_WIDE_ID = "data.wide_id"
-K_WIDE_MEASURES = "data.wide_measures"
-K_WIDE_CONDITION = "data.wide_condition"
-K_WIDE_VALUE = "data.wide_value"
-K_WIDE_USE = "data.wide_use"
-
 
 def _on_types() -> None:
     ss = st.session_state
     data = D.active()
-    chosen = set(ss[K_CATEGORICAL])
+    chosen = set(ss[S.DATA_CATEGORICAL])
     overrides = {c: ("categorical" if c in chosen else "numeric") for c in data.types}
-    raw = D._raw(data.key)[0]
     try:
-        teaching.apply_types(raw, overrides)
+        teaching.apply_types(data.raw, overrides)
     except lmmcore.LmmError as exc:
-        ss[K_TYPE_ERROR] = str(exc)
+        ss[S.DATA_TYPE_ERROR] = str(exc)
         return
-    ss[K_TYPE_ERROR] = None
+    ss[S.DATA_TYPE_ERROR] = None
     ss[S.DATA_TYPES] = {**ss[S.DATA_TYPES], data.key: overrides}
 
 
@@ -45,39 +34,39 @@ def _on_reference() -> None:
     ss = st.session_state
     key = ss[S.DATA_KEY]
     refs = dict(ss[S.DATA_REFERENCE].get(key, {}))
-    refs[ss[K_REF_COLUMN]] = ss[K_REF_LEVEL]
+    refs[ss[S.DATA_REF_COLUMN]] = ss[S.DATA_REF_LEVEL]
     ss[S.DATA_REFERENCE] = {**ss[S.DATA_REFERENCE], key: refs}
 
 
 def _types_section(data) -> None:
     st.subheader("Columns")
     overview = teaching.column_overview(data.df, data.types)
-    show_table(overview, hide_index=True)
+    show_table(overview, hide_index=True, page_key=S.DATA_COLUMNS_PAGE)
     missing = int(data.df.isna().any(axis=1).sum())
     if missing:
         st.info(f"{missing} rows have a missing value; a model drops the rows with a missing "
                 "value in the columns it uses (lme4's na.omit) and says how many.")
     left, right = st.columns(2)
     with left:
-        st.session_state[K_CATEGORICAL] = list(data.categorical)
+        st.session_state[S.DATA_CATEGORICAL] = list(data.categorical)
         st.multiselect("Categorical columns (the rest are numeric)", list(data.df.columns),
-                       key=K_CATEGORICAL, on_change=_on_types,
+                       key=S.DATA_CATEGORICAL, on_change=_on_types,
                        help="A grouping column stored as numbers (subject 308, 309...) must be categorical.")
-        if st.session_state.get(K_TYPE_ERROR):
-            st.error(md(st.session_state[K_TYPE_ERROR]))
+        if st.session_state.get(S.DATA_TYPE_ERROR):
+            st.error(md(st.session_state[S.DATA_TYPE_ERROR]))
     with right:
         cats = [c for c in data.categorical if 1 < data.df[c].nunique() <= 200]
         if not cats:
             st.caption("No categorical column with 2 to 200 levels: no reference level to choose.")
             return
-        if st.session_state.get(K_REF_COLUMN) not in cats:
-            st.session_state[K_REF_COLUMN] = cats[0]
-        col = st.selectbox("Reference level of column", cats, key=K_REF_COLUMN)
+        if st.session_state.get(S.DATA_REF_COLUMN) not in cats:
+            st.session_state[S.DATA_REF_COLUMN] = cats[0]
+        col = st.selectbox("Reference level of column", cats, key=S.DATA_REF_COLUMN)
         levels = teaching.level_order(data.df[col])
-        st.session_state[K_REF_LEVEL] = data.reference.get(col, levels[0]) \
+        st.session_state[S.DATA_REF_LEVEL] = data.reference.get(col, levels[0]) \
             if data.reference.get(col) in levels else levels[0]
         st.selectbox("Reference level (treatment contrasts compare every other level with it)",
-                     levels, key=K_REF_LEVEL, on_change=_on_reference)
+                     levels, key=S.DATA_REF_LEVEL, on_change=_on_reference)
 
 
 def _reshape_section(data) -> None:
@@ -87,16 +76,16 @@ def _reshape_section(data) -> None:
         cols = list(data.df.columns)
         c1, c2 = st.columns(2)
         with c1:
-            if st.session_state.get(K_WIDE_ID) not in cols:
-                st.session_state[K_WIDE_ID] = cols[0]
-            id_col = st.selectbox("Id column (participant)", cols, key=K_WIDE_ID)
-            st.session_state[K_WIDE_MEASURES] = [c for c in st.session_state.get(K_WIDE_MEASURES, [])
+            if st.session_state.get(S.DATA_WIDE_ID) not in cols:
+                st.session_state[S.DATA_WIDE_ID] = cols[0]
+            id_col = st.selectbox("Id column (participant)", cols, key=S.DATA_WIDE_ID)
+            st.session_state[S.DATA_WIDE_MEASURES] = [c for c in st.session_state.get(S.DATA_WIDE_MEASURES, [])
                                                   if c in cols and c != id_col]
             measures = st.multiselect("Measure columns (one per condition or time)",
-                                      [c for c in cols if c != id_col], key=K_WIDE_MEASURES)
+                                      [c for c in cols if c != id_col], key=S.DATA_WIDE_MEASURES)
         with c2:
-            cond = st.text_input("Name of the new condition column", value="condition", key=K_WIDE_CONDITION)
-            value = st.text_input("Name of the new value column", value="value", key=K_WIDE_VALUE)
+            cond = st.text_input("Name of the new condition column", value="condition", key=S.DATA_WIDE_CONDITION)
+            value = st.text_input("Name of the new value column", value="value", key=S.DATA_WIDE_VALUE)
         if len(measures) < 2:
             st.caption("Pick at least two measure columns to see the long table.")
             return
@@ -106,11 +95,11 @@ def _reshape_section(data) -> None:
             show_table(long.head(20), hide_index=True, drop_empty=False)
 
             def use() -> None:
-                D.store_user_table("long", long, f"{data.label} (long)", "long.csv")
+                D.store_user_table(D.RESHAPED, long, f"{data.label} (long)", "long.csv")
 
-            st.button("Use the long table", key=K_WIDE_USE, on_click=use, type="primary")
+            st.button("Use the long table", key=S.DATA_WIDE_USE, on_click=use, type="primary")
             st.download_button("Download the long table (CSV)", long.to_csv(index=False).encode("utf-8"),
-                               file_name="long.csv", mime="text/csv", key="data.wide_download")
+                               file_name="long.csv", mime="text/csv", key=S.DATA_WIDE_DOWNLOAD)
 
 
 def _upload_section(settings) -> None:
@@ -143,7 +132,8 @@ def render() -> None:
         a.metric("Rows", f"{len(data.df):,}")
         b.metric("Columns", len(data.df.columns))
         c.metric("Rows with a missing value", int(data.df.isna().any(axis=1).sum()))
-        show_table(data.df.head(500), hide_index=True, height=260, drop_empty=False)
+        show_table(data.df.head(500), hide_index=True, height=260, drop_empty=False,
+                   page_key=S.DATA_PREVIEW_PAGE, page_rows=10)
         _types_section(data)
         _reshape_section(data)
 

@@ -67,7 +67,7 @@ def render() -> None:
                 ss[S.POOL_SELECTED] = small
                 ss[S.POOL_PAGE] = 1
 
-            c4.button(f"▲ Few obs. ({len(small)})", key="pool.zoom_few", help="Show only the groups with few observations",
+            c4.button(f"▲ Few obs. ({len(small)})", key=S.POOL_ZOOM_FEW, help="Show only the groups with few observations",
                       on_click=zoom)
         view = shown[(page - 1) * per_page: page * per_page]
         ncols = 3 if lecture else 4
@@ -79,7 +79,7 @@ def render() -> None:
                 return charts.pooling_means(data.df, est, view, few, lecture)
         # Cached per table, choice of columns and groups shown: a rerun does not redraw it.
         charts.show_cached(("pooling", data.digest, est.response, est.predictor, est.group, est.random,
-                            tuple(view), lecture, ncols), build, "pool.chart", "pooling_comparison")
+                            tuple(view), lecture, ncols), build, S.POOL_CHART, "pooling_comparison")
         where = f"Page {page} of {pages}: " if pages > 1 else ""
         st.caption(f"{where}showing {len(view)} of {len(all_groups)} groups. ▲ marks groups with few observations. "
                    "A group whose data cannot give a no-pooling line shows none and says why.")
@@ -88,7 +88,7 @@ def render() -> None:
         st.subheader("The three sets of estimates")
         show_table(est.wide())
         st.download_button("Download the estimates (CSV)", est.table.to_csv(index=False).encode("utf-8"),
-                           file_name="pooling_estimates.csv", mime="text/csv", key="pool.download")
+                           file_name="pooling_estimates.csv", mime="text/csv", key=S.POOL_DOWNLOAD)
 
 
 render()

@@ -78,7 +78,7 @@ def render() -> None:
                 st.markdown("Each arrow goes from a group's **no-pooling** estimate (its own lm) to its "
                             "**partial-pooling** estimate (lmer's coef). Contours: the fitted distribution of "
                             "the groups' (intercept, slope), levels .1 .3 .5 .7 .9, centred at the fixed effects.")
-                charts.show_cached(("shrinkage_2d", tuple(strong)) + chosen_key, build, "shrink.chart", "shrinkage_2d")
+                charts.show_cached(("shrinkage_2d", tuple(strong)) + chosen_key, build, S.SHRINK_CHART, "shrinkage_2d")
                 sd = teaching.random_sd(est.fit, est.group)
                 st.caption(f"The contours are drawn in the data's units: the groups' intercepts spread with "
                            f"SD {sd.iloc[0]:.3g} and their slopes with SD {sd.iloc[1]:.3g} (VarCorr), so "
@@ -92,7 +92,7 @@ def render() -> None:
                             f"{column}, toward the fixed effect (the average). Rows show each group's size.")
                 charts.show_cached(("shrinkage_1d", column) + chosen_key,
                                    lambda: charts.shrinkage_1d(est, lecture),
-                                   "shrink.chart", "shrinkage_1d")
+                                   S.SHRINK_CHART, "shrinkage_1d")
         with right:
             st.markdown("**Spread of the group estimates** (SD across groups)")
             sd = shrinkage_sd(data, est)

@@ -531,3 +531,59 @@ def caterpillar_plot(table: pd.DataFrame, group: str, lecture: bool) -> go.Figur
     # Final heights in pixels; _layout scales by the lecture factor, so divide it out.
     final = 160 + (30 if lecture else 20) * n if named else (760 if lecture else 640)
     return _layout(fig, lecture, height=round(final / s["height"]))
+
+
+# ------------------------------------------------------------------ the lecture's two-condition pictures
+
+
+def condition_panels(table: pd.DataFrame, condition: str, group: str, response: str, kind: str,
+                     lecture: bool) -> go.Figure:
+    """The lecture's df.original pictures, lm beside lmer, for a two-level condition within groups.
+
+    ``table`` has one row per observation: ``condition``, ``group``, ``observed`` and, per
+    model ``m`` in ("lm", "lmer"), ``fitted_m`` and ``residual_m`` (the fits' own values).
+    ``kind`` "predictions": the data with the lm's one point per condition and the lmer's
+    one line per group across the two conditions; "residuals": each model's residuals by
+    condition, on one y scale ("much variance left" against "almost all explained").
+    """
+    s = sizes(lecture)
+    levels = list(dict.fromkeys(table[condition]))
+    x_of = {level: i for i, level in enumerate(levels)}
+    x = table[condition].map(x_of).astype(float)
+    # A fixed spread inside each condition, by group, so points do not hide one another.
+    codes = pd.Categorical(table[group]).codes
+    jitter = (codes / max(1, codes.max()) - 0.5) * 0.25 if len(table) else codes
+    titles = ["lm: one prediction per condition", "lmer: one line per " + esc(group)]
+    if kind == "residuals":
+        titles = ["lm residuals", "lmer residuals"]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.06, shared_yaxes=True)
+    for col, model in enumerate(("lm", "lmer"), start=1):
+        colour = MODEL_COLOURS[model]
+        if kind == "residuals":
+            fig.add_trace(go.Scatter(x=x + jitter, y=table[f"residual_{model}"], mode="markers", showlegend=False,
+                                     marker={"color": colour, "size": s["data_marker"], "opacity": 0.8},
+                                     text=[esc(g) for g in table[group]],
+                                     hovertemplate="%{text}: %{y:.3g}<extra></extra>"), row=1, col=col)
+            fig.add_hline(y=0, line={"color": "black", "dash": "dash", "width": s["line"] / 1.5}, row=1, col=col)
+            continue
+        fig.add_trace(go.Scatter(x=x + jitter, y=table["observed"], mode="markers", showlegend=False,
+                                 marker={"color": DATA_COLOUR, "size": s["data_marker"], "opacity": 0.5},
+                                 hoverinfo="skip"), row=1, col=col)
+        if model == "lm":
+            means = table.groupby(condition, sort=False)["fitted_lm"].first()
+            fig.add_trace(go.Scatter(x=[x_of[c] for c in means.index], y=means.to_numpy(), mode="markers+lines",
+                                     showlegend=False, line={"color": colour, "width": s["line"]},
+                                     marker={"color": colour, "size": s["marker"] * 1.6, "symbol": "square"}),
+                          row=1, col=col)
+        else:
+            for _, rows in table.groupby(group, sort=False):
+                rows = rows.sort_values(condition, key=lambda c: c.map(x_of))
+                fig.add_trace(go.Scatter(x=rows[condition].map(x_of), y=rows["fitted_lmer"], mode="lines+markers",
+                                         showlegend=False, opacity=0.75,
+                                         line={"color": colour, "width": s["line"] / 2},
+                                         marker={"color": colour, "size": s["data_marker"]},
+                                         hoverinfo="skip"), row=1, col=col)
+    fig.update_xaxes(tickvals=list(range(len(levels))), ticktext=[esc(f"{condition} {lv}") for lv in levels],
+                     range=[-0.5, len(levels) - 0.5])
+    fig.update_yaxes(title_text=esc(response) if kind == "predictions" else "residual", row=1, col=1)
+    return _layout(fig, lecture, height=420)

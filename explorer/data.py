@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 # Up to this many rows a session keeps its typed table between runs (see active()).
 TYPED_MEMO_MAX_ROWS = 50_000
 
+# A student's own tables: the sidebar picker's keys for them (beside the CATALOGUE keys)
+# and the word the picker puts before the file name.  One slot each: a new upload replaces
+# the last one.
+UPLOAD = "upload"      # the file uploaded on the dataset page
+RESHAPED = "long"      # the wide-to-long reshape of the current table
+USER_SLOTS = {UPLOAD: "your file", RESHAPED: "reshaped"}
+
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def load_builtin(key: str) -> pd.DataFrame:
@@ -43,7 +50,7 @@ class ActiveData:
     Attributes
     ----------
     key : str
-        CATALOGUE key, ``"upload"`` or ``"long"``.
+        CATALOGUE key, or one of :data:`USER_SLOTS` for the student's own table.
     label, file : str
         Display name and file name (user text for uploads: escape before rendering).
     df : DataFrame
@@ -52,6 +59,9 @@ class ActiveData:
         Column -> ``"numeric"`` / ``"categorical"``.
     reference : dict
         Column -> chosen reference level.
+    raw : DataFrame
+        The table as read, before the student's types (what a type switch is tried on,
+        and what "reproduce this" reads the file as).
     digest : str
         Identifies ``df`` (content and column types) and ``reference``: the caches key
         fits and figures on this short string instead of hashing the table every run.
@@ -64,6 +74,12 @@ class ActiveData:
     types: dict
     reference: dict
     digest: str
+    raw: pd.DataFrame = field(repr=False)
+
+    @property
+    def is_own(self) -> bool:
+        """The student's own table (an upload or a reshape), not a built-in dataset."""
+        return self.key not in CATALOGUE
 
     @property
     def categorical(self) -> tuple:
@@ -105,7 +121,8 @@ def _base_digest(key: str) -> str:
     return user["digest"]
 
 
-def _raw(key: str) -> tuple[pd.DataFrame, str, str, tuple]:
+def _source(key: str) -> tuple[pd.DataFrame, str, str, tuple]:
+    """(table as read, name, file name, categorical columns) of a built-in or own table."""
     if key in CATALOGUE:
         d = CATALOGUE[key]
         return load_builtin(key), d.title, d.file, d.categorical
@@ -115,14 +132,14 @@ def _raw(key: str) -> tuple[pd.DataFrame, str, str, tuple]:
 
 def options() -> list:
     """Keys the sidebar picker offers: the catalogue, then this session's own tables."""
-    return list(CATALOGUE) + [k for k in ("upload", "long") if k in st.session_state.get(S.DATA_USER, {})]
+    return list(CATALOGUE) + [k for k in USER_SLOTS if k in st.session_state.get(S.DATA_USER, {})]
 
 
 def label(key: str) -> str:
     if key in CATALOGUE:
         return CATALOGUE[key].title
     user = st.session_state.get(S.DATA_USER, {}).get(key)
-    return f"{'your file' if key == 'upload' else 'reshaped'}: {user['label']}" if user else key
+    return f"{USER_SLOTS[key]}: {user['label']}" if user else key
 
 
 def active() -> ActiveData:
@@ -130,7 +147,7 @@ def active() -> ActiveData:
     key = st.session_state[S.DATA_KEY]
     if key not in options():
         key = DEFAULT_KEY
-    df, name, file, categorical = _raw(key)
+    df, name, file, categorical = _source(key)
     overrides = st.session_state[S.DATA_TYPES].get(key)
     base = _base_digest(key)
     # A small typed table is kept from the last run while the table and the types stay
@@ -152,11 +169,12 @@ def active() -> ActiveData:
     types = dict(types)
     reference = dict(st.session_state[S.DATA_REFERENCE].get(key, {}))
     digest = hashlib.sha256(repr((base, sorted(types.items()), sorted(reference.items()))).encode("utf-8"))
-    return ActiveData(key, name, file, typed, types, reference, digest.hexdigest()[:32])
+    return ActiveData(key, name, file, typed, types, reference, digest.hexdigest()[:32], df)
 
 
 def store_user_table(slot: str, df: pd.DataFrame, name: str, file: str) -> None:
-    """Keep a student's table in this session and make it the current dataset."""
+    """Keep a student's table in this session, in ``slot`` (one of :data:`USER_SLOTS`),
+    and make it the current dataset."""
     st.session_state[S.DATA_USER] = {**st.session_state[S.DATA_USER],
                                       slot: {"df": df, "label": name, "file": file, "digest": content_digest(df)}}
     st.session_state[S.DATA_TYPES].pop(slot, None)
@@ -186,7 +204,7 @@ def on_upload() -> None:
         log.exception("reading an uploaded file failed")
         ss[S.DATA_UPLOAD_ERROR] = "This file could not be read. Save it as CSV (UTF-8) and try again."
         return
-    store_user_table("upload", df, uploaded.name, uploaded.name)
+    store_user_table(UPLOAD, df, uploaded.name, uploaded.name)
 
 
 def on_dataset_change() -> None:

@@ -79,7 +79,7 @@ def _key(kind: str, formula: str, data, reml: bool) -> tuple:
     kw = data.fit_kwargs()
     ref = tuple(sorted((kw["reference_levels"] or {}).items()))
     # lme4 prints "Data: <name>": the dataset's key for built-ins, "data" for a student's file.
-    name = data.key if data.key not in ("upload", "long") else "data"
+    name = "data" if data.is_own else data.key
     return (kind, formula, data.digest, bool(reml) if kind == "lmer" else True,
             tuple(kw["categorical"]), tuple(kw["numeric"]), ref, name)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from lmmcore.formula import RANDOM_LABELS
+from lmmcore.formula_menu import RANDOM_LABELS
 from lmmcore.pooling import RANDOM_CHOICES, PoolingEstimates
 from explorer import state as S
 from explorer.escape import md

@@ -1,10 +1,20 @@
 """Session state of one student: every key, its default, and the shareable URL query.
 
-All keys are initialised here, in :func:`init`, called once at the top of every run by
-``app.py``.  Keys are namespaced by page (``data.*``, ``model.*``, ``pool.*``,
-``app.*``).  Widgets whose value must survive a page switch are listed in
-``PERSISTENT``: Streamlit drops a widget's state when a run does not draw it, so
-:func:`init` writes those values back each run (Streamlit's documented pattern).
+Every session-state and widget key of the app is a constant here, and nowhere else: pages
+and helpers use the constant, never the text (``tests/test_app_registry.py`` checks).
+Keys are namespaced by page, with the namespaces registered in ``explorer.pages``
+(``data.*``, ``model.*``, ``pool.*``, ``shrink.*``), plus ``app.*`` for the sidebar and
+the gate and ``build.*`` for the model page's formula builder.
+
+:func:`init`, called once at the top of every run by ``app.py``, gives the session-wide
+keys their defaults.  A widget whose default depends on the table (a column of it, a
+level) gets it from its page, which knows the table, just before it is drawn.  Widgets
+whose value must survive a page switch are listed in ``PERSISTENT``: Streamlit drops a
+widget's state when a run does not draw it, so :func:`init` writes those values back each
+run (Streamlit's documented pattern).
+
+A new page's keys: add constants under its namespace in the section of that page below;
+add a key to ``PERSISTENT`` if its value must survive a visit to another page.
 
 The URL query carries ``dataset``, ``formula`` and ``lecture``: read on a session's first
 run, written back whenever they change, so a lecturer can post a link to a view.  While a
@@ -23,6 +33,7 @@ import streamlit as st
 from explorer.datasets import CATALOGUE, DEFAULT_KEY
 
 # ----------------------------------------------------------------------- keys
+# app: sidebar, gate, URL
 APP_READY = "app.ready"              # init() has run in this session
 APP_LECTURE = "app.lecture"          # sidebar toggle: lecture mode
 APP_IMAGE_FORMAT = "app.image_format"  # "png" or "svg": what the charts' camera button saves
@@ -30,28 +41,68 @@ APP_ACCESS_OK = "app.access_ok"      # the access code was entered
 APP_ACCESS_INPUT = "app.access_input"
 APP_QUERY = "app.query"              # the query last written to the URL
 
-DATA_KEY = "data.key"                # sidebar picker: a CATALOGUE key, "upload" or "long"
-DATA_USER = "data.user"              # {"upload"|"long": {"label", "file", "df"}} this session only
+# data: the dataset page and the sidebar's picker
+DATA_KEY = "data.key"                # sidebar picker: a CATALOGUE key or one of data.USER_SLOTS
+DATA_USER = "data.user"              # {slot in data.USER_SLOTS: {"label", "file", "df", "digest"}} this session only
 DATA_TYPES = "data.types"            # {dataset key: {column: "numeric"|"categorical"}}
 DATA_REFERENCE = "data.reference"    # {dataset key: {column: reference level}}
 DATA_UPLOADER = "data.uploader"
 DATA_UPLOAD_ERROR = "data.upload_error"
 DATA_LOST = "data.lost"              # name of an uploaded file the URL refers to but this session lacks
 DATA_TYPED = "data.typed"            # (signature, types, typed table) of the last run, small tables: reused while unchanged
+DATA_CATEGORICAL = "data.categorical"  # multiselect: the columns treated as categorical
+DATA_TYPE_ERROR = "data.type_error"  # why the last type switch was refused
+DATA_REF_COLUMN = "data.ref_column"
+DATA_REF_LEVEL = "data.ref_level"
+DATA_WIDE_ID = "data.wide_id"        # wide-to-long reshape: id column, measures, new names
+DATA_WIDE_MEASURES = "data.wide_measures"
+DATA_WIDE_CONDITION = "data.wide_condition"
+DATA_WIDE_VALUE = "data.wide_value"
+DATA_WIDE_USE = "data.wide_use"
+DATA_WIDE_DOWNLOAD = "data.wide_download"
+DATA_PREVIEW_PAGE = "data.preview_page"  # lecture mode: the page of the preview's rows shown
+DATA_COLUMNS_PAGE = "data.columns_page"  # lecture mode: the page of the column overview shown
 
+# model: the model builder page
 MODEL_FORMULA = "model.formula"      # the formula box (text)
 MODEL_METHOD = "model.method"        # "REML" or "ML"
 MODEL_SAVED = "model.saved"          # {name: {"formula", "reml", "kind", "dataset"}}
 MODEL_SAVE_NAME = "model.save_name"
 MODEL_SAVE_KIND = "model.save_kind"
+MODEL_SAVE = "model.save"            # the Save button
 MODEL_COMPARE = "model.compare"
 MODEL_SECTION = "model.section"      # the model page's open tab (only that tab runs)
 MODEL_BUILDER_OPEN = "model.builder_open"  # the formula builder's expander is open (its menus run)
 MODEL_RANEF_GROUP = "model.ranef_group"
 MODEL_CAT_GROUP = "model.caterpillar_group"
+MODEL_DOWNLOAD_COEF = "model.download_coef"
+MODEL_COEF_PAGE = "model.coef_page"  # lecture mode: the page of coef()'s rows shown
+MODEL_FIXEF_PAGE = "model.fixef_page"
+MODEL_LM_FIXEF_PAGE = "model.lm_fixef_page"
+MODEL_RANEF_PAGE = "model.ranef_page"
+MODEL_DOWNLOAD_RANEF = "model.download_ranef"
+MODEL_DOWNLOAD_DATA = "model.download_data"
+MODEL_CHART_OBSERVED = "model.chart_observed"
+MODEL_CHART_RESIDUALS = "model.chart_residuals"
+MODEL_CHART_QQ = "model.chart_qq"
+MODEL_CHART_CATERPILLAR = "model.chart_caterpillar"
+MODEL_EQUATION_OF = "model.equation_of"        # "lmer" or "lm": whose equation the Equation tab shows
+MODEL_CHART_CONDITION_FIT = "model.chart_condition_fit"      # paired tab: lm points, lmer lines
+MODEL_CHART_CONDITION_RESID = "model.chart_condition_resid"  # paired tab: residuals of each
 
-BUILD_PREFIX = "build."              # builder widgets: build.response, build.fixed, ...
+# build: the model page's formula builder (all dropped at once when the formula is typed)
+BUILD_PREFIX = "build."
+BUILD_RESPONSE = "build.response"
+BUILD_FIXED = "build.fixed"
+BUILD_INTERACTION = "build.interaction"
+BUILD_GROUPS = "build.groups"
+BUILD_RANDOM = "build.random"
+BUILD_SLOPE = "build.slope"
+BUILD_GROUPING = "build.grouping"
+BUILD_APPLY = "build.apply"
+BUILD_ERROR = "build.error"          # why the menus could not write a formula
 
+# pool: the column pickers shared by the pooling and shrinkage pages, and the pooling page
 POOL_RESPONSE = "pool.response"
 POOL_PREDICTOR = "pool.predictor"
 POOL_GROUP = "pool.group"
@@ -59,8 +110,14 @@ POOL_RANDOM = "pool.random"          # "intercept+slope", "intercept", "slope"
 POOL_SELECTED = "pool.selected"      # groups picked to show (empty: page through all)
 POOL_SORT = "pool.sort"
 POOL_PAGE = "pool.page"
+POOL_ZOOM_FEW = "pool.zoom_few"      # button: show only the groups with few observations
+POOL_CHART = "pool.chart"
+POOL_DOWNLOAD = "pool.download"
+
+# shrink: the shrinkage page
 SHRINK_HIGHLIGHT = "shrink.highlight"  # groups drawn strong and labelled on the 2-D shrinkage plot
 SHRINK_HIGHLIGHT_FOR = "shrink.highlight_for"  # the (table, columns) that selection belongs to
+SHRINK_CHART = "shrink.chart"
 
 NO_PREDICTOR = "(none: intercept only)"
 
@@ -71,18 +128,23 @@ PERSISTENT = (
 )
 
 
-def _catalogue_defaults(key: str) -> dict:
-    d = CATALOGUE[key]
+def _dataset_defaults(formula: str, response, predictor, group) -> dict:
+    """A dataset's suggested formula and pooling columns, and the pooling page's view reset."""
     return {
-        MODEL_FORMULA: d.formula,
-        POOL_RESPONSE: d.response,
-        POOL_PREDICTOR: d.predictor or NO_PREDICTOR,
-        POOL_GROUP: d.group,
-        POOL_RANDOM: "intercept+slope" if d.predictor else "intercept",
+        MODEL_FORMULA: formula,
+        POOL_RESPONSE: response,
+        POOL_PREDICTOR: predictor or NO_PREDICTOR,
+        POOL_GROUP: group,
+        POOL_RANDOM: "intercept+slope" if predictor else "intercept",
         POOL_SELECTED: [],
         POOL_SORT: "name",
         POOL_PAGE: 1,
     }
+
+
+def _catalogue_defaults(key: str) -> dict:
+    d = CATALOGUE[key]
+    return _dataset_defaults(d.formula, d.response, d.predictor, d.group)
 
 
 def init() -> None:
@@ -128,16 +190,16 @@ def reset_for_dataset(key: str, guessed: dict | None = None) -> None:
         values = _catalogue_defaults(key)
     else:
         g = guessed or {}
-        values = {
-            MODEL_FORMULA: g.get("formula") or "",
-            POOL_RESPONSE: g.get("response"),
-            POOL_PREDICTOR: g.get("predictor") or NO_PREDICTOR,
-            POOL_GROUP: g.get("group"),
-            POOL_RANDOM: "intercept+slope" if g.get("predictor") else "intercept",
-            POOL_SELECTED: [], POOL_SORT: "name", POOL_PAGE: 1,
-        }
+        values = _dataset_defaults(g.get("formula") or "", g.get("response"), g.get("predictor"),
+                                   g.get("group"))
     for k, v in values.items():
         ss[k] = v
+    clear_builder()
+
+
+def clear_builder() -> None:
+    """Drop the formula builder's menus: they are filled from the formula box when next drawn."""
+    ss = st.session_state
     for k in list(ss.keys()):
         if str(k).startswith(BUILD_PREFIX):
             del ss[k]

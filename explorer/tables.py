@@ -7,9 +7,13 @@ NaN in them is invalid JSON and the table fails to draw.  Columns that are all m
 
 In lecture mode a small table is drawn as HTML (``st.table``) rather than the data grid:
 the grid is a canvas with a fixed small font that the lecture-mode CSS cannot enlarge.
+A longer one is drawn the same way a page of rows at a time when its page gives a key
+for the page number (``page_key``), and in the grid otherwise.
 """
 
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 import streamlit as st
@@ -28,17 +32,35 @@ def plain(df: pd.DataFrame, drop_empty: bool = True) -> pd.DataFrame:
 LECTURE_MAX_ROWS, LECTURE_MAX_COLUMNS = 25, 9
 
 
-def table(df: pd.DataFrame, *, drop_empty: bool = True, **kwargs) -> None:
+def _large(out: pd.DataFrame, hide_index: bool) -> None:
+    """``st.table`` (HTML, which the lecture CSS enlarges), numbers to 4 significant digits."""
+    styled = out.style.format(lambda v: f"{v:.4g}" if isinstance(v, float) else v, na_rep="")
+    st.table(styled.hide(axis="index") if hide_index else styled)
+
+
+def table(df: pd.DataFrame, *, drop_empty: bool = True, page_key: str | None = None,
+          page_rows: int = LECTURE_MAX_ROWS, **kwargs) -> None:
     """``st.dataframe`` of :func:`plain` (``width="stretch"`` unless given); in lecture
-    mode a small table as ``st.table``, numbers to 4 significant digits."""
+    mode a small table as ``st.table``, and a longer one ``page_rows`` rows at a time
+    when ``page_key`` (an ``explorer.state`` key for the page number) is given."""
     from explorer.state import APP_LECTURE
 
     out = plain(df, drop_empty)
-    if (st.session_state.get(APP_LECTURE) and len(out) <= LECTURE_MAX_ROWS
-            and len(out.columns) <= LECTURE_MAX_COLUMNS):
-        hide = kwargs.get("hide_index", False)
-        styled = out.style.format(lambda v: f"{v:.4g}" if isinstance(v, float) else v, na_rep="")
-        st.table(styled.hide(axis="index") if hide else styled)
-        return
+    hide = kwargs.get("hide_index", False)
+    if st.session_state.get(APP_LECTURE) and len(out.columns) <= LECTURE_MAX_COLUMNS:
+        if len(out) <= LECTURE_MAX_ROWS:
+            _large(out, hide)
+            return
+        if page_key is not None:
+            pages = math.ceil(len(out) / page_rows)
+            if not isinstance(st.session_state.get(page_key), int) or not 1 <= st.session_state[page_key] <= pages:
+                st.session_state[page_key] = 1
+            left, right = st.columns([1, 3], vertical_alignment="bottom")
+            page = left.number_input(f"Page (1–{pages})", min_value=1, max_value=pages, step=1, key=page_key)
+            first = (page - 1) * page_rows
+            shown = out.iloc[first:first + page_rows]
+            right.caption(f"Rows {first + 1}–{first + len(shown)} of {len(out):,}")
+            _large(shown, hide)
+            return
     kwargs.setdefault("width", "stretch")
     st.dataframe(out, **kwargs)

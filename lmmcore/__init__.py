@@ -12,11 +12,17 @@ Public API (tests, pages and tools rely on these names):
 - ``lmer(formula, data, reml=True) -> MixedFit``
 - ``lm(formula, data) -> LinearFit``
 - ``anova(*fits, names=None) -> DataFrame``; ``format_anova(table) -> str`` prints it as R does
+  (R's and lme4's printed layouts live in ``lmmcore.printing``; ``fit.summary()`` calls them)
 - ``pooling_estimates(data, response, predictor, group) -> PoolingEstimates`` (the mixed fit,
   formulas, per-method table, group sizes, shrinkage); ``shrinkage_sd``, ``re_contours``
+- ``model_equation(fit) -> ModelEquation``: the model as the lecture writes it (LaTeX lines,
+  symbols with estimates, parameter count = anova's ``npar``)
+- ``compare_lm(compact, augmented)`` (R's ``anova(lm_c, lm_a)`` F test and PRE; printed by
+  ``format_lm_comparison``), ``information_criteria(anova_table, n)`` (AIC and BIC worked out)
 - ``load_table(data: bytes, filename) -> DataFrame``
-- ``parse_formula(text) -> Formula``; ``compose_formula(response, fixed=..., groups=...) -> str``
-  writes one from menu choices
+- ``parse_formula(text) -> Formula`` (its syntax tree: ``Formula.tree``, ``lmmcore.formula.Node``);
+  ``compose_formula(response, fixed=..., groups=...) -> str`` writes one from menu choices
+  (``lmmcore.formula_menu``)
 - errors: ``LmmError`` and its subclasses ``FormulaError``, ``DataError``,
   ``FitError``, ``FitTimeout``
 """
@@ -28,25 +34,30 @@ __all__ = [
     "parse_formula", "compose_formula", "build_design",
     "lmer", "MixedFit", "lm", "LinearFit", "anova", "format_anova",
     "pooling_estimates", "PoolingEstimates", "shrinkage_sd", "re_contours", "load_table",
+    "model_equation", "compare_lm", "format_lm_comparison", "information_criteria",
 ]
 
 # Public names resolve lazily (PEP 562): `import lmmcore` stays cheap for the worker
 # processes and the command line, and each submodule is imported on first use.
 _PUBLIC = {
     "parse_formula": "lmmcore.formula",
-    "compose_formula": "lmmcore.formula",
+    "compose_formula": "lmmcore.formula_menu",
     "build_design": "lmmcore.design",
     "lmer": "lmmcore.mixed",
     "MixedFit": "lmmcore.mixed",
     "lm": "lmmcore.linear",
     "LinearFit": "lmmcore.linear",
     "anova": "lmmcore.compare",
-    "format_anova": "lmmcore.compare",
+    "format_anova": "lmmcore.printing",
     "pooling_estimates": "lmmcore.pooling",
     "PoolingEstimates": "lmmcore.pooling",
     "shrinkage_sd": "lmmcore.pooling",
     "re_contours": "lmmcore.pooling",
     "load_table": "lmmcore.io",
+    "model_equation": "lmmcore.equation",
+    "compare_lm": "lmmcore.compare",
+    "format_lm_comparison": "lmmcore.printing",
+    "information_criteria": "lmmcore.compare",
 }
 
 

@@ -79,7 +79,8 @@ def main(argv=None) -> int:
             for msg in getattr(fit, "messages", []):
                 print(f"note: {msg}", file=sys.stderr)
         else:
-            from lmmcore.compare import anova, format_anova
+            from lmmcore.compare import anova
+            from lmmcore.printing import format_anova
 
             if len(args.formulas) < 2:
                 raise LmmError("compare needs two or more formulas.")

@@ -15,7 +15,6 @@ import pandas as pd
 from scipy import stats
 
 from lmmcore.errors import LmmError
-from lmmcore.rformat import format_coef_matrix
 
 COLUMNS = ["npar", "AIC", "BIC", "logLik", "deviance", "Chisq", "Df", "Pr(>Chisq)"]
 REFIT_NOTE = "refitting model(s) with ML (instead of REML)"
@@ -28,15 +27,6 @@ def _check_fit(fit, position: int) -> None:
                 f"anova: argument {position} is not a fitted model (got {type(fit).__name__}); "
                 "pass results of lmmcore.lmer() or lmmcore.lm()."
             )
-
-
-def _printed_formula(fit) -> str:
-    """The formula as lme4's anova heading shows it (``||`` expanded as R deparses it)."""
-    text = str(fit.formula)
-    if "||" in text:
-        from lmmcore.mixed import _deparse_double_bar
-        return _deparse_double_bar(text)
-    return text
 
 
 def anova(*fits, names=None) -> pd.DataFrame:
@@ -56,7 +46,8 @@ def anova(*fits, names=None) -> pd.DataFrame:
         ``BIC``, ``logLik``, ``deviance``, ``Chisq``, ``Df``, ``Pr(>Chisq)`` (NaN in the
         first row's test columns, as R's NA).  ``attrs``: ``"notes"`` (e.g. lme4's
         "refitting model(s) with ML (instead of REML)"), ``"data_name"`` and
-        ``"formulas"`` (model name -> formula), used by :func:`format_anova`.
+        ``"formulas"`` (model name -> formula as fitted), used by
+        :func:`lmmcore.printing.format_anova`.
 
     Raises
     ------
@@ -111,54 +102,15 @@ def anova(*fits, names=None) -> pd.DataFrame:
         p = np.where(df == 0, np.nan, stats.chi2.sf(chisq, np.where(df > 0, df, 1)))
     p[0] = np.nan
     table = pd.DataFrame(
-        {"npar": npar, "AIC": aic, "BIC": bic, "logLik": loglik, "deviance": deviance,
-         "Chisq": chisq, "Df": df, "Pr(>Chisq)": p},
+        dict(zip(COLUMNS, (npar, aic, bic, loglik, deviance, chisq, df, p))),
         index=pd.Index(names, dtype=object),
     )
     data_names = [getattr(f, "data_name", None) for f in fits]
     table.attrs["notes"] = notes
     table.attrs["data_name"] = next((d for d in data_names if d), "data")
-    table.attrs["formulas"] = {nm: _printed_formula(f) for nm, f in zip(names, fits)}
+    table.attrs["formulas"] = {nm: str(f.formula) for nm, f in zip(names, fits)}
     table.attrs["nobs"] = n
     return table
-
-
-def format_anova(table: pd.DataFrame, width: int = 80) -> str:
-    """Print an :func:`anova` table as lme4 does (``print.anova`` / ``printCoefmat``).
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        The result of :func:`anova` (its ``attrs`` give the "Data:" and "Models:" lines).
-
-    Returns
-    -------
-    str
-        "Data: ..." and "Models:" lines, one "name: formula" line per model, the table
-        with R's number formatting and significance stars, and the "Signif. codes"
-        legend when stars are shown.  lme4's refit message is not part of the printout
-        (R sends it as a message): read it from ``table.attrs["notes"]``.
-    """
-    missing = [c for c in COLUMNS if c not in table.columns]
-    if missing:
-        raise LmmError(f"format_anova needs the table from lmmcore.anova(); missing columns: {missing}")
-    formulas = table.attrs.get("formulas", {})
-    lines = [f"Data: {table.attrs.get('data_name', 'data')}", "Models:"]
-    for name in table.index:
-        lines.append(f"{name}: {formulas.get(name, '')}")
-    lines += format_coef_matrix(
-        table[COLUMNS].to_numpy(dtype=float),
-        [str(i) for i in table.index],
-        COLUMNS,
-        digits=5,
-        cs_ind=(),
-        tst_ind=(5,),
-        zap_ind=(0, 1, 2, 3, 4),
-        has_pvalue=True,
-        na_print="",
-        width=width,
-    )
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------
@@ -213,20 +165,8 @@ def compare_lm(compact, augmented) -> pd.DataFrame:
          "Sum of Sq": [np.nan, sum_sq], "F": [np.nan, f_value], "Pr(>F)": [np.nan, p_value]},
         index=pd.Index(["1", "2"], dtype=object))
     table.attrs.update(PRE=1.0 - sse_a / sse_c if sse_c > 0 else float("nan"), PA=pa, PC=pc, n=n,
-                       formulas=[_printed_formula(compact), _printed_formula(augmented)])
+                       formulas=[str(compact.formula), str(augmented.formula)])
     return table
-
-
-def format_lm_comparison(table: pd.DataFrame, width: int = 80) -> str:
-    """Print :func:`compare_lm`'s table as R prints ``anova(lm_c, lm_a)`` (``print.anova``: F
-    is the test statistic, the Df columns and F are not zapped)."""
-    lines = ["Analysis of Variance Table", ""]
-    lines += [f"Model {i}: {f}" for i, f in enumerate(table.attrs.get("formulas", []), start=1)]
-    lines += format_coef_matrix(table[LM_COLUMNS].to_numpy(dtype=float),
-                                [str(i) for i in table.index], LM_COLUMNS, digits=5,
-                                cs_ind=(), tst_ind=(4,), zap_ind=(1, 3),
-                                has_pvalue=True, na_print="", width=width)
-    return "\n".join(lines) + "\n"
 
 
 def information_criteria(table: pd.DataFrame, n: int) -> pd.DataFrame:

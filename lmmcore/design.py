@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from lmmcore.errors import DataError, FitError, FormulaError
-from lmmcore.formula import (Formula, ModelTerms, format_number,
-                             parse_formula, quote_name)
+from lmmcore.formula import (ARITHMETIC, TRANSFORMS, Formula, ModelTerms, Node,
+                             format_number, parse_formula)
 from lmmcore.structure import MixedDesign, RandomTerm
 
 __all__ = ["build_design", "DesignEncoder", "RANK_TOLERANCE", "MAX_FIXED_COLUMNS"]
@@ -132,82 +132,43 @@ def _drop_unused(codes: np.ndarray, labels: list) -> tuple:
 
 
 # ---------------------------------------------------------------------------
-# Arithmetic transforms (the allow-list of lmmcore.formula)
+# Arithmetic transforms (lmmcore.formula.TRANSFORMS: names and implementations)
 
 
-_UNARY = {
-    "log": np.log, "log2": np.log2, "log10": np.log10, "exp": np.exp,
-    "sqrt": np.sqrt, "abs": np.abs,
-}
+def _evaluate(expr: Node, column, constants: dict, fitting: bool, owner: str) -> np.ndarray:
+    """Evaluate a numeric variable's tree; ``column(name, owner)`` gives a float array.
 
-
-def _expr_label(expr) -> str:
-    kind = expr[0]
-    if kind == "col":
-        return quote_name(expr[1])
+    Transforms with learned constants (``scale``, ``center``) store them in
+    ``constants`` under the call's text when ``fitting`` and reuse them otherwise.
+    """
+    kind = expr.kind
+    if kind == "name":
+        return column(expr.value, owner)
     if kind == "num":
-        return format_number(expr[1])
-    if kind == "fn":
-        return f"{expr[1]}({_expr_label(expr[2])})"
-    if kind == "paren":
-        return f"({_expr_label(expr[1])})"
-    if kind == "neg":
-        return f"-{_expr_label(expr[1])}"
-    if kind == "pos":
-        return f"+{_expr_label(expr[1])}"
-    op = expr[1]
-    sep = f" {op} " if op in "+-*" else op
-    return f"{_expr_label(expr[2])}{sep}{_expr_label(expr[3])}"
-
-
-def _evaluate(expr, column, constants: dict, fitting: bool, owner: str) -> np.ndarray:
-    """Evaluate an arithmetic expression; ``column(name)`` gives a float array."""
-    kind = expr[0]
-    if kind == "col":
-        return column(expr[1], owner)
-    if kind == "num":
-        return np.float64(expr[1])
-    if kind in ("paren", "pos"):
-        return _evaluate(expr[1], column, constants, fitting, owner)
-    if kind == "neg":
-        return -_evaluate(expr[1], column, constants, fitting, owner)
-    if kind == "fn":
-        arg = _evaluate(expr[2], column, constants, fitting, owner)
-        name = expr[1]
-        with np.errstate(all="ignore"):
-            if name in _UNARY:
-                return _UNARY[name](arg)
-            if name == "I":
-                return arg
-            if name in ("scale", "center"):
-                key = _expr_label(expr)
-                if fitting:
-                    # R's scale(): mean and sd (n - 1) of the non-missing values
-                    values = np.broadcast_to(arg, (np.size(arg),))
-                    finite = values[np.isfinite(values)]
-                    mean = float(finite.mean()) if finite.size else np.nan
-                    sd = float(finite.std(ddof=1)) if finite.size > 1 else np.nan
-                    if name == "scale" and not sd > 0:
-                        raise DataError(f"{key} cannot be computed: the values have no spread "
-                                        "(standard deviation 0); use the column without "
-                                        "scale()")
-                    constants[key] = (mean, sd if name == "scale" else 1.0)
-                mean, sd = constants[key]
-                return (arg - mean) / sd
-        raise AssertionError(name)
-    op = expr[1]
-    a = _evaluate(expr[2], column, constants, fitting, owner)
-    b = _evaluate(expr[3], column, constants, fitting, owner)
+        return np.float64(expr.value)
+    if kind == "paren" or (kind == "unary" and expr.value == "+"):
+        return _evaluate(expr.args[0], column, constants, fitting, owner)
+    if kind == "unary":
+        return -_evaluate(expr.args[0], column, constants, fitting, owner)
+    args = []
+    for arg in expr.args:       # a loop, not a comprehension: one stack frame per level
+        args.append(_evaluate(arg, column, constants, fitting, owner))
     with np.errstate(all="ignore"):
-        if op == "+":
-            return a + b
-        if op == "-":
-            return a - b
-        if op == "*":
-            return a * b
-        if op == "/":
-            return a / b
-        return np.power(a, b)
+        if kind == "binary":
+            return ARITHMETIC[expr.value](*args)
+        transform = TRANSFORMS[expr.value]
+        if transform.learn is None:
+            return transform.apply(*args)
+        key = str(expr)
+        if fitting:
+            shift, divisor = transform.learn(*args)
+            if not divisor > 0:
+                raise DataError(f"{key} cannot be computed: the values have no spread "
+                                "(standard deviation 0); use the column without "
+                                f"{transform.name}()")
+            constants[key] = (shift, divisor)
+        shift, divisor = constants[key]
+        return (args[0] - shift) / divisor
 
 
 # ---------------------------------------------------------------------------

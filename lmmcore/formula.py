@@ -4,9 +4,9 @@
 :class:`Formula`: the response, the fixed-effects terms with R's ``terms()`` semantics
 (``*``, ``^``, ``/``, ``-``, intercept flag, terms ordered by degree) and the random
 parts ``(expr | group)`` after lme4's expansions (``||`` into separate terms, ``a/b``
-into ``b:a`` and ``a``).  Only an allow-list of transforms is accepted (``log``,
-``log2``, ``log10``, ``exp``, ``sqrt``, ``abs``, ``scale``, ``center``, ``I()``
-arithmetic, ``factor()``, ``C()``); nothing in the text is ever run as code.
+into ``b:a`` and ``a``).  Only the functions of :data:`TRANSFORMS` are accepted
+(``log``, ``log2``, ``log10``, ``exp``, ``sqrt``, ``abs``, ``scale``, ``center``,
+``factor()``, ``C()``, ``I()`` arithmetic); nothing in the text is ever run as code.
 
 The grammar follows R's operator precedence, lowest first::
 
@@ -19,23 +19,29 @@ The grammar follows R's operator precedence, lowest first::
     power   := primary ('^' unary)?
     primary := NAME | NUMBER | NAME '(' sum ')' | '(' bar ')'
 
-Errors are :class:`lmmcore.errors.FormulaError` with the 0-based ``position`` of the
-problem; the message says "at character N" with N counted from 1, as a student counts.
+The parse is one tree of :class:`Node` (``Formula.tree``), printed by :func:`deparse`
+as R's ``deparse()`` prints a formula; the variables, terms and random parts are read
+from it.  Errors are :class:`lmmcore.errors.FormulaError` with the 0-based ``position``
+of the problem; the message says "at character N" with N counted from 1, as a student
+counts.
 """
 
 from __future__ import annotations
 
 import functools
-
 import re
 from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
 
 from lmmcore.errors import FormulaError
 
 __all__ = [
-    "Formula", "ModelTerms", "RandomPart", "Term", "Variable",
-    "parse_formula", "compose_formula", "decompose_formula", "format_number",
-    "RANDOM_KINDS", "RANDOM_LABELS", "random_term", "quote_name", "MAX_LENGTH", "MAX_DEPTH", "NUMERIC_TRANSFORMS", "FACTOR_TRANSFORMS",
+    "Formula", "ModelTerms", "RandomPart", "Term", "Variable", "Node", "Transform",
+    "parse_formula", "deparse", "deparse_lines", "deparse_call_lines", "format_number",
+    "quote_name",
+    "MAX_LENGTH", "MAX_DEPTH", "MAX_OPERATORS", "TRANSFORMS", "ARITHMETIC",
 ]
 
 MAX_LENGTH = 2000
@@ -43,11 +49,10 @@ MAX_DEPTH = 32
 # A cap on terms produced by '*' and '^' so that (a+b+...+z)^10 fails instead of
 # expanding to millions of terms.
 MAX_TERMS = 500
-
-NUMERIC_TRANSFORMS = ("log", "log2", "log10", "exp", "sqrt", "abs", "scale", "center")
-FACTOR_TRANSFORMS = ("factor", "C")
-IDENTITY = "I"
-ALLOWED_FUNCTIONS = NUMERIC_TRANSFORMS + FACTOR_TRANSFORMS + (IDENTITY,)
+# A cap on binary operators: a chain a + b + c ... is a tree as deep as it is long, and
+# every walk of the tree recurses, so x+x+...+x (1000 terms in 2000 characters) would
+# exhaust Python's stack.  300 is more terms than any table has columns.
+MAX_OPERATORS = 300
 
 _NAME_START = re.compile(r"[^\W\d_]", re.UNICODE)
 _SYNTACTIC = re.compile(r"^((\.[^\W\d]|[^\W\d_])[\w.]*|\.)$", re.UNICODE)
@@ -170,11 +175,290 @@ def _tokenize(text: str) -> list:
 
 
 # ---------------------------------------------------------------------------
-# Syntax tree: plain tuples, so a Formula pickles cheaply.
-#   ("name", name, pos)             ("num", value, pos)
-#   ("call", fname, arg, pos)       ("paren", inner, pos)
-#   ("unary", op, operand, pos)     ("binary", op, left, right, pos)
-#   ("bar", op, lhs, group, pos)    a random term; pos is its '('
+# The syntax tree: one node type
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One node of a formula's syntax tree (the grammar's only tree type).
+
+    ==========  ==================================  ==================================
+    ``kind``    ``value``                           ``args``
+    ==========  ==================================  ==================================
+    "name"      the column name, without quotes     ()
+    "num"       the number (float)                  ()
+    "call"      the function (a TRANSFORMS key)     the arguments (one for each
+                                                    function today; a call such as
+                                                    cbind(a, b) would have two)
+    "paren"     None                                (inner,)
+    "unary"     "+" or "-"                          (operand,)
+    "binary"    "+", "-", "*", "/", ":" or "^"      (left, right)
+    "bar"       "|" or "||"                         (expr, group): a random term,
+                                                    parentheses included
+    ==========  ==================================  ==================================
+
+    ``pos`` is the 0-based offset in the formula text of the node's own token (the name,
+    number, function name, operator, or the "(" of a paren or bar), for error messages.
+    It takes no part in ``==`` and ``hash``: nodes written alike are equal.
+
+    To walk a tree, recurse on ``args`` (leaves have none) or iterate :meth:`walk`;
+    ``str(node)`` is R's deparse.  A grouping factor (the second argument of a bar) is
+    names joined by ``:`` and ``/`` binary nodes.
+    """
+
+    kind: str
+    value: object = None
+    args: tuple = ()
+    pos: int = field(default=0, compare=False)
+
+    def __str__(self) -> str:
+        return deparse(self)
+
+    def walk(self):
+        """The nodes of this tree, this one first, then each argument's, left to right."""
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(reversed(node.args))
+
+
+# ---------------------------------------------------------------------------
+# The printer: R's deparse()
+
+
+def format_number(value: float) -> str:
+    """Print a number as R does (15 significant digits; ``2`` not ``2.0``; ``1e+05``)."""
+    value = float(value)
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "Inf" if value > 0 else "-Inf"
+    if value == 0:
+        return "0"
+    g = f"{value:.15g}"
+    v = float(g)
+    mant, exp = f"{v:.14e}".split("e")
+    mant = mant.rstrip("0").rstrip(".")
+    e = int(exp)
+    sci = f"{mant}e{'-' if e < 0 else '+'}{abs(e):02d}"
+    if "e" in g:
+        # R-fixed notation of the 15-digit value
+        digits = mant.replace("-", "").replace(".", "")
+        sign = "-" if v < 0 else ""
+        if e >= 0:
+            fixed = sign + (digits + "0" * max(0, e + 1 - len(digits)))[: max(e + 1, 1)]
+            rest = digits[e + 1:]
+            if rest:
+                fixed += "." + rest
+        else:
+            fixed = sign + "0." + "0" * (-e - 1) + digits
+    else:
+        fixed = g
+    return fixed if len(fixed) <= len(sci) else sci
+
+
+def quote_name(name) -> str:
+    """``name`` as it must be written in a formula: back-quoted unless a plain R name.
+
+    The one quoting rule of the project: every formula written from column names
+    (the app's menus, pooling, teaching) quotes them with this function.
+    """
+    name = str(name)
+    if _SYNTACTIC.match(name) and name != "." and not _DUNDER.search(name) \
+            and name not in _R_RESERVED:
+        return name
+    return f"`{name}`"
+
+
+_R_RESERVED = frozenset(("if", "else", "repeat", "while", "function", "for", "next", "break",
+                         "in", "TRUE", "FALSE", "NULL", "Inf", "NaN", "NA"))
+_SPACED = {"+", "-", "*", "|", "||", "~"}
+
+
+def deparse(node: Node) -> str:
+    """A tree as R's ``deparse()`` prints it: ``a + b``, ``a:b``, ``x^2``, ``(1 | g)``,
+    back-quotes around non-syntactic names, numbers as R prints them."""
+    return deparse_lines(node, None)[0]
+
+
+def deparse_lines(node: Node, cutoff: int | None = 60) -> list:
+    """R's ``deparse(x, width.cutoff = cutoff)``: the printed tree in lines.
+
+    As R's ``deparse.c``: after a spaced binary operator (``+ - * | || ~``) or a call's
+    ``, ``, a line already longer than ``cutoff`` ends, and the rest of that operand is
+    indented four spaces more.  ``cutoff=None`` gives one line.
+    """
+    writer = _Writer(cutoff)
+    writer.node(node)
+    writer.lines.append("".join(writer.line))
+    return writer.lines
+
+
+def deparse_call_lines(function: str, args, cutoff: int | None = 60) -> list:
+    """R's ``deparse()`` of a call with named arguments, in lines, e.g.
+    ``lm(formula = y ~ x, data = d)`` as summary.lm's ``Call:`` shows it.
+
+    ``args``: ``(name, value)`` pairs, a value being a :class:`Node` (a formula's
+    :attr:`Formula.node`) or text printed as it is.
+    """
+    writer = _Writer(cutoff)
+    writer.call(function, list(args))
+    writer.lines.append("".join(writer.line))
+    return writer.lines
+
+
+class _Writer:
+    """deparse's line buffer (R's LocalParseData: len, indent, startline)."""
+
+    def __init__(self, cutoff: int | None):
+        self.cutoff = cutoff
+        self.lines: list = []
+        self.line: list = []
+        self.len = 0
+        self.indent = 0
+        self.startline = True
+
+    def put(self, text: str) -> None:
+        if self.startline:
+            self.startline = False
+            tab = "".join("    " if i <= 4 else "  " for i in range(1, self.indent + 1))
+            self.line.append(tab)
+            self.len += len(tab)
+        self.line.append(text)
+        self.len += len(text)
+
+    def linebreak(self, broke: bool) -> bool:
+        if self.cutoff is not None and self.len > self.cutoff:
+            if not broke:
+                broke = True
+                self.indent += 1
+            self.lines.append("".join(self.line))
+            self.line, self.len, self.startline = [], 0, True
+        return broke
+
+    def node(self, node: Node) -> None:
+        kind = node.kind
+        if kind == "name":
+            self.put(quote_name(node.value))
+        elif kind == "num":
+            self.put(format_number(node.value))
+        elif kind == "call":
+            self.call(node.value, [(None, arg) for arg in node.args])
+        elif kind in ("paren", "bar"):
+            self.put("(")
+            if kind == "paren":
+                self.node(node.args[0])
+            else:
+                self._binary(node.value, node.args)
+            self.put(")")
+        elif kind == "unary":
+            self.put(node.value)
+            self.node(node.args[0])
+        elif kind == "binary":
+            self._binary(node.value, node.args)
+        else:
+            raise AssertionError(kind)
+
+    def call(self, function: str, args: list) -> None:
+        """``function(tag = arg, ...)``; an arg is a Node or text printed as it is."""
+        self.put(f"{function}(")
+        broke = False
+        for k, (tag, arg) in enumerate(args):
+            if k:
+                self.put(", ")
+                broke = self.linebreak(broke)
+            if tag is not None:
+                self.put(f"{tag} = ")
+            if isinstance(arg, Node):
+                self.node(arg)
+            else:
+                self.put(str(arg))
+        if broke:
+            self.indent -= 1
+        self.put(")")
+
+    def _binary(self, op: str, args: tuple) -> None:
+        self.node(args[0])
+        if op not in _SPACED:
+            self.put(op)
+            self.node(args[1])
+            return
+        self.put(f" {op} ")
+        broke = self.linebreak(False)
+        self.node(args[1])
+        if broke:
+            self.indent -= 1
+
+
+# ---------------------------------------------------------------------------
+# The functions a formula may call: name, meaning and implementation in one table
+
+
+def _identity(x):
+    return x
+
+
+def _mean_sd(values) -> tuple:
+    """R's ``scale()``: mean and SD (n - 1) of the non-missing values."""
+    values = np.broadcast_to(values, (np.size(values),))
+    finite = values[np.isfinite(values)]
+    mean = float(finite.mean()) if finite.size else np.nan
+    sd = float(finite.std(ddof=1)) if finite.size > 1 else np.nan
+    return mean, sd
+
+
+def _mean_one(values) -> tuple:
+    """``center()``: the mean of the non-missing values, divisor 1."""
+    return _mean_sd(values)[0], 1.0
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A function the formula language allows.
+
+    Attributes
+    ----------
+    name : str
+    kind : {"numeric", "factor"}
+        ``"numeric"``: the call is a numeric variable computed from its argument's
+        arithmetic; ``"factor"``: a categorical variable from one column (its levels are
+        coded by :mod:`lmmcore.design`).
+    apply : callable, optional
+        Elementwise numpy function of the argument's values (numeric transforms).
+    learn : callable, optional
+        For transforms with constants learned from the data at fitting (``scale``,
+        ``center``): values -> ``(shift, divisor)``; the result is
+        ``(x - shift) / divisor`` with the fitted constants, on new data too.
+    """
+
+    name: str
+    kind: str
+    apply: Callable | None = None
+    learn: Callable | None = None
+
+
+TRANSFORMS = {t.name: t for t in (
+    Transform("log", "numeric", np.log),
+    Transform("log2", "numeric", np.log2),
+    Transform("log10", "numeric", np.log10),
+    Transform("exp", "numeric", np.exp),
+    Transform("sqrt", "numeric", np.sqrt),
+    Transform("abs", "numeric", np.abs),
+    Transform("scale", "numeric", learn=_mean_sd),
+    Transform("center", "numeric", learn=_mean_one),
+    Transform("factor", "factor"),
+    Transform("C", "factor"),
+    Transform("I", "numeric", _identity),
+)}
+
+# The arithmetic allowed inside a transform (numpy: an overflow is inf, not an error).
+ARITHMETIC = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.true_divide,
+              "^": np.power}
+
+
+# ---------------------------------------------------------------------------
+# The parser: text -> Node tree
 
 
 _BINARY_LEVELS = (("+", "-"), ("*", "/"), (":",))
@@ -186,6 +470,7 @@ class _Parser:
         self.tokens = _tokenize(text)
         self.i = 0
         self.depth = 0
+        self.operators = 0
 
     # helpers
     @property
@@ -202,6 +487,13 @@ class _Parser:
         if self.depth > MAX_DEPTH:
             raise _err(f"the formula is nested too deeply (more than {MAX_DEPTH} levels of "
                        "parentheses or signs)", pos, self.text)
+
+    def _binary_node(self, op: _Token, left: Node, right: Node) -> Node:
+        self.operators += 1
+        if self.operators > MAX_OPERATORS:
+            raise _err(f"the formula has more than {MAX_OPERATORS} operators; write a shorter "
+                       "formula", op.pos, self.text)
+        return Node("binary", op.text, (left, right), op.pos)
 
     def _describe(self, t: _Token) -> str:
         if t.kind == "end":
@@ -254,8 +546,7 @@ class _Parser:
         node = self._binary(level + 1, after)
         while self.tok.kind == "op" and self.tok.text in ops:
             op = self._advance()
-            right = self._binary(level + 1, op)
-            node = ("binary", op.text, node, right, op.pos)
+            node = self._binary_node(op, node, self._binary(level + 1, op))
         return node
 
     def unary(self, after):
@@ -263,7 +554,7 @@ class _Parser:
         if t.kind == "op" and t.text in ("-", "+"):
             self._enter(t.pos)
             self._advance()
-            node = ("unary", t.text, self.unary(t), t.pos)
+            node = Node("unary", t.text, (self.unary(t),), t.pos)
             self.depth -= 1
             return node
         return self.power(after)
@@ -273,7 +564,7 @@ class _Parser:
         if self.tok.kind == "op" and self.tok.text == "^":
             op = self._advance()
             self._enter(op.pos)
-            node = ("binary", "^", node, self.unary(op), op.pos)
+            node = self._binary_node(op, node, self.unary(op))
             self.depth -= 1
         return node
 
@@ -281,12 +572,12 @@ class _Parser:
         t = self.tok
         if t.kind == "number":
             self._advance()
-            return ("num", t.value, t.pos)
+            return Node("num", t.value, (), t.pos)
         if t.kind == "name":
             self._advance()
             if self.tok.kind == "(":
                 return self.call(t)
-            return ("name", t.text, t.pos)
+            return Node("name", t.text, (), t.pos)
         if t.kind == "(":
             self._enter(t.pos)
             self._advance()
@@ -294,9 +585,9 @@ class _Parser:
             if self.tok.kind == "op" and self.tok.text in ("|", "||"):
                 bar = self._advance()
                 group = self.group(bar)
-                node = ("bar", bar.text, inner, group, t.pos)
+                node = Node("bar", bar.text, (inner, group), t.pos)
             else:
-                node = ("paren", inner, t.pos)
+                node = Node("paren", None, (inner,), t.pos)
             if self.tok.kind != ")":
                 if self.tok.kind == "end":
                     raise _err(f"the '(' at character {t.pos + 1} is never closed: add ')'",
@@ -310,9 +601,9 @@ class _Parser:
 
     def call(self, name_tok: _Token):
         fname = name_tok.text
-        if name_tok.value == "quoted" or fname not in ALLOWED_FUNCTIONS:
+        if name_tok.value == "quoted" or fname not in TRANSFORMS:
             raise _err(f"'{_show(fname)}(...)' is not an allowed function; allowed are "
-                       + ", ".join(f"{f}()" for f in ALLOWED_FUNCTIONS), name_tok.pos, self.text)
+                       + ", ".join(f"{f}()" for f in TRANSFORMS), name_tok.pos, self.text)
         open_tok = self._advance()
         self._enter(open_tok.pos)
         if self.tok.kind == ")":
@@ -333,28 +624,28 @@ class _Parser:
                        self.tok.pos, self.text)
         self._advance()
         self.depth -= 1
-        return ("call", fname, arg, name_tok.pos)
+        return Node("call", fname, (arg,), name_tok.pos)
 
     def group(self, bar: _Token):
         """A grouping factor: names joined by ':' (interaction) and '/' (nesting)."""
         node = self._group_interaction(bar)
         while self.tok.kind == "op" and self.tok.text == "/":
             op = self._advance()
-            node = ("binary", "/", node, self._group_interaction(op), op.pos)
+            node = self._binary_node(op, node, self._group_interaction(op))
         return node
 
     def _group_interaction(self, after: _Token):
         node = self._group_name(after)
         while self.tok.kind == "op" and self.tok.text == ":":
             op = self._advance()
-            node = ("binary", ":", node, self._group_name(op), op.pos)
+            node = self._binary_node(op, node, self._group_name(op))
         return node
 
     def _group_name(self, after: _Token):
         t = self.tok
         if t.kind == "name" and self.tokens[self.i + 1].kind != "(":
             self._advance()
-            return ("name", t.text, t.pos)
+            return Node("name", t.text, (), t.pos)
         if t.kind == "end":
             raise _err(f"the formula stops too early: expected a grouping column after "
                        f"'{after.text}'", t.pos, self.text)
@@ -364,92 +655,6 @@ class _Parser:
 
 
 # ---------------------------------------------------------------------------
-# Deparsing, as R's deparse() prints a formula
-
-
-def format_number(value: float) -> str:
-    """Print a number as R does (15 significant digits; ``2`` not ``2.0``; ``1e+05``)."""
-    value = float(value)
-    if value != value:
-        return "NaN"
-    if value in (float("inf"), float("-inf")):
-        return "Inf" if value > 0 else "-Inf"
-    if value == 0:
-        return "0"
-    g = f"{value:.15g}"
-    v = float(g)
-    mant, exp = f"{v:.14e}".split("e")
-    mant = mant.rstrip("0").rstrip(".")
-    e = int(exp)
-    sci = f"{mant}e{'-' if e < 0 else '+'}{abs(e):02d}"
-    if "e" in g:
-        # R-fixed notation of the 15-digit value
-        digits = mant.replace("-", "").replace(".", "")
-        sign = "-" if v < 0 else ""
-        if e >= 0:
-            fixed = sign + (digits + "0" * max(0, e + 1 - len(digits)))[: max(e + 1, 1)]
-            rest = digits[e + 1:]
-            if rest:
-                fixed += "." + rest
-        else:
-            fixed = sign + "0." + "0" * (-e - 1) + digits
-    else:
-        fixed = g
-    return fixed if len(fixed) <= len(sci) else sci
-
-
-def quote_name(name: str) -> str:
-    """``name`` as it must be written in a formula: back-quoted unless a plain R name."""
-    if _SYNTACTIC.match(name) and name != "." and not _DUNDER.search(name) \
-            and name not in _R_RESERVED:
-        return name
-    return f"`{name}`"
-
-
-_R_RESERVED = frozenset(("if", "else", "repeat", "while", "function", "for", "next", "break",
-                         "in", "TRUE", "FALSE", "NULL", "Inf", "NaN", "NA"))
-_SPACED = {"+", "-", "*", "|", "||", "~"}
-
-
-def _deparse(node) -> str:
-    kind = node[0]
-    if kind == "name":
-        return quote_name(node[1])
-    if kind == "num":
-        return format_number(node[1])
-    if kind == "call":
-        return f"{node[1]}({_deparse(node[2])})"
-    if kind == "paren":
-        return f"({_deparse(node[1])})"
-    if kind == "unary":
-        return f"{node[1]}{_deparse(node[2])}"
-    if kind == "binary":
-        op = node[1]
-        sep = f" {op} " if op in _SPACED else op
-        return f"{_deparse(node[2])}{sep}{_deparse(node[3])}"
-    if kind == "bar":
-        return f"({_deparse(node[2])} {node[1]} {_deparse(node[3])})"
-    raise AssertionError(kind)
-
-
-def _strip_positions(node):
-    """The position-free expression stored in a :class:`Variable` (equal when equal text)."""
-    kind = node[0]
-    if kind == "name":
-        return ("col", node[1])
-    if kind == "num":
-        return ("num", node[1])
-    if kind == "call":
-        return ("fn", node[1], _strip_positions(node[2]))
-    if kind == "paren":
-        return ("paren", _strip_positions(node[1]))
-    if kind == "unary":
-        return ("neg" if node[1] == "-" else "pos", _strip_positions(node[2]))
-    if kind == "binary":
-        return ("bin", node[1], _strip_positions(node[2]), _strip_positions(node[3]))
-    raise AssertionError(kind)
-
-
 # ---------------------------------------------------------------------------
 # The public objects
 
@@ -466,17 +671,16 @@ class Variable:
         ``"column"``: a bare column (numeric or categorical according to the data);
         ``"factor"``: ``factor(x)`` / ``C(x)``, always categorical; ``"numeric"``: an
         arithmetic transform, always numeric.
-    expr : tuple
-        The position-free expression tree (``("col", name)``, ``("num", v)``,
-        ``("fn", name, arg)``, ``("bin", op, a, b)``, ``("neg", a)``, ``("pos", a)``,
-        ``("paren", a)``).
+    expr : Node
+        The variable's syntax tree: a ``"name"`` node for a column, a ``"call"`` node
+        for a transform (positions do not count in ``==``).
     columns : tuple of str
         Data columns the variable reads.
     """
 
     label: str
     kind: str
-    expr: tuple
+    expr: Node
     columns: tuple
 
     @property
@@ -583,27 +787,60 @@ class Formula:
         Every data column used, in order of first appearance.
     positions : dict
         Column name -> 0-based offset of its first appearance (for error messages).
+    tree : tuple of Node
+        ``(lhs, rhs)``: the syntax trees of the two sides of ``~`` as written (see
+        :class:`Node`).  :attr:`node` joins them into one ``~`` node (``str(formula)``
+        prints it); :attr:`expanded_tree` is lme4's stored form, ``||`` expanded.
+
+    Notes
+    -----
+    Two formulas are equal when their texts are; a Formula pickles as its text and is
+    parsed again when unpickled.
     """
 
     text: str
-    response: Variable
-    fixed: ModelTerms
-    random: tuple
-    columns: tuple
+    response: Variable = field(compare=False)
+    fixed: ModelTerms = field(compare=False)
+    random: tuple = field(compare=False)
+    columns: tuple = field(compare=False)
     positions: dict = field(repr=False, compare=False, hash=False)
-    _tree: tuple = field(repr=False, compare=False, hash=False, default=())
+    tree: tuple = field(repr=False, compare=False, hash=False, default=())
+
+    def __reduce__(self):
+        return parse_formula, (self.text,)
 
     def __str__(self) -> str:
         """The formula in lme4's printed form: ``"Reaction ~ Days + (Days | Subject)"``."""
-        lhs, rhs = self._tree
-        return f"{_deparse(lhs)} ~ {_deparse(rhs)}"
+        return deparse(self.node)
+
+    @property
+    def node(self) -> Node:
+        """The whole formula as written, as one ``~`` node."""
+        lhs, rhs = self.tree
+        return Node("binary", "~", (lhs, rhs), lhs.pos)
 
     @property
     def fixed_text(self) -> str:
         """The formula without its random terms (lme4's ``nobars()``), e.g. for ``lm``."""
-        lhs, rhs = self._tree
+        lhs, rhs = self.tree
         stripped = _drop_bars(rhs)
-        return f"{_deparse(lhs)} ~ {_deparse(stripped) if stripped is not None else '1'}"
+        if stripped is None:
+            stripped = Node("num", 1.0, (), rhs.pos)
+        return deparse(Node("binary", "~", (lhs, stripped), lhs.pos))
+
+    @property
+    def expanded_tree(self) -> Node:
+        """The formula as lme4 stores it (``formula(fit)``), as one ``~`` node: each
+        ``(x || g)`` expanded as lme4's ``expandDoubleVerts`` does, into
+        ``((1 | g) + (0 + x | g))``."""
+        lhs, rhs = self.tree
+        return Node("binary", "~", (lhs, _expand_double_bars(rhs, self.text)), lhs.pos)
+
+    @property
+    def expanded_text(self) -> str:
+        """:attr:`expanded_tree` printed: what the summary's ``Formula:`` line and anova's
+        model lines show."""
+        return deparse(self.expanded_tree)
 
     @property
     def has_random(self) -> bool:
@@ -619,21 +856,22 @@ class Formula:
         return tuple(seen)
 
 
-def _drop_bars(node):
+def _drop_bars(node: Node) -> Node | None:
     """``node`` with its random terms removed (None when nothing is left)."""
-    if node[0] == "bar":
+    if node.kind == "bar":
         return None
-    if node[0] == "binary" and node[1] in ("+", "-"):
-        left = _drop_bars(node[2])
-        right = _drop_bars(node[3])
+    if node.kind == "binary" and node.value in ("+", "-"):
+        left = _drop_bars(node.args[0])
+        right = _drop_bars(node.args[1])
         if right is None:
             return left
         if left is None:
-            return right if node[1] == "+" else ("unary", "-", right, node[4])
-        return ("binary", node[1], left, right, node[4])
+            return right if node.value == "+" else Node("unary", "-", (right,), node.pos)
+        return Node("binary", node.value, (left, right), node.pos)
     return node
 
 
+# ---------------------------------------------------------------------------
 # ---------------------------------------------------------------------------
 # From the syntax tree to variables and terms (R's EncodeVars / TermCode)
 
@@ -648,7 +886,7 @@ class _Encoder:
         self.intercept = True
         self.parity = True
 
-    def variable(self, node) -> int:
+    def variable(self, node: Node) -> int:
         var = _make_variable(node, self.text)
         i = self.index.get(var.label)
         if i is None:
@@ -657,60 +895,61 @@ class _Encoder:
             self.index[var.label] = i
         return i
 
-    def encode(self, node) -> list:
-        kind = node[0]
+    def encode(self, node: Node) -> list:
+        kind = node.kind
         if kind == "num":
-            if node[1] == 1:
+            if node.value == 1:
                 self.intercept = self.parity
                 return []
-            if node[1] == 0:
+            if node.value == 0:
                 self.intercept = not self.parity
                 return []
-            raise _err(f"the number {format_number(node[1])} cannot be a term; only 0 and 1 "
+            raise _err(f"the number {format_number(node.value)} cannot be a term; only 0 and 1 "
                        "(no intercept / intercept) can; for arithmetic use I(), e.g. I(2 * x)",
-                       node[2], self.text)
+                       node.pos, self.text)
         if kind in ("name", "call"):
             return [frozenset([self.variable(node)])]
         if kind == "paren":
-            return self.encode(node[1])
+            return self.encode(node.args[0])
         if kind == "bar":
             raise _err("a random-effects term (... | group) can only be added with '+' at the "
-                       "top level of the formula", node[4], self.text)
+                       "top level of the formula", node.pos, self.text)
         if kind == "unary":
-            if node[1] == "+":
-                return self.encode(node[2])
-            return self._delete([], node[2])
-        op = node[1]
+            if node.value == "+":
+                return self.encode(node.args[0])
+            return self._delete([], node.args[0])
+        op, (left_node, right_node), pos = node.value, node.args, node.pos
         if op == "+":
-            return _union(self.encode(node[2]), self.encode(node[3]))
+            return _union(self.encode(left_node), self.encode(right_node))
         if op == "-":
-            return self._delete(self.encode(node[2]), node[3])
+            return self._delete(self.encode(left_node), right_node)
         if op == ":":
-            return self._interact(self.encode(node[2]), self.encode(node[3]), node[4])
+            return self._interact(self.encode(left_node), self.encode(right_node), pos)
         if op == "*":
-            left, right = self.encode(node[2]), self.encode(node[3])
-            return _union(_union(left, right), self._interact(left, right, node[4]))
+            left, right = self.encode(left_node), self.encode(right_node)
+            return _union(_union(left, right), self._interact(left, right, pos))
         if op == "/":
             # R's %in%: a/b = a + (all of a):b
-            left, right = self.encode(node[2]), self.encode(node[3])
+            left, right = self.encode(left_node), self.encode(right_node)
             whole = frozenset().union(*left) if left else frozenset()
-            return _union(left, self._interact([whole], right, node[4]))
+            return _union(left, self._interact([whole], right, pos))
         if op == "^":
-            exponent = node[3]
-            if exponent[0] != "num" or exponent[1] != int(exponent[1]) or exponent[1] < 1:
+            exponent = right_node
+            if exponent.kind != "num" or exponent.value != int(exponent.value) \
+                    or exponent.value < 1:
                 raise _err("the power of a formula term must be a whole number like 2, as in "
-                           "(a + b)^2; for a squared column use I(x^2)", node[4], self.text)
-            base = self.encode(node[2])
+                           "(a + b)^2; for a squared column use I(x^2)", pos, self.text)
+            base = self.encode(left_node)
             result = base
-            for _ in range(int(min(exponent[1], 64)) - 1):
-                grown = _union(result, self._interact(result, base, node[4]))
+            for _ in range(int(min(exponent.value, 64)) - 1):
+                grown = _union(result, self._interact(result, base, pos))
                 if len(grown) == len(result):
                     break
                 result = grown
             return result
         raise AssertionError(node)
 
-    def _delete(self, left: list, right_node) -> list:
+    def _delete(self, left: list, right_node: Node) -> list:
         self.parity = not self.parity
         right = self.encode(right_node)
         self.parity = not self.parity
@@ -742,85 +981,68 @@ def _union(a: list, b: list) -> list:
     return out
 
 
-def _make_variable(node, text: str) -> Variable:
-    kind = node[0]
-    if kind == "name":
+def _make_variable(node: Node, text: str) -> Variable:
+    if node.kind == "name":
         # R labels a non-syntactic name with its back-quotes: "`reaction time`"
-        return Variable(quote_name(node[1]), "column", ("col", node[1]), (node[1],))
+        return Variable(quote_name(node.value), "column", node, (node.value,))
     # a call
-    fname, arg = node[1], node[2]
-    label = _deparse(node)
-    if fname in FACTOR_TRANSFORMS:
-        if arg[0] != "name":
+    fname, (arg,) = node.value, node.args
+    label = deparse(node)
+    if TRANSFORMS[fname].kind == "factor":
+        if arg.kind != "name":
             raise _err(f"{fname}() takes a single column name, e.g. {fname}(Days)",
                        _first_pos(arg), text)
-        return Variable(label, "factor", _strip_positions(node), (arg[1],))
+        return Variable(label, "factor", node, (arg.value,))
     columns: list = []
     _check_arithmetic(arg, text, fname, columns)
-    return Variable(label, "numeric", _strip_positions(node), tuple(columns))
+    return Variable(label, "numeric", node, tuple(columns))
 
 
-def _check_arithmetic(node, text: str, where: str, columns: list):
-    """Allow only arithmetic on columns and numbers inside a transform.
+def _check_arithmetic(node: Node, text: str, where: str, columns: list):
+    """Allow only arithmetic on columns and numbers inside a transform ``where()``;
+    collect the columns it reads into ``columns``.
 
     Returns the value of a constant subexpression (None if it uses a column), so that
     a constant that overflows (``9^9^9``) is refused here rather than at fitting.
     """
-    value = _check_arithmetic_node(node, text, where, columns)
+    kind = node.kind
+    value = None
+    if kind == "name":
+        if node.value not in columns:
+            columns.append(node.value)
+    elif kind == "num":
+        value = node.value
+    elif kind == "paren":
+        value = _check_arithmetic(node.args[0], text, where, columns)
+    elif kind == "unary":
+        v = _check_arithmetic(node.args[0], text, where, columns)
+        value = None if v is None else (-v if node.value == "-" else v)
+    elif kind == "binary":
+        if node.value not in ARITHMETIC:
+            raise _err(f"'{node.value}' is not arithmetic: inside {where}() use only + - * / ^, "
+                       "numbers, columns and parentheses", node.pos, text)
+        a = _check_arithmetic(node.args[0], text, where, columns)
+        b = _check_arithmetic(node.args[1], text, where, columns)
+        if a is not None and b is not None:
+            with np.errstate(all="ignore"):
+                value = float(ARITHMETIC[node.value](np.float64(a), np.float64(b)))
+    elif kind == "call":
+        if TRANSFORMS[node.value].kind == "factor":
+            raise _err(f"{node.value}() makes a categorical variable and cannot be used inside "
+                       f"{where}()", node.pos, text)
+        for arg in node.args:
+            _check_arithmetic(arg, text, node.value, columns)
+    elif kind == "bar":
+        raise _err(f"'{node.value}' cannot be used inside {where}()", node.pos, text)
+    else:
+        raise AssertionError(kind)
     if value is not None and not (abs(value) <= _MAX_NUMBER):
-        raise _err(f"the constant {_show(_deparse(node))} inside {where}() is too large or "
+        raise _err(f"the constant {_show(deparse(node))} inside {where}() is too large or "
                    "not a number", _first_pos(node), text)
     return value
 
 
-def _check_arithmetic_node(node, text: str, where: str, columns: list):
-    kind = node[0]
-    if kind == "name":
-        if node[1] not in columns:
-            columns.append(node[1])
-        return None
-    if kind == "num":
-        return node[1]
-    if kind == "paren":
-        return _check_arithmetic(node[1], text, where, columns)
-    if kind == "unary":
-        v = _check_arithmetic(node[2], text, where, columns)
-        return None if v is None else (-v if node[1] == "-" else v)
-    if kind == "binary":
-        if node[1] not in ("+", "-", "*", "/", "^"):
-            raise _err(f"'{node[1]}' is not arithmetic: inside {where}() use only + - * / ^, "
-                       "numbers, columns and parentheses", node[4], text)
-        a = _check_arithmetic(node[2], text, where, columns)
-        b = _check_arithmetic(node[3], text, where, columns)
-        if a is None or b is None:
-            return None
-        try:
-            if node[1] == "+":
-                return a + b
-            if node[1] == "-":
-                return a - b
-            if node[1] == "*":
-                return a * b
-            if node[1] == "/":
-                return a / b if b != 0 else float("inf")
-            if a == 0 and b < 0:
-                return float("inf")
-            result = a ** b
-            return result if isinstance(result, float) else float("nan")
-        except (OverflowError, ZeroDivisionError):
-            return float("inf")
-    if kind == "call":
-        if node[1] in FACTOR_TRANSFORMS:
-            raise _err(f"{node[1]}() makes a categorical variable and cannot be used inside "
-                       f"{where}()", node[3], text)
-        _check_arithmetic(node[2], text, node[1], columns)
-        return None
-    if kind == "bar":
-        raise _err(f"'{node[1]}' cannot be used inside {where}()", node[4], text)
-    raise AssertionError(kind)
-
-
-def _terms(text: str, node, variables: list | None = None,
+def _terms(text: str, node: Node | None, variables: list | None = None,
            response: str | None = None) -> ModelTerms:
     enc = _Encoder(text, variables)
     raw = enc.encode(node) if node is not None else []
@@ -835,48 +1057,46 @@ def _terms(text: str, node, variables: list | None = None,
     return ModelTerms(terms, enc.intercept, variables_t)
 
 
-def _split_sum(node, text: str, sign: str = "+") -> list:
+def _split_sum(node: Node, text: str, sign: str = "+") -> list:
     """The top-level summands of the right-hand side, each as (sign, node)."""
-    if node[0] == "binary" and node[1] in ("+", "-"):
-        return _split_sum(node[2], text, sign) + _split_sum(node[3], text, node[1]
-                                                            if sign == "+" else
-                                                            ("-" if node[1] == "+" else "+"))
-    if node[0] == "paren" and _contains_bar(node[1]):
-        return _split_sum(node[1], text, sign)
+    if node.kind == "binary" and node.value in ("+", "-"):
+        right_sign = node.value if sign == "+" else ("-" if node.value == "+" else "+")
+        return _split_sum(node.args[0], text, sign) + _split_sum(node.args[1], text, right_sign)
+    if node.kind == "paren" and _contains_bar(node.args[0]):
+        return _split_sum(node.args[0], text, sign)
     return [(sign, node)]
 
 
-def _contains_bar(node) -> bool:
-    kind = node[0]
-    if kind == "bar":
+def _contains_bar(node: Node) -> bool:
+    """Whether a random term sits in ``node`` outside any function call (one inside a
+    call is refused by the call's own check)."""
+    if node.kind == "bar":
         return True
-    if kind == "binary":
-        return _contains_bar(node[2]) or _contains_bar(node[3])
-    if kind in ("unary",):
-        return _contains_bar(node[2])
-    if kind == "paren":
-        return _contains_bar(node[1])
+    if node.kind in ("binary", "unary", "paren"):
+        for arg in node.args:   # a loop, not any(generator): one stack frame per level
+            if _contains_bar(arg):
+                return True
     return False
 
 
-def _group_chain(node) -> list:
+def _group_chain(node: Node) -> list:
     """``a/b:c`` -> [("a",), ("b", "c")]: '/' separates nesting levels."""
-    if node[0] == "binary" and node[1] == "/":
-        return _group_chain(node[2]) + [_group_names(node[3])]
+    if node.kind == "binary" and node.value == "/":
+        return _group_chain(node.args[0]) + [_group_names(node.args[1])]
     return [_group_names(node)]
 
 
-def _group_names(node) -> tuple:
-    if node[0] == "name":
-        return (node[1],)
-    if node[0] == "binary" and node[1] == ":":
-        return _group_names(node[2]) + _group_names(node[3])
+def _group_names(node: Node) -> tuple:
+    if node.kind == "name":
+        return (node.value,)
+    if node.kind == "binary" and node.value == ":":
+        return _group_names(node.args[0]) + _group_names(node.args[1])
     raise AssertionError(node)
 
 
-def _random_parts(text: str, bar) -> list:
-    op, lhs, group_node = bar[1], bar[2], bar[3]
-    source = _deparse(bar)
+def _random_parts(text: str, bar: Node) -> list:
+    op, (lhs, group_node) = bar.value, bar.args
+    source = deparse(bar)
     chain = _group_chain(group_node)
     # lme4's expandSlash: a/b/c -> c:(b:a), b:a, a (innermost first), named as lme4
     # deparses them: the inner interaction of a deeper level is in parentheses
@@ -895,37 +1115,56 @@ def _random_parts(text: str, bar) -> list:
     terms = _terms(text, lhs)
     if not terms.terms and not terms.intercept:
         raise _err(f"the random term {source} has no columns: put 1 (intercept) or a column "
-                   "before the bar", bar[4], text)
+                   "before the bar", bar.pos, text)
     if op == "||":
-        # lme4's expandDoubleVerts: one term for the intercept, one per term of expr
-        pieces = []
-        if terms.intercept:
-            pieces.append(ModelTerms((), True, terms.variables))
-        for t in terms.terms:
-            used = tuple(v for v in terms.variables if v in t.variables)
-            pieces.append(ModelTerms((t,), False, used))
+        pieces = [_terms(text, piece.args[0]) for piece in _double_bar_pieces(bar, text, terms)]
     else:
         pieces = [terms]
-    return [RandomPart(piece, g, source, op, nm) for g, nm in zip(groups, names)
-            for piece in pieces]
+    # lme4 expands '||' first, then '/' in each piece (findbars' expandSlash)
+    return [RandomPart(piece, g, source, op, nm) for piece in pieces
+            for g, nm in zip(groups, names)]
 
 
-def _positions(node, out: dict) -> None:
-    kind = node[0]
-    if kind == "name":
-        out.setdefault(node[1], node[2])
-    elif kind == "call":
-        _positions(node[2], out)
-    elif kind == "paren":
-        _positions(node[1], out)
-    elif kind == "unary":
-        _positions(node[2], out)
-    elif kind == "binary":
-        _positions(node[2], out)
-        _positions(node[3], out)
-    elif kind == "bar":
-        _positions(node[2], out)
-        _positions(node[3], out)
+def _double_bar_pieces(bar: Node, text: str, terms: ModelTerms | None = None) -> list:
+    """lme4's expandDoubleVerts: ``(x + z || g)`` -> ``(1 | g)``, ``(0 + x | g)``,
+    ``(0 + z | g)``: one ``|`` term for the intercept and one per term of ``x + z``
+    (``terms``: those of ``x + z``, when already known)."""
+    if terms is None:
+        terms = _terms(text, bar.args[0])
+    group, pos = bar.args[1], bar.pos
+    pieces = [Node("bar", "|", (Node("num", 1.0, (), pos), group), pos)] if terms.intercept \
+        else []
+    for t in terms.terms:
+        term = t.variables[0].expr
+        for v in t.variables[1:]:
+            term = Node("binary", ":", (term, v.expr), pos)
+        pieces.append(Node("bar", "|", (Node("binary", "+", (Node("num", 0.0, (), pos), term),
+                                              pos), group), pos))
+    return pieces
+
+
+def _expand_double_bars(node: Node, text: str) -> Node:
+    """``node`` with each ``(... || g)`` replaced by its ``|`` pieces in parentheses, as
+    lme4 stores the formula: ``((1 | g) + (0 + x | g))``."""
+    if node.kind == "bar" and node.value == "||":
+        pieces = _double_bar_pieces(node, text)
+        inner = pieces[0]
+        for piece in pieces[1:]:
+            inner = Node("binary", "+", (inner, piece), node.pos)
+        return Node("paren", None, (inner,), node.pos)
+    if node.kind in ("binary", "paren") and _contains_bar(node):
+        args = []
+        for arg in node.args:
+            args.append(_expand_double_bars(arg, text))
+        return Node(node.kind, node.value, tuple(args), node.pos)
+    return node
+
+
+def _positions(node: Node, out: dict) -> None:
+    """Column name -> offset of its first appearance in ``node``."""
+    for n in node.walk():
+        if n.kind == "name":
+            out.setdefault(n.value, n.pos)
 
 
 def parse_formula(text: str) -> Formula:
@@ -935,7 +1174,7 @@ def parse_formula(text: str) -> Formula:
     ----------
     text : str
         E.g. ``"Reaction ~ Days + (Days | Subject)"``; at most ``MAX_LENGTH``
-        characters and ``MAX_DEPTH`` levels of nesting.
+        characters, ``MAX_DEPTH`` levels of nesting and ``MAX_OPERATORS`` operators.
 
     Returns
     -------
@@ -974,21 +1213,21 @@ def _parse_cached(text: str) -> Formula:
     lhs_node, rhs_node = _Parser(text).formula()
 
     if _contains_bar(lhs_node):
-        raise _err("the response cannot be a random-effects term", lhs_node[-1], text)
-    if lhs_node[0] not in ("name", "call"):
+        raise _err("the response cannot be a random-effects term", lhs_node.pos, text)
+    if lhs_node.kind not in ("name", "call"):
         raise _err("the response must be one column or a transform of it, e.g. Reaction or "
                    "log(Reaction)", _first_pos(lhs_node), text)
     response = _make_variable(lhs_node, text)
     if response.kind == "factor":
         raise _err("the response must be numeric; factor() cannot be used on it",
-                   lhs_node[-1], text)
+                   lhs_node.pos, text)
 
     fixed_nodes, bars = [], []
     for sign, node in _split_sum(rhs_node, text):
-        if node[0] == "bar":
+        if node.kind == "bar":
             if sign == "-":
                 raise _err("a random-effects term cannot be subtracted; remove it instead",
-                           node[4], text)
+                           node.pos, text)
             bars.append(node)
         elif _contains_bar(node):
             raise _err("a random-effects term (... | group) can only be added with '+' at the "
@@ -998,9 +1237,9 @@ def _parse_cached(text: str) -> Formula:
     fixed_node = None
     for sign, node in fixed_nodes:
         if fixed_node is None:
-            fixed_node = node if sign == "+" else ("unary", "-", node, node[-1])
+            fixed_node = node if sign == "+" else Node("unary", "-", (node,), node.pos)
         else:
-            fixed_node = ("binary", sign, fixed_node, node, node[-1])
+            fixed_node = Node("binary", sign, (fixed_node, node), node.pos)
 
     fixed = _terms(text, fixed_node, [response], response.label)
     fixed = ModelTerms(fixed.terms, fixed.intercept, fixed.variables[1:])
@@ -1014,7 +1253,7 @@ def _parse_cached(text: str) -> Formula:
     columns = tuple(sorted(positions, key=positions.get))
     for bar in bars:
         found: dict = {}
-        _positions(bar[3], found)
+        _positions(bar.args[1], found)
         for g, pos in found.items():
             if g in response.columns:
                 raise _err(f"the response {g} cannot also be a grouping factor", pos, text)
@@ -1022,198 +1261,17 @@ def _parse_cached(text: str) -> Formula:
                    (lhs_node, rhs_node))
 
 
-def _first_pos(node) -> int:
+def _first_pos(node: Node) -> int:
     """The position of the leftmost token of ``node``."""
-    kind = node[0]
-    if kind == "binary":
-        return _first_pos(node[2])
-    if kind == "paren":
-        return node[2]
-    return node[3] if kind in ("call", "unary") else node[-1]
+    while node.kind == "binary":
+        node = node.args[0]
+    return node.pos
 
 
-def _bar_pos(node) -> int:
-    if node[0] == "bar":
-        return node[4]
-    for child in node[1:]:
-        if isinstance(child, tuple) and _contains_bar(child):
+def _bar_pos(node: Node) -> int:
+    if node.kind == "bar":
+        return node.pos
+    for child in node.args:
+        if _contains_bar(child):
             return _bar_pos(child)
-    return node[-1]
-
-
-# ---------------------------------------------------------------------------
-# The model builder's formula (app) and back
-
-
-# The random part of a one-predictor model, one vocabulary for the model builder and the
-# pooling pages: which coefficients vary by group.  Words for menus in RANDOM_LABELS; the
-# lme4 term is :func:`random_term`'s.
-RANDOM_KINDS = ("intercept", "slope", "intercept+slope", "uncorrelated")
-RANDOM_LABELS = {"intercept": "intercept only", "slope": "slope only",
-                 "intercept+slope": "intercept and slope",
-                 "uncorrelated": "both, uncorrelated"}
-
-
-def random_term(kind: str, slope: str = "x", group: str = "g") -> str:
-    """The random term of one kind, e.g. ``(x | g)`` for ``"intercept+slope"``.
-
-    ``slope`` and ``group`` are written as given (quote column names first); ``group``
-    may be a nesting such as ``a/b``.
-    """
-    lhs = {"intercept": "1", "slope": f"0 + {slope}", "intercept+slope": slope,
-           "uncorrelated": slope}[kind]
-    return f"({lhs} {'||' if kind == 'uncorrelated' else '|'} {group})"
-
-
-def compose_formula(response: str, fixed=(), interaction: bool = False, groups=(),
-                    random: str = "intercept", slope: str | None = None,
-                    grouping: str = "crossed") -> str:
-    """Write the formula for the app's model builder.
-
-    Parameters
-    ----------
-    response : str
-        Response column.
-    fixed : sequence of str
-        Fixed-effect predictors (columns); none gives ``1``.
-    interaction : bool
-        Join the predictors with ``*`` (all interactions) instead of ``+``.
-    groups : sequence of str
-        Grouping columns; none gives a formula for ``lm``.
-    random : {"intercept", "slope", "intercept+slope", "uncorrelated"}
-        ``(1 | g)``, ``(0 + slope | g)``, ``(slope | g)`` or ``(slope || g)``
-        (:func:`random_term`).
-    slope : str, optional
-        The column with a random slope; defaults to the first fixed predictor.
-    grouping : {"crossed", "nested"}
-        Several groups as separate terms ``(1 | a) + (1 | b)`` or nested ``(1 | a/b)``
-        (the first group outermost).
-
-    Returns
-    -------
-    str
-        E.g. ``"Reaction ~ Days + (Days | Subject)"``;
-        ``parse_formula(compose_formula(...))`` always parses.
-    """
-    if random not in RANDOM_KINDS:
-        raise FormulaError(f"random must be one of {', '.join(RANDOM_KINDS)}, not {random!r}")
-    if grouping not in ("crossed", "nested"):
-        raise FormulaError(f"grouping must be 'crossed' or 'nested', not {grouping!r}")
-    if not response:
-        raise FormulaError("choose a response column")
-    fixed = [f for f in fixed if f]
-    groups = [g for g in groups if g]
-    rhs = (" * " if interaction else " + ").join(quote_name(f) for f in fixed) or "1"
-    if groups:
-        if random != "intercept":
-            slope = slope or (fixed[0] if fixed else None)
-            if not slope:
-                raise FormulaError("a random slope needs a numeric predictor: choose one")
-        x = quote_name(slope or "")
-        if grouping == "nested" and len(groups) > 1:
-            terms = [random_term(random, x, "/".join(quote_name(g) for g in groups))]
-        else:
-            terms = [random_term(random, x, quote_name(g)) for g in groups]
-        rhs = " + ".join([rhs] + terms)
-    text = f"{quote_name(response)} ~ {rhs}"
-    parse_formula(text)
-    return text
-
-
-def decompose_formula(text) -> dict | None:
-    """Read the model builder's fields back from a formula, or None if it is not one.
-
-    The inverse of :func:`compose_formula` for the formulas it writes (and the same
-    models written differently, e.g. ``1 + Days | Subject``): returns a dict with the
-    keys ``response, fixed, interaction, groups, random, slope, grouping``.
-    """
-    try:
-        f = parse_formula(text)
-    except FormulaError:
-        return None
-    if f.response.kind != "column" or not f.fixed.intercept:
-        return None
-    mains = [t for t in f.fixed.terms if t.order == 1]
-    if any(t.variables[0].kind != "column" for t in mains):
-        return None
-    fixed = [t.variables[0].column for t in mains]
-    higher = [t for t in f.fixed.terms if t.order > 1]
-    if higher:
-        full = _Encoder(f.text, list(f.fixed.variables[:len(fixed)]))
-        expected = full.encode(_star([("name", c, 0) for c in fixed]))
-        if sorted(map(sorted, (frozenset(v.label for v in t.variables)
-                               for t in f.fixed.terms)), key=str) != sorted(
-                map(sorted, (frozenset(full.variables[i].label for i in t) for t in expected)),
-                key=str):
-            return None
-    fields = {"response": f.response.column, "fixed": fixed, "interaction": bool(higher),
-              "groups": [], "random": "intercept", "slope": None, "grouping": "crossed"}
-    if not f.random:
-        return fields
-    by_source: dict = {}
-    for part in f.random:
-        by_source.setdefault(part.source, []).append(part)
-    found = []
-    for parts in by_source.values():
-        chain = list(dict.fromkeys(p.group for p in parts))
-        kinds = {_random_kind([p for p in parts if p.group == g]) for g in chain}
-        if len(kinds) != 1 or None in kinds:
-            return None
-        groups = _unnest(chain)
-        if groups is None:
-            return None
-        found.append((kinds.pop(), groups))
-    kind = found[0][0]
-    if any(k != kind for k, _ in found):
-        return None
-    if len(found) == 1 and len(found[0][1]) > 1:
-        groups, grouping = found[0][1], "nested"
-    elif all(len(g) == 1 for _, g in found):
-        groups, grouping = [g[0] for _, g in found], "crossed"
-    else:
-        return None
-    fields.update(groups=groups, random=kind[0], slope=kind[1], grouping=grouping)
-    return fields
-
-
-def _star(nodes):
-    node = nodes[0]
-    for other in nodes[1:]:
-        node = ("binary", "*", node, other, 0)
-    return node
-
-
-def _unnest(chain) -> list | None:
-    """lme4's expansion of a/b/c, [("c","b","a"), ("b","a"), ("a",)], back to [a, b, c]."""
-    outer = chain[-1]
-    if len(outer) != 1:
-        return None
-    names = [outer[0]]
-    for inner, g in zip(reversed(chain[:-1]), reversed(chain[1:])):
-        if len(inner) != len(g) + 1 or inner[1:] != g:
-            return None
-        names.append(inner[0])
-    return names
-
-
-def _random_kind(parts):
-    """(one of :data:`RANDOM_KINDS`, slope) for a builder-style term."""
-    def single(terms):
-        if len(terms.terms) == 1 and terms.terms[0].order == 1 \
-                and terms.terms[0].variables[0].kind == "column":
-            return terms.terms[0].variables[0].column
-        return None
-
-    if len(parts) == 2 and parts[0].bar == "||":
-        a, b = parts[0].terms, parts[1].terms
-        if a.intercept and not a.terms and not b.intercept and single(b):
-            return "uncorrelated", single(b)
-        return None
-    if len(parts) != 1:
-        return None
-    t = parts[0].terms
-    if not t.terms and t.intercept:
-        return "intercept", None
-    if single(t):
-        return ("intercept+slope" if t.intercept else "slope"), single(t)
-    return None
+    return node.pos

@@ -16,15 +16,6 @@ import pandas as pd
 from scipy import stats
 
 from lmmcore.errors import FormulaError, LmmError
-from lmmcore.rformat import (
-    format_coef_matrix,
-    format_g,
-    format_named_vector,
-    format_pvalues,
-    format_r_number,
-    format_signif,
-    zapsmall,
-)
 
 
 def lm(formula, data, *, categorical=None, numeric=None, reference_levels=None,
@@ -76,6 +67,10 @@ def lm(formula, data, *, categorical=None, numeric=None, reference_levels=None,
 class LinearFit:
     """A fitted ordinary least-squares model (read-only, picklable).
 
+    Built by :func:`lm`; as :class:`lmmcore.mixed.MixedFit`, setting an attribute raises
+    ``AttributeError`` and the Series and frames returned are fresh copies, so a caller
+    cannot change the fit.
+
     Attributes
     ----------
     fixef, se, tvalue, pvalue : pandas.Series
@@ -111,6 +106,7 @@ class LinearFit:
     """
 
     reml = False
+    _frozen = False
 
     def __init__(self, design, data_name: str = "data"):
         import statsmodels.api as sm  # heavy import, paid only when an lm is fitted
@@ -119,7 +115,6 @@ class LinearFit:
         self.data_name = data_name
         X, y = design.X, design.y
         n, p = X.shape
-        names = list(design.fixed_names)
         res = sm.OLS(y, X).fit()
         beta = np.asarray(res.params, dtype=float)
         fitted = X @ beta
@@ -133,7 +128,7 @@ class LinearFit:
             se = np.sqrt(np.diag(cov))
             t = beta / se
         pval = 2.0 * stats.t.sf(np.abs(t), rdf) if rdf > 0 else np.full(p, np.nan)
-        has_intercept = "(Intercept)" in names
+        has_intercept = "(Intercept)" in design.fixed_names
         df_int = 1 if has_intercept else 0
         mss = float(np.sum((fitted - fitted.mean()) ** 2)) if has_intercept else float(fitted @ fitted)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -145,12 +140,8 @@ class LinearFit:
                 f_p = float(stats.f.sf(fval, numdf, rdf))
             else:
                 fval, f_p = np.nan, np.nan
-        idx = pd.Index(names)
-        self.fixef = pd.Series(beta, index=idx, name="Estimate")
-        self.se = pd.Series(se, index=idx, name="Std. Error")
-        self.tvalue = pd.Series(t, index=idx, name="t value")
-        self.pvalue = pd.Series(pval, index=idx, name="Pr(>|t|)")
-        self.vcov = pd.DataFrame(cov, index=idx, columns=idx)
+        self._beta, self._se, self._t, self._p = beta, se, t, pval
+        self._cov, self._fitted, self._resid = cov, fitted, resid
         self.nobs = int(n)
         self.df_resid = int(rdf)
         self.rss = rss
@@ -167,8 +158,6 @@ class LinearFit:
         self.deviance = -2.0 * self.loglik
         self.aic = self.deviance + 2.0 * self.npar
         self.bic = self.deviance + math.log(n) * self.npar
-        self.fitted = pd.Series(fitted, index=design.row_index, name="fitted")
-        self.residuals = pd.Series(resid, index=design.row_index, name="residuals")
         msgs = []
         if design.dropped_fixed:
             k = len(design.dropped_fixed)
@@ -184,7 +173,16 @@ class LinearFit:
                         "standard errors and tests cannot be computed.")
         elif rss <= 1e-20 * max(1.0, float(y @ y)):
             msgs.append("Essentially perfect fit: the summary may be unreliable.")
-        self.messages = msgs
+        self._messages = tuple(msgs)
+        self._frozen = True
+
+    def __setattr__(self, name, value):
+        if self._frozen:
+            raise AttributeError("LinearFit is read-only; call lm() again for a different fit")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        raise AttributeError("LinearFit is read-only")
 
     @property
     def formula(self) -> str:
@@ -193,57 +191,57 @@ class LinearFit:
     def __repr__(self):
         return f"<LinearFit {self.formula!r}, nobs={self.nobs}>"
 
+    # -- coefficients (fresh copies: the fit's arrays stay untouched) -----------------
+    @property
+    def _names(self) -> pd.Index:
+        return pd.Index(self.design.fixed_names)
+
+    @property
+    def fixef(self) -> pd.Series:
+        return pd.Series(self._beta.copy(), index=self._names, name="Estimate")
+
+    @property
+    def se(self) -> pd.Series:
+        return pd.Series(self._se.copy(), index=self._names, name="Std. Error")
+
+    @property
+    def tvalue(self) -> pd.Series:
+        return pd.Series(self._t.copy(), index=self._names, name="t value")
+
+    @property
+    def pvalue(self) -> pd.Series:
+        return pd.Series(self._p.copy(), index=self._names, name="Pr(>|t|)")
+
+    @property
+    def vcov(self) -> pd.DataFrame:
+        return pd.DataFrame(self._cov.copy(), index=self._names, columns=self._names)
+
+    @property
+    def fitted(self) -> pd.Series:
+        return pd.Series(self._fitted.copy(), index=self.design.row_index, name="fitted")
+
+    @property
+    def residuals(self) -> pd.Series:
+        return pd.Series(self._resid.copy(), index=self.design.row_index, name="residuals")
+
+    @property
+    def messages(self) -> list:
+        return list(self._messages)
+
     def predict(self, newdata: pd.DataFrame | None = None) -> pd.Series:
         """Predicted values for new data (the fitted values when ``newdata`` is None)."""
         if newdata is None:
-            return self.fitted.copy()
+            return self.fitted
         X = self.design.encoder.fixed_matrix(newdata)
-        return pd.Series(X @ self.fixef.to_numpy(), index=newdata.index, name="predicted")
+        return pd.Series(X @ self._beta, index=newdata.index, name="predicted")
 
     def coef_table(self) -> pd.DataFrame:
         """``coef(summary(fit))``: Estimate, Std. Error, t value, Pr(>|t|)."""
         return pd.concat([self.fixef, self.se, self.tvalue, self.pvalue], axis=1)
 
     def summary(self) -> str:
-        """The text of R's ``print(summary(lm(formula, data)))``."""
-        digits = 4
-        lines = ["", "Call:", f"lm(formula = {self.formula}, data = {self.data_name})", "",
-                 "Residuals:"]
-        resid = self.residuals.to_numpy()
-        rdf = self.df_resid
-        if rdf > 5:
-            q = zapsmall(np.quantile(resid, [0, 0.25, 0.5, 0.75, 1.0]), digits + 1)
-            lines += format_named_vector(q, ["Min", "1Q", "Median", "3Q", "Max"], digits)
-        elif rdf > 0:
-            names = [str(i + 1) if isinstance(i, (int, np.integer)) else str(i)
-                     for i in self.residuals.index]
-            lines += format_named_vector(resid, names, digits)
-        else:
-            lines.append(f"ALL {self.nobs} residuals are 0: no residual degrees of freedom!")
-        dropped = list(self.design.dropped_fixed)
-        if dropped:
-            lines += ["", f"Coefficients: ({len(dropped)} not defined because of singularities)"]
-        else:
-            lines += ["", "Coefficients:"]
-        table = self.coef_table().to_numpy()
-        rows = list(self.fixef.index)
-        if dropped:
-            table = np.vstack([table, np.full((len(dropped), 4), np.nan)])
-            rows += dropped
-        lines += format_coef_matrix(
-            table, rows, ["Estimate", "Std. Error", "t value", "Pr(>|t|)"],
-            digits=digits, cs_ind=(0, 1), tst_ind=(2,), has_pvalue=True, na_print="NA",
-        )
-        lines += ["", f"Residual standard error: {format_signif(self.sigma, digits)} on {rdf} "
-                  "degrees of freedom"]
-        if self.design.n_dropped_na:
-            k = self.design.n_dropped_na
-            lines.append(f"  ({k} observation{'s' if k != 1 else ''} deleted due to missingness)")
-        if not math.isnan(self.fvalue):
-            lines.append(f"Multiple R-squared:  {format_g(self.rsquared, digits)},\t"
-                         f"Adjusted R-squared:  {format_g(self.rsquared_adj, digits)} ")
-            lines.append(f"F-statistic: {format_g(self.fvalue, digits)} on "
-                         f"{format_r_number(self.f_df[0])} and {format_r_number(self.f_df[1])} DF,  "
-                         f"p-value: {format_pvalues([self.f_pvalue], digits)[0]}")
-        lines.append("")
-        return "\n".join(lines) + "\n"
+        """The text of R's ``print(summary(lm(formula, data)))``
+        (:func:`lmmcore.printing.lm_summary`)."""
+        from lmmcore.printing import lm_summary
+
+        return lm_summary(self)

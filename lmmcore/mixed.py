@@ -10,7 +10,6 @@ computed lazily on first access, so the fit itself stays fast.
 from __future__ import annotations
 
 import math
-import re
 from functools import cached_property
 
 import numpy as np
@@ -20,7 +19,6 @@ from lmmcore import deviance as _dev
 from lmmcore.design import check_grouping_factor
 from lmmcore.errors import DataError, FitError
 from lmmcore.optimize import check_convergence, minimize_theta
-from lmmcore.rformat import format_matrix, format_numbers, print_named, r_round, zapsmall
 from lmmcore.structure import MixedDesign
 
 __all__ = ["lmer", "fit_design", "MixedFit"]
@@ -123,30 +121,6 @@ def _fit_design(design: MixedDesign, reml: bool, data_name: str) -> "MixedFit":
     check = check_convergence(dev, theta, value, lower, record.final_gradient)
     sol = _dev.solve(cp, theta, reml)
     return MixedFit(design, bool(reml), cp, sol, record, check, data_name)
-
-
-# ---------------------------------------------------------------------------
-# R's abbreviate() for the summary's correlation table (numbers: lmmcore.rformat)
-
-def r_abbreviate(name: str, minlength: int) -> str:
-    """R's ``abbreviate()`` (drop lower-case vowels, then lower-case letters, from the end)."""
-    s = name
-    if len(s) <= minlength:
-        return s
-    chars = list(s)
-
-    def first_of_word(i):
-        return i == 0 or chars[i - 1].isspace()
-
-    for pred in (lambda c: c in "aeiou", lambda c: c.islower(), lambda c: not c.isspace()):
-        i = len(chars) - 1
-        while i > 0:
-            if pred(chars[i]) and not first_of_word(i):
-                del chars[i]
-                if len(chars) <= minlength:
-                    return "".join(chars)
-            i -= 1
-    return "".join(chars)
 
 
 class MixedFit:
@@ -514,155 +488,14 @@ class MixedFit:
 
     # -- summary ------------------------------------------------------------------
     def summary(self) -> str:
-        """The text of lme4 1.1-31's ``print(summary(fit))``."""
+        """The text of lme4 1.1-31's ``print(summary(fit))`` (:func:`lmmcore.printing.lmer_summary`)."""
         return self._summary_text
 
     @cached_property
     def _summary_text(self) -> str:
-        L = []
-        if self.reml:
-            L.append("Linear mixed model fit by REML ['lmerMod']")
-        else:
-            L.append("Linear mixed model fit by maximum likelihood  ['lmerMod']")
-        L.append(f"Formula: {_deparse_double_bar(self.formula)}")
-        L.append(f"   Data: {self.data_name}")
-        L.append("")
-        if self.reml:
-            L.append(f"REML criterion at convergence: {_r_num(round(self.objective, 1))}")
-        else:
-            vals = r_round([self.aic, self.bic, self.loglik, self.deviance, self.df_resid], 1)
-            txt = format_numbers(vals, 7, na="NaN")
-            txt[4] = _r_num(vals[4])
-            txt = [t.strip() for t in txt]
-            names = ["AIC", "BIC", "logLik", "deviance", "df.resid"]
-            L.extend(print_named(txt, names))
-        L.append("")
-        L.append("Scaled residuals: ")
-        rq = zapsmall(self.scaled_resid_quantiles.to_numpy(), 5)
-        L.extend(print_named(format_numbers(rq, 4, na="NaN"), ["Min", "1Q", "Median", "3Q", "Max"]))
-        L.append("")
-        L.append("Random effects:")
-        L.extend(self._varcorr_lines())
-        groups = "; ".join(f"{g}, {m}" for g, m in self.ngroups.items())
-        # cat(..., fill = TRUE): the group list moves to its own line past 80 columns
-        head = f"Number of obs: {self.nobs}, groups: "
-        if len(head) + 1 + len(groups) > 80:
-            L.extend([head, groups])
-        else:
-            L.append(f"{head} {groups}")
-        p = self._cp.p
-        if p > 0:
-            L.append("")
-            L.append("Fixed effects:")
-            L.extend(self._coef_lines())
-            if 1 < p <= 12:
-                L.append("")
-                L.append("Correlation of Fixed Effects:")
-                L.extend(self._corr_lines())
-        msgs = self.lme4_messages
-        warn = [m for m in msgs if not m.startswith("fixed-effect model matrix")]
-        if warn or not self.optimizer.converged:
-            code = 0 if self.optimizer.converged else 1
-            state = "(OK)" if code == 0 else f"({self.optimizer.message})"
-            L.append(f"optimizer (BFGS) convergence code: {code} {state}")
-            L.extend(warn)
-            L.append("")
-        return "\n".join(L) + "\n"
+        from lmmcore.printing import lmer_summary
 
-    def _varcorr_lines(self) -> list:
-        digits = 4
-        groups, names, sds, corrs = [], [], [], []
-        seen = {}
-        for i, t in enumerate(self.design.random_terms):
-            n_seen = seen.get(t.group_name, 0)
-            seen[t.group_name] = n_seen + 1
-            T = self._cp.layouts[i].template(self._sol.theta)
-            cov = self._sol.sigma ** 2 * T @ T.T
-            sd = np.sqrt(np.diag(cov))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                cor = cov / np.outer(sd, sd)
-            k = t.n_columns
-            for a in range(k):
-                groups.append((t.group_name if n_seen == 0 else f"{t.group_name}.{n_seen}")
-                              if a == 0 else "")
-                names.append(t.column_names[a])
-                sds.append(sd[a])
-            corrs.append(cor)
-        groups.append("Residual")
-        names.append("")
-        sds.append(self._sol.sigma)
-        sds = np.array(sds)
-        cols = ["Groups", "Name", "Variance", "Std.Dev."]
-        var_txt = format_numbers(sds ** 2, digits, na="NaN")
-        sd_txt = format_numbers(sds, digits, na="NaN")
-        cells = [[g, n, v, s] for g, n, v, s in zip(groups, names, var_txt, sd_txt)]
-        maxlen = max(c.shape[0] for c in corrs)
-        if maxlen > 1:
-            dig = max(2, digits - 2)
-            crow = []
-            for c in corrs:
-                k = c.shape[0]
-                flat = format_numbers(r_round(c, dig).ravel(), 7, na="NaN", nsmall=dig)
-                cc = np.array(flat, dtype=object).reshape(k, k)
-                for a in range(k):
-                    row = [cc[a, b] if a > b else "" for b in range(maxlen - 1)]
-                    crow.append(row)
-            while len(crow) < len(cells):
-                crow.append([""] * (maxlen - 1))
-            cols = cols + ["Corr"] + [""] * (maxlen - 2)
-            cells = [a + b for a, b in zip(cells, crow)]
-        return format_matrix(cells, [""] * len(cells), cols, right=False)
-
-    def _coef_lines(self) -> list:
-        digits = 4
-        est = self._sol.beta
-        se = np.sqrt(np.diag(self._vcov_array))
-        cs = np.column_stack([est, se])
-        acs = np.abs(cs[np.isfinite(cs) & (cs != 0)])
-        if acs.size:
-            digmin = 1 + np.floor(np.log10([acs.min(), acs.max()]))
-        else:
-            digmin = np.array([1.0, 1.0])
-        dec = int(max(1, *(digits - digmin)))
-        cs_txt = format_numbers(r_round(cs, dec).ravel(order="F"), digits, na="NaN")
-        n = len(est)
-        t_txt = format_numbers(r_round(est / se, max(1, min(5, digits - 1))), digits, na="NaN")
-        cells = [[cs_txt[i], cs_txt[n + i], t_txt[i]] for i in range(n)]
-        return format_matrix(cells, list(self.fixed_names), ["Estimate", "Std. Error", "t value"])
-
-    def _corr_lines(self) -> list:
-        C = self.corr_fixef.to_numpy()
-        p = C.shape[0]
-        rn = [r_abbreviate(n, 11) for n in self.fixed_names]
-        cn = [r_abbreviate(n, 6) for n in self.fixed_names]
-        flat = format_numbers(r_round(C, 3).ravel(), 7, na="NaN", nsmall=3)
-        cc = np.array(flat, dtype=object).reshape(p, p)
-        cells = [[cc[i, j] if i > j else "" for j in range(p - 1)] for i in range(1, p)]
-        return format_matrix(cells, rn[1:], cn[:-1], right=False)
-
-
-def _r_num(x: float) -> str:
-    """R's default print of one number (up to 7 significant digits)."""
-    if float(x) == int(x) and abs(x) < 1e15:
-        return str(int(x))
-    return f"{x:.7g}"
-
-
-_DOUBLE_BAR = re.compile(r"\(([^()|]*)\|\|([^()|]*)\)")
-
-
-def _deparse_double_bar(formula: str) -> str:
-    """Print ``(a || g)`` as R's deparse of lme4's expansion: ``((1 | g) + (0 + a | g))``."""
-
-    def expand(m):
-        items = [s.strip() for s in m.group(1).split("+") if s.strip()]
-        g = m.group(2).strip()
-        intercept = not any(s in ("0", "-1") for s in items)
-        parts = ([f"(1 | {g})"] if intercept else []) + [
-            f"(0 + {s} | {g})" for s in items if s not in ("0", "1", "-1")]
-        return "(" + " + ".join(parts) + ")" if len(parts) > 1 else (parts[0] if parts else m.group(0))
-
-    return _DOUBLE_BAR.sub(expand, formula)
+        return lmer_summary(self)
 
 
 def _rebuild_fit(design, reml, cp, sol, record, check, data_name):

@@ -26,12 +26,13 @@ import pandas as pd
 from scipy import stats
 
 from lmmcore.errors import DataError, LmmError
-from lmmcore.formula import compose_formula
+from lmmcore.formula import quote_name
+from lmmcore.formula_menu import compose_formula
 
 __all__ = ["PoolingEstimates", "pooling_estimates", "pooling_formulas", "shrinkage_sd", "re_contours",
            "RANDOM_CHOICES", "METHODS", "COEFFICIENTS"]
 
-# The kinds of random part (lmmcore.formula.RANDOM_KINDS, one vocabulary) the pooling
+# The kinds of random part (lmmcore.formula_menu.RANDOM_KINDS, one vocabulary) the pooling
 # comparison offers, in the order its menu lists them.
 RANDOM_CHOICES = ("intercept+slope", "intercept", "slope")
 METHODS = ("complete", "no", "partial")
@@ -39,12 +40,6 @@ COEFFICIENTS = ("intercept", "slope")
 # Which coefficients differ between groups, for each kind of random part.
 _VARYING = {"intercept+slope": ("intercept", "slope"), "intercept": ("intercept",), "slope": ("slope",)}
 _TABLE_COLUMNS = ["group", "method", *COEFFICIENTS, "n", "note"]
-
-
-def _quote(name: str) -> str:
-    from lmmcore.formula import quote_name
-
-    return quote_name(name)
 
 
 class PoolingEstimates:
@@ -61,7 +56,7 @@ class PoolingEstimates:
         The numeric predictor; None for an intercept-only comparison.
     random : str
         Which coefficients vary by group: one of :data:`RANDOM_CHOICES` (the
-        vocabulary of ``lmmcore.formula.RANDOM_KINDS``).
+        vocabulary of ``lmmcore.formula_menu.RANDOM_KINDS``).
     fit : MixedFit
         The partial-pooling mixed model (lme4's ``lmer``, REML).
     table : pandas.DataFrame
@@ -267,11 +262,11 @@ def pooling_formulas(response: str, predictor: str | None, group: str,
     random = _check_random(random, predictor)
     fixed = (predictor,) if predictor is not None else ()
     formulas = {"complete": compose_formula(response, fixed=fixed)}
-    y, g = _quote(response), _quote(group)
+    y, g = quote_name(response), quote_name(group)
     if predictor is None:
         formulas["no"] = f"{y} ~ 0 + {g}"
     else:
-        x = _quote(predictor)
+        x = quote_name(predictor)
         formulas["no"] = {"intercept+slope": f"{y} ~ 0 + {g} + {g}:{x}", "intercept": f"{y} ~ 0 + {g} + {x}",
                           "slope": f"{y} ~ {x}:{g}"}[random]
     formulas["partial"] = compose_formula(response, fixed=fixed, groups=(group,), random=random,

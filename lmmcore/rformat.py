@@ -11,7 +11,12 @@ reproduces the few pieces of R's printing that summaries and anova tables use:
 * :func:`format_named_vector` - ``print`` of a named numeric vector (the residual
   quantiles of ``summary.lm``);
 * :func:`format_g` and :func:`format_signif` - ``formatC(x, digits=)`` and
-  ``format(signif(x, digits))``.
+  ``format(signif(x, digits))``;
+* :func:`abbreviate` - ``abbreviate()``, for the row and column names of lme4's
+  correlation table;
+* :func:`cat_fill` - the line breaks of ``cat(..., fill = TRUE)``.
+
+Whole printed layouts (summaries, anova tables) are assembled in :mod:`lmmcore.printing`.
 
 The R sources followed are ``src/main/format.c`` (``scientific``, ``formatReal``) and
 ``src/library/stats/R/lm.R`` / ``anova.R`` (R 4.2).
@@ -367,3 +372,51 @@ def format_r_number(x: float) -> str:
     if float(x).is_integer() and abs(x) < 1e15:
         return str(int(x))
     return format_numbers([x], 7)[0]
+
+
+def abbreviate(name: str, minlength: int) -> str:
+    """R's ``abbreviate(name, minlength)`` (method "left.kept"): drop lower-case vowels,
+    then lower-case letters, then any character, from the end, never a word's first
+    letter, until ``minlength`` characters remain; e.g. "(Intercept)" -> "(Intr)"."""
+    s = name
+    if len(s) <= minlength:
+        return s
+    chars = list(s)
+
+    def first_of_word(i):
+        return i == 0 or chars[i - 1].isspace()
+
+    for pred in (lambda c: c in "aeiou", lambda c: c.islower(), lambda c: not c.isspace()):
+        i = len(chars) - 1
+        while i > 0:
+            if pred(chars[i]) and not first_of_word(i):
+                del chars[i]
+                if len(chars) <= minlength:
+                    return "".join(chars)
+            i -= 1
+    return "".join(chars)
+
+
+def cat_fill(items, width: int = 80) -> list:
+    """The lines of R's ``cat(..., fill = TRUE)``: items joined by a space, a new line
+    begun before an item that would end past ``width`` (the separator stays at the end
+    of the line it follows), as lme4 prints its ``Formula:`` and ``groups:`` lines.
+
+    Examples
+    --------
+    >>> cat_fill(["Number of obs: 180, groups: ", "Subject, 18"])
+    ['Number of obs: 180, groups:  Subject, 18']
+    """
+    lines: list = []
+    line, used = "", 0
+    for k, item in enumerate(items):
+        if k:
+            line += " "
+        # R's do_cat counts each item with the separator that follows it
+        if used and used + len(item) + 1 > width:
+            lines.append(line)
+            line, used = "", 0
+        line += item
+        used += len(item) + 1
+    lines.append(line)
+    return lines

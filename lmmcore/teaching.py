@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import stats
 
 from lmmcore.errors import DataError, FitError
+from lmmcore.formula import quote_name
 
 __all__ = [
     "column_types", "column_overview", "level_order", "wide_to_long", "guess_roles",
@@ -186,13 +187,6 @@ def guess_roles(data: pd.DataFrame, types: dict) -> dict:
         rhs = quote_name(predictor) if predictor else "1"
         formula = f"{quote_name(response)} ~ {rhs} + (1 | {quote_name(group)})"
     return {"response": response, "predictor": predictor, "group": group, "formula": formula}
-
-
-def quote_name(name: str) -> str:
-    """A column name as it must appear in a formula: back-quoted unless a plain name."""
-    from lmmcore.formula import quote_name as _quote
-
-    return _quote(str(name))
 
 
 # ---------------------------------------------------------------- fitted models

@@ -15,12 +15,13 @@ from streamlit.testing.v1 import AppTest
 
 import lmmcore
 from lmmcore import teaching
-from lmmcore.formula import compose_formula
+from lmmcore import compose_formula
+from explorer.pages import by_name, names
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 FIXTURES = ROOT / "tests" / "fixtures"
-PAGES = ["dataset", "model", "pooling", "shrinkage"]
+PAGES = names()  # every registered page (explorer.pages)
 
 
 def _app(page: str = "dataset", **state) -> AppTest:
@@ -31,12 +32,16 @@ def _app(page: str = "dataset", **state) -> AppTest:
     for key, value in state.items():
         at.session_state[key] = value
     if page != "dataset":
-        at.switch_page(f"app_pages/{page}.py")
+        at.switch_page(by_name(page).script)
     at.run()
     return at
 
 
-SECTIONS = ["lme4 summary", "Tables", "Plots", "Saved models & anova", "Paired t-test", "Reproduce this"]
+def _sections(at: AppTest) -> list:
+    """The model page's tabs, as the page offers them (read from the page, not copied)."""
+    labels = [tab.label for tab in at.tabs]
+    assert labels, "the model page shows no tabs"
+    return labels
 
 
 def _section(at: AppTest, label: str) -> AppTest:
@@ -101,7 +106,7 @@ def test_upload_through_the_uploader_then_fit():
     assert _problems(at) == []
     assert at.session_state["data.key"] == "upload"
     assert [m.value for m in at.metric][:2] == ["30", "3"]
-    at.switch_page("app_pages/model.py").run()
+    at.switch_page(by_name("model").script).run()
     at.text_input(key="model.formula").set_value("rt ~ day + (1 | participant)").run()
     assert _problems(at) == []
     text = _codes(at)
@@ -127,8 +132,8 @@ def test_hostile_names_are_shown_escaped_everywhere():
     at.run()
     assert _problems(at) == []
     for page in ("model", "pooling", "shrinkage"):
-        at.switch_page(f"app_pages/{page}.py").run()
-        for section in (SECTIONS if page == "model" else [None]):
+        at.switch_page(by_name(page).script).run()
+        for section in (_sections(at) if page == "model" else [None]):
             if section:
                 _section(at, section)
             assert len(at.exception) == 0, (page, section)
@@ -218,7 +223,7 @@ def test_shared_link_opens_dataset_and_formula():
     at.query_params["dataset"] = "penicillin"
     at.query_params["formula"] = "diameter ~ 1 + (1 | plate) + (1 | sample)"
     at.run()
-    at.switch_page("app_pages/model.py").run()
+    at.switch_page(by_name("model").script).run()
     assert _problems(at) == []
     assert "Number of obs: 144, groups:  plate, 24; sample, 6" in _codes(at)
     at.toggle(key="app.lecture").set_value(True).run()
@@ -378,8 +383,8 @@ def test_tables_reach_the_browser_as_valid_json(dataset):
 
     at = _app("dataset", **{"data.key": dataset})
     for page in PAGES:
-        at.switch_page(f"app_pages/{page}.py").run()
-        for section in (SECTIONS if page == "model" else [None]):
+        at.switch_page(by_name(page).script).run()
+        for section in (_sections(at) if page == "model" else [None]):
             if section:
                 _section(at, section)
             assert _problems(at) == [], (page, section)
@@ -416,7 +421,7 @@ def test_wide_to_long_reshape_then_fit():
     at.button(key="data.wide_use").click().run()
     assert at.session_state["data.key"] == "long"
     assert [m.value for m in at.metric][:2] == ["24", "3"]
-    at.switch_page("app_pages/model.py").run()
+    at.switch_page(by_name("model").script).run()
     at.text_input(key="model.formula").set_value("score ~ time + (1 | id)").run()
     assert _problems(at) == []
     assert "Number of obs: 24, groups:  id, 12" in _codes(at)
@@ -430,19 +435,19 @@ def test_reference_level_and_type_switch_reach_the_fit():
     at = _app("dataset", **{"data.key": "df_original"})
     at.selectbox(key="data.ref_column").set_value("condition").run()
     at.selectbox(key="data.ref_level").set_value("2").run()
-    at.switch_page("app_pages/model.py").run()
+    at.switch_page(by_name("model").script).run()
     assert _problems(at) == []
     assert "condition1" in _codes(at)
     # condition switched to numeric (its values are 1 and 2): one slope, no level coefficient
-    at.switch_page("app_pages/dataset.py").run()
+    at.switch_page(by_name("dataset").script).run()
     at.multiselect(key="data.categorical").set_value(["participant"]).run()
     assert at.session_state["data.types"]["df_original"]["condition"] == "numeric"
-    at.switch_page("app_pages/model.py").run()
+    at.switch_page(by_name("model").script).run()
     _section(at, "Tables")
     fixed = next(d.value for d in at.dataframe if "t value" in getattr(d.value, "columns", []))
     assert list(fixed.index) == ["(Intercept)", "condition"]
     # a column holding text cannot become numeric: a message, and the types stay
-    at.switch_page("app_pages/dataset.py").run()
+    at.switch_page(by_name("dataset").script).run()
     at.selectbox(key="data.key").set_value("penicillin").run()
     at.multiselect(key="data.categorical").set_value(["sample"]).run()
     assert len(at.exception) == 0
@@ -473,17 +478,18 @@ def test_pooling_of_large_tables_goes_through_the_worker(monkeypatch):
 def test_every_builtin_dataset_works_on_every_page(dataset):
     at = _app("dataset", **{"data.key": dataset})
     for page in PAGES:
-        at.switch_page(f"app_pages/{page}.py").run()
+        at.switch_page(by_name(page).script).run()
         assert _problems(at) == [], (dataset, page)
         if page == "model":
             assert "Number of obs:" in _codes(at)
-            for section in SECTIONS[1:]:  # every tab of the model page, then back to the summary
+            sections = _sections(at)
+            for section in sections[1:]:  # every tab of the model page, then back to the summary
                 assert _problems(_section(at, section)) == [], (dataset, section)
-            _section(at, SECTIONS[0])
+            _section(at, sections[0])
         if page in ("pooling", "shrinkage"):
             assert len(at.get("plotly_chart")) >= 1
     if dataset == "dyestuff2":
-        at.switch_page("app_pages/model.py").run()
+        at.switch_page(by_name("model").script).run()
         assert any("singular" in str(w.value) for w in at.warning)
 
 
@@ -646,3 +652,54 @@ def test_shrinkage_with_many_groups_highlights_few_and_most_shrunk():
     fig = _figures(at)[0]
     (names,) = [t for t in fig["data"] if "highlight" in (t.get("meta") or {})]
     assert names["meta"]["highlight"] == ["1"]
+
+
+def test_lecture_mode_pages_long_tables_in_the_large_font():
+    """On a projector a table longer than a screen is an HTML table a page of rows at a
+    time (the grid's small canvas font cannot be enlarged): coef() of ChickWeight's 50
+    chicks in pages of 25, with lmmcore's numbers on every page."""
+    from explorer.tables import LECTURE_MAX_ROWS
+
+    at = _section(_app("model", **{"data.key": "chickweight", "app.lecture": True}), "Tables")
+    assert _problems(at) == []
+    assert len(at.dataframe) == 0
+    fit = lmmcore.lmer("weight ~ Time * Diet + (Time | Chick)",
+                       teaching.apply_types(pd.read_csv(ROOT / "data" / "ChickWeight.csv"),
+                                            {"Chick": "categorical", "Diet": "categorical",
+                                             "Time": "numeric", "weight": "numeric"}))
+    coef = fit.coef["Chick"]
+    assert len(coef) > LECTURE_MAX_ROWS
+
+    def shown() -> pd.DataFrame:
+        return next(t.value for t in at.table if list(t.value.columns) == list(coef.columns))
+
+    first = shown()
+    assert len(first) == LECTURE_MAX_ROWS
+    np.testing.assert_allclose(first.to_numpy(float), coef.iloc[:LECTURE_MAX_ROWS].to_numpy(), rtol=1e-3)
+    at.number_input(key="model.coef_page").set_value(2).run()
+    second = shown()
+    assert len(second) == len(coef) - LECTURE_MAX_ROWS
+    np.testing.assert_allclose(second.to_numpy(float), coef.iloc[LECTURE_MAX_ROWS:].to_numpy(), rtol=1e-3)
+    # the dataset page's preview too
+    at.switch_page(by_name("dataset").script).run()
+    assert _problems(at) == [] and len(at.dataframe) == 0
+    assert any("Rows 1–10 of 500" in str(c.value) for c in at.caption)  # the first 500 rows, paged
+
+
+def test_lecture_mode_keeps_the_formula_builder_below_the_results():
+    """On a projector the formula and the tabs come first; the menus follow, and work."""
+    at = _app("model", **{"data.key": "sleepstudy", "app.lecture": True})
+    kinds = [type(e).__name__ for e in at.main]
+    assert kinds.index("TextInput") < kinds.index("Tab") < kinds.index("Caption") < len(kinds) - 1
+    assert kinds[-1] == "Expander"  # the builder's menus, last
+    at.text_input(key="model.formula").set_value("").run()
+    assert any("menus below" in str(i.value) for i in at.info)
+    at.session_state["model.builder_open"] = True
+    at.run()
+    at.selectbox(key="build.response").set_value("Reaction")
+    at.multiselect(key="build.fixed").set_value(["Days"])
+    at.multiselect(key="build.groups").set_value(["Subject"])
+    at.run()
+    at.button(key="build.apply").click().run()
+    assert at.text_input(key="model.formula").value == "Reaction ~ Days + (1 | Subject)"
+    assert "REML criterion at convergence" in _codes(at)

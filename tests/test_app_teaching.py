@@ -12,7 +12,7 @@ from scipy import stats
 
 import lmmcore
 from lmmcore import teaching
-from lmmcore.formula import compose_formula, decompose_formula
+from lmmcore.formula_menu import compose_formula, decompose_formula
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures"

@@ -73,15 +73,19 @@ def _dockerfile_instructions():
 def test_dockerfile_has_the_required_properties():
     rows = _dockerfile_instructions()
     words = [w for w, _ in rows]
-    assert rows[0] == ("FROM", "python:3.11-slim")
+    assert rows[0] == ("FROM", "python:3.11-slim AS build")
+    assert [a for w, a in rows if w == "FROM"][-1] == "python:3.11-slim"  # the run stage
     args = dict(rows)  # last of each kind
     assert args["WORKDIR"] == "/app"
     assert args["EXPOSE"] == "8501"
     # requirements copied and installed before the code: the dependency layer is cached
     copies = [i for i, (w, _) in enumerate(rows) if w == "COPY"]
-    assert rows[copies[0]][1] == "requirements.txt ."
-    install = next(i for i, (w, a) in enumerate(rows) if w == "RUN" and "-r requirements.txt" in a)
-    assert copies[0] < install < copies[1]
+    assert rows[copies[0]][1].startswith("requirements.txt ")
+    install = next(i for i, (w, a) in enumerate(rows) if w == "RUN" and "-r /tmp/requirements.txt" in a)
+    assert copies[0] < install < copies[-1]
+    assert rows[copies[-1]][1] == ". ."
+    # the run stage takes only the pruned environment from the build stage
+    assert any(w == "COPY" and a.startswith("--from=build /opt/venv") for w, a in rows)
     # a non-root user runs the app
     user = [a for w, a in rows if w == "USER"]
     assert user and user[-1] not in ("root", "0")

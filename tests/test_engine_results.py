@@ -11,7 +11,8 @@ import pytest
 from engine_designs import FIXTURE_NAMES, hand_design, load_data, load_fixture
 from lmmcore import deviance as dv
 from lmmcore.errors import FitError
-from lmmcore.mixed import MixedFit, fit_design, lmer, r_abbreviate
+from lmmcore.mixed import MixedFit, fit_design, lmer
+from lmmcore.rformat import abbreviate
 
 ENGINE = Path(__file__).resolve().parent / "fixtures" / "engine"
 NUMBER = re.compile(r"-?\d+\.?\d*(?:e[-+]?\d+)?")
@@ -53,10 +54,10 @@ def test_summary_exact_for_sleepstudy_slope_header_and_tables():
     assert "Correlation of Fixed Effects:\n     (Intr)\nDays -0.138\n" in text
 
 
-def test_r_abbreviate():
-    assert r_abbreviate("(Intercept)", 6) == "(Intr)"
-    assert r_abbreviate("Time:Diet2", 6) == "Tm:Dt2"
-    assert r_abbreviate("Days", 6) == "Days"
+def test_abbreviate():
+    assert abbreviate("(Intercept)", 6) == "(Intr)"
+    assert abbreviate("Time:Diet2", 6) == "Tm:Dt2"
+    assert abbreviate("Days", 6) == "Days"
 
 
 @pytest.mark.parametrize("name", ["sleepstudy_slope", "penicillin_crossed", "sleepstudy_uncorrelated"])

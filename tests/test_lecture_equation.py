@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 import lmmcore
-from lmmcore.compare import compare_lm, format_lm_comparison, information_criteria
+from lmmcore.compare import compare_lm, information_criteria
+from lmmcore.printing import format_lm_comparison
 from lmmcore.equation import latex_text, model_equation
 
 ROOT = Path(__file__).resolve().parents[1]

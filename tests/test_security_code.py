@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted([*ROOT.glob("lmmcore/*.py"), *ROOT.glob("explorer/*.py"), *ROOT.glob("pages/*.py"),
-                  *ROOT.glob("app_pages/*.py"),
-                  ROOT / "app.py"])
+# The app's code: the library, the Streamlit helpers, the pages (sub-folders included).
+FOLDERS = ("lmmcore", "explorer", "app_pages")
+SOURCES = sorted([*(p for folder in FOLDERS for p in ROOT.glob(f"{folder}/**/*.py")), ROOT / "app.py"])
 
 # Calls that run text as code, or turn bytes into arbitrary objects.
 FORBIDDEN_NAMES = {"eval", "exec", "compile", "__import__", "execfile"}
@@ -55,8 +55,12 @@ def _problems(path: Path) -> list[str]:
 
 
 def test_sources_exist():
+    """Every folder the scans read holds files: a renamed folder must not be scanned as empty."""
     assert any(p.parts[-2] == "lmmcore" for p in SOURCES)
     assert (ROOT / "lmmcore" / "formula.py") in SOURCES or not (ROOT / "lmmcore" / "formula.py").exists()
+    for folder in FOLDERS:
+        assert len([p for p in SOURCES if (ROOT / folder) in p.parents]) > 0, f"nothing scanned in {folder}/"
+    assert (ROOT / "app.py").exists()
 
 
 @pytest.mark.parametrize("path", [p for p in SOURCES if p.exists()],

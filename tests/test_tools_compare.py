@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from lmmcore import LmmError, anova, lm, lmer
-from lmmcore.compare import REFIT_NOTE, format_anova
+from lmmcore.compare import REFIT_NOTE
+from lmmcore.printing import format_anova
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures" / "r"

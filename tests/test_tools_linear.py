@@ -67,6 +67,22 @@ def test_predict_and_pickle():
     pd.testing.assert_series_equal(fit.predict(), fit.fitted)
 
 
+def test_fit_is_read_only():
+    """As MixedFit: no attribute can be set, and returned Series are copies."""
+    fit = _fit("orthodont")
+    with pytest.raises(AttributeError):
+        fit.sigma = 1.0
+    with pytest.raises(AttributeError):
+        fit.fixef = None
+    before = fit.fixef.copy()
+    fixef, vcov, residuals = fit.fixef, fit.vcov, fit.residuals
+    fixef.iloc[0] = vcov.iloc[0, 0] = residuals.iloc[0] = 1e9
+    fit.messages.append("changed")
+    pd.testing.assert_series_equal(fit.fixef, before)
+    assert fit.vcov.iloc[0, 0] != 1e9 and fit.residuals.iloc[0] != 1e9
+    assert "changed" not in fit.messages
+
+
 def test_random_terms_point_to_lmer():
     data = pd.read_csv(ROOT / "data" / "sleepstudy.csv")
     with pytest.raises(FormulaError, match="lmer"):

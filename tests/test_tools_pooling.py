@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from lmmcore import LmmError, lm, lmer
-from lmmcore.formula import RANDOM_KINDS, RANDOM_LABELS, compose_formula, random_term
+from lmmcore.formula_menu import RANDOM_KINDS, RANDOM_LABELS, compose_formula, random_term
 from lmmcore.pooling import (METHODS, RANDOM_CHOICES, PoolingEstimates, pooling_estimates, pooling_formulas,
                              re_contours, shrinkage_sd)
 

@@ -14,10 +14,11 @@ from urllib.parse import quote, urlencode
 import pytest
 
 from browser_support import fit_on_model_page, page_problems, upload_table, wait_for_app
+from explorer.pages import names
 
 pytestmark = pytest.mark.browser
 
-PAGES = ("dataset", "model", "pooling", "shrinkage")
+PAGES = tuple(names())  # every registered page (explorer.pages)
 
 # A student's export from a German-locale spreadsheet: semicolons, decimal commas.
 UPLOAD_NAME = "reaction times.csv"
@@ -158,3 +159,43 @@ def test_lecture_mode_starts_with_the_sidebar_collapsed(page, base_url):
     page.get_by_text("SVG", exact=True).click()  # a rerun
     wait_for_app(page)
     assert on_screen(), "a rerun folded the sidebar away again"
+
+
+VIEWPORT_SIZE = (1280, 720)  # the projector: tests/browser/conftest.py's viewport
+
+
+def _first_screen_share(pg) -> float:
+    """The share of the first 1280x720 screen covered by the page's first chart (its
+    bounding box clipped to the viewport, with every scrolled area back at the top)."""
+    pg.evaluate("() => document.querySelectorAll('*').forEach(e => { if (e.scrollTop) e.scrollTop = 0; })")
+    pg.wait_for_timeout(200)
+    box = pg.locator('[data-testid="stPlotlyChart"]').first.bounding_box()
+    assert box is not None, "no chart on the page"
+    width, height = VIEWPORT_SIZE
+    visible_w = max(0.0, min(box["x"] + box["width"], width) - max(box["x"], 0.0))
+    visible_h = max(0.0, min(box["y"] + box["height"], height) - max(box["y"], 0.0))
+    return visible_w * visible_h / (width * height)
+
+
+# The page's main chart: on the model page, the Plots tab's first figure.  The dataset page
+# draws no chart.
+MAIN_CHART_TAB = {"model": "Plots", "pooling": None, "shrinkage": None}
+OTHER_BRANCH = pytest.mark.xfail(
+    reason="issue 11 part 2, not done on this page yet: its pickers and explanations still come "
+           "before its chart in lecture mode (about 32% of the first screen)", strict=False)
+
+
+@pytest.mark.parametrize("name", ["model", pytest.param("pooling", marks=OTHER_BRANCH),
+                                  pytest.param("shrinkage", marks=OTHER_BRANCH)])
+def test_lecture_mode_main_chart_fills_half_the_first_screen(page, base_url, server_log, screenshot_dir, name):
+    """On a 1280x720 projector the figure everyone came to see needs no scrolling: in
+    lecture mode the page's main chart covers at least half of the first screen."""
+    assert page.viewport_size == {"width": VIEWPORT_SIZE[0], "height": VIEWPORT_SIZE[1]}
+    _open(page, base_url, name, lecture=1)
+    if MAIN_CHART_TAB[name]:
+        page.get_by_role("tab", name=MAIN_CHART_TAB[name]).click()
+        wait_for_app(page)
+    _assert_clean(page, server_log, f"page {name!r} in lecture mode")
+    page.screenshot(path=str(screenshot_dir / f"{name}-lecture-first-screen.png"))
+    share = _first_screen_share(page)
+    assert share >= 0.5, f"the {name} page's main chart covers {share:.0%} of the first screen"
