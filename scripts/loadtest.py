@@ -645,6 +645,14 @@ async def run(args) -> dict:
             t_closed = time.perf_counter()
             while time.perf_counter() - t_closed < args.release_wait:
                 await asyncio.sleep(min(5.0, args.release_wait))
+                # Streamlit drops expired disconnected sessions lazily, when its session
+                # store is next used: as in a lecture, someone opens and closes a page.
+                visitor = WsClient(base, "dataset", "", args.timeout)
+                try:
+                    await visitor.connect(fetch_cookies=False)
+                    await visitor.run(lambda m, r: m.WhichOneof("type") == "script_finished")
+                finally:
+                    await visitor.close()
                 main_kb, tree_kb = sampler.sample()
                 release.append((round(time.perf_counter() - t_closed, 1), round(main_kb / 1024, 1)))
     else:
