@@ -56,7 +56,8 @@ loadtest-hall: $(VENV)/.dev
 # server's memory is followed past the disconnected-session TTL (60 s here, 300 s deployed).
 loadtest-upload: $(VENV)/.dev
 	$(PY) scripts/loadtest.py --serve 1 --scenario upload --sessions 30 --ramp 10 \
-	  --timeout 300 --session-ttl 60 --release-wait 100 --target-p95 300 --json artifacts/loadtest/upload.json
+	  --timeout 300 --session-ttl 60 --release-wait 130 --target-p95 300 --max-seconds 1200 \
+	  --json artifacts/loadtest/upload.json
 # kill -9 of one of 2 replicas under 30 sessions (the proxy suite's test, with its figures).
 loadtest-failover: $(VENV)/.dev
 	$(PY) -m pytest -s -p no:cacheprovider tests/test_deploy_failover.py
