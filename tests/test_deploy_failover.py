@@ -36,7 +36,6 @@ import pytest
 
 import deploy_support as ds
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 SESSIONS = 30
 LOST_UPLOAD = "has to be uploaded again"
@@ -178,6 +177,8 @@ def _count_websocket_frames(pg) -> list:
     return counts
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_a_replica_killed_mid_lecture(cluster, chromium):
     sys.path.insert(0, str(ds.ROOT / "tests" / "browser"))
     from browser_support import fit_on_model_page, page_problems, upload_table, wait_for_app
