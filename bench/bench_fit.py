@@ -381,7 +381,201 @@ def _environment() -> dict:
             "blas_env": env, "threadpools": pools}
 
 
+# --------------------------------------------------------------------------- inference
+# (issue 8; a separate block: the rows above are the engine's.)  lmmcore's lmerTest-style
+# tables against lmerTest / pbkrtest timed inside R (bench/bench_lmertest.R, same run).
+# Each lmmcore timing starts from a fit without the cached derivatives (copy.copy drops
+# them), so it includes the Hessian / Jacobian (Satterthwaite) or the adjusted covariance
+# (Kenward-Roger), as the R timings do.
+INFERENCE_R_SCRIPT = Path(__file__).resolve().parent / "bench_lmertest.R"
+# Targets (issue 8): Satterthwaite >= 3x lmerTest, Kenward-Roger >= 5x pbkrtest.
+INFERENCE_TARGETS = {"satterthwaite": 3.0, "kenward-roger": 5.0}
+# key, model, repeats, with Kenward-Roger, with R (lmerTest on InstEval takes minutes)
+INFERENCE_MODELS = [
+    ("sleepstudy_slope", Model("sleepstudy_slope", "sleepstudy, (Days | Subject)",
+                               "Reaction ~ Days + (Days | Subject)", _sleepstudy,
+                               ("Subject",), repeats=10, quick_repeats=3), True, True),
+    ("insteval", MODELS[3], False, False),
+]
+
+
+def _time_inference_lmmcore(model: Model, ddf: str, repeats: int) -> list:
+    import copy
+
+    import lmmcore
+
+    fit = lmmcore.lmer(model.formula, model.data, reml=True)
+    copy.copy(fit).coef_table(ddf)                 # warm-up (imports, first calls)
+    times = []
+    for _ in range(repeats):
+        fresh = copy.copy(fit)
+        gc.collect()
+        start = time.perf_counter()
+        fresh.coef_table(ddf)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run_inference_bench(quick: bool = False, csv_dir: Path | None = None) -> dict:
+    """Time coef_table(ddf) against lmerTest / pbkrtest; returns rows for the report."""
+    rows = {}
+    have_r = shutil.which("Rscript") is not None
+    with tempfile.TemporaryDirectory(prefix="lmm-bench-inf-") as tmp:
+        for key, model, with_kr, with_r in INFERENCE_MODELS:
+            if model.data is None:
+                model.data = model.load()
+            repeats = model.quick_repeats if quick else model.repeats
+            if model.large:
+                repeats = 1
+            row = {"label": model.label, "formula": model.formula, "repeats": repeats}
+            methods = ["satterthwaite"] + (["kenward-roger"] if with_kr else [])
+            for ddf in methods:
+                times = _time_inference_lmmcore(model, ddf, repeats)
+                row[f"lmmcore_{ddf}"] = statistics.median(times)
+            if with_r and have_r:
+                csv = Path(tmp) / f"{key}.csv"
+                model.data.to_csv(csv, index=False)
+                proc = subprocess.run(
+                    [shutil.which("Rscript"), str(INFERENCE_R_SCRIPT), str(csv), model.formula,
+                     ",".join(model.factors), str(repeats), "1" if with_kr else "0"],
+                    capture_output=True, text=True, timeout=3600)
+                if proc.returncode == 0:
+                    out = json.loads(proc.stdout.strip().splitlines()[-1])
+                    row["R_satterthwaite"] = statistics.median(out["satterthwaite"])
+                    if out["kenward_roger"]:
+                        row["R_kenward-roger"] = statistics.median(out["kenward_roger"])
+                else:
+                    row["R_note"] = f"failed: {proc.stderr.strip()[-300:]}"
+            for ddf in methods:
+                own, theirs = row.get(f"lmmcore_{ddf}"), row.get(f"R_{ddf}")
+                if own and theirs:
+                    row[f"speedup_{ddf}"] = theirs / own
+                    row[f"target_{ddf}"] = theirs / own >= INFERENCE_TARGETS[ddf]
+            rows[key] = row
+    print("\ninference (lmmcore coef_table vs lmerTest / pbkrtest, median seconds):")
+    for row in rows.values():
+        parts = []
+        for ddf in ("satterthwaite", "kenward-roger"):
+            if f"lmmcore_{ddf}" in row:
+                r = row.get(f"R_{ddf}")
+                parts.append(f"{ddf} {_fmt_time(row[f'lmmcore_{ddf}'])} vs R {_fmt_time(r)}"
+                             + (f" ({row[f'speedup_{ddf}']:.1f}x)" if r else ""))
+        print(f"- {row['label']}: " + "; ".join(parts))
+    return rows
+# --------------------------------------------------------------------------- intervals
+# (issue 8, the `intervals` helper's block: profile confint and bootstrap refits vs lme4)
+INTERVALS_R = Path(__file__).resolve().parent / "bench_intervals.R"
+#: lmmcore's targets: profile confint and 1,000 bootstrap refits >= 5x lme4's
+INTERVALS_TARGET = 5.0
+
+
+def _bench_intervals(quick: bool, with_lme4: bool, csv_dir: Path) -> dict:
+    """Profile confint and 1,000 bootstrap refits on sleepstudy (Days | Subject), lmmcore
+    and (when R is there) lme4's ``confint(method = "profile")`` and ``bootMer``."""
+    import lmmcore
+
+    data = _sleepstudy()
+    fit = lmmcore.lmer("Reaction ~ Days + (Days | Subject)", data, categorical=["Subject"])
+    repeats = 1 if quick else 3
+    nsim = 1000
+    fit.confint()                                   # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fit.confint()
+        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    fit.bootstrap(nsim=nsim, seed=101)
+    boot = time.perf_counter() - start
+    out = {"profile": {"lmmcore": float(np.median(times))}, "bootstrap_1000": {"lmmcore": boot}}
+    if with_lme4:
+        csv = csv_dir / "sleepstudy_intervals.csv"
+        data.to_csv(csv, index=False)
+        try:
+            res = subprocess.run([shutil.which("Rscript"), str(INTERVALS_R), str(csv),
+                                  str(repeats), str(nsim)], capture_output=True, text=True,
+                                 check=True, timeout=1800)
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            out["profile"]["lme4"] = r["profile_median"]
+            out["bootstrap_1000"]["lme4"] = r["boot_seconds"]
+        except Exception as exc:  # a failing peer is a finding, not a crash
+            out["lme4_note"] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+    for row in ("profile", "bootstrap_1000"):
+        r = out[row]
+        if "lme4" in r:
+            r["vs_lme4"] = r["lme4"] / r["lmmcore"]
+            r[f"at_least_{INTERVALS_TARGET:g}x_lme4"] = r["vs_lme4"] >= INTERVALS_TARGET
+    return out
+
+
+def _print_intervals(res: dict) -> None:
+    print("\nConfidence intervals, sleepstudy Reaction ~ Days + (Days | Subject):")
+    print(f"  {'':<22}{'lmmcore':>10}{'lme4':>10}{'vs lme4':>9}")
+    labels = {"profile": "profile confint", "bootstrap_1000": "1,000 bootstrap refits"}
+    for key, label in labels.items():
+        r = res[key]
+        print(f"  {label:<22}{_fmt_time(r.get('lmmcore')):>10}{_fmt_time(r.get('lme4')):>10}"
+              f"{_fmt_ratio(r.get('vs_lme4')):>9}")
+    if res.get("lme4_note"):
+        print(f"  lme4: {res['lme4_note']}")
+
+
 # --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- glmer
+# The glmer block (issue 10): lmmcore.glmer against lme4's glmer in the same run.
+# Targets: VerbAgg at least 2x faster than lme4; bdf within 100 ms.
+
+GLMER_MODELS = [
+    # key, data file, formula, factors, family, repeats, target
+    ("bdf", ROOT / "data" / "bdf.csv", "repeatgr ~ 1 + ses + minority + (1 | schoolNR)",
+     ("schoolNR", "minority"), "binomial", 5, "<= 100 ms"),
+    ("verbagg", Path(__file__).resolve().parent / "data" / "VerbAgg.csv",
+     "r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)",
+     ("id", "item", "r2", "Gender", "btype", "situ"), "binomial", 3, ">= 2x lme4"),
+]
+
+
+def _bench_glmer(quick: bool) -> dict:
+    import statistics
+
+    import lmmcore
+
+    rows = {}
+    for key, path, formula, factors, family, repeats, target in GLMER_MODELS:
+        repeats = 1 if quick else repeats
+        data = pd.read_csv(path)
+        times = []
+        fit = lmmcore.glmer(formula, data, family, categorical=list(factors))  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fit = lmmcore.glmer(formula, data, family, categorical=list(factors))
+            times.append(time.perf_counter() - start)
+        row = {"formula": formula, "nobs": len(data), "target": target,
+               "lmmcore": {"median": statistics.median(times), "deviance": -2 * fit.loglik}}
+        if shutil.which("Rscript"):
+            out = subprocess.run([shutil.which("Rscript"), str(R_SCRIPT.parent / "bench_glmer.R"),
+                                  str(path), formula, ",".join(factors), family, str(repeats)],
+                                 capture_output=True, text=True, timeout=900)
+            if out.returncode == 0:
+                row["lme4"] = json.loads(out.stdout.strip().splitlines()[-1])
+                row["speedup"] = row["lme4"]["median"] / row["lmmcore"]["median"]
+                row["deviance_diff"] = row["lmmcore"]["deviance"] - row["lme4"]["deviance"]
+            else:
+                row["lme4"] = {"note": out.stderr[-300:]}
+        rows[key] = row
+        print(f"[bench] glmer {key}: lmmcore {_fmt_time(row['lmmcore']['median'])}", file=sys.stderr)
+    return rows
+
+
+def _print_glmer(rows: dict) -> None:
+    print("\nglmer (binomial, Laplace)")
+    for key, row in rows.items():
+        lme4 = row.get("lme4", {}).get("median")
+        print(f"- {key} ({row['nobs']:,} rows): lmmcore {_fmt_time(row['lmmcore']['median'])}, "
+              f"lme4 {_fmt_time(lme4)}, vs lme4 {_fmt_ratio(row.get('speedup'))}, "
+              f"deviance diff {row.get('deviance_diff', float('nan')):+.2e}; target {row['target']}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -395,6 +589,8 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also cProfile one lmmcore fit per model (artifacts/profile/)")
     parser.add_argument("--output", type=Path, default=ARTIFACT)
+    parser.add_argument("--skip-intervals", action="store_true",
+                        help="leave out the profile confint and bootstrap timings")
     args = parser.parse_args(argv)
 
     wanted = [p.strip() for p in args.peers.split(",") if p.strip()]
@@ -456,8 +652,18 @@ def main(argv=None) -> int:
                       f"   (wall {time.perf_counter() - start:.1f} s)", file=sys.stderr)
             rows[model.key] = row
 
+        intervals = None
+        if not args.skip_intervals and "lmmcore" in active:
+            print("[bench] intervals: profile confint and 1,000 bootstrap refits", file=sys.stderr)
+            intervals = _bench_intervals(args.quick, "lme4" in active, Path(tmp))
+
+    glmm_rows = _bench_glmer(args.quick)
+
     _summarise(rows)
     _print_table(rows)
+    if intervals:
+        _print_intervals(intervals)
+    _print_glmer(glmm_rows)
     for peer, reason in missing.items():
         print(f"- {peer} not run: {reason}")
 
@@ -466,10 +672,16 @@ def main(argv=None) -> int:
         for key, info in profiles.items():
             rows[key]["lmmcore_profile"] = info
 
+    if "lmmcore" in active and not args.only:
+        inference_rows = run_inference_bench(args.quick)   # issue 8 block
+    else:
+        inference_rows = {}
+
     report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick,
               "load_average_at_start": load_at_start,
               "versions": versions, "missing": missing, "environment": _environment(),
-              "models": rows}
+              "models": rows, "inference": inference_rows, "intervals": intervals,
+              "glmer": glmm_rows}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, default=str))
     print(f"\nwritten: {args.output}")

@@ -143,18 +143,54 @@ def _line(a: float, b: float, x0: float, x1: float) -> tuple[list, list]:
 # ------------------------------------------------------------------ pooling
 
 
+# A factor's conditions sit at 0, 1, ... on the x axis; a method's means are drawn this far
+# apart (in conditions) so that equal means do not hide each other, the data between them.
+METHOD_OFFSET, DATA_SPREAD = 0.07, 0.16
+
+
+def _method_curves(estimates, methods, x0: float, x1: float) -> dict:
+    """What each method draws in each group's panel: {method: {group: (xs, ys, customdata)}}.
+
+    A numeric predictor: the method's line over the predictor's range, ``customdata``
+    its (intercept, slope).  A factor: the group's mean in each condition
+    (``condition_means``), at the conditions' positions shifted by the method's offset,
+    ``customdata`` (condition, mean).  NaN where the method gives the group no estimate.
+    """
+    out = {}
+    for k, method in enumerate(methods):
+        rows = estimates.method(method)
+        if estimates.is_factor:
+            means = estimates.condition_means(method)
+            shift = (k - (len(methods) - 1) / 2) * METHOD_OFFSET
+            xs = [i + shift for i in range(len(estimates.levels))]
+            out[method] = {g: (xs, list(means.loc[g]), [[lv, v] for lv, v in zip(estimates.levels, means.loc[g])])
+                           for g in means.index}
+            continue
+        out[method] = {}
+        for g in rows.index:
+            a, b = float(rows.at[g, "intercept"]), float(rows.at[g, "slope"])
+            xs, ys = _line(a, b, x0, x1)
+            out[method][g] = (xs, ys, [[a, b, g], [a, b, g]])
+    return out
+
+
 def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, lecture: bool,
-                   ncols: int = 4) -> go.Figure:
-    """A panel per group: its data and the complete, no and partial pooling lines.
+                   ncols: int = 4, styles: dict | None = None) -> go.Figure:
+    """A panel per group: its data and each method's line (a numeric predictor) or
+    condition means joined by a line (a factor).
 
     ``estimates`` is ``lmmcore.pooling_estimates``' result (its columns name the axes);
-    each line's trace holds the method's (intercept, slope) in ``customdata`` and spans
-    the predictor's full range.
+    each trace holds what it draws in ``customdata`` (see :func:`_method_curves`) and
+    ``meta`` names its method and group.  ``styles`` (default :data:`METHODS`) gives
+    each method drawn its label, colour, dash and marker: a method of the estimates
+    without a style is not drawn, so another kind of estimate (a simulation's truth) is
+    drawn by adding its style.
     """
     s = sizes(lecture)
+    styles = METHODS if styles is None else styles
     response, predictor, group = estimates.response, estimates.predictor, estimates.group
     counts = estimates.n
-    by_method = {m: estimates.method(m) for m in METHODS if m in estimates.methods}
+    methods = [m for m in styles if m in estimates.methods]
     n = max(1, len(groups))
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
@@ -167,8 +203,19 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
     fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=titles, shared_xaxes=True,
                         shared_yaxes=True, horizontal_spacing=0.03,
                         vertical_spacing=min(0.3, 45 / height) if nrows > 1 else 0.0)
-    x = pd.to_numeric(data[predictor], errors="coerce")
-    x0, x1 = float(np.nanmin(x)), float(np.nanmax(x))
+    if estimates.is_factor:
+        # Each observation at its condition's position, spread evenly within its cell.
+        position = {lv: i for i, lv in enumerate(estimates.levels)}
+        cond = data[predictor].astype(str).map(position)
+        cell = data[group].astype(str) + "\x00" + cond.astype(str)
+        rank = cell.groupby(cell).cumcount()
+        size = cell.map(cell.value_counts())
+        x = cond + DATA_SPREAD * ((rank + 0.5) / size - 0.5)
+        x0, x1 = -0.5, len(estimates.levels) - 0.5
+    else:
+        x = pd.to_numeric(data[predictor], errors="coerce")
+        x0, x1 = float(np.nanmin(x)), float(np.nanmax(x))
+    curves = _method_curves(estimates, methods, x0, x1)
     gcol = data[group].astype(str)
     shown = set()
     for i, g in enumerate(groups):
@@ -180,30 +227,41 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
             marker={"color": DATA_COLOUR, "size": s["data_marker"], "opacity": 0.75},
             hovertemplate=f"{esc(group)} {esc(g)}<br>%{{x}}, %{{y}}<extra></extra>"), row=r, col=c)
         shown.add("data")
-        for method, rows in by_method.items():
-            style = METHODS[method]
-            if str(g) not in rows.index:
+        for method in methods:
+            style = styles[method]
+            if str(g) not in curves[method]:
                 continue
-            a, b = float(rows.at[str(g), "intercept"]), float(rows.at[str(g), "slope"])
-            if not (math.isfinite(a) and math.isfinite(b)):
-                note = rows.at[str(g), "note"]
-                note = note if isinstance(note, str) else ""
-                fig.add_annotation(text=esc(f"no {method}-pooling line" + (f": {note}" if note else "")),
+            xs, ys, custom = curves[method][str(g)]
+            if not np.isfinite(ys).all():
+                if estimates.is_factor:  # the panel is narrow: which conditions; the page gives the note
+                    missing = [lv for lv, v in zip(estimates.levels, ys) if not np.isfinite(v)]
+                    text = f"no {method}-pooling mean at {', '.join(missing)}"
+                else:
+                    note = estimates.method(method).at[str(g), "note"]
+                    note = note if isinstance(note, str) else ""
+                    text = f"no {method}-pooling line" + (f": {note}" if note else "")
+                fig.add_annotation(text=esc(text),
                                    xref="x domain", yref="y domain", x=0.02, y=0.02, showarrow=False,
                                    xanchor="left", yanchor="bottom", row=r, col=c,
                                    font={"size": max(10, s["font"] - 4), "color": style["colour"]})
-                continue
-            xs, ys = _line(a, b, x0, x1)
+                if not np.isfinite(ys).any():
+                    continue
+            hover = ("%{customdata[0]}: mean %{customdata[1]:.4g}" if estimates.is_factor
+                     else "intercept %{customdata[0]:.4g}, slope %{customdata[1]:.4g}")
             fig.add_trace(go.Scatter(
                 x=xs, y=ys, mode="lines+markers", name=style["label"], legendgroup=method,
-                showlegend=method not in shown, customdata=[[a, b, str(g)], [a, b, str(g)]],
+                showlegend=method not in shown, customdata=custom,
                 meta={"method": method, "group": str(g)},
                 line={"color": style["colour"], "dash": style["dash"], "width": s["line"]},
                 marker={"symbol": style["symbol"], "size": s["marker"], "color": style["colour"]},
-                hovertemplate=(f"{style['label']}<br>{esc(g)}: intercept %{{customdata[0]:.4g}}, "
-                               "slope %{customdata[1]:.4g}<extra></extra>")), row=r, col=c)
+                hovertemplate=f"{style['label']}<br>{esc(g)}: {hover}<extra></extra>"), row=r, col=c)
             shown.add(method)
     fig.update_xaxes(title_text=None, showgrid=True)
+    if estimates.is_factor:
+        # No fixed x range: with one, plotly.js (2.x) leaves the shared y axes at their
+        # empty default instead of fitting the data.
+        fig.update_xaxes(tickvals=list(range(len(estimates.levels))),
+                         ticktext=[esc(lv) for lv in estimates.levels])
     fig.update_yaxes(title_text=None, showgrid=True)
     for c in range(1, ncols + 1):
         fig.update_xaxes(title_text=esc(predictor), row=nrows, col=c)
@@ -277,18 +335,34 @@ def pooling_means(data: pd.DataFrame, estimates, groups: list, few: pd.Series, l
 # ------------------------------------------------------------------ shrinkage
 
 
-def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highlight=()) -> go.Figure:
-    """Arrows from each group's no-pooling (intercept, slope) to its partial-pooling one,
-    over the contours of the fitted random-effects distribution (``lmmcore.re_contours``;
-    None draws none) and the fixed effects.
+def coefficient_title(estimates, coefficient: str) -> str:
+    """An axis title for a coefficient: ``slope of Days``; a factor's condition effect
+    says which two conditions it compares (``stages3: s3 − s1``)."""
+    if coefficient == "intercept":
+        return "intercept"
+    if estimates.is_factor:
+        level = estimates.levels[estimates.coefficients.index(coefficient)]
+        return f"{esc(coefficient)}: {esc(level)} − {esc(estimates.levels[0])}"
+    return f"slope of {esc(estimates.predictor)}"
+
+
+def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highlight=(),
+                 coefficient: str | None = None) -> go.Figure:
+    """Arrows from each group's no-pooling (intercept, coefficient) to its partial-pooling
+    one, over the contours of the fitted random-effects distribution
+    (``lmmcore.re_contours`` of the same coefficient; None draws none) and the fixed effects.
+
+    ``coefficient`` is the y axis: a numeric predictor's ``slope`` or a factor's
+    condition effect (``"stages3"``); by default the first after the intercept.
 
     ``highlight``: groups drawn strong and named at their no-pooling point (the outer end
     of the arrow, away from the crowded middle); with any given, the other groups' points
     and arrows are drawn faint, but every arrow is still drawn.
     """
     s = sizes(lecture)
+    y = coefficient if coefficient is not None else estimates.coefficients[1]
     strong = {str(g) for g in highlight}
-    fixef = (float(estimates.fixef["intercept"]), float(estimates.fixef["slope"]))
+    fixef = (float(estimates.fixef["intercept"]), float(estimates.fixef[y]))
     fig = go.Figure()
     if contours is not None and len(contours):
         for i, (level, ring) in enumerate(contours.groupby("level", sort=True)):
@@ -297,7 +371,9 @@ def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highli
                 legendgroup="contours", showlegend=i == 0, meta={"level": float(level)},
                 line={"color": CONTOUR_COLOUR, "width": max(1.0, s["line"] / 2)},
                 hovertemplate=f"contour {float(level):g}<extra></extra>"))
-    no, part = estimates.method("no"), estimates.method("partial")
+    # The chosen coefficient as "slope": the contours' and the label placer's name for the y axis.
+    no, part = (estimates.method(m).rename(columns={y: "slope"})[["intercept", "slope", "n"]]
+                for m in ("no", "partial"))
     own = estimates.own_estimate
     both = [g for g in part.index if own.get(g, False)]
     lonely = [g for g in part.index if g not in both]
@@ -318,7 +394,7 @@ def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highli
         meta={"method": "no"},
         marker={"symbol": nost["symbol"], "size": s["marker"], "color": nost["colour"],
                 "opacity": [0.25 if faint(g) else 1.0 for g in both]},
-        hovertemplate="%{text}: intercept %{x:.4g}, slope %{y:.4g}<extra>no pooling</extra>"))
+        hovertemplate=f"%{{text}}: intercept %{{x:.4g}}, {esc(y)} %{{y:.4g}}<extra>no pooling</extra>"))
     pst = METHODS["partial"]
     fig.add_trace(go.Scatter(
         x=part["intercept"], y=part["slope"], mode="markers", name=pst["label"],
@@ -326,7 +402,7 @@ def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highli
         hovertext=[esc(g) for g in part.index],
         marker={"symbol": pst["symbol"], "size": s["marker"] + 2, "color": pst["colour"],
                 "opacity": [0.25 if faint(g) else 1.0 for g in part.index]},
-        hovertemplate="%{hovertext}: intercept %{x:.4g}, slope %{y:.4g}<extra>partial pooling</extra>"))
+        hovertemplate=f"%{{hovertext}}: intercept %{{x:.4g}}, {esc(y)} %{{y:.4g}}<extra>partial pooling</extra>"))
     named = [g for g in both if g in strong]
     if named:
         # Left of the average the label goes left, right of it right: outward, off the arrows.
@@ -340,7 +416,7 @@ def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highli
             textfont={"size": s["font"], "color": "#222222"}))
     _label_lonely(fig, part, lonely, pd.concat([part[["intercept", "slope"]],
                                                 no.loc[both, ["intercept", "slope"]]]), s)
-    comp = estimates.method("complete") if "complete" in estimates.methods else None
+    comp = estimates.method("complete").rename(columns={y: "slope"}) if "complete" in estimates.methods else None
     if comp is not None and len(comp):
         cst = METHODS["complete"]
         fig.add_trace(go.Scatter(
@@ -354,7 +430,7 @@ def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highli
         marker={"symbol": FIXED["symbol"], "size": s["marker"] + 4, "color": FIXED["colour"],
                 "line": {"width": 1, "color": "white"}}))
     fig.update_xaxes(title_text="intercept", showgrid=True)
-    fig.update_yaxes(title_text=f"slope of {esc(estimates.predictor)}", showgrid=True)
+    fig.update_yaxes(title_text=coefficient_title(estimates, y), showgrid=True)
     _layout(fig, lecture, height=640)
     # The legend under the plot: above it, four entries would push the arrows off a projector.
     fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.12, "x": 0})
@@ -479,18 +555,20 @@ def fitted_pairs(panels: dict, kind: str, response: str, lecture: bool) -> go.Fi
     return _layout(fig, lecture, height=420)
 
 
-def qq_plot(qq: dict, lecture: bool) -> go.Figure:
-    """Normal Q-Q plot of residuals (points from ``lmmcore.teaching.qq_points``)."""
+def qq_plot(qq: dict, lecture: bool, what: str = "residuals") -> go.Figure:
+    """Normal Q-Q plot of residuals, or of ``what`` (points from
+    ``lmmcore.teaching.qq_points``)."""
     s = sizes(lecture)
     t, r = qq["theoretical"], qq["sample"]
     a, b = qq["line"]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=t, y=r, mode="markers", name="residuals",
+    fig.add_trace(go.Scatter(x=t, y=r, mode="markers", name=what,
                              marker={"color": OKABE_ITO["vermillion"], "size": s["data_marker"]}))
     fig.add_trace(go.Scatter(x=[t[0], t[-1]], y=[a + b * t[0], a + b * t[-1]], mode="lines",
                              name="through the quartiles", line={"color": "black", "width": s["line"] / 1.5}))
     fig.update_xaxes(title_text="normal quantiles", showgrid=True)
-    fig.update_yaxes(title_text="residual quantiles", showgrid=True)
+    fig.update_yaxes(title_text=f"{what} quantiles" if what != "residuals" else "residual quantiles",
+                     showgrid=True)
     return _layout(fig, lecture, height=420)
 
 

@@ -58,6 +58,8 @@ def _kwargs(kind: str, reml: bool, categorical, numeric, reference) -> dict:
           "reference_levels": dict(reference) or None}
     if kind == "lmer":
         kw["reml"] = reml
+    if kind.startswith("glmer:"):
+        kw["family"] = kind.split(":", 1)[1]
     return {k: v for k, v in kw.items() if v is not None or k == "reml"}
 
 
@@ -67,10 +69,11 @@ def _fit(kind: str, formula: str, digest: str, reml: bool, categorical: tuple, n
     # ``_df`` is left out of the cache key (leading underscore): ``digest`` stands for it.
     df = _df
     kw = _kwargs(kind, reml, categorical, numeric, reference)
-    if kind == "lmer" and data_name:
+    if kind != "lm" and data_name:
         kw["data_name"] = data_name
+    name = kind.split(":", 1)[0]
     settings = load_settings()
-    return fit_limited(kind, formula, df, timeout=settings.fit_timeout_s,
+    return fit_limited(name, formula, df, timeout=settings.fit_timeout_s,
                        worker_min_rows=settings.worker_min_rows,
                        worker_min_cost=settings.worker_min_cost, **kw)
 
@@ -84,8 +87,14 @@ def _key(kind: str, formula: str, data, reml: bool) -> tuple:
             tuple(kw["categorical"]), tuple(kw["numeric"]), ref, name)
 
 
+def fit_key(kind: str, formula: str, data, reml: bool = True) -> tuple:
+    """The cache key of :func:`fit`'s result, for results computed from that fit."""
+    return _key(kind, formula, data, reml)
+
+
 def fit(kind: str, formula: str, data, reml: bool = True):
-    """Fit ``kind`` ("lmer" or "lm") to an :class:`explorer.data.ActiveData`; cached.
+    """Fit ``kind`` ("lmer", "lm", or "glmer:binomial" / "glmer:poisson") to an
+    :class:`explorer.data.ActiveData`; cached.
 
     Raises ``lmmcore.LmmError`` with a student-readable message on bad input.
     """
@@ -105,27 +114,32 @@ def summary(kind: str, formula: str, data, reml: bool, fitted) -> str:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def _pooling(digest: str, response: str, predictor, group: str, random: str,
-             _df: pd.DataFrame) -> lmmcore.PoolingEstimates:
+def _pooling(digest: str, response: str, predictor, group: str, random: str, factor: bool,
+             reference: tuple, _df: pd.DataFrame) -> lmmcore.PoolingEstimates:
     df = _df
     settings = load_settings()
+    kwargs = {"random": random, "factor": factor, "reference_levels": dict(reference) or None}
     # One lm per group plus an lmer with one grouping factor (no crossed terms): its cost
     # grows with the rows, so the rows decide where it runs; the time limit holds either way.
     if len(df) >= settings.worker_min_rows:
-        return run_in_worker(lmmcore.pooling_estimates, df, response, predictor, group, random=random,
-                             timeout=settings.fit_timeout_s)
+        return run_in_worker(lmmcore.pooling_estimates, df, response, predictor, group,
+                             timeout=settings.fit_timeout_s, **kwargs)
     return call_with_time_limit(lmmcore.pooling_estimates, df, response, predictor, group,
-                                random=random, timeout=settings.fit_timeout_s)
+                                timeout=settings.fit_timeout_s, **kwargs)
 
 
 def pooling(data, response: str, predictor, group: str, random: str) -> lmmcore.PoolingEstimates:
     """``lmmcore.pooling_estimates`` on the current table; cached (the estimates carry
-    their mixed fit, so a page that needs it does not fit again)."""
-    return _pooling(data.digest, response, predictor, group, random, _df=data.df)
+    their mixed fit, so a page that needs it does not fit again).  A predictor the
+    student typed as categorical is a factor, with the reference level they chose."""
+    factor = predictor is not None and data.types.get(predictor) == "categorical"
+    chosen = data.fit_kwargs()["reference_levels"] or {}
+    reference = ((predictor, str(chosen[predictor])),) if factor and predictor in chosen else ()
+    return _pooling(data.digest, response, predictor, group, random, factor, reference, _df=data.df)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _shrinkage_sd(digest: str, response: str, predictor, group: str, random: str,
+def _shrinkage_sd(digest: str, response: str, predictor, group: str, random: str, levels,
                   _estimates: lmmcore.PoolingEstimates) -> pd.DataFrame:
     return lmmcore.shrinkage_sd(_estimates)
 
@@ -133,13 +147,14 @@ def _shrinkage_sd(digest: str, response: str, predictor, group: str, random: str
 def shrinkage_sd(data, estimates: lmmcore.PoolingEstimates) -> pd.DataFrame:
     """``lmmcore.shrinkage_sd`` of :func:`pooling`'s estimates.
 
-    On a built-in dataset it is cached with the estimates' key, so a lecture hall on the
-    shared link computes it once (it was about half of a shrinkage-page run's CPU); a
-    student's own table is not put in a shared cache for it.
+    On a built-in dataset it is cached with the estimates' key (a factor predictor's
+    levels, reference first, included), so a lecture hall on the shared link computes it
+    once (it was about half of a shrinkage-page run's CPU); a student's own table is not
+    put in a shared cache for it.
     """
     from explorer.datasets import CATALOGUE
 
     if data.key not in CATALOGUE:
         return lmmcore.shrinkage_sd(estimates)
     return _shrinkage_sd(data.digest, estimates.response, estimates.predictor, estimates.group,
-                         estimates.random, _estimates=estimates)
+                         estimates.random, estimates.levels, _estimates=estimates)

@@ -66,15 +66,18 @@ DATA_COLUMNS_PAGE = "data.columns_page"  # lecture mode: the page of the column 
 # model: the model builder page
 MODEL_FORMULA = "model.formula"      # the formula box (text)
 MODEL_METHOD = "model.method"        # "REML" or "ML"
+MODEL_FAMILY = "model.family"        # "gaussian" (lmer), "binomial" or "poisson" (glmer)
 MODEL_SAVED = "model.saved"          # {name: {"formula", "reml", "kind", "dataset"}}
 MODEL_SAVE_NAME = "model.save_name"
 MODEL_SAVE_KIND = "model.save_kind"
 MODEL_SAVE = "model.save"            # the Save button
 MODEL_COMPARE = "model.compare"
 MODEL_SECTION = "model.section"      # the model page's open tab (only that tab runs)
+PAIRED_TAB = "Paired t-test"         # the label of the model page's paired t tab (a value of MODEL_SECTION)
 MODEL_BUILDER_OPEN = "model.builder_open"  # the formula builder's expander is open (its menus run)
 MODEL_RANEF_GROUP = "model.ranef_group"
 MODEL_CAT_GROUP = "model.caterpillar_group"
+MODEL_DDF = "model.ddf"              # p-values: "lme4" (none), "satterthwaite", "kenward-roger"
 MODEL_DOWNLOAD_COEF = "model.download_coef"
 MODEL_COEF_PAGE = "model.coef_page"  # lecture mode: the page of coef()'s rows shown
 MODEL_FIXEF_PAGE = "model.fixef_page"
@@ -86,6 +89,26 @@ MODEL_CHART_OBSERVED = "model.chart_observed"
 MODEL_CHART_RESIDUALS = "model.chart_residuals"
 MODEL_CHART_QQ = "model.chart_qq"
 MODEL_CHART_CATERPILLAR = "model.chart_caterpillar"
+# model: the Intervals, Predictions and Model checks tabs (explorer.intervals_ui)
+MODEL_CI_METHOD = "model.ci_method"  # "profile", "wald" or "boot"
+MODEL_CI_LEVEL = "model.ci_level"
+MODEL_BOOT_NSIM = "model.boot_nsim"
+MODEL_BOOT_SEED = "model.boot_seed"
+MODEL_BOOT_RUN = "model.boot_run"
+MODEL_BOOT_STOP = "model.boot_stop"
+MODEL_BOOT = "model.boot"            # the last bootstrap run: key, replicate blocks, status
+MODEL_CHART_BOOT = "model.chart_boot"
+MODEL_PREDICT_X = "model.predict_x"
+MODEL_PREDICT_GROUP = "model.predict_group"
+MODEL_CHART_PREDICT = "model.chart_predict"
+MODEL_CHECKS_RANEF_GROUP = "model.checks_ranef_group"
+MODEL_CHART_CHECKS_RESID = "model.chart_checks_resid"
+MODEL_CHART_CHECKS_QQ = "model.chart_checks_qq"
+MODEL_CHART_CHECKS_QQ_RANEF = "model.chart_checks_qq_ranef"  # + "_<column number>"
+MODEL_INFLUENCE_GROUP = "model.influence_group"
+MODEL_INFLUENCE_RUN = "model.influence_run"
+MODEL_CHART_COOKS = "model.chart_cooks"
+MODEL_CHART_SHIFTS = "model.chart_shifts"
 MODEL_EQUATION_OF = "model.equation_of"        # "lmer" or "lm": whose equation the Equation tab shows
 MODEL_CHART_CONDITION_FIT = "model.chart_condition_fit"      # paired tab: lm points, lmer lines
 MODEL_CHART_CONDITION_RESID = "model.chart_condition_resid"  # paired tab: residuals of each
@@ -113,18 +136,25 @@ POOL_PAGE = "pool.page"
 POOL_ZOOM_FEW = "pool.zoom_few"      # button: show only the groups with few observations
 POOL_CHART = "pool.chart"
 POOL_DOWNLOAD = "pool.download"
+POOL_TABLE_PAGE = "pool.table_page"  # lecture mode: the page of the estimates table's rows shown
+POOL_PAIRED = "pool.paired"          # button: this comparison as the paired t-test, on the model page
 
 # shrink: the shrinkage page
 SHRINK_HIGHLIGHT = "shrink.highlight"  # groups drawn strong and labelled on the 2-D shrinkage plot
 SHRINK_HIGHLIGHT_FOR = "shrink.highlight_for"  # the (table, columns) that selection belongs to
 SHRINK_CHART = "shrink.chart"
+SHRINK_CONTRAST = "shrink.contrast"  # a factor of 3+ levels: the condition effect on the 2-D plot's y axis
 
 NO_PREDICTOR = "(none: intercept only)"
 
+# DATA_KEY too: the sidebar draws it every run, but the rerun of a page's st.switch_page
+# (the pooling page's link to the paired t-test) carries no widget values.
 PERSISTENT = (
-    MODEL_FORMULA, MODEL_METHOD, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP, POOL_RANDOM,
+    DATA_KEY, MODEL_FORMULA, MODEL_METHOD, MODEL_FAMILY, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP,
+    POOL_RANDOM,
     POOL_SELECTED, POOL_SORT, POOL_PAGE, APP_IMAGE_FORMAT, MODEL_COMPARE, MODEL_SAVE_KIND,
     MODEL_SECTION, MODEL_RANEF_GROUP, MODEL_CAT_GROUP, MODEL_BUILDER_OPEN, SHRINK_HIGHLIGHT,
+    MODEL_DDF,
 )
 
 
@@ -162,6 +192,8 @@ def init() -> None:
         # A new session has no uploaded file: if the URL names one, it was lost.
         ss[DATA_LOST] = str(query["upload"])[:200] if query["upload"] else None
         ss[MODEL_METHOD] = "REML"
+        ss[MODEL_DDF] = "lme4"
+        ss[MODEL_FAMILY] = "gaussian"
         ss[MODEL_SAVED] = {}
         ss[APP_LECTURE] = query["lecture"] in ("1", "true", "yes")
         ss[APP_IMAGE_FORMAT] = "png"
@@ -203,6 +235,16 @@ def clear_builder() -> None:
     for k in list(ss.keys()):
         if str(k).startswith(BUILD_PREFIX):
             del ss[k]
+
+
+def open_model(formula: str, section: str | None = None) -> None:
+    """Set the model page's formula (and its open tab) for a link from another page;
+    the caller then switches to ``explorer.pages.by_name("model")``."""
+    ss = st.session_state
+    ss[MODEL_FORMULA] = formula
+    if section is not None:
+        ss[MODEL_SECTION] = section
+    clear_builder()
 
 
 def share_query() -> dict:

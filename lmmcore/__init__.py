@@ -9,12 +9,19 @@ The pipeline has lme4's four seams (Bates et al. 2015, JSS 67(1), Table 1):
 
 Public API (tests, pages and tools rely on these names):
 
-- ``lmer(formula, data, reml=True) -> MixedFit``
+- ``lmer(formula, data, reml=True) -> MixedFit``; on the fit, ``confint(method=...)``
+  (``lmmcore.intervals``), ``predict(newdata, re_form, interval)`` (``lmmcore.prediction``)
+  and ``influence(group)`` (``lmmcore.influence``)
+- ``glmer(formula, data, family="binomial", nAGQ=1) -> GlmmFit`` (binomial logit, Poisson log);
+  ``suggest_family(data, response) -> (family, reason)``
 - ``lm(formula, data) -> LinearFit``
 - ``anova(*fits, names=None) -> DataFrame``; ``format_anova(table) -> str`` prints it as R does
   (R's and lme4's printed layouts live in ``lmmcore.printing``; ``fit.summary()`` calls them)
+- ``MixedFit.coef_table(ddf)`` / ``MixedFit.anova_fixed(ddf)``: lmerTest's t-tests and type III
+  F-tests (Satterthwaite, Kenward-Roger); ``r2(fit)``: ``performance::r2_nakagawa``
 - ``pooling_estimates(data, response, predictor, group) -> PoolingEstimates`` (the mixed fit,
-  formulas, per-method table, group sizes, shrinkage); ``shrinkage_sd``, ``re_contours``
+  formulas, per-method table, group sizes, shrinkage; a factor predictor's condition effects
+  and condition means); ``shrinkage_sd``, ``re_contours``
 - ``model_equation(fit) -> ModelEquation``: the model as the lecture writes it (LaTeX lines,
   symbols with estimates, parameter count = anova's ``npar``)
 - ``compare_lm(compact, augmented)`` (R's ``anova(lm_c, lm_a)`` F test and PRE; printed by
@@ -24,15 +31,17 @@ Public API (tests, pages and tools rely on these names):
   ``compose_formula(response, fixed=..., groups=...) -> str`` writes one from menu choices
   (``lmmcore.formula_menu``)
 - errors: ``LmmError`` and its subclasses ``FormulaError``, ``DataError``,
-  ``FitError``, ``FitTimeout``
+  ``FitError``, ``FitTimeout``, ``BootstrapCancelled``
 """
 
-from lmmcore.errors import DataError, FitError, FitTimeout, FormulaError, LmmError
+from lmmcore.errors import (BootstrapCancelled, DataError, FitError, FitTimeout, FormulaError,
+                            LmmError)
 
 __all__ = [
-    "LmmError", "FormulaError", "DataError", "FitError", "FitTimeout",
+    "LmmError", "FormulaError", "DataError", "FitError", "FitTimeout", "BootstrapCancelled",
     "parse_formula", "compose_formula", "build_design",
-    "lmer", "MixedFit", "lm", "LinearFit", "anova", "format_anova",
+    "lmer", "MixedFit", "glmer", "GlmmFit", "suggest_family", "lm", "LinearFit", "anova",
+    "format_anova", "r2",
     "pooling_estimates", "PoolingEstimates", "shrinkage_sd", "re_contours", "load_table",
     "model_equation", "compare_lm", "format_lm_comparison", "information_criteria",
 ]
@@ -45,10 +54,14 @@ _PUBLIC = {
     "build_design": "lmmcore.design",
     "lmer": "lmmcore.mixed",
     "MixedFit": "lmmcore.mixed",
+    "glmer": "lmmcore.generalized",
+    "GlmmFit": "lmmcore.generalized",
+    "suggest_family": "lmmcore.generalized",
     "lm": "lmmcore.linear",
     "LinearFit": "lmmcore.linear",
     "anova": "lmmcore.compare",
     "format_anova": "lmmcore.printing",
+    "r2": "lmmcore.inference",
     "pooling_estimates": "lmmcore.pooling",
     "PoolingEstimates": "lmmcore.pooling",
     "shrinkage_sd": "lmmcore.pooling",

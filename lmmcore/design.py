@@ -19,8 +19,9 @@ import re
 import numpy as np
 import pandas as pd
 
+from lmmcore.collation import collation_key
 from lmmcore.errors import DataError, FitError, FormulaError
-from lmmcore.formula import (ARITHMETIC, TRANSFORMS, Formula, ModelTerms, Node,
+from lmmcore.formula import (ARITHMETIC, TRANSFORMS, Formula, ModelTerms, Node, cbind_parts,
                              format_number, parse_formula)
 from lmmcore.structure import MixedDesign, RandomTerm
 
@@ -69,10 +70,11 @@ def _sorted_factorize(values: np.ndarray) -> tuple:
 
 
 def _sorted_labels(labels) -> list:
-    """Sort as numbers when every label is a number ("2" < "10"), else as text."""
+    """Sort as numbers when every label is a number ("2" < "10"), else as text the way
+    R's ``sort()`` does in an en_US.UTF-8 session (``a A b B``, see lmmcore.collation)."""
     if all(_NUMBER_TEXT.match(lab) for lab in labels):
         return sorted(labels, key=lambda lab: (float(lab), lab))
-    return sorted(labels)
+    return sorted(labels, key=collation_key)
 
 
 def _factorize(series: pd.Series) -> tuple:
@@ -628,7 +630,13 @@ def build_design(formula, data: pd.DataFrame, *, categorical=None, numeric=None,
 
     constants: dict = {}
     levels: dict = {}
-    y = _variable_values([resp], cols, keep, constants, True, levels, {})[resp.label]
+    failures = None
+    if resp.kind == "cbind":
+        successes, fails = cbind_parts(resp)
+        pair = _variable_values([successes, fails], cols, keep, constants, True, levels, {})
+        y, failures = pair[successes.label], pair[fails.label]
+    else:
+        y = _variable_values([resp], cols, keep, constants, True, levels, {})[resp.label]
 
     def is_factor(v):
         return v.kind == "factor" or (v.kind == "column" and kinds[v.column] != "numeric")
@@ -667,6 +675,8 @@ def build_design(formula, data: pd.DataFrame, *, categorical=None, numeric=None,
 
     encoder = DesignEncoder(formula, kinds, levels, constants, plan, fixed_keep, plans,
                             group_levels)
+    # the fixed part's model frame: lmerTest's type III contrasts (lmmcore.inference) need it
+    encoder.fixed_values = values
     return MixedDesign(
         formula=str(formula),
         response_name=resp.label,
@@ -678,6 +688,7 @@ def build_design(formula, data: pd.DataFrame, *, categorical=None, numeric=None,
         n_dropped_na=n_dropped,
         row_index=data.index[keep],
         encoder=encoder,
+        failures=failures,
     )
 
 
@@ -711,3 +722,11 @@ def check_grouping_factor(group: str, term_text: str, n_levels: int, k: int, n: 
                        "be estimated; use a simpler random term, e.g. (1 | "
                        f"{group})")
 
+
+def check_single_response(design: MixedDesign, fitter: str) -> None:
+    """Refuse a ``cbind(successes, failures)`` response for a Gaussian model (``lm``,
+    ``lmer``): it is a binomial response."""
+    if design.failures is not None:
+        raise DataError(f"{design.response_name} is a binomial response (successes, failures); "
+                        f"{fitter} needs one numeric response column. Fit it with "
+                        "glmer(..., family='binomial')")

@@ -287,25 +287,26 @@ def _fit(kind: str, formula: str, data, kwargs):
     return getattr(lmmcore, kind)(formula, data, **kwargs)
 
 
-_KINDS = ("lmer", "lm")
+_KINDS = ("lmer", "lm", "glmer")
 
 
 def fit_in_worker(kind: str, formula: str, data, *, timeout: float, **kwargs):
-    """Fit ``lmmcore.lmer`` or ``lmmcore.lm`` in a worker process with a time limit.
+    """Fit ``lmmcore.lmer``, ``lmmcore.lm`` or ``lmmcore.glmer`` in a worker process with
+    a time limit.
 
     Parameters
     ----------
-    kind : {"lmer", "lm"}
+    kind : {"lmer", "lm", "glmer"}
     formula : str
     data : pandas.DataFrame
     timeout : float
         Seconds before the fit is stopped (``Settings.fit_timeout_s`` in the app).
     **kwargs
-        Passed on, e.g. ``reml=False`` for ``lmer``.
+        Passed on, e.g. ``reml=False`` for ``lmer``, ``family="poisson"`` for ``glmer``.
 
     Returns
     -------
-    MixedFit or LinearFit
+    MixedFit, LinearFit or GlmmFit
         The same object the in-process call returns.
 
     Raises
@@ -449,18 +450,19 @@ def _fit_design(design, reml: bool, data_name: str):
 
 def fit_limited(kind: str, formula: str, data, *, timeout: float, worker_min_rows: int = 5000,
                 worker_min_cost: float = DEFAULT_WORKER_MIN_COST, **kwargs):
-    """Fit ``lmmcore.lmer`` or ``lmmcore.lm`` under a time limit, in a worker when it is costly.
+    """Fit ``lmmcore.lmer``, ``lm`` or ``glmer`` under a time limit, in a worker when it is costly.
 
     A table of at least ``worker_min_rows`` rows goes to a worker process as it is
     (:func:`fit_in_worker`).  Otherwise the model's design is built here (cheap), and
     a fit whose :func:`estimate_cost` reaches ``worker_min_cost`` is sent, as that design,
     to a worker; a cheaper one runs in this thread under :func:`call_with_time_limit`.
-    An ``lm`` (least squares, cheap for any table under ``worker_min_rows``) runs in this
-    thread under the same limit.
+    An ``lm`` (least squares, cheap for any table under ``worker_min_rows``) and a ``glmer``
+    (no cost estimate yet; it also checks the limit itself) run in this thread under the
+    same limit.
 
     Parameters
     ----------
-    kind : {"lmer", "lm"}
+    kind : {"lmer", "lm", "glmer"}
     formula : str
     data : pandas.DataFrame
     timeout : float
@@ -488,6 +490,10 @@ def fit_limited(kind: str, formula: str, data, *, timeout: float, worker_min_row
         return fit_in_worker(kind, formula, data, timeout=timeout, **kwargs)
     if kind == "lm":
         return call_with_time_limit(_fit, kind, formula, data, kwargs, timeout=timeout)
+    if kind == "glmer":
+        # The Laplace fit checks its own limit too (time_limit); the rows decide where it runs.
+        return call_with_time_limit(_fit, kind, formula, data, {**kwargs, "time_limit": timeout},
+                                    timeout=timeout)
     from lmmcore.design import build_design
 
     reml = kwargs.pop("reml", True)
