@@ -302,7 +302,9 @@ def test_a_replica_killed_mid_lecture(cluster, chromium):
     for o in outcomes:
         assert o["errors"] == [], o
     for o in moved:
-        assert o["ended"] and o["upstream"] == live, o
+        # the last replica nginx tried answered: the live one (a request may have met the
+        # dead one first, and been passed on)
+        assert o["ended"] and o["upstream"].split(", ")[-1] == live, o
 
 
 def test_a_lost_upload_is_named_and_a_new_upload_clears_it():
