@@ -424,9 +424,9 @@ def text_marker(expected: str):
 
 
 def element_marker(kind: str, text: str | None = None):
-    """``done``: an element of ``kind`` (e.g. "plotly_chart") was drawn; with ``text``,
-    only once a markdown element holding ``text`` (Markdown escapes removed) came first."""
-    seen = {"text": text is None}
+    """``done``: an element of ``kind`` (e.g. "plotly_chart") was drawn and, with ``text``,
+    a markdown element holding ``text`` (Markdown escapes removed), in either order."""
+    seen = {"kind": False, "text": text is None}
 
     def done(msg, raw):
         if msg.WhichOneof("type") != "delta":
@@ -435,7 +435,9 @@ def element_marker(kind: str, text: str | None = None):
         what = element.WhichOneof("type")
         if what == "markdown" and text is not None and text in element.markdown.body.replace("\\", ""):
             seen["text"] = True
-        return what == kind and seen["text"]
+        if what == kind:
+            seen["kind"] = True
+        return seen["kind"] and seen["text"]
 
     return done
 
