@@ -1,12 +1,17 @@
 """Benchmark: the time lmmcore takes to fit a linear mixed model, against its peers.
 
-One run fits the same four models with lmmcore, mixedlm (a Rust-backed lme4 port, the
+One run fits the same models with lmmcore, mixedlm (a Rust-backed lme4 port, the
 fastest Python peer), statsmodels' MixedLM and, when ``Rscript`` is on the PATH, lme4
-itself (``bench/bench_lme4.R``, timed inside R).  Every time is the median of several
+itself (``bench/bench_lme4.R``, timed inside R).  Two rows time repeated small fits, the
+cost of a bootstrap or a cross-validation loop: "refits" fits 1,000 simulated responses
+on the sleepstudy design (lmmcore's ``MixedFit.refit(y)``, mixedlm's ``refit(newresp)``,
+lme4's ``refit(fit, newresp)``; the same responses for all three), "leave-one-out" fits
+the 180 subsets that leave one observation out (lmmcore's ``refit_subset``, which
+reuses the encoded design and warm-starts; a fresh ``lmer`` on the subset for the peers).  Every time is the median of several
 in-process fits of an already loaded data frame, after an untimed warm-up, so imports,
 R's start-up and reading the CSV are outside the timing.  The BLAS and thread settings
 are left as the environment has them and recorded in the output; lmmcore itself runs
-each fit with one BLAS thread (``lmmcore.mixed._one_blas_thread``), the peers with the
+each fit with one BLAS thread (``lmmcore.optimize.one_blas_thread``), the peers with the
 environment's.
 
 Printed: a table of times, lmmcore's speed-up over each peer (peer time / lmmcore time)
@@ -74,6 +79,25 @@ def _simulated(n_groups: int = 2000, n_per_group: int = 50, seed: int = 20240601
     return pd.DataFrame({"y": y, "x": x, "g": [f"g{i:04d}" for i in g]})
 
 
+def _chickweight() -> pd.DataFrame:
+    return pd.read_csv(ROOT / "data" / "ChickWeight.csv", dtype={"Chick": str, "Diet": str})
+
+
+#: Repeated-fit rows: number of simulated responses and the seed that draws them.
+N_REFITS = 1000
+REFIT_SEED = 20240613
+
+
+def simulated_responses(data: pd.DataFrame, n: int = N_REFITS, seed: int = REFIT_SEED):
+    """``n`` simulated responses y* = fitted + N(0, sigma^2) of the sleepstudy slope fit
+    (the same draws go to every peer)."""
+    import lmmcore
+
+    fit = lmmcore.lmer("Reaction ~ Days + (Days | Subject)", data)
+    rng = np.random.default_rng(seed)
+    return fit.fitted.to_numpy()[None, :] + rng.normal(0.0, fit.sigma, (n, fit.nobs))
+
+
 def _insteval() -> pd.DataFrame:
     cat = {c: str for c in ("s", "d", "dept", "service")}
     return pd.read_csv(ROOT / "bench" / "data" / "InstEval.csv", dtype=cat)
@@ -92,12 +116,26 @@ class Model:
     quick_repeats: int
     large: bool = False
     statsmodels_note: str = ""
+    #: "fit" (one fit per repeat), "refits" (N_REFITS responses per repeat) or
+    #: "loo" (one fit per left-out observation per repeat)
+    mode: str = "fit"
     data: pd.DataFrame | None = field(default=None, repr=False)
+    responses: np.ndarray | None = field(default=None, repr=False)
 
 
 MODELS = [
     Model("sleepstudy", "sleepstudy, random intercept", "Reaction ~ Days + (1 | Subject)",
           _sleepstudy, ("Subject",), repeats=15, quick_repeats=5),
+    Model("sleepstudy_slope", "sleepstudy, random slope", "Reaction ~ Days + (Days | Subject)",
+          _sleepstudy, ("Subject",), repeats=15, quick_repeats=5),
+    Model("chickweight", "ChickWeight, random slope", "weight ~ Time * Diet + (Time | Chick)",
+          _chickweight, ("Chick", "Diet"), repeats=15, quick_repeats=5),
+    Model("refits", f"sleepstudy slope, {N_REFITS:,} refits", "Reaction ~ Days + (Days | Subject)",
+          _sleepstudy, ("Subject",), repeats=3, quick_repeats=1, mode="refits",
+          statsmodels_note="skipped: no refit with a new response"),
+    Model("loo", "sleepstudy slope, 180 leave-one-out fits", "Reaction ~ Days + (Days | Subject)",
+          _sleepstudy, ("Subject",), repeats=3, quick_repeats=1, mode="loo",
+          statsmodels_note="skipped: repeated-fit row"),
     Model("penicillin", "Penicillin, crossed", "diameter ~ 1 + (1 | plate) + (1 | sample)",
           _penicillin, ("plate", "sample"), repeats=15, quick_repeats=5),
     Model("simulated", "simulated, 2,000 groups x 50 obs", "y ~ x + (x | g)",
@@ -115,21 +153,44 @@ MODELS = [
 # REML criterion (-2 x the REML log-likelihood at the optimum), comparable across peers;
 # evaluations is the number of objective evaluations the optimiser made (None: unknown).
 
+# Repeated-fit rows return the summed objective over all their fits (comparable across
+# peers: the same responses / subsets), the last fit's theta and the total evaluations.
+
 def _fit_lmmcore(model: Model, data: pd.DataFrame):
     import lmmcore
 
     fit = lmmcore.lmer(model.formula, data, reml=True)
-    record = getattr(fit, "optimizer", None)
-    return (float(fit.reml_criterion), np.asarray(fit.theta, dtype=float),
-            getattr(record, "evaluations", None))
+    if model.mode == "refits":
+        fits = [fit.refit(y) for y in model.responses]
+    elif model.mode == "loo":
+        keep = np.ones(fit.nobs, bool)
+        fits = []
+        for i in range(fit.nobs):
+            keep[i] = False
+            fits.append(fit.refit_subset(keep))
+            keep[i] = True
+    else:
+        return (float(fit.reml_criterion), np.asarray(fit.theta, dtype=float),
+                fit.optimizer.evaluations)
+    return (sum(float(f.reml_criterion) for f in fits), np.asarray(fits[-1].theta, float),
+            sum(f.optimizer.evaluations for f in fits))
 
 
 def _fit_mixedlm(model: Model, data: pd.DataFrame):
     import mixedlm
 
     fit = mixedlm.lmer(model.formula, data, REML=True)
-    return (float(fit.REMLcrit()), np.asarray(fit.theta, dtype=float),
-            getattr(fit, "function_evals", None))
+    if model.mode == "refits":
+        fits = [fit.refit(y) for y in model.responses]
+    elif model.mode == "loo":
+        fits = [mixedlm.lmer(model.formula, data.drop(index=data.index[i]), REML=True)
+                for i in range(len(data))]
+    else:
+        return (float(fit.REMLcrit()), np.asarray(fit.theta, dtype=float),
+                getattr(fit, "function_evals", None))
+    evals = [getattr(f, "function_evals", None) for f in fits]
+    return (sum(float(f.REMLcrit()) for f in fits), np.asarray(fits[-1].theta, float),
+            None if None in evals else sum(evals))
 
 
 def _statsmodels_model(model: Model, data: pd.DataFrame):
@@ -139,6 +200,11 @@ def _statsmodels_model(model: Model, data: pd.DataFrame):
 
     if model.key == "sleepstudy":
         return smf.mixedlm("Reaction ~ Days", data, groups=data["Subject"])
+    if model.key == "sleepstudy_slope":
+        return smf.mixedlm("Reaction ~ Days", data, groups=data["Subject"], re_formula="~Days")
+    if model.key == "chickweight":
+        return smf.mixedlm("weight ~ Time * C(Diet)", data, groups=data["Chick"],
+                           re_formula="~Time")
     if model.key == "simulated":
         return smf.mixedlm("y ~ x", data, groups=data["g"], re_formula="~x")
     one = np.ones(len(data))
@@ -225,8 +291,14 @@ def _time_lme4(model: Model, repeats: int, warmup: bool, csv_dir: Path) -> dict:
     csv = csv_dir / f"{model.key}.csv"
     if not csv.exists():
         model.data.to_csv(csv, index=False)
+    mode = model.mode
+    if mode == "refits":
+        responses = csv_dir / f"{model.key}-responses.csv"
+        if not responses.exists():
+            np.savetxt(responses, model.responses, delimiter=",", fmt="%.17g")
+        mode = f"refits:{responses}"
     cmd = [shutil.which("Rscript"), str(R_SCRIPT), str(csv), model.formula,
-           ",".join(model.factors), str(repeats), "1" if warmup else "0"]
+           ",".join(model.factors), str(repeats), "1" if warmup else "0", mode]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.strip()[-500:])
@@ -242,7 +314,15 @@ def _run_peer(peer: str, model: Model, repeats: int, quick: bool, csv_dir: Path)
     # on sleepstudy (main) has already paid the imports and first-call costs there.
     warmup = not (model.large and quick)
     if peer == "lme4":
-        return _time_lme4(model, repeats, warmup, csv_dir)
+        result = _time_lme4(model, repeats, warmup, csv_dir)
+        if model.mode == "refits":
+            # lme4 1.1-31's refit(fit, newresp) of a REML fit does not reproduce lmer on
+            # the new data (refit(fit, original y) reports REMLcrit 1751.947, not
+            # 1743.628): its objective is not comparable; the time is
+            result["note"] = ("objective not compared: lme4's refit() of a REML fit differs "
+                              "from a fresh lmer (lme4 1.1-31)")
+            result["objective"] = None
+        return result
     return _time_python(peer, model, repeats, warmup)
 
 
@@ -358,7 +438,8 @@ def _print_table(rows: dict) -> None:
     for line in lines:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
     print("\nvs PEER = PEER time / lmmcore time (above 1: lmmcore is faster); "
-          "obj = REML criterion (negative: lmmcore's optimum is lower).")
+          "obj = REML criterion (negative: lmmcore's optimum is lower; summed over the fits "
+          "of a repeated-fit row).")
     for row in rows.values():
         notes = [f"{peer}: {info['note']}" for peer, info in row["peers"].items()
                  if info.get("note")]
@@ -520,6 +601,82 @@ def _print_intervals(res: dict) -> None:
         print(f"  lme4: {res['lme4_note']}")
 
 
+# =========================================================================== simulation
+# Issue 9 (the Simulate page): its own rows, kept in this one block.  ``_bench_simulation``
+# times (1) a slider change on the Simulate page at the default sizes, through Streamlit's
+# AppTest (the page's whole script run: simulate, the three poolings, the figures); (2) 200
+# repetitions of 20 groups x 10 (``lmmcore.repeat_pooling_error``); (3) leave-one-out
+# cross-validation of sleepstudy (180 lmer refits plus the lm fits) against the loop of 180
+# lme4 fits timed inside R in the same run (bench/bench_cv_lme4.R).  Targets from the issue.
+SIMULATION_TARGETS = {"slider_change_s": 1.0, "repeat_200_s": 5.0, "loo_vs_lme4": 5.0}
+CV_R_SCRIPT = Path(__file__).resolve().parent / "bench_cv_lme4.R"
+
+
+def _median_time(fn, repeats: int) -> list:
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _bench_simulation(quick: bool, with_r: bool) -> dict:
+    import lmmcore
+    from streamlit.testing.v1 import AppTest
+
+    out = {"targets": SIMULATION_TARGETS}
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("app_pages/simulate.py")
+    at.run()
+    sigmas = [4.5, 5.0, 5.5] if quick else [4.5, 5.0, 5.5, 6.0, 6.5]
+    slider = []
+    for value in sigmas:  # every value new: nothing comes from the page's caches
+        at.slider(key="simulate.sigma").set_value(value)
+        slider += _median_time(at.run, 1)
+    out["slider_change_s"] = {"times": slider, "median": statistics.median(slider)}
+    reps = _median_time(lambda: lmmcore.repeat_pooling_error(200, seed=1), 1 if quick else 3)
+    out["repeat_200_s"] = {"times": reps, "median": statistics.median(reps)}
+    sleep = _sleepstudy()
+    loo = _median_time(lambda: lmmcore.cross_validate(sleep, "Reaction", "Days", "Subject", scheme="loo"),
+                       1 if quick else 3)
+    out["loo_sleepstudy_s"] = {"times": loo, "median": statistics.median(loo)}
+    if with_r and shutil.which("Rscript"):
+        with tempfile.TemporaryDirectory(prefix="lmm-bench-cv-") as tmp:
+            csv = Path(tmp) / "sleepstudy.csv"
+            sleep.to_csv(csv, index=False)
+            proc = subprocess.run([shutil.which("Rscript"), str(CV_R_SCRIPT), str(csv), "1" if quick else "3"],
+                                  capture_output=True, text=True, timeout=3600)
+        if proc.returncode == 0:
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            out["lme4_loo"] = {"lmer_loop_median": statistics.median(r["lmer_loop"]),
+                               "full_loo_median": statistics.median(r["full_loo"]), "lme4": r["lme4"]}
+            out["loo_vs_lme4"] = out["lme4_loo"]["lmer_loop_median"] / out["loo_sleepstudy_s"]["median"]
+        else:
+            out["lme4_loo"] = {"note": f"failed: {proc.stderr.strip()[-300:]}"}
+    return out
+
+
+def _print_simulation(sim: dict) -> None:
+    t = sim["targets"]
+    print("\nSimulate page (issue 9); targets in brackets")
+    print(f"  slider change, default sizes : {_fmt_time(sim['slider_change_s']['median']):>10}"
+          f"   [<= {t['slider_change_s']:g} s]")
+    print(f"  200 repetitions, 20 x 10     : {_fmt_time(sim['repeat_200_s']['median']):>10}"
+          f"   [<= {t['repeat_200_s']:g} s]")
+    print(f"  LOO sleepstudy, lmmcore      : {_fmt_time(sim['loo_sleepstudy_s']['median']):>10}")
+    r = sim.get("lme4_loo", {})
+    if "lmer_loop_median" in r:
+        print(f"  LOO sleepstudy, lme4 (180 lmer fits only / whole LOO): "
+              f"{_fmt_time(r['lmer_loop_median'])} / {_fmt_time(r['full_loo_median'])}")
+        print(f"  lmmcore LOO vs lme4's fit loop: {sim['loo_vs_lme4']:.1f}x   [>= {t['loo_vs_lme4']:g}x]")
+    elif r:
+        print(f"  lme4: {r.get('note')}")
+# ======================================================================= end simulation
+
+
 # --------------------------------------------------------------------------- main
 # --------------------------------------------------------------------------- glmer
 # The glmer block (issue 10): lmmcore.glmer against lme4's glmer in the same run.
@@ -591,6 +748,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=ARTIFACT)
     parser.add_argument("--skip-intervals", action="store_true",
                         help="leave out the profile confint and bootstrap timings")
+    parser.add_argument("--no-simulation", action="store_true",
+                        help="skip the Simulate page's rows (issue 9)")
     args = parser.parse_args(argv)
 
     wanted = [p.strip() for p in args.peers.split(",") if p.strip()]
@@ -632,6 +791,8 @@ def main(argv=None) -> int:
         for model in models:
             if model.data is None:
                 model.data = model.load()
+            if model.mode == "refits" and model.responses is None:
+                model.responses = simulated_responses(model.data)
             repeats = model.quick_repeats if args.quick else model.repeats
             row = {"label": model.label, "formula": model.formula, "nobs": len(model.data),
                    "large": model.large, "repeats": repeats, "peers": {}}
@@ -677,11 +838,15 @@ def main(argv=None) -> int:
     else:
         inference_rows = {}
 
+    simulation = None if args.no_simulation else _bench_simulation(args.quick, "lme4" in active)  # issue 9
+    if simulation is not None:
+        _print_simulation(simulation)
+
     report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick,
               "load_average_at_start": load_at_start,
               "versions": versions, "missing": missing, "environment": _environment(),
               "models": rows, "inference": inference_rows, "intervals": intervals,
-              "glmer": glmm_rows}
+              "glmer": glmm_rows, "simulation": simulation}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, default=str))
     print(f"\nwritten: {args.output}")

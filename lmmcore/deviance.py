@@ -10,33 +10,40 @@ Notes
 -----
 The random effects are ``b = Lambda(theta) u`` with ``u ~ N(0, sigma^2 I)``.  With
 ``A = Lambda' Z'Z Lambda + I`` and its lower Cholesky factor ``L`` the profiled
-criteria are (JSS eq. 34 and 41)::
+criteria are (JSS eq. 34 and 41), in :func:`profiled_criterion` and nowhere else::
 
     ML:   log|L|^2 + n (1 + log(2 pi pwrss / n))
     REML: log|L|^2 + log|R_X|^2 + (n - p) (1 + log(2 pi pwrss / (n - p)))
 
-``L`` is blocked as in MixedModels.jl: the random term with the most columns ``k m``
-(the "lead" term) has ``A_11`` block diagonal (``m`` blocks of ``k x k``), factored in
-one batched numpy call; the remaining terms form ``A_22`` (dense, modest size), the
-off-diagonal block ``A_21`` is sparse, and ``[X y]`` comes last, so its Schur
-complement gives ``R_X`` and ``pwrss``.  No n x n matrix is ever formed.
+``[X y]`` comes last in the factor, so the Cholesky factor ``LM`` of its Schur
+complement holds ``R_X'`` and ``sqrt(pwrss)`` (:func:`fixed_effects` reads beta and
+pwrss from it, for every representation).
 
-Speed (the same numbers, fewer operations):
+One criterion, three representations of ``L`` behind one interface (``factor(theta)``,
+``gradient(factor, reml)``), each with one analytic gradient:
 
-* with scalar terms only (e.g. InstEval's three crossed intercepts) the Schur complement
-  ``A_22 - L_21 L_21'`` is updated on a sparsity pattern computed once
+* :class:`OneTerm`: a single random term.  ``L`` is block diagonal, ``m`` blocks of
+  ``k x k`` factored in a few batched numpy calls (closed forms for k <= 2);
+* :class:`Blocked`: several terms, as in MixedModels.jl: the term with the most columns
+  ``k m`` (the "lead" term) is block diagonal, the remaining terms form a dense block
+  ``A_22`` and the off-diagonal block ``A_21`` is sparse.  No n x n or q x q matrix is
+  formed.  With scalar terms only (e.g. InstEval's three crossed intercepts) the Schur
+  complement ``A_22 - L_21 L_21'`` is updated on a sparsity pattern computed once
   (:class:`SchurPattern`): one sparse matrix-vector product per evaluation;
-* the dense blocks go to LAPACK directly (potrf / potri / trtrs, in place, no checks);
-* a small model with several terms (q <= ``DENSE_Q_MAX``) is evaluated during the
-  optimisation on dense q x q matrices (:func:`dense_objective_and_gradient`), where a
-  few LAPACK calls beat many small blocked ones;
-* :class:`ProfiledDeviance` keeps the factor of its last theta, so an optimiser that asks
-  for the value of a trial point and then for the gradient of an accepted one factors once.
+* :class:`Dense`: several terms with at most ``DENSE_Q_MAX`` random effects, on dense
+  q x q matrices, where a few LAPACK calls beat many small blocked ones.
+
+:class:`ProfiledDeviance` chooses the representation, keeps the factor of its last theta
+(an optimiser that asks for the value of a trial point and then for the gradient of an
+accepted one factors once) and is what the optimiser minimises.  :func:`solve` gives
+the penalised least-squares solution (beta, u, b, sigma) from the blocked factor, which
+every model has.  Bounds, starting values and sign flips of theta are the optimiser's
+business (``lmmcore.optimize``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -97,40 +104,6 @@ def term_layouts(design: MixedDesign) -> tuple:
         layouts.append(TermLayout(k, term.n_levels, offset, r, c))
         offset += k * (k + 1) // 2
     return tuple(layouts)
-
-
-def theta_lower(layouts) -> np.ndarray:
-    """Lower bounds of theta: 0 for diagonal elements of each factor, -inf otherwise."""
-    parts = [np.where(lay.rows == lay.cols, 0.0, -np.inf) for lay in layouts]
-    return np.concatenate(parts) if parts else np.zeros(0)
-
-
-def theta_start(layouts) -> np.ndarray:
-    """lme4's starting value: 1 on the diagonals, 0 off them."""
-    parts = [np.where(lay.rows == lay.cols, 1.0, 0.0) for lay in layouts]
-    return np.concatenate(parts) if parts else np.zeros(0)
-
-
-def column_diagonal_index(layouts) -> np.ndarray:
-    """For each theta element, the theta index of the diagonal element of its column."""
-    out = []
-    for lay in layouts:
-        diag_pos = {int(c): i for i, (r, c) in enumerate(zip(lay.rows, lay.cols)) if r == c}
-        out.append(lay.theta_offset + np.array([diag_pos[int(c)] for c in lay.cols], np.intp))
-    return np.concatenate(out) if out else np.zeros(0, np.intp)
-
-
-def canonical_signs(layouts, theta, diag_index=None) -> np.ndarray:
-    """Signs (+1 or -1 per element) that move ``theta`` inside lme4's bounds.
-
-    Flipping the sign of a column of a relative covariance factor T leaves T T', hence
-    the model and the objective, unchanged; so ``signs * theta`` has the same objective
-    as ``theta`` and a non-negative diagonal in every factor (for a scalar term: the
-    absolute value).  By the same symmetry the gradient there is ``signs * gradient``.
-    """
-    if diag_index is None:
-        diag_index = column_diagonal_index(layouts)
-    return np.where(np.asarray(theta, float)[diag_index] < 0, -1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -390,34 +363,119 @@ def cross_products(design: MixedDesign) -> CrossProducts:
 
 
 # ---------------------------------------------------------------------------
+# A new response on the same design (lme4's refit(fit, newresp))
+
+@dataclass(frozen=True)
+class ResponseMap:
+    """The linear map y -> (Z_1'y per level, Z_2'y, X'y) of one design, built once.
+
+    Only the last column of ``C1``, ``C2`` and ``M0`` depends on y: a refit with a new
+    response replaces those (:func:`with_response`) and keeps everything else, including
+    the Schur pattern.
+    """
+
+    Zt1: sp.csr_matrix
+    Zt2: object
+    X: np.ndarray
+
+
+def response_map(cp: CrossProducts, design: MixedDesign) -> ResponseMap:
+    """Build the :class:`ResponseMap` of ``design`` (whose cross products are ``cp``)."""
+    n = cp.n
+    terms = design.random_terms
+
+    def transposed_z(i, offset, size):
+        lay = cp.layouts[i]
+        cols = (offset + np.asarray(terms[i].codes, np.intp)[:, None] * lay.k
+                + np.arange(lay.k)[None, :])
+        vals = np.asarray(terms[i].Z_raw, float).reshape(n, lay.k)
+        rows = np.broadcast_to(np.arange(n)[:, None], cols.shape)
+        return sp.csr_matrix((vals.ravel(), (cols.ravel() - offset, rows.ravel())),
+                             shape=(size, n))
+
+    Zt1 = transposed_z(cp.lead, 0, cp.q1)
+    Zt2 = None
+    if cp.rest:
+        Zt2 = sp.vstack([transposed_z(i, 0, cp.layouts[i].k * cp.layouts[i].m)
+                         for i in cp.rest]).tocsr()
+    return ResponseMap(Zt1=Zt1, Zt2=Zt2, X=np.ascontiguousarray(design.X, float))
+
+
+def with_response(cp: CrossProducts, rmap: ResponseMap, y) -> CrossProducts:
+    """``cp`` for the response ``y`` (same design): Z'y, X'y and y'y replaced."""
+    y = np.asarray(y, float)
+    p = cp.p
+    C1 = cp.C1.copy()
+    C1[:, :, p] = (rmap.Zt1 @ y).reshape(C1.shape[0], C1.shape[1])
+    C2 = cp.C2
+    if rmap.Zt2 is not None:
+        C2 = cp.C2.copy()
+        C2[:, p] = rmap.Zt2 @ y
+    M0 = cp.M0.copy()
+    M0[p, :p] = M0[:p, p] = y @ rmap.X
+    M0[p, p] = y @ y
+    return replace(cp, C1=C1, C2=C2, M0=M0)
+
+
+# ---------------------------------------------------------------------------
+# The criterion and the fixed effects: one formula each, for every representation
+
+def profiled_criterion(logdet_L2: float, LM: np.ndarray, n: int, p: int, reml: bool) -> float:
+    """The profiled criterion (JSS eq. 34 / 41): the one place the formula lives.
+
+    ``LM`` is the lower Cholesky factor of the Schur complement of [X y]: R_X' in its
+    top-left p x p block, sqrt(pwrss) as its last diagonal element.  Returns ``inf``
+    where it is not finite (pwrss = 0: y fitted exactly).
+    """
+    pwrss = float(LM[p, p]) ** 2
+    if reml:
+        nmp = n - p
+        ldRX2 = 2.0 * float(np.log(np.diagonal(LM)[:p]).sum())
+        val = logdet_L2 + ldRX2 + nmp * (1.0 + _LOG_2PI + np.log(pwrss / nmp))
+    else:
+        val = logdet_L2 + n * (1.0 + _LOG_2PI + np.log(pwrss / n))
+    return float(val) if np.isfinite(val) else float("inf")
+
+
+def fixed_effects(LM: np.ndarray, p: int):
+    """``(beta, pwrss)`` from the factor of [X y]'s Schur complement: R_X beta = c_X."""
+    beta = _trsolve(LM[:p, :p], LM[p, :p], lower=True, trans=True) if p else np.zeros(0)
+    return beta, float(LM[p, p]) ** 2
+
+
+def _chol_or_none(M):
+    """Lower Cholesky factor, or None where M is not positive definite."""
+    L, info = dpotrf(M.T, lower=0, clean=1)
+    return L.T if info == 0 else None
+
+
+# ---------------------------------------------------------------------------
 # batched k x k helpers for the lead term (closed forms for k = 1, 2: the common cases)
 
-def _batched_cholesky(S: np.ndarray) -> np.ndarray:
-    k = S.shape[-1]
+def _lead_blocks(A11: np.ndarray, T: np.ndarray):
+    """``(L11^{-1}, log det A_11)`` for the blocks ``A_j = T'A11_j T + I`` of the lead
+    term, ``L11_j L11_j' = A_j`` (closed forms for k <= 2: the common cases, where a
+    few elementwise operations beat batched LAPACK calls)."""
+    k = T.shape[0]
     if k == 1:
-        return np.sqrt(S)
+        t = T[0, 0]
+        d = A11 * (t * t) + 1.0
+        return 1.0 / np.sqrt(d), float(np.log(d).sum())
+    S = T.T @ A11 @ T                                 # T' A11_j T for every level j
     if k == 2:
-        L = np.zeros_like(S)
-        l00 = np.sqrt(S[:, 0, 0])
-        l10 = S[:, 1, 0] / l00
-        L[:, 0, 0] = l00
-        L[:, 1, 0] = l10
-        L[:, 1, 1] = np.sqrt(S[:, 1, 1] - l10 * l10)
-        return L
-    return np.linalg.cholesky(S)
-
-
-def _batched_lower_inverse(L: np.ndarray) -> np.ndarray:
-    k = L.shape[-1]
-    if k == 1:
-        return 1.0 / L
-    if k == 2:
-        Li = np.zeros_like(L)
-        Li[:, 0, 0] = 1.0 / L[:, 0, 0]
-        Li[:, 1, 1] = 1.0 / L[:, 1, 1]
-        Li[:, 1, 0] = -L[:, 1, 0] * Li[:, 0, 0] * Li[:, 1, 1]
-        return Li
-    return np.linalg.inv(L)
+        s00, s10, s11 = S[:, 0, 0] + 1.0, S[:, 1, 0], S[:, 1, 1] + 1.0
+        i00 = 1.0 / np.sqrt(s00)
+        l10 = s10 * i00
+        d11 = s11 - l10 * l10                         # L11[1, 1]^2
+        i11 = 1.0 / np.sqrt(d11)
+        Li = np.zeros_like(S)
+        Li[:, 0, 0] = i00
+        Li[:, 1, 0] = -l10 * i00 * i11
+        Li[:, 1, 1] = i11
+        return Li, float(np.log(s00 * d11).sum())
+    S += np.eye(k)
+    L = np.linalg.cholesky(S)
+    return np.linalg.inv(L), 2.0 * float(np.log(np.diagonal(L, axis1=1, axis2=2)).sum())
 
 
 def _batched_gram(Li: np.ndarray) -> np.ndarray:
@@ -433,65 +491,6 @@ def _batched_gram(Li: np.ndarray) -> np.ndarray:
         G[:, 1, 1] = c * c
         return G
     return np.swapaxes(Li, 1, 2) @ Li
-
-
-def _left(M: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """``M @ X_j`` for every level j as one matrix product: with row-major flattening
-    the map X_j -> M X_j is the matrix kron(M', I)."""
-    m, k, c = X.shape
-    return (X.reshape(m, k * c) @ np.kron(M.T, np.eye(c))).reshape(m, M.shape[0], c)
-
-
-def _right(X: np.ndarray, M: np.ndarray) -> np.ndarray:
-    """``X_j @ M`` for every level j as one matrix product."""
-    m, r, k = X.shape
-    return (X.reshape(m * r, k) @ M).reshape(m, r, M.shape[1])
-
-
-@dataclass(frozen=True)
-class Factor:
-    """The blocked Cholesky factor at one theta (the JSS paper's L_theta, R_ZX, R_X).
-
-    Attributes
-    ----------
-    theta : ndarray
-    T1 : ndarray (k1, k1)
-        Template of the lead term's Lambda block.
-    L11, L11inv : ndarray (m1, k1, k1)
-        Diagonal blocks of L for the lead term and their inverses.
-    lam2 : scipy.sparse.csr_matrix or ndarray or None
-        Lambda_2 (a vector when every rest term is scalar).
-    L21 : scipy.sparse.csr_matrix (q2, q1) or None
-    L22 : ndarray (q2, q2), lower
-    c1 : ndarray (m1, k1, p + 1)
-        L_11^{-1} Lambda_1' Z_1'[X y].
-    c2 : ndarray (q2, p + 1)
-        The rest part of L^{-1} Lambda' Z'[X y].
-    LM : ndarray (p + 1, p + 1)
-        Lower Cholesky factor of the Schur complement of [X y]; its top-left p x p
-        block is R_X' and its last diagonal element is sqrt(pwrss).
-    logdet_L2 : float
-        log det(L L') = 2 sum log diag L.
-    """
-
-    theta: np.ndarray
-    T1: np.ndarray
-    L11: np.ndarray
-    L11inv: np.ndarray
-    lam2: object
-    L21: object
-    L22: np.ndarray
-    c1: np.ndarray
-    c2: np.ndarray
-    LM: np.ndarray
-    logdet_L2: float
-
-
-def _lambda2(cp: CrossProducts, theta: np.ndarray):
-    if cp.rest_scalar:
-        return theta[cp.lam2_theta]
-    q2 = cp.q2
-    return sp.csr_matrix((theta[cp.lam2_theta], (cp.lam2_rows, cp.lam2_cols)), shape=(q2, q2))
 
 
 def _trsolve(T: np.ndarray, b: np.ndarray, lower: bool, trans: bool = False) -> np.ndarray:
@@ -516,6 +515,54 @@ def _cholesky_lower(S: np.ndarray) -> np.ndarray:
     if info != 0:
         raise np.linalg.LinAlgError("the random-effects block is not positive definite")
     return U.T
+
+
+# ---------------------------------------------------------------------------
+# The blocked factor (every model has one: the results are read from it)
+
+@dataclass(frozen=True)
+class Factor:
+    """The blocked Cholesky factor at one theta (the JSS paper's L_theta, R_ZX, R_X).
+
+    Attributes
+    ----------
+    theta : ndarray
+    T1 : ndarray (k1, k1)
+        Template of the lead term's Lambda block.
+    L11inv : ndarray (m1, k1, k1)
+        Inverses of the diagonal blocks of L for the lead term.
+    lam2 : scipy.sparse.csr_matrix or ndarray or None
+        Lambda_2 (a vector when every rest term is scalar).
+    L21 : scipy.sparse.csr_matrix or ndarray (q2, q1), or None
+    L22 : ndarray (q2, q2), lower
+    c1 : ndarray (m1, k1, p + 1)
+        L_11^{-1} Lambda_1' Z_1'[X y].
+    c2 : ndarray (q2, p + 1)
+        The rest part of L^{-1} Lambda' Z'[X y].
+    LM : ndarray (p + 1, p + 1)
+        Lower Cholesky factor of the Schur complement of [X y]; its top-left p x p
+        block is R_X' and its last diagonal element is sqrt(pwrss).
+    logdet : float
+        log det(L L') = 2 sum log diag L.
+    """
+
+    theta: np.ndarray
+    T1: np.ndarray
+    L11inv: np.ndarray
+    lam2: object
+    L21: object
+    L22: np.ndarray
+    c1: np.ndarray
+    c2: np.ndarray
+    LM: np.ndarray
+    logdet: float
+
+
+def _lambda2(cp: CrossProducts, theta: np.ndarray):
+    if cp.rest_scalar:
+        return theta[cp.lam2_theta]
+    q2 = cp.q2
+    return sp.csr_matrix((theta[cp.lam2_theta], (cp.lam2_rows, cp.lam2_cols)), shape=(q2, q2))
 
 
 def _scalar_rest(cp: CrossProducts, theta, lam2, d1):
@@ -584,19 +631,11 @@ def factorize(cp: CrossProducts, theta) -> Factor:
     lay1 = cp.layouts[cp.lead]
     k1, m1, p = lay1.k, lay1.m, cp.p
     T1 = lay1.template(theta)
+    L11inv, logdet = _lead_blocks(cp.A11, T1)
     if k1 == 1:
-        t = T1[0, 0]
-        L11 = np.sqrt(cp.A11 * (t * t) + 1.0)
-        L11inv = 1.0 / L11
-        c1 = cp.C1 * (t * L11inv)
+        c1 = cp.C1 * (T1[0, 0] * L11inv)
     else:
-        # T' A_j T for all levels at once: row-major vec(T'AT) = vec(A) kron(T, T)
-        S = (cp.A11.reshape(m1, k1 * k1) @ np.kron(T1, T1)).reshape(m1, k1, k1)
-        S[:, np.arange(k1), np.arange(k1)] += 1.0
-        L11 = _batched_cholesky(S)
-        L11inv = _batched_lower_inverse(L11)
-        c1 = L11inv @ _left(T1.T, cp.C1)
-    logdet = 2.0 * float(np.log(np.diagonal(L11, axis1=1, axis2=2)).sum())
+        c1 = L11inv @ (T1.T @ cp.C1)
     c1f = c1.reshape(m1 * k1, p + 1)
     M = cp.M0 - c1f.T @ c1f
 
@@ -614,27 +653,228 @@ def factorize(cp: CrossProducts, theta) -> Factor:
         c2 = _trsolve(L22, c2 - L21 @ c1f, lower=True)
         logdet += 2.0 * float(np.log(np.diagonal(L22)).sum())
         M = M - c2.T @ c2
-    LM = np.linalg.cholesky(M)
-    return Factor(theta, T1, L11, L11inv, lam2, L21, L22, c1, c2, LM, logdet)
+    LM = _chol_or_none(M)
+    if LM is None or not np.isfinite(logdet):
+        raise np.linalg.LinAlgError("the Schur complement of [X y] is not positive definite")
+    return Factor(theta, T1, L11inv, lam2, L21, L22, c1, c2, LM, logdet)
 
 
-def profiled_criterion(logdet_L2: float, LM: np.ndarray, n: int, p: int, reml: bool) -> float:
-    """The profiled criterion (JSS eq. 34 / 41): the one place the formula lives.
+def _factor_or_none(cp: CrossProducts, theta):
+    try:
+        return factorize(cp, theta)
+    except np.linalg.LinAlgError:
+        return None
 
-    ``LM`` is the lower Cholesky factor of the Schur complement of [X y]: R_X' in its
-    top-left p x p block, sqrt(pwrss) as its last diagonal element.
+
+def _back_solve(cp: CrossProducts, f: Factor, r1: np.ndarray, r2: np.ndarray):
+    """Solve L' x = r for the blocked L; r1 (m1, k1, c), r2 (q2, c)."""
+    lay1 = cp.layouts[cp.lead]
+    m1, k1 = lay1.m, lay1.k
+    x2 = None
+    if cp.rest:
+        x2 = _trsolve(f.L22, r2, lower=True, trans=True)
+        r1 = r1 - np.asarray(f.L21.T @ x2).reshape(m1, k1, -1)
+    x1 = np.swapaxes(f.L11inv, 1, 2) @ r1
+    return x1, x2
+
+
+def _lambda_times(cp: CrossProducts, f: Factor, x1, x2):
+    """Lambda x in blocked form."""
+    y1 = f.T1 @ x1
+    if not cp.rest:
+        return y1, None
+    y2 = f.lam2[:, None] * x2 if cp.rest_scalar else np.asarray(f.lam2 @ x2)
+    return y1, y2
+
+
+def _spherical_effects(cp: CrossProducts, f: Factor, beta):
+    """u = L^{-T} (c_y - c_X beta) in blocked form: (m1, k1, 1) and (q2, 1) or None."""
+    p = cp.p
+    r1 = (f.c1[:, :, p] - f.c1[:, :, :p] @ beta)[:, :, None]
+    r2 = (f.c2[:, p] - f.c2[:, :p] @ beta)[:, None] if cp.rest else None
+    return _back_solve(cp, f, r1, r2)
+
+
+# ---------------------------------------------------------------------------
+# The three representations (one interface: factor(theta) -> factor or None,
+# gradient(factor, reml) -> ndarray or None; every factor has .logdet and .LM)
+
+class OneTerm:
+    """A single random term: L is block diagonal (m blocks of k x k).
+
+    Gradient (``A_j = T'S_j T + I`` with ``S_j = Z_j'Z_j``, ``dT_e`` the unit matrix at
+    theta element e's position ``(r_e, c_e)``, residual ``r``, envelope theorem for
+    pwrss)::
+
+        d log|A|       = 2 sum_j (A_j^{-1} T'S_j)[c_e, r_e]
+        d pwrss        = -2 sum_j (Z_j'r)[r_e] u_j[c_e]
+        d log|R_X|^2   = -2 (T' sum_j G_j (R_X'R_X)^{-1} G_j')[c_e, r_e],
+                         G_j = Z_j'V0^{-1}X = Z_j'X - S_j T A_j^{-1} T'Z_j'X
+
+    Sums over levels of k x k blocks: the gradient costs about what the value does, and
+    it needs no inverse of T, so it holds on the boundary too.
     """
-    pwrss = float(LM[p, p]) ** 2
-    if reml:
-        nmp = n - p
-        ldRX2 = 2.0 * float(np.log(np.diagonal(LM)[:p]).sum())
-        return logdet_L2 + ldRX2 + nmp * (1.0 + _LOG_2PI + np.log(pwrss / nmp))
-    return logdet_L2 + n * (1.0 + _LOG_2PI + np.log(pwrss / n))
+
+    def __init__(self, cp: CrossProducts):
+        self.cp = cp
+
+    def factor(self, theta):
+        return _factor_or_none(self.cp, theta)
+
+    def gradient(self, f: Factor, reml: bool):
+        cp = self.cp
+        n, p = cp.n, cp.p
+        lay = cp.layouts[0]
+        T, Li, S = f.T1, f.L11inv, cp.A11
+        beta, pwrss = fixed_effects(f.LM, p)
+        u = _spherical_effects(cp, f, beta)[0][:, :, 0]          # (m, k)
+        ST = S @ T                                                # S_j T
+        Ainv = _batched_gram(Li)                                  # A_j^{-1}
+        Zr = cp.C1[:, :, p] - cp.C1[:, :, :p] @ beta - (ST @ u[:, :, None])[:, :, 0]
+        rows, cols = lay.rows, lay.cols
+        H = (Ainv @ np.swapaxes(ST, 1, 2)).sum(axis=0)            # sum_j A_j^{-1} T'S_j
+        grad = 2.0 * H[cols, rows]
+        denom = (n - p) if reml else n
+        grad -= 2.0 * denom / pwrss * (Zr[:, rows] * u[:, cols]).sum(axis=0)
+        if reml and p:
+            ZtX = cp.C1[:, :, :p]
+            G = ZtX - ST @ (Ainv @ (T.T @ ZtX))                   # (m, k, p)
+            LXi = _trsolve(f.LM[:p, :p], np.eye(p), lower=True)
+            GV = G @ LXi.T                                        # G R_X^{-1}
+            GVf = GV.transpose(1, 0, 2).reshape(lay.k, -1)
+            TK = T.T @ (GVf @ GVf.T)
+            grad -= 2.0 * TK[cols, rows]
+        return grad
 
 
-def objective_from_factor(f: Factor, n: int, p: int, reml: bool) -> float:
-    """The profiled criterion from a blocked factor."""
-    return profiled_criterion(f.logdet_L2, f.LM, n, p, reml)
+def _diag_block_sums(P_lower, offset, lay):
+    """Sum over levels of a term's diagonal k x k blocks of a symmetric (q2, q2) matrix
+    of which only the lower triangle is filled (LAPACK potri's output)."""
+    k, m = lay.k, lay.m
+    if k == 1:
+        return np.array([[np.diagonal(P_lower)[offset:offset + m].sum()]])
+    idx = offset + np.arange(m)[:, None] * k + np.arange(k)[None, :]
+    S = P_lower[idx[:, :, None], idx[:, None, :]].sum(axis=0)
+    return np.tril(S) + np.tril(S, -1).T
+
+
+def _ztz_times(cp: CrossProducts, v1, v2):
+    """Z'Z v in blocked form; v1 (m1, k1, c), v2 (q2, c)."""
+    m1, k1 = v1.shape[0], v1.shape[1]
+    v1f = v1.reshape(m1 * k1, -1)
+    w1 = cp.A11 @ v1 + np.asarray(cp.A21.T @ v2).reshape(m1, k1, -1)
+    w2 = np.asarray(cp.A21 @ v1f) + cp.A22 @ v2
+    return w1, w2
+
+
+class Blocked:
+    """Several random terms: lead block diagonal, the rest a dense block (any size).
+
+    The gradient uses ``tr(A^{-1} Lambda'Z'Z dLambda) = tr((I - A^{-1}) Lambda^{-1}
+    dLambda)``, which needs only the diagonal blocks of A^{-1} (never a q x q inverse)
+    and each term's own template to be invertible.  A scalar term at 0 has gradient 0
+    there (the objective is even in it: flipping the sign of u_k maps the model onto
+    itself); a vector term with a zero on its diagonal leaves the gradient to the
+    optimiser's finite differences (``None``).
+    """
+
+    def __init__(self, cp: CrossProducts):
+        self.cp = cp
+
+    def factor(self, theta):
+        return _factor_or_none(self.cp, theta)
+
+    def _lead_inverse_sum(self, f: Factor, P22: np.ndarray) -> np.ndarray:
+        """Sum over the lead levels of the diagonal blocks of A^{-1}: L11^{-T}L11^{-1}
+        + B'P22 B with B = L21 L11^{-1}.  ``P22``: potri's lower triangle."""
+        cp = self.cp
+        lay1 = cp.layouts[cp.lead]
+        m1, k1 = lay1.m, lay1.k
+        X1 = (np.swapaxes(f.L11inv, 1, 2) @ f.L11inv).sum(axis=0)
+        if cp.schur is not None:
+            # tr(P22 B B'), B B' = Lambda_2' A21 diag(d1^2 / L11^2) A21' Lambda_2 on the
+            # precomputed pattern (only P22's lower triangle is needed)
+            sc = cp.schur
+            li = f.L11inv.ravel()
+            d1 = f.T1[0, 0] * li
+            BBt = f.theta[sc.theta_r] * f.theta[sc.theta_c] * (sc.V @ (d1 * d1 * li * li))
+            return X1 + float(np.dot(sc.weight * P22.ravel()[sc.flat], BBt))
+        P22 = np.tril(P22) + np.tril(P22, -1).T
+        if isinstance(f.L21, np.ndarray):
+            B = np.einsum("qmi,mij->qmj", f.L21.reshape(-1, m1, k1), f.L11inv)
+            PB = P22 @ B.reshape(-1, m1 * k1)
+            return X1 + np.einsum("qmi,qmj->ij", B, PB.reshape(-1, m1, k1))
+        if k1 == 1:
+            Bs = f.L21.multiply(f.L11inv.reshape(1, -1)).tocsc()
+        else:
+            Bi = sp.bsr_matrix((f.L11inv, np.arange(m1), np.arange(m1 + 1)),
+                               shape=(m1 * k1, m1 * k1))
+            Bs = (f.L21 @ Bi).tocsc()
+        cols = [Bs[:, r::k1] for r in range(k1)]
+        for r in range(k1):
+            for c in range(r + 1):
+                v = float((P22 * (cols[c] @ cols[r].T).toarray()).sum())
+                X1[r, c] += v
+                if r != c:
+                    X1[c, r] += v
+        return X1
+
+    def gradient(self, f: Factor, reml: bool):
+        cp = self.cp
+        n, p = cp.n, cp.p
+        theta = f.theta
+        templates = [lay.template(theta) for lay in cp.layouts]
+        at_zero = [bool(np.min(np.abs(np.diag(T))) < 1e-12) for T in templates]
+        if any(z and lay.k > 1 for z, lay in zip(at_zero, cp.layouts)):
+            return None
+        # P22 = A22'^{-1} from its Cholesky factor; potri on the F-ordered transpose fills
+        # the upper triangle there, i.e. the lower triangle of the C-ordered P22
+        Pt, info = dpotri(f.L22.T, lower=0)
+        if info != 0:
+            return None
+        P22 = Pt.T
+        Xsum = [None] * len(cp.layouts)
+        Xsum[cp.lead] = self._lead_inverse_sum(f, P22)
+        for i, off in zip(cp.rest, cp.rest_offsets):
+            Xsum[i] = _diag_block_sums(P22, off, cp.layouts[i])
+
+        beta, pwrss = fixed_effects(f.LM, p)
+        u1, u2 = _spherical_effects(cp, f, beta)
+        w1, w2 = _ztz_times(cp, *_lambda_times(cp, f, u1, u2))
+        Zr1 = cp.C1[:, :, p:] - cp.C1[:, :, :p] @ beta[:, None] - w1
+        Zr2 = cp.C2[:, p:] - cp.C2[:, :p] @ beta[:, None] - w2
+        if reml:
+            Y1, Y2 = _back_solve(cp, f, f.c1[:, :, :p], f.c2[:, :p])
+            g1, g2 = _ztz_times(cp, *_lambda_times(cp, f, Y1, Y2))
+            G1 = cp.C1[:, :, :p] - g1
+            G2 = cp.C2[:, :p] - g2
+            LXi = _trsolve(f.LM[:p, :p], np.eye(p), lower=True)
+            Vx = LXi.T @ LXi
+
+        grad = np.zeros(theta.size)
+        denom = (n - p) if reml else n
+        for i, lay in enumerate(cp.layouts):
+            if at_zero[i]:
+                continue                                         # even in theta_i: 0
+            if i == cp.lead:
+                u, Zr, G = u1[:, :, 0], Zr1[:, :, 0], (G1 if reml else None)
+            else:
+                off = cp.rest_offsets[cp.rest.index(i)]
+                sl = slice(off, off + lay.k * lay.m)
+                u, Zr = u2[sl, 0].reshape(lay.m, lay.k), Zr2[sl, 0].reshape(lay.m, lay.k)
+                G = G2[sl].reshape(lay.m, lay.k, p) if reml else None
+            T = templates[i]
+            Ti = 1.0 / T if lay.k == 1 else np.linalg.inv(T)
+            rows, cols_ = lay.rows, lay.cols
+            XT = Xsum[i] @ Ti
+            g = 2.0 * (lay.m * Ti[cols_, rows] - XT[cols_, rows])
+            g -= 2.0 * denom / pwrss * (Zr[:, rows] * u[:, cols_]).sum(axis=0)
+            if reml:
+                TG = T.T @ G                                     # (m, k, p)
+                TK = (TG @ Vx) @ np.swapaxes(G, 1, 2)            # T' G_j Vx G_j'
+                g -= 2.0 * TK[:, cols_, rows].sum(axis=0)
+            grad[lay.theta_offset:lay.theta_offset + lay.n_theta] = g
+        return grad
 
 
 #: Models with several random terms and at most this many random effects are evaluated
@@ -644,122 +884,123 @@ DENSE_Q_MAX = 120
 
 
 @dataclass(frozen=True)
-class DenseSystem:
-    """Z'Z, Z'[X y] and the pattern of Lambda as dense arrays, for small models.
+class DenseFactor:
+    """``L L' = A = Lambda'Z'Z Lambda + I`` on dense q x q matrices.
 
-    The random effects are ordered as in the blocked factor (lead term, then the rest).
-    ``lam_rows[e], lam_cols[e]`` is the position in Lambda of theta element
-    ``lam_theta[e]``.
+    ``ZL = Z'Z Lambda``, ``c = L^{-1} Lambda'Z'[X y]``; ``LM`` and ``logdet`` as in
+    :class:`Factor`.
     """
 
-    ZtZ: np.ndarray
-    ZtXY: np.ndarray
-    M0: np.ndarray
-    lam_rows: np.ndarray
-    lam_cols: np.ndarray
-    lam_theta: np.ndarray
-    n_theta: int
+    theta: np.ndarray
+    Lam: np.ndarray
+    ZL: np.ndarray
+    L: np.ndarray
+    c: np.ndarray
+    LM: np.ndarray
+    logdet: float
 
 
-def dense_system(cp: CrossProducts) -> DenseSystem:
-    """Assemble the dense system from the blocked cross products."""
-    lay1 = cp.layouts[cp.lead]
-    k1, m1, q1, q2 = lay1.k, lay1.m, cp.q1, cp.q2
-    q = q1 + q2
-    ZtZ = np.zeros((q, q))
-    idx = np.arange(m1)[:, None] * k1 + np.arange(k1)[None, :]
-    ZtZ[idx[:, :, None], idx[:, None, :]] = cp.A11
-    if q2:
-        A21 = cp.A21 if isinstance(cp.A21, np.ndarray) else cp.A21.toarray()
-        ZtZ[q1:, :q1] = A21
-        ZtZ[:q1, q1:] = A21.T
-        ZtZ[q1:, q1:] = cp.A22
-    ZtXY = np.vstack([cp.C1.reshape(q1, -1), cp.C2])
-    base = np.arange(m1)[:, None] * k1
-    rows = [(base + lay1.rows[None, :]).ravel(), q1 + cp.lam2_rows]
-    cols = [(base + lay1.cols[None, :]).ravel(), q1 + cp.lam2_cols]
-    thetas = [np.tile(lay1.theta_offset + np.arange(lay1.n_theta), m1), cp.lam2_theta]
-    return DenseSystem(ZtZ=ZtZ, ZtXY=ZtXY, M0=cp.M0,
-                       lam_rows=np.concatenate(rows).astype(np.intp),
-                       lam_cols=np.concatenate(cols).astype(np.intp),
-                       lam_theta=np.concatenate(thetas).astype(np.intp), n_theta=cp.n_theta)
+class Dense:
+    """Several random terms, at most ``DENSE_Q_MAX`` random effects: dense q x q.
 
-
-def dense_factor(ds: DenseSystem, theta):
-    """``(Lambda, Z'Z Lambda, L, c, LM, logdet)`` at theta, or None where a Cholesky
-    factorization fails; ``L L' = Lambda'Z'Z Lambda + I``, ``c = L^{-1} Lambda'Z'[X y]``."""
-    theta = np.asarray(theta, float)
-    q = ds.ZtZ.shape[0]
-    Lam = np.zeros((q, q))
-    Lam[ds.lam_rows, ds.lam_cols] = theta[ds.lam_theta]
-    ZL = ds.ZtZ @ Lam
-    A = Lam.T @ ZL
-    A[np.diag_indices(q)] += 1.0
-    try:
-        L = _cholesky_lower(A)
-        c = _trsolve(L, Lam.T @ ds.ZtXY, lower=True)
-        LM = np.linalg.cholesky(ds.M0 - c.T @ c)
-    except np.linalg.LinAlgError:
-        return None
-    return Lam, ZL, L, c, LM, 2.0 * float(np.log(np.diagonal(L)).sum())
-
-
-def dense_objective_and_gradient(ds: DenseSystem, theta, n: int, p: int, reml: bool,
-                                 gradient: bool = True, factor=None):
-    """Objective (and gradient) of a small model on dense matrices.
-
-    The same formulas as :func:`objective_and_gradient` with one q x q Cholesky
-    factor ``L L' = A = Lambda'Z'Z Lambda + I``; with ``E_e`` the unit matrix at the
-    position of theta element e in Lambda, the derivatives are sums over e of::
+    Z'Z, Z'[X y] and the pattern of Lambda are assembled once from the blocked cross
+    products (random effects in the blocked order: lead term, then the rest).  With
+    ``E_e`` the unit matrix at the position of theta element e in Lambda the gradient is
+    a sum over e of::
 
         d log|A|       = 2 (A^{-1} Lambda'Z'Z)[c_e, r_e]
         d pwrss        = -2 (Z'r)[r_e] u[c_e]
         d log|R_X|^2   = -2 (Lambda' G (R_X'R_X)^{-1} G')[c_e, r_e],  G = Z'V0^{-1}X
 
-    They need no inverse of Lambda, so they hold on the boundary too.
-    Returns ``(value, gradient or None)``; ``(inf, None)`` where A or the Schur
-    complement of [X y] is not positive definite.  ``factor``: :func:`dense_factor`'s
-    result at theta if already computed.
+    It needs no inverse of Lambda, so it holds on the boundary too.
     """
-    fac = dense_factor(ds, theta) if factor is None else factor
-    if fac is None:
-        return float("inf"), None
-    Lam, ZL, L, c, LM, logdet = fac
-    val = profiled_criterion(logdet, LM, n, p, reml)
-    if not np.isfinite(val):
-        return float("inf"), None
-    if not gradient:
-        return val, None
-    LX = LM[:p, :p]
-    beta = _trsolve(LX, LM[p, :p], lower=True, trans=True) if p else np.zeros(0)
-    pwrss = float(LM[p, p]) ** 2
-    u = _trsolve(L, c[:, p] - c[:, :p] @ beta, lower=True, trans=True)
-    Zr = ds.ZtXY[:, p] - ds.ZtXY[:, :p] @ beta - ZL @ u
-    Ui, info = dtrtri(L.T, lower=0)                       # L'^{-1}: A^{-1} = Ui Ui'
-    M = Ui @ (Ui.T @ ZL.T)                                # A^{-1} Lambda'Z'Z
-    r, c_, t = ds.lam_rows, ds.lam_cols, ds.lam_theta
-    terms = 2.0 * M[c_, r]
-    denom = (n - p) if reml else n
-    terms -= 2.0 * denom / pwrss * Zr[r] * u[c_]
-    if reml and p:
-        ZtX = ds.ZtXY[:, :p]
-        G = ZtX - ZL @ (Ui @ (Ui.T @ (Lam.T @ ZtX)))
-        GV = _trsolve(LX, G.T, lower=True).T              # G R_X^{-1}
-        LK = (Lam.T @ GV) @ GV.T                          # Lambda' G (R_X'R_X)^{-1} G'
-        terms -= 2.0 * LK[c_, r]
-    return val, np.bincount(t, weights=terms, minlength=ds.n_theta)
+
+    def __init__(self, cp: CrossProducts):
+        self.cp = cp
+        lay1 = cp.layouts[cp.lead]
+        k1, m1, q1, q2 = lay1.k, lay1.m, cp.q1, cp.q2
+        q = q1 + q2
+        ZtZ = np.zeros((q, q))
+        idx = np.arange(m1)[:, None] * k1 + np.arange(k1)[None, :]
+        ZtZ[idx[:, :, None], idx[:, None, :]] = cp.A11
+        if q2:
+            A21 = cp.A21 if isinstance(cp.A21, np.ndarray) else cp.A21.toarray()
+            ZtZ[q1:, :q1] = A21
+            ZtZ[:q1, q1:] = A21.T
+            ZtZ[q1:, q1:] = cp.A22
+        self.ZtZ = ZtZ
+        self.ZtXY = np.vstack([cp.C1.reshape(q1, -1), cp.C2])
+        base = np.arange(m1)[:, None] * k1
+        self.lam_rows = np.concatenate([(base + lay1.rows[None, :]).ravel(),
+                                        q1 + cp.lam2_rows]).astype(np.intp)
+        self.lam_cols = np.concatenate([(base + lay1.cols[None, :]).ravel(),
+                                        q1 + cp.lam2_cols]).astype(np.intp)
+        self.lam_theta = np.concatenate([
+            np.tile(lay1.theta_offset + np.arange(lay1.n_theta), m1),
+            cp.lam2_theta]).astype(np.intp)
+
+    def factor(self, theta):
+        theta = np.asarray(theta, float)
+        q = self.ZtZ.shape[0]
+        Lam = np.zeros((q, q))
+        Lam[self.lam_rows, self.lam_cols] = theta[self.lam_theta]
+        ZL = self.ZtZ @ Lam
+        A = Lam.T @ ZL
+        A[np.diag_indices(q)] += 1.0
+        L = _chol_or_none(A)
+        if L is None:
+            return None
+        c = _trsolve(L, Lam.T @ self.ZtXY, lower=True)
+        LM = _chol_or_none(self.cp.M0 - c.T @ c)
+        if LM is None:
+            return None
+        return DenseFactor(theta, Lam, ZL, L, c, LM, 2.0 * float(np.log(np.diagonal(L)).sum()))
+
+    def gradient(self, f: DenseFactor, reml: bool):
+        n, p = self.cp.n, self.cp.p
+        beta, pwrss = fixed_effects(f.LM, p)
+        c, L, ZL = f.c, f.L, f.ZL
+        u = _trsolve(L, c[:, p] - c[:, :p] @ beta, lower=True, trans=True)
+        Zr = self.ZtXY[:, p] - self.ZtXY[:, :p] @ beta - ZL @ u
+        Ui, info = dtrtri(L.T, lower=0)                       # L'^{-1}: A^{-1} = Ui Ui'
+        M = Ui @ (Ui.T @ ZL.T)                                # A^{-1} Lambda'Z'Z
+        r, c_ = self.lam_rows, self.lam_cols
+        terms = 2.0 * M[c_, r]
+        denom = (n - p) if reml else n
+        terms -= 2.0 * denom / pwrss * Zr[r] * u[c_]
+        if reml and p:
+            ZtX = self.ZtXY[:, :p]
+            G = ZtX - ZL @ (Ui @ (Ui.T @ (f.Lam.T @ ZtX)))
+            GV = _trsolve(f.LM[:p, :p], G.T, lower=True).T    # G R_X^{-1}
+            LK = (f.Lam.T @ GV) @ GV.T                        # Lambda' G (R_X'R_X)^{-1} G'
+            terms -= 2.0 * LK[c_, r]
+        return np.bincount(self.lam_theta, weights=terms, minlength=self.cp.n_theta)
 
 
-def objective(cp: CrossProducts, theta, reml: bool = True) -> float:
-    """The profiled REML criterion or ML deviance at ``theta`` (lme4's devfun value).
+def blocked_gradient(cp: CrossProducts, f: Factor, reml: bool):
+    """The analytic gradient at the blocked factor ``f`` of ``cp`` (:class:`OneTerm`'s or
+    :class:`Blocked`'s formula, as the model has one term or several); None where only
+    finite differences work."""
+    return (Blocked(cp) if cp.rest else OneTerm(cp)).gradient(f, reml)
 
-    Returns ``inf`` when the factorization fails (e.g. y is fitted exactly).
+
+def representation(cp: CrossProducts, kind: str | None = None):
+    """The factor representation for ``cp``: ``"one_term"``, ``"blocked"`` or ``"dense"``.
+
+    ``None`` chooses as the optimiser does: one term -> :class:`OneTerm`; several terms
+    with at most ``DENSE_Q_MAX`` random effects -> :class:`Dense`; else :class:`Blocked`.
     """
-    f = _factor_or_none(cp, theta)
-    if f is None:
-        return float("inf")
-    val = objective_from_factor(f, cp.n, cp.p, reml)
-    return val if np.isfinite(val) else float("inf")
+    if kind is None:
+        if not cp.rest:
+            kind = "one_term"
+        elif cp.q1 + cp.q2 <= DENSE_Q_MAX:
+            kind = "dense"
+        else:
+            kind = "blocked"
+    if kind != "dense" and (kind == "one_term") == bool(cp.rest):
+        raise ValueError(f"the {kind} representation does not apply: it needs "
+                         f"{'one random term' if kind == 'one_term' else 'several terms'}")
+    return {"one_term": OneTerm, "blocked": Blocked, "dense": Dense}[kind](cp)
 
 
 class ProfiledDeviance:
@@ -770,77 +1011,72 @@ class ProfiledDeviance:
     cp : CrossProducts
     reml : bool
         REML criterion (True) or ML deviance (False).
+    kind : str, optional
+        The factor representation (see :func:`representation`); chosen by size if None.
+
+    ``dev(theta)`` is ``inf`` where the factor does not exist (y fitted exactly);
+    ``dev.value_and_gradient(theta)`` adds the analytic gradient (None where only finite
+    differences work: a vector term of a several-term model with a zero on its diagonal).
     """
 
-    def __init__(self, cp: CrossProducts, reml: bool):
+    def __init__(self, cp: CrossProducts, reml: bool, kind: str | None = None):
         self.cp = cp
         self.reml = bool(reml)
+        self.kind = kind
+        self.rep = representation(cp, kind)
         self._last = None
-        self._diag_index = None
-        # one random term: the blocked factor is a batch of k x k blocks, already cheap
-        small = cp.rest and cp.q1 + cp.q2 <= DENSE_Q_MAX
-        self._dense = dense_system(cp) if small else None
 
     def __getstate__(self):
-        return {"cp": self.cp, "reml": self.reml}
+        return {"cp": self.cp, "reml": self.reml, "kind": self.kind}
 
     def __setstate__(self, state):
-        self.__init__(state["cp"], state["reml"])
-
-    def _factor(self, theta):
-        """The factor at ``theta``, kept for one call: an optimiser that asks for the
-        value first and the gradient only for an accepted step pays one factorization."""
-        theta = np.array(theta, dtype=float)
-        last = self._last
-        if last is not None and np.array_equal(last[0], theta):
-            return theta, last[1]
-        if self._dense is not None:
-            f = dense_factor(self._dense, theta)
-        else:
-            f = _factor_or_none(self.cp, theta)
-        self._last = (theta, f)
-        return theta, f
-
-    def __call__(self, theta) -> float:
-        theta, f = self._factor(theta)
-        if f is None:
-            return float("inf")
-        if self._dense is not None:
-            return dense_objective_and_gradient(self._dense, theta, self.cp.n, self.cp.p,
-                                                self.reml, gradient=False, factor=f)[0]
-        val = objective_from_factor(f, self.cp.n, self.cp.p, self.reml)
-        return val if np.isfinite(val) else float("inf")
-
-    def value_and_gradient(self, theta):
-        """``(value, gradient)``; the gradient is None when only finite differences work."""
-        theta, f = self._factor(theta)
-        if f is None:
-            return float("inf"), None
-        if self._dense is not None:
-            return dense_objective_and_gradient(self._dense, theta, self.cp.n, self.cp.p,
-                                                self.reml, factor=f)
-        return objective_and_gradient(self.cp, theta, self.reml, factor=f)
-
-    @property
-    def has_gradient(self) -> bool:
-        return True
+        self.__init__(state["cp"], state["reml"], state.get("kind"))
 
     @property
     def n_theta(self) -> int:
         return self.cp.n_theta
 
-    def lower(self) -> np.ndarray:
-        return theta_lower(self.cp.layouts)
+    def _evaluate(self, theta):
+        """``(factor or None, value)`` at ``theta``, kept for the next call: an optimiser
+        that asks for the value first and the gradient only for an accepted step pays one
+        factorization."""
+        theta = np.array(theta, dtype=float)
+        key = theta.tobytes()
+        last = self._last
+        if last is not None and last[0] == key:
+            return last[1], last[2]
+        f = self.rep.factor(theta)
+        val = (float("inf") if f is None else
+               profiled_criterion(f.logdet, f.LM, self.cp.n, self.cp.p, self.reml))
+        self._last = (key, f, val)
+        return f, val
 
-    def start(self) -> np.ndarray:
-        return theta_start(self.cp.layouts)
+    def factor(self, theta):
+        """The factor at ``theta`` (None where it does not exist)."""
+        return self._evaluate(theta)[0]
 
-    def canonical_signs(self, theta) -> np.ndarray:
-        """Signs moving ``theta`` inside lme4's bounds, same objective (canonical_signs)."""
-        if self._diag_index is None:
-            self._diag_index = column_diagonal_index(self.cp.layouts)
-        return canonical_signs(self.cp.layouts, theta, self._diag_index)
+    def __call__(self, theta) -> float:
+        return self._evaluate(theta)[1]
 
+    def value_and_gradient(self, theta):
+        """``(value, gradient)``; the gradient is None when only finite differences work."""
+        f, val = self._evaluate(theta)
+        if f is None or not np.isfinite(val):
+            return val, None
+        return val, self.rep.gradient(f, self.reml)
+
+
+def objective(cp: CrossProducts, theta, reml: bool = True) -> float:
+    """The profiled REML criterion or ML deviance at ``theta`` (lme4's devfun value),
+    from the blocked factor; ``inf`` when the factorization fails (y fitted exactly)."""
+    f = _factor_or_none(cp, theta)
+    if f is None:
+        return float("inf")
+    return profiled_criterion(f.logdet, f.LM, cp.n, cp.p, reml)
+
+
+# ---------------------------------------------------------------------------
+# The solution at the optimum
 
 @dataclass(frozen=True)
 class Solution:
@@ -887,39 +1123,23 @@ def solve(cp: CrossProducts, theta, reml: bool = True) -> Solution:
     """Solve the penalised least-squares problem at ``theta`` (beta, u, b, sigma...)."""
     f = factorize(cp, theta)
     n, p = cp.n, cp.p
-    lay1 = cp.layouts[cp.lead]
-    k1, m1 = lay1.k, lay1.m
-    LX = f.LM[:p, :p]
-    beta = _trsolve(LX, f.LM[p, :p], lower=True, trans=True) if p else np.zeros(0)
-    pwrss = float(f.LM[p, p]) ** 2
-    # residual of the spherical system: L' u = c_y - c_X beta
-    r1 = f.c1[:, :, p] - f.c1[:, :, :p] @ beta
-    u_rest = None
-    if cp.rest:
-        r2 = f.c2[:, p] - f.c2[:, :p] @ beta
-        u2 = _trsolve(f.L22, r2, lower=True, trans=True)
-        r1 = r1 - np.asarray(f.L21.T @ u2).reshape(m1, k1)
-        u_rest = u2
-    u1 = np.einsum("mji,mj->mi", f.L11inv, r1)
-    b1 = u1 @ f.T1.T
+    beta, pwrss = fixed_effects(f.LM, p)
+    u1, u2 = _spherical_effects(cp, f, beta)
+    b1, b2 = _lambda_times(cp, f, u1, u2)
     us, bs = [None] * len(cp.layouts), [None] * len(cp.layouts)
-    us[cp.lead], bs[cp.lead] = u1, b1
-    if cp.rest:
-        theta_arr = np.asarray(theta, float)
-        b2 = (f.lam2 * u_rest) if cp.rest_scalar else np.asarray(f.lam2 @ u_rest)
-        for i, off in zip(cp.rest, cp.rest_offsets):
-            lay = cp.layouts[i]
-            sl = slice(off, off + lay.k * lay.m)
-            us[i] = u_rest[sl].reshape(lay.m, lay.k)
-            bs[i] = b2[sl].reshape(lay.m, lay.k)
-        del theta_arr
-    denom = (n - p) if reml else n
-    ldRX2 = 2.0 * float(np.log(np.diagonal(LX)).sum()) if p else 0.0
+    us[cp.lead], bs[cp.lead] = u1[:, :, 0], b1[:, :, 0]
+    for i, off in zip(cp.rest, cp.rest_offsets):
+        lay = cp.layouts[i]
+        sl = slice(off, off + lay.k * lay.m)
+        us[i] = u2[sl, 0].reshape(lay.m, lay.k)
+        bs[i] = b2[sl, 0].reshape(lay.m, lay.k)
+    LX = f.LM[:p, :p]
     return Solution(
         theta=np.asarray(theta, float).copy(), beta=beta, u=tuple(us), b=tuple(bs),
-        pwrss=pwrss, sigma=float(np.sqrt(pwrss / denom)),
-        objective=objective_from_factor(f, n, p, reml), logdet_L2=f.logdet_L2,
-        logdet_RX2=ldRX2, RX=np.ascontiguousarray(LX.T), factor=f,
+        pwrss=pwrss, sigma=float(np.sqrt(pwrss / ((n - p) if reml else n))),
+        objective=profiled_criterion(f.logdet, f.LM, n, p, reml), logdet_L2=f.logdet,
+        logdet_RX2=2.0 * float(np.log(np.diagonal(LX)).sum()) if p else 0.0,
+        RX=np.ascontiguousarray(LX.T), factor=f,
     )
 
 
@@ -959,242 +1179,3 @@ def conditional_variances(cp: CrossProducts, f: Factor) -> tuple:
             out[i] = T @ Vt @ T.T
     out[cp.lead] = f.T1 @ V1 @ f.T1.T
     return tuple(out)
-
-
-def _factor_or_none(cp: CrossProducts, theta):
-    try:
-        return factorize(cp, theta)
-    except np.linalg.LinAlgError:
-        return None
-
-
-def objective_and_gradient(cp: CrossProducts, theta, reml: bool = True, factor=None):
-    """The objective and its analytic gradient in theta.
-
-    Returns ``(value, gradient)``; ``gradient`` is None where only finite differences
-    work (a vector term with a zero on its diagonal, see the blocked version).
-    ``factor``: :func:`factorize`'s result at ``theta`` if already computed (or None
-    when it failed).
-
-    Notes
-    -----
-    With ``A = Lambda'Z'Z Lambda + I``, ``V0 = I + Z Lambda Lambda'Z'``, residual ``r`` and
-    ``dLambda_k = dLambda/dtheta_k`` (envelope theorem for pwrss)::
-
-        d log|A|      = 2 tr(A^{-1} Lambda'Z'Z dLambda_k)
-        d pwrss       = -2 (Z'r)' dLambda_k u
-        d log|R_X|^2  = -2 tr(dLambda_k Lambda' G (R_X'R_X)^{-1} G'),  G = Z'V0^{-1}X
-
-    Every term is a sum over the levels of k x k blocks, so the gradient costs about as
-    much as the objective.
-    """
-    theta = np.asarray(theta, float)
-    f = _factor_or_none(cp, theta) if factor is None else factor
-    if f is None:
-        return float("inf"), None
-    if cp.rest:
-        return _objective_and_gradient_blocked(cp, theta, reml, f)
-    n, p = cp.n, cp.p
-    val = objective_from_factor(f, n, p, reml)
-    if not np.isfinite(val):
-        return float("inf"), None
-    lay = cp.layouts[0]
-    T, Li = f.T1, f.L11inv
-    LX = f.LM[:p, :p]
-    beta = _trsolve(LX, f.LM[p, :p], lower=True, trans=True) if p else np.zeros(0)
-    pwrss = float(f.LM[p, p]) ** 2
-    r1 = f.c1[:, :, p] - f.c1[:, :, :p] @ beta
-    if lay.k == 1:
-        return val, _scalar_term_gradient(cp, f, r1[:, 0], beta, pwrss, reml)
-    u = np.einsum("mji,mj->mi", Li, r1)                      # (m, k)
-    S = cp.A11
-    m, k = S.shape[0], S.shape[1]
-    ST = _right(S, T)                                        # Z_j'Z_j T
-    Ainv = _batched_gram(Li)                                 # A_j^{-1}
-    Zr = cp.C1[:, :, p] - cp.C1[:, :, :p] @ beta - np.einsum("mij,mj->mi", ST, u)
-    rows, cols = lay.rows, lay.cols
-    # sum_j (A_j^{-1} T'S_j)[c, r] = sum_ab T[b, a] Q[c, a, b, r], Q = sum_j Ainv_j (x) S_j
-    Q = (Ainv.reshape(m, k * k).T @ S.reshape(m, k * k)).reshape(k, k, k, k)
-    H = np.einsum("cabr,ba->cr", Q, T)
-    d_logA = 2.0 * H[cols, rows]
-    d_pwrss = -2.0 * (Zr[:, rows] * u[:, cols]).sum(axis=0)
-    if reml:
-        ZtX = cp.C1[:, :, :p]
-        G = ZtX - ST @ (Ainv @ _left(T.T, ZtX))              # (m, k, p)
-        LXi = _trsolve(LX, np.eye(p), lower=True)
-        GV = _right(G, LXi.T)                                # G R_X^{-1}
-        GVf = GV.transpose(1, 0, 2).reshape(k, m * p)
-        TK = T.T @ (GVf @ GVf.T)                             # T' sum_j G_j (R_X'R_X)^{-1} G_j'
-        d_logRX = -2.0 * TK[cols, rows]
-        grad = d_logA + d_logRX + (n - p) * d_pwrss / pwrss
-    else:
-        grad = d_logA + n * d_pwrss / pwrss
-    return val, grad
-
-
-def _scalar_term_gradient(cp: CrossProducts, f: Factor, r1, beta, pwrss, reml):
-    """objective_and_gradient's formulas for one scalar term: every block is 1 x 1."""
-    n, p = cp.n, cp.p
-    t = f.T1[0, 0]
-    li = f.L11inv[:, 0, 0]
-    a = cp.A11[:, 0, 0]
-    u = li * r1
-    ainv = li * li                                           # A_j^{-1}
-    Zr = cp.C1[:, 0, p] - cp.C1[:, 0, :p] @ beta - a * t * u
-    d_logA = 2.0 * t * float(ainv @ a)
-    d_pwrss = -2.0 * float(Zr @ u)
-    if not reml:
-        return np.array([d_logA + n * d_pwrss / pwrss])
-    G = cp.C1[:, 0, :p] * (1.0 - a * (t * t) * ainv)[:, None]   # Z_j'V0^{-1}X
-    GV = G @ _trsolve(f.LM[:p, :p], np.eye(p), lower=True).T
-    d_logRX = -2.0 * t * float(np.einsum("mp,mp->", GV, GV))
-    return np.array([d_logA + d_logRX + (n - p) * d_pwrss / pwrss])
-
-
-def _back_solve(cp: CrossProducts, f: Factor, r1: np.ndarray, r2: np.ndarray):
-    """Solve L' x = r for the blocked L; r1 (m1, k1, c), r2 (q2, c)."""
-    lay1 = cp.layouts[cp.lead]
-    m1, k1 = lay1.m, lay1.k
-    x2 = None
-    if cp.rest:
-        x2 = _trsolve(f.L22, r2, lower=True, trans=True)
-        r1 = r1 - np.asarray(f.L21.T @ x2).reshape(m1, k1, -1)
-    x1 = np.swapaxes(f.L11inv, 1, 2) @ r1
-    return x1, x2
-
-
-def _lambda_times(cp: CrossProducts, f: Factor, x1, x2):
-    """Lambda x in blocked form."""
-    y1 = f.T1 @ x1
-    y2 = f.lam2[:, None] * x2 if cp.rest_scalar else np.asarray(f.lam2 @ x2)
-    return y1, y2
-
-
-def _ztz_times(cp: CrossProducts, v1, v2):
-    """Z'Z v in blocked form; v1 (m1, k1, c), v2 (q2, c)."""
-    m1, k1 = v1.shape[0], v1.shape[1]
-    v1f = v1.reshape(m1 * k1, -1)
-    w1 = cp.A11 @ v1 + np.asarray(cp.A21.T @ v2).reshape(m1, k1, -1)
-    w2 = np.asarray(cp.A21 @ v1f) + cp.A22 @ v2
-    return w1, w2
-
-
-def _diag_block_sums(P_lower, offset, lay):
-    """Sum over levels of a term's diagonal k x k blocks of a symmetric (q2, q2) matrix
-    of which only the lower triangle is filled (LAPACK potri's output)."""
-    k, m = lay.k, lay.m
-    if k == 1:
-        return np.array([[np.diagonal(P_lower)[offset:offset + m].sum()]])
-    idx = offset + np.arange(m)[:, None] * k + np.arange(k)[None, :]
-    S = P_lower[idx[:, :, None], idx[:, None, :]].sum(axis=0)
-    return np.tril(S) + np.tril(S, -1).T
-
-
-def _objective_and_gradient_blocked(cp: CrossProducts, theta, reml: bool, f: Factor):
-    """Objective and analytic gradient for several random terms (blocked L).
-
-    Uses tr(A^{-1} Lambda'Z'Z dLambda) = tr((I - A^{-1}) Lambda^{-1} dLambda), which needs
-    only the diagonal blocks of A^{-1} and the term's own template to be invertible.  A
-    scalar term at 0 has gradient 0 there (the objective is even in it: flipping the sign
-    of u_k maps the model onto itself); a vector term with a zero on its diagonal leaves
-    the whole gradient to finite differences (``None``).
-    """
-    n, p = cp.n, cp.p
-    val = objective_from_factor(f, n, p, reml)
-    if not np.isfinite(val):
-        return float("inf"), None
-    templates = [lay.template(theta) for lay in cp.layouts]
-    at_zero = [bool(np.min(np.abs(np.diag(T))) < 1e-12) for T in templates]
-    if any(z and lay.k > 1 for z, lay in zip(at_zero, cp.layouts)):
-        return val, None
-    lay1 = cp.layouts[cp.lead]
-    m1, k1 = lay1.m, lay1.k
-    # P22 = A22'^{-1} from its Cholesky factor; potri on the F-ordered transpose fills the
-    # upper triangle there, i.e. the lower triangle of the C-ordered P22
-    Pt, info = dpotri(f.L22.T, lower=0)
-    if info != 0:
-        return val, None
-    P22 = Pt.T
-    # B = L21 L11^{-1}: then the lead blocks of A^{-1} are L11^{-T}L11^{-1} + B'P22 B
-    Xsum = [None] * len(cp.layouts)
-    X1 = (np.swapaxes(f.L11inv, 1, 2) @ f.L11inv).sum(axis=0)
-    if cp.schur is not None:
-        # tr(P22 B B'), with B B' = Lambda_2' A21 diag(d1^2 / L11^2) A21' Lambda_2 on the
-        # precomputed pattern (only P22's lower triangle is needed)
-        sc = cp.schur
-        li = f.L11inv.ravel()
-        d1 = f.T1[0, 0] * li
-        BBt = theta[sc.theta_r] * theta[sc.theta_c] * (sc.V @ (d1 * d1 * li * li))
-        X1 = X1 + float(np.dot(sc.weight * P22.ravel()[sc.flat], BBt))
-    else:
-        P22 = np.tril(P22) + np.tril(P22, -1).T
-        if isinstance(f.L21, np.ndarray):
-            B = np.einsum("qmi,mij->qmj", f.L21.reshape(-1, m1, k1), f.L11inv)
-            PB = P22 @ B.reshape(-1, m1 * k1)
-            X1 = X1 + np.einsum("qmi,qmj->ij", B, PB.reshape(-1, m1, k1))
-        else:
-            if k1 == 1:
-                Bs = f.L21.multiply(f.L11inv.reshape(1, -1)).tocsc()
-            else:
-                Bi = sp.bsr_matrix((f.L11inv, np.arange(m1), np.arange(m1 + 1)),
-                                   shape=(m1 * k1, m1 * k1))
-                Bs = (f.L21 @ Bi).tocsc()
-            cols = [Bs[:, r::k1] for r in range(k1)]
-            for r in range(k1):
-                for c in range(r + 1):
-                    v = float((P22 * (cols[c] @ cols[r].T).toarray()).sum())
-                    X1[r, c] += v
-                    if r != c:
-                        X1[c, r] += v
-    Xsum[cp.lead] = X1
-    for i, off in zip(cp.rest, cp.rest_offsets):
-        Xsum[i] = _diag_block_sums(P22, off, cp.layouts[i])
-
-    # penalised least squares pieces: beta, u, b, Z'r
-    LX = f.LM[:p, :p]
-    beta = _trsolve(LX, f.LM[p, :p], lower=True, trans=True) if p else np.zeros(0)
-    pwrss = float(f.LM[p, p]) ** 2
-    r1 = (f.c1[:, :, p] - f.c1[:, :, :p] @ beta)[:, :, None]
-    r2 = (f.c2[:, p] - f.c2[:, :p] @ beta)[:, None]
-    u1, u2 = _back_solve(cp, f, r1, r2)
-    b1, b2 = _lambda_times(cp, f, u1, u2)
-    w1, w2 = _ztz_times(cp, b1, b2)
-    Zr1 = cp.C1[:, :, p:] - cp.C1[:, :, :p] @ beta[:, None] - w1
-    Zr2 = cp.C2[:, p:] - cp.C2[:, :p] @ beta[:, None] - w2
-    if reml:
-        Y1, Y2 = _back_solve(cp, f, f.c1[:, :, :p], f.c2[:, :p])
-        LY1, LY2 = _lambda_times(cp, f, Y1, Y2)
-        g1, g2 = _ztz_times(cp, LY1, LY2)
-        G1 = cp.C1[:, :, :p] - g1
-        G2 = cp.C2[:, :p] - g2
-        LXi = _trsolve(LX, np.eye(p), lower=True)
-        Vx = LXi.T @ LXi
-
-    def term_parts(i):
-        lay = cp.layouts[i]
-        if i == cp.lead:
-            return u1[:, :, 0], Zr1[:, :, 0], (G1 if reml else None)
-        off = cp.rest_offsets[cp.rest.index(i)]
-        sl = slice(off, off + lay.k * lay.m)
-        G = G2[sl].reshape(lay.m, lay.k, p) if reml else None
-        return u2[sl, 0].reshape(lay.m, lay.k), Zr2[sl, 0].reshape(lay.m, lay.k), G
-
-    grad = np.zeros(theta.size)
-    denom = (n - p) if reml else n
-    for i, lay in enumerate(cp.layouts):
-        if at_zero[i]:
-            continue                                         # even in theta_i: 0
-        T = templates[i]
-        Ti = 1.0 / T if lay.k == 1 else np.linalg.inv(T)
-        u, Zr, G = term_parts(i)
-        rows, cols_ = lay.rows, lay.cols
-        XT = Xsum[i] @ Ti
-        d_logA = 2.0 * (lay.m * Ti[cols_, rows] - XT[cols_, rows])
-        d_pwrss = -2.0 * (Zr[:, rows] * u[:, cols_]).sum(axis=0)
-        g = d_logA + denom * d_pwrss / pwrss
-        if reml:
-            TG = T.T @ G                                     # (m, k, p)
-            TK = (TG @ Vx) @ np.swapaxes(G, 1, 2)            # T' G_j Vx G_j'
-            g = g - 2.0 * TK[:, cols_, rows].sum(axis=0)
-        grad[lay.theta_offset:lay.theta_offset + lay.n_theta] = g
-    return val, grad

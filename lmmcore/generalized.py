@@ -412,7 +412,7 @@ def fit_glmm_design(design: MixedDesign, family: str = "binomial", nAGQ: int = 1
                     data_name: str = "data", time_limit=DEFAULT_TIME_LIMIT,
                     notes: tuple = ()) -> "GlmmFit":
     """Fit a GLMM to an already built design (the engine without the formula step)."""
-    from lmmcore.mixed import _one_blas_thread
+    from lmmcore.optimize import one_blas_thread
 
     fam = _family(family)
     nAGQ = _check_nagq(nAGQ)
@@ -439,7 +439,7 @@ def fit_glmm_design(design: MixedDesign, family: str = "binomial", nAGQ: int = 1
         if used > n:
             raise FitError(f"the grouping factor '{t.group_name}' has more levels than "
                            "observations")
-    with _one_blas_thread():
+    with one_blas_thread():
         return _fit(design, fam, nAGQ, trials, data_name, _Clock(time_limit), notes)
 
 

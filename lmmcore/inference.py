@@ -38,6 +38,7 @@ from scipy import stats
 
 from lmmcore import deviance as _dev
 from lmmcore.errors import FitError
+from lmmcore.optimize import theta_space
 from lmmcore.rformat import zapsmall
 
 __all__ = ["DDF_METHODS", "coef_table", "anova_fixed", "r2", "VarparDerivatives",
@@ -124,7 +125,7 @@ def varpar_derivatives(fit) -> VarparDerivatives:
         """(a, b, unscaled Cov(beta)) at theta: one factorisation."""
         f = _dev.factorize(cp, th)
         LX = f.LM[:p, :p]
-        a = f.logdet_L2
+        a = f.logdet
         if fit.reml:
             a += 2.0 * float(np.log(np.diagonal(LX)).sum())
         Li = _dev._trsolve(LX, np.eye(p), lower=True) if p else np.zeros((0, 0))
@@ -622,7 +623,7 @@ def r2(fit) -> dict:
     constant = eta.size < 2 or bool(np.all(eta == eta[0]))
     var_fixed = 0.0 if constant else float(np.var(eta, ddof=1))
     sigma2 = fit._sol.sigma ** 2
-    lower = _dev.theta_lower(fit._cp.layouts)
+    lower = theta_space(fit._cp.layouts).lower
     if np.any(np.abs(fit._sol.theta[lower == 0]) < 1e-5):
         return {"marginal": var_fixed / (var_fixed + sigma2), "conditional": float("nan")}
     var_random = 0.0

@@ -57,7 +57,8 @@ def influence(fit, group: str) -> pd.DataFrame:
         left, a fixed-effect column left empty) gives NaN.
     """
     from lmmcore.intervals import refit_cross_products
-    from lmmcore.mixed import _check_design, _one_blas_thread
+    from lmmcore.mixed import _check_design
+    from lmmcore.optimize import one_blas_thread
 
     terms = [t for t in fit.design.random_terms if t.group_name == group]
     if not terms:
@@ -70,7 +71,7 @@ def influence(fit, group: str) -> pd.DataFrame:
     beta = fit.fixef.to_numpy()
     p = len(beta)
     out = np.full((len(order), p), np.nan)
-    with _one_blas_thread():
+    with one_blas_thread():
         for r, code in enumerate(order):
             sub = _without_rows(fit.design, codes != code)
             X = np.asarray(sub.X, float)

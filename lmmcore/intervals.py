@@ -30,7 +30,7 @@ from scipy.stats import chi2, norm
 
 from lmmcore import deviance as _dev
 from lmmcore.errors import BootstrapCancelled, DataError
-from lmmcore.optimize import minimize_theta
+from lmmcore.optimize import minimize_theta, one_blas_thread, theta_space
 from lmmcore.rformat import format_numbers
 
 __all__ = ["confint", "level_columns", "profile_names", "sdcor_from_theta",
@@ -289,7 +289,7 @@ class _Devfun2:
         p = self.cp.p
         pwrss = float(f.LM[p, p]) ** 2
         s2 = sigma * sigma
-        return f.logdet_L2 + pwrss / s2 + self.cp.n * math.log(2 * math.pi * s2)
+        return f.logdet + pwrss / s2 + self.cp.n * math.log(2 * math.pi * s2)
 
     def __call__(self, pars) -> float:
         sigma, theta, f = self._factor(pars)
@@ -303,8 +303,8 @@ class _Devfun2:
         if f is None:
             return float("inf"), None
         value = self._value(sigma, f)
-        _, g_n = _dev.objective_and_gradient(self.cp, theta, False, factor=f)
-        _, g_n1 = _dev.objective_and_gradient(self.cp_plus, theta, False, factor=f)
+        g_n = _dev.blocked_gradient(self.cp, f, False)
+        g_n1 = _dev.blocked_gradient(self.cp_plus, f, False)
         if g_n is None or g_n1 is None:
             return value, None
         n, p = self.cp.n, self.cp.p
@@ -482,7 +482,7 @@ def _profile_fixed(cp, j, est, std, base, theta0, cutoff, delta, name):
         T[j, p - 1] = -fw
         cpj = dataclasses.replace(cp, p=p - 1, C1=cp.C1 @ T, C2=cp.C2 @ T, M0=T.T @ cp.M0 @ T)
         dev = _dev.ProfiledDeviance(cpj, False)
-        _, value, _ = minimize_theta(dev, theta0, dev.lower())
+        _, value, _ = minimize_theta(dev, theta_space(dev.cp.layouts), theta0)
         pars = np.zeros(p)
         pars[j] = fw
         if not np.isfinite(value):
@@ -675,7 +675,7 @@ def refit_cross_products(cp, reml: bool, theta0) -> _dev.Solution:
         When the response is fitted exactly (no residual variation).
     """
     dev = _dev.ProfiledDeviance(cp, reml)
-    theta, value, _ = minimize_theta(dev, np.asarray(theta0, float), dev.lower())
+    theta, value, _ = minimize_theta(dev, theta_space(dev.cp.layouts), np.asarray(theta0, float))
     if not np.isfinite(value):
         raise np.linalg.LinAlgError("perfect fit")
     return _dev.solve(cp, theta, reml)
@@ -715,8 +715,7 @@ def bootstrap_replicates(fit, start: int, stop: int, seed: int) -> np.ndarray:
     show progress and to stop it) gives the same numbers as one run.  A refit that fails
     gives a row of NaN (bootMer's failed runs).
     """
-    from lmmcore.mixed import _one_blas_thread
-    with _one_blas_thread():
+    with one_blas_thread():
         return _replicates(fit, _ResponseRefit(fit), range(start, stop), seed)
 
 
@@ -763,8 +762,7 @@ def bootstrap(fit, nsim: int = 1000, seed=None, progress=None) -> BootstrapResul
     names = list(t0.index)
     reps = np.full((nsim, len(names)), np.nan)
     refit = _ResponseRefit(fit)
-    from lmmcore.mixed import _one_blas_thread
-    with _one_blas_thread():
+    with one_blas_thread():
         for s in range(nsim):
             reps[s] = _replicates(fit, refit, range(s, s + 1), seed)[0]
             if progress is not None and progress(s + 1, nsim) is False:
@@ -789,8 +787,7 @@ def confint(fit, method: str = "profile", level: float = 0.95, nsim: int = 1000,
     if method == "profile":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            from lmmcore.mixed import _one_blas_thread
-            with _one_blas_thread():
+            with one_blas_thread():
                 return profile_interval(fit, level)
     if method == "boot":
         return bootstrap(fit, nsim, seed, progress).confint(level)

@@ -10,6 +10,7 @@ computed lazily on first access, so the fit itself stays fast.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import cached_property
 
 import numpy as np
@@ -18,7 +19,7 @@ import pandas as pd
 from lmmcore import deviance as _dev
 from lmmcore.design import check_grouping_factor, check_single_response
 from lmmcore.errors import DataError, FitError
-from lmmcore.optimize import check_convergence, minimize_theta
+from lmmcore.optimize import check_convergence, minimize_theta, one_blas_thread, theta_space
 from lmmcore.structure import MixedDesign
 
 __all__ = ["lmer", "fit_design", "MixedFit"]
@@ -83,43 +84,35 @@ def _check_design(design: MixedDesign) -> None:
         check_grouping_factor(term.group_name, text, used, term.n_columns, n)
 
 
-_BLAS = None
-
-
-def _one_blas_thread():
-    """Run BLAS single-threaded during a fit.
-
-    The fit makes thousands of small BLAS calls; OpenBLAS's worker threads spin-wait
-    between them, which on a busy 2-core server costs milliseconds per call.  One thread
-    is as fast for these sizes and predictable when several students fit at once.
-    """
-    global _BLAS
-    try:
-        if _BLAS is None:
-            from threadpoolctl import ThreadpoolController
-            _BLAS = ThreadpoolController()
-        return _BLAS.limit(limits=1, user_api="blas")
-    except Exception:  # threadpoolctl missing or unusable: run with the default threads
-        import contextlib
-        return contextlib.nullcontext()
-
-
 def fit_design(design: MixedDesign, reml: bool = True, data_name: str = "data") -> "MixedFit":
     """Fit the model of an already built design (the engine without the formula step)."""
-    with _one_blas_thread():
+    with one_blas_thread():
         return _fit_design(design, reml, data_name)
 
 
 def _fit_design(design: MixedDesign, reml: bool, data_name: str) -> "MixedFit":
     _check_design(design)
     cp = _dev.cross_products(design)
+    return _fit_cross_products(design, cp, reml, data_name)
+
+
+def _fit_cross_products(design: MixedDesign, cp, reml: bool, data_name: str,
+                        warm: "MixedFit | None" = None) -> "MixedFit":
+    """Minimise the profiled criterion of ``cp`` (from the optimum of the fit ``warm``
+    and its curvature, lme4's start if None), check the optimum as lme4 does and
+    package it."""
     dev = _dev.ProfiledDeviance(cp, reml)
-    lower = dev.lower()
-    theta, value, record = minimize_theta(dev, dev.start(), lower)
+    space = theta_space(cp.layouts)
+    if warm is None:
+        theta, value, record = minimize_theta(dev, space)
+    else:
+        theta, value, record = minimize_theta(dev, space, warm._sol.theta,
+                                              warm.optimizer.final_hessian)
     if not np.isfinite(value):
         raise FitError("The model could not be fitted: the response is fitted exactly by the "
                        "fixed effects, so there is no residual variation to split up.")
-    check = check_convergence(dev, theta, value, lower, record.final_gradient)
+    check = check_convergence(dev, theta, value, space.lower, record.final_gradient,
+                              record.final_hessian)
     sol = _dev.solve(cp, theta, reml)
     return MixedFit(design, bool(reml), cp, sol, record, check, data_name)
 
@@ -405,12 +398,150 @@ class MixedFit:
         """The profiled objective as a function of theta (REML or ML as fitted)."""
         return _dev.ProfiledDeviance(self._cp, self.reml)
 
-    def refit(self, reml: bool | None = None) -> "MixedFit":
-        """Fit the same design again, e.g. with ML (``reml=False``) for a likelihood-ratio test."""
+    def refit(self, y=None, reml: bool | None = None) -> "MixedFit":
+        """Fit the same model again to a new response, or with REML / ML.
+
+        Parameters
+        ----------
+        y : array_like, optional
+            A new response, one value per observation of this fit in its order
+            (``fit.design.row_index``; a pandas Series is taken by position, not by
+            index), as lme4's ``refit(fit, newresp)`` for ``bootMer`` and simulations.
+        reml : bool, optional
+            REML or ML; the fit's own criterion if None.
+
+        Returns
+        -------
+        MixedFit
+            With ``y``: the fit of the same design to ``y``.  It reuses the parsed
+            formula, the model matrices, the cross products that do not involve y, the
+            sparsity pattern and the fill-reducing structure, and starts the optimiser
+            from this fit's theta and curvature (same criterion); the optimum equals a fresh ``lmer`` on data with
+            this response to the optimiser's tolerance.  Without ``y``: this fit when
+            ``reml`` is unchanged, else a fresh fit of the same design from lme4's start
+            (lme4's ``refitML`` for ``reml=False``, e.g. for a likelihood-ratio test).
+
+        Raises
+        ------
+        DataError
+            When ``y`` has the wrong length or a missing or infinite value.
+
+        Examples
+        --------
+        A parametric bootstrap draws responses from the fit and refits each::
+
+            boot = [fit.refit(y_star).fixef for y_star in draws]
+        """
         reml = self.reml if reml is None else bool(reml)
-        if reml == self.reml:
-            return self
-        return fit_design(self.design, reml=reml, data_name=self.data_name)
+        if y is None:
+            if reml == self.reml:
+                return self
+            return fit_design(self.design, reml=reml, data_name=self.data_name)
+        y = _new_response(y, self.nobs)
+        cp = _dev.with_response(self._cp, self._response_map, y)
+        design = replace(self.design, y=y)
+        with one_blas_thread():
+            fit = _fit_cross_products(design, cp, reml, self.data_name,
+                                      warm=self if reml == self.reml else None)
+        fit.__dict__["_response_map"] = self._response_map   # same design: share the map
+        return fit
+
+    def refit_subset(self, rows, y=None, warm_start: bool = True) -> "MixedFit":
+        """Fit the same model to a subset of its observations (cross-validation).
+
+        Parameters
+        ----------
+        rows : array_like of int or bool
+            Positions of the observations to keep (0 .. nobs - 1, in the fit's order,
+            ``fit.design.row_index``), or a boolean mask of length ``nobs``.
+        y : array_like, optional
+            A response for the kept rows (default: the fit's own response there).
+        warm_start : bool, default True
+            Start the optimiser from this fit's theta and curvature (fewer
+            evaluations); False starts from lme4's start, as a fresh ``lmer`` would.
+
+        Returns
+        -------
+        MixedFit
+            The fit on the subset.  The encoded model matrices are reused (no formula
+            parsing or encoding); levels of a grouping factor left without rows are
+            dropped, as lme4 drops unused levels, and ``predict(newdata)`` gives those
+            levels the population prediction.  Equal to a fresh ``lmer`` on the subset
+            of the data to the optimiser's tolerance.
+
+        Raises
+        ------
+        DataError
+            For positions out of range, or when the subset leaves the fixed effects
+            rank deficient (lme4 would drop a column there; refit on the subset's data
+            with ``lmer`` instead).
+        FitError
+            When lme4's checks fail on the subset (e.g. a grouping factor with one level).
+
+        Examples
+        --------
+        Leave-one-group-out::
+
+            for g in groups:
+                sub = fit.refit_subset(codes != g)
+                pred = sub.predict(data[codes == g])
+        """
+        design = _design_subset(self.design, rows)
+        if y is not None:
+            design = replace(design, y=_new_response(y, design.nobs))
+        with one_blas_thread():
+            _check_design(design)
+            cp = _dev.cross_products(design)
+            return _fit_cross_products(design, cp, self.reml, self.data_name,
+                                       warm=self if warm_start else None)
+
+    @cached_property
+    def _response_map(self):
+        return _dev.response_map(self._cp, self.design)
+
+    def simulate(self, nsim: int = 1, seed=None) -> pd.DataFrame:
+        """New responses drawn from the fitted model, as lme4's ``simulate(fit, nsim, seed)``.
+
+        Each copy draws new random effects ``b ~ N(0, Sigma-hat)`` for every level and new
+        residuals ``N(0, sigma-hat^2)`` on the fitted rows (lme4's default ``use.u = FALSE``,
+        ``re.form = NA``): data the fitted model says could have been observed instead.
+
+        Parameters
+        ----------
+        nsim : int
+            Number of copies, 1 to 10,000 (and at most 20 million values in all).
+        seed : int or numpy.random.Generator, optional
+            Reproduces the draw (numpy's generator: not R's numbers for the same seed).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``sim_1`` ... ``sim_<nsim>`` (lme4's names), one row per observation
+            used in the fit, indexed like :attr:`fitted`.
+        """
+        from lmmcore.errors import LmmError
+
+        try:
+            k = int(nsim)
+            ok = not isinstance(nsim, bool) and k == nsim
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok or not 1 <= k <= 10_000 or k * self.nobs > 20_000_000:
+            raise LmmError(f"nsim must be a whole number from 1 to 10,000 with nsim x rows at most "
+                           f"20 million (got {nsim!r} for {self.nobs:,} rows).")
+        rng = np.random.default_rng(seed)
+        d = self.design
+        sigma = self._sol.sigma
+        y = np.repeat((np.asarray(d.X, float) @ self._sol.beta)[:, None], k, axis=1)
+        for i, t in enumerate(d.random_terms):
+            # b = sigma * Lambda_theta u, u standard normal (lme4's relative covariance factor)
+            T = self._cp.layouts[i].template(self._sol.theta)
+            u = rng.standard_normal((k, t.n_levels, t.n_columns))
+            b = sigma * u @ T.T
+            Z = np.asarray(t.Z_raw, float)
+            y += np.einsum("nc,snc->ns", Z, b[:, np.asarray(t.codes), :])
+        y += sigma * rng.standard_normal(y.shape)
+        return pd.DataFrame(y, index=d.row_index, columns=[f"sim_{j + 1}" for j in range(k)])
 
     # -- tests with denominator df (lmerTest, pbkrtest; lmmcore.inference) ---------
     def coef_table(self, ddf: str = "satterthwaite") -> pd.DataFrame:
@@ -445,13 +576,13 @@ class MixedFit:
     def _varpar_derivatives(self):
         from lmmcore.inference import varpar_derivatives
         # dozens of small factorisations: one BLAS thread, as in the fit (20x faster when busy)
-        with _one_blas_thread():
+        with one_blas_thread():
             return varpar_derivatives(self)
 
     @cached_property
     def _kenward_roger(self):
         from lmmcore.inference import KenwardRoger
-        with _one_blas_thread():
+        with one_blas_thread():
             return KenwardRoger(self)
 
     # -- summary ------------------------------------------------------------------
@@ -464,6 +595,74 @@ class MixedFit:
         from lmmcore.printing import lmer_summary
 
         return lmer_summary(self)
+
+
+def _new_response(y, n: int) -> np.ndarray:
+    """A new response vector of length ``n`` (refit), as float; DataError if unusable."""
+    y = np.asarray(y.to_numpy() if isinstance(y, (pd.Series, pd.DataFrame)) else y, float)
+    if y.ndim != 1 or y.shape[0] != n:
+        raise DataError(f"The new response must be one value per observation: {n} values, "
+                        f"got shape {y.shape}.")
+    if not np.all(np.isfinite(y)):
+        raise DataError("The new response contains missing or infinite values; "
+                        "give a finite value for every observation.")
+    return y
+
+
+class _SubsetEncoder:
+    """The full design's encoder with group codes mapped to a subset's levels
+    (a level without rows in the subset gets -1: the population prediction)."""
+
+    def __init__(self, encoder, code_maps):
+        self.encoder = encoder
+        self.code_maps = code_maps
+
+    def fixed_matrix(self, newdata):
+        return self.encoder.fixed_matrix(newdata)
+
+    def group_codes(self, newdata):
+        out = []
+        for (codes, Z), new_code in zip(self.encoder.group_codes(newdata), self.code_maps):
+            codes = np.asarray(codes, np.intp)
+            mapped = np.full(codes.shape, -1, np.intp)
+            known = codes >= 0
+            mapped[known] = new_code[codes[known]]
+            out.append((mapped, Z))
+        return out
+
+
+def _design_subset(design: MixedDesign, rows) -> MixedDesign:
+    """The rows ``rows`` (positions or a boolean mask) of ``design``, unused levels of
+    each grouping factor dropped, the encoding kept (see ``MixedFit.refit_subset``)."""
+    n = design.nobs
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        if rows.shape != (n,):
+            raise DataError(f"A boolean row mask needs one value per observation ({n}).")
+        rows = np.flatnonzero(rows)
+    rows = rows.astype(np.intp, copy=False)
+    if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= n)):
+        raise DataError(f"Row positions must be between 0 and {n - 1}.")
+    X = np.asarray(design.X, float)[rows]
+    if X.shape[1] and np.linalg.matrix_rank(X) < X.shape[1]:
+        raise DataError("On these rows the fixed-effects columns are linearly dependent "
+                        f"({', '.join(design.fixed_names)}); fit the subset of the data with "
+                        "lmer() instead, which drops the redundant columns as lme4 does.")
+    terms, code_maps = [], []
+    for t in design.random_terms:
+        codes = np.asarray(t.codes, np.intp)[rows]
+        used = np.flatnonzero(np.bincount(codes, minlength=t.n_levels))
+        new_code = np.full(t.n_levels, -1, np.intp)
+        new_code[used] = np.arange(used.size)
+        levels = t.levels if used.size == t.n_levels else tuple(t.levels[i] for i in used)
+        terms.append(replace(t, levels=levels, codes=new_code[codes],
+                             Z_raw=np.asarray(t.Z_raw)[rows]))
+        code_maps.append(new_code)
+    encoder = design.encoder
+    if encoder is not None and any(m.size != len(t.levels) for m, t in zip(code_maps, terms)):
+        encoder = _SubsetEncoder(encoder, code_maps)
+    return replace(design, y=np.asarray(design.y, float)[rows], X=X, random_terms=tuple(terms),
+                   row_index=design.row_index[rows], encoder=encoder)
 
 
 # ---------------------------------------------------------------------------

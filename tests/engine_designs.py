@@ -163,3 +163,17 @@ def hand_design(name: str, data: pd.DataFrame | None = None) -> MixedDesign:
         response_name=response, y=df[response].astype(float).to_numpy(), X=X,
         fixed_names=fixed_names, dropped_fixed=(), random_terms=tuple(terms), n_dropped_na=0,
         row_index=df.index, encoder=enc)
+
+
+def crossed_scalar_design(seed=5):
+    """Three crossed scalar terms, large enough for the sparse Schur-pattern path."""
+    from lmmcore.design import build_design
+    rng = np.random.default_rng(seed)
+    n = 4000
+    g1, g2, g3 = rng.integers(0, 700, n), rng.integers(0, 420, n), rng.integers(0, 12, n)
+    x = rng.normal(size=n)
+    y = (1 + 0.5 * x + rng.normal(0, 0.7, 700)[g1] + rng.normal(0, 0.4, 420)[g2]
+         + rng.normal(0, 0.3, 12)[g3] + rng.normal(size=n))
+    data = pd.DataFrame({"y": y, "x": x, "g1": g1.astype(str), "g2": g2.astype(str),
+                         "g3": g3.astype(str)})
+    return build_design("y ~ x + (1 | g1) + (1 | g2) + (1 | g3)", data)
