@@ -17,7 +17,11 @@ A new page's keys: add constants under its namespace in the section of that page
 add a key to ``PERSISTENT`` if its value must survive a visit to another page.
 
 The URL query carries ``dataset``, ``formula`` and ``lecture``: read on a session's first
-run, written back whenever they change, so a lecturer can post a link to a view.
+run, written back whenever they change, so a lecturer can post a link to a view.  While a
+student works on their own file the query says ``upload=<its name>`` instead of a dataset:
+a file is never stored, so a session that starts from such a URL (the student's server
+was restarted, or the link was opened elsewhere) knows the file is gone and says so
+(``DATA_LOST``) instead of silently showing other data.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ DATA_TYPES = "data.types"            # {dataset key: {column: "numeric"|"categor
 DATA_REFERENCE = "data.reference"    # {dataset key: {column: reference level}}
 DATA_UPLOADER = "data.uploader"
 DATA_UPLOAD_ERROR = "data.upload_error"
+DATA_LOST = "data.lost"              # name of an uploaded file the URL refers to but this session lacks
 DATA_TYPED = "data.typed"            # (signature, types, typed table) of the last run, small tables: reused while unchanged
 DATA_CATEGORICAL = "data.categorical"  # multiselect: the columns treated as categorical
 DATA_TYPE_ERROR = "data.type_error"  # why the last type switch was refused
@@ -240,13 +245,15 @@ def init() -> None:
     persistent widget values alive across pages.  Call first thing in every run."""
     ss = st.session_state
     if not ss.get(APP_READY):
-        query = {k: st.query_params.get(k) for k in ("dataset", "formula", "lecture")}
+        query = {k: st.query_params.get(k) for k in ("dataset", "formula", "lecture", "upload")}
         key = query["dataset"] if query["dataset"] in CATALOGUE else DEFAULT_KEY
         ss[DATA_KEY] = key
         ss[DATA_USER] = {}
         ss[DATA_TYPES] = {}
         ss[DATA_REFERENCE] = {}
         ss[DATA_UPLOAD_ERROR] = None
+        # A new session has no uploaded file: if the URL names one, it was lost.
+        ss[DATA_LOST] = str(query["upload"])[:200] if query["upload"] else None
         ss[MODEL_METHOD] = "REML"
         ss[MODEL_DDF] = "lme4"
         ss[MODEL_FAMILY] = "gaussian"
@@ -329,6 +336,9 @@ def share_query() -> dict:
         formula = (ss.get(MODEL_FORMULA) or "").strip()
         if formula and formula != CATALOGUE[ss[DATA_KEY]].formula:
             q["formula"] = formula
+    elif ss.get(DATA_KEY) in ss.get(DATA_USER, {}):
+        # not shareable, but a session started from this URL knows a file is missing
+        q["upload"] = ss[DATA_USER][ss[DATA_KEY]]["label"][:200]
     if ss.get(APP_LECTURE):
         q["lecture"] = "1"
     return q
