@@ -3,7 +3,7 @@
 Every session-state and widget key of the app is a constant here, and nowhere else: pages
 and helpers use the constant, never the text (``tests/test_app_registry.py`` checks).
 Keys are namespaced by page, with the namespaces registered in ``explorer.pages``
-(``data.*``, ``model.*``, ``pool.*``, ``shrink.*``), plus ``app.*`` for the sidebar and
+(``data.*``, ``model.*``, ``pool.*``, ``shrink.*``, ``fit.*``), plus ``app.*`` for the sidebar and
 the gate and ``build.*`` for the model page's formula builder.
 
 :func:`init`, called once at the top of every run by ``app.py``, gives the session-wide
@@ -114,12 +114,25 @@ SHRINK_HIGHLIGHT = "shrink.highlight"  # groups drawn strong and labelled on the
 SHRINK_HIGHLIGHT_FOR = "shrink.highlight_for"  # the (table, columns) that selection belongs to
 SHRINK_CHART = "shrink.chart"
 
+# fit: the "How the fit works" page
+FIT_SECTION = "fit.section"          # the page's open view: criterion, REML and ML, singular fit
+FIT_THETA = "fit.theta"              # slider: the theta of a one-knob model
+FIT_PAIR = "fit.pair"                # the two theta elements of the contour map
+FIT_ELEMENT = "fit.element"          # REML and ML: the theta element the curves run along
+FIT_CHART = "fit.chart"              # the page's main chart (curve or contour map)
+FIT_CHART_PARTS = "fit.chart_parts"
+FIT_CHART_SHRINK = "fit.chart_shrinkage"
+FIT_CHART_REML = "fit.chart_reml"
+FIT_CHART_SINGULAR = "fit.chart_singular"
+FIT_CHART_SINGULAR_SHRINK = "fit.chart_singular_shrinkage"
+
 NO_PREDICTOR = "(none: intercept only)"
 
 PERSISTENT = (
     MODEL_FORMULA, MODEL_METHOD, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP, POOL_RANDOM,
     POOL_SELECTED, POOL_SORT, POOL_PAGE, APP_IMAGE_FORMAT, MODEL_COMPARE, MODEL_SAVE_KIND,
     MODEL_SECTION, MODEL_RANEF_GROUP, MODEL_CAT_GROUP, MODEL_BUILDER_OPEN, SHRINK_HIGHLIGHT,
+    FIT_SECTION,
 )
 
 

@@ -13,10 +13,13 @@ Public names
 ------------
 - :func:`state_at` -> :class:`ThetaState`: the model at one theta (fixed effects, sigma,
   random effects, and the criterion split into its parts);
+- :func:`estimates_at`: pooling estimates with partial pooling at a chosen theta (for the
+  shrinkage charts);
 - :func:`criterion_curve`: the criterion along one theta element, the others fixed;
 - :func:`criterion_surface`: the criterion over a grid of two theta elements;
 - :func:`optimizer_path`: the thetas the optimiser evaluated, in order, and its descent;
-- :func:`theta_names`: lme4's names of the theta elements (``Subject.(Intercept)``);
+- :func:`theta_names`: lme4's names of the theta elements (``Subject.(Intercept)``), and
+  :func:`theta_is_diagonal`: which of them are relative standard deviations;
 - :func:`theta_range`: a plotting range for one element that holds start, path and optimum.
 
 Notes
@@ -43,8 +46,8 @@ import pandas as pd
 from lmmcore import deviance as _dev
 from lmmcore.errors import LmmError
 
-__all__ = ["ThetaState", "state_at", "criterion_curve", "criterion_surface", "optimizer_path",
-           "theta_names", "theta_range", "PART_LABELS"]
+__all__ = ["ThetaState", "state_at", "estimates_at", "criterion_curve", "criterion_surface", "optimizer_path",
+           "theta_names", "theta_is_diagonal", "theta_range", "PART_LABELS"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -80,7 +83,9 @@ def theta_names(fit) -> list:
     return names
 
 
-def _is_diagonal(fit) -> np.ndarray:
+def theta_is_diagonal(fit) -> np.ndarray:
+    """Which theta elements are diagonal elements of a relative covariance factor (a
+    relative standard deviation, bounded below by 0; lme4 starts them at 1, the others at 0)."""
     return np.concatenate([lay.rows == lay.cols for lay in _layouts(fit)])
 
 
@@ -172,7 +177,7 @@ def _check_theta(fit, theta) -> np.ndarray:
     if theta.shape != (k,) or not np.all(np.isfinite(theta)):
         raise LmmError(f"theta needs {k} finite number{'s' if k != 1 else ''} "
                        f"({', '.join(theta_names(fit))}).")
-    if np.any(theta[_is_diagonal(fit)] < 0):
+    if np.any(theta[theta_is_diagonal(fit)] < 0):
         raise LmmError("The diagonal elements of theta (relative standard deviations) "
                        "cannot be negative.")
     return theta
@@ -228,7 +233,7 @@ def theta_range(fit, index: int, extra=()) -> tuple:
     values = [rec.theta_start[index], fit.theta[index], *path.loc[path["descent"], col], *extra]
     lo, hi = float(min(values)), float(max(values))
     span = max(hi - lo, 0.5 * max(abs(hi), abs(lo)), 0.5)
-    if _is_diagonal(fit)[index]:
+    if theta_is_diagonal(fit)[index]:
         return 0.0, max(hi + 0.35 * span, 1.5 * float(fit.theta[index]), 1.2)
     return lo - 0.35 * span, hi + 0.35 * span
 
@@ -332,3 +337,34 @@ def optimizer_path(fit) -> pd.DataFrame:
         path.loc[path["criterion"] < fit.objective, "descent"] = False
         path = pd.concat([path, pd.DataFrame([row])], ignore_index=True)
     return path
+
+
+def estimates_at(estimates, theta):
+    """Pooling estimates whose partial pooling is the mixed model at ``theta``.
+
+    Parameters
+    ----------
+    estimates : PoolingEstimates
+        ``lmmcore.pooling_estimates``' result; its fit is the one the criterion belongs to.
+    theta : array_like
+
+    Returns
+    -------
+    PoolingEstimates
+        The same table with the ``partial`` rows replaced by each group's coefficients
+        at ``theta`` and ``fit`` by the :class:`ThetaState` there (its ``fixef`` is the
+        average the groups are pulled toward at this theta).  Complete and no pooling are
+        unchanged: theta = 0 puts every group at the fixed effects (lm's estimates), and a
+        large theta moves them to the no-pooling estimates.
+    """
+    state = state_at(estimates.fit, theta)
+    coef = state.coef[estimates.group]
+    coef.index = [str(i) for i in coef.index]
+    names = list(state.design.fixed_names)
+    table = estimates.table
+    rows = table["method"] == "partial"
+    groups = table.loc[rows, "group"].astype(str)
+    for i, column in enumerate(estimates.coefficients):
+        if i < len(names) and names[i] in coef.columns:
+            table.loc[rows, column] = coef[names[i]].reindex(groups).to_numpy(dtype=float)
+    return estimates.replace(table=table, fit=state)
