@@ -100,13 +100,13 @@ def _one_knob(est, key: tuple, lecture: bool, chart_slot, knob_slot) -> None:
         ss[S.FIT_THETA] = optimum
     theta = knob_slot.select_slider(f"θ ({name}): move it and watch every group", options, key=S.FIT_THETA,
                              format_func=lambda t: f"{t:.3g}" + (" (optimum)" if t == optimum else ""))
+    # Figures are cached per model and theta stop: going back to a theta redraws nothing.
     with chart_slot:
-        fig = charts.criterion_curves(
+        charts.show_cached(("fit_curve", theta, lecture) + key, lambda: charts.criterion_curves(
             [{"label": kind, "name": f"{kind} criterion", "theta": curve["theta"], "value": curve["value"],
               "optimum": (optimum, fit.objective)}],
             f"θ = {name}", lecture, current=theta, y_title=f"profiled {kind} criterion",
-            height=470 if lecture else 380)
-        charts.show(fig, S.FIT_CHART, "criterion_curve")
+            height=470 if lecture else 380), S.FIT_CHART, "criterion_curve")
     now, best = fitview.state_at(fit, [theta]), fitview.state_at(fit, fit.theta)
     left, right = st.columns([1, 1.3]) if not lecture else (st.container(), st.container())
     with left:
@@ -114,12 +114,14 @@ def _one_knob(est, key: tuple, lecture: bool, chart_slot, knob_slot) -> None:
         show_table(_implied({"your θ": now, "optimum": best}, est.group))
     with right:
         st.markdown("**The criterion's parts**, change from the optimum")
-        charts.show(charts.criterion_parts(now.parts, best.parts, fitview.PART_LABELS, lecture),
-                    S.FIT_CHART_PARTS, "criterion_parts")
+        charts.show_cached(("fit_parts", theta, lecture) + key,
+                           lambda: charts.criterion_parts(now.parts, best.parts, fitview.PART_LABELS, lecture),
+                           S.FIT_CHART_PARTS, "criterion_parts")
     st.markdown(f"**Every group at θ = {theta:.3g}**: arrows from each group's own estimate (no pooling) "
                 "to its estimate at this θ.")
-    at = fitview.estimates_at(est, [theta])
-    charts.show(charts.shrinkage_1d(at, lecture), S.FIT_CHART_SHRINK, "shrinkage_at_theta")
+    charts.show_cached(("fit_shrinkage", theta, lecture) + key,
+                       lambda: charts.shrinkage_1d(fitview.estimates_at(est, [theta]), lecture),
+                       S.FIT_CHART_SHRINK, "shrinkage_at_theta")
     st.markdown(ONE_KNOB)
 
 

@@ -421,11 +421,13 @@ def shrinkage_1d(estimates, lecture: bool) -> go.Figure:
     labels = {g: f"{esc(g)} (n={int(part.loc[g, 'n'])})" for g in order}
     fin = [g for g in order if g in no.index and np.isfinite(no.loc[g, column])]
     fig = go.Figure()
-    for g in fin:
-        fig.add_annotation(x=part.loc[g, column], y=labels[g], ax=no.loc[g, column],
-                           ay=labels[g], xref="x", yref="y", axref="x", ayref="y", text="",
-                           showarrow=True, arrowhead=2, arrowwidth=max(1.0, s["line"] / 1.6),
-                           arrowcolor="#888888", standoff=s["marker"] / 2)
+    # One layout update with every arrow: add_annotation validates and copies the whole
+    # list each time (quadratic in the groups; the fit page redraws this on every slider move).
+    fig.update_layout(annotations=[
+        {"x": part.loc[g, column], "y": labels[g], "ax": no.loc[g, column], "ay": labels[g],
+         "xref": "x", "yref": "y", "axref": "x", "ayref": "y", "text": "", "showarrow": True,
+         "arrowhead": 2, "arrowwidth": max(1.0, s["line"] / 1.6), "arrowcolor": "#888888",
+         "standoff": s["marker"] / 2} for g in fin])
     nost, pst = METHODS["no"], METHODS["partial"]
     fig.add_trace(go.Scatter(
         x=no.loc[fin, column], y=[labels[g] for g in fin], mode="markers", name=nost["label"],
