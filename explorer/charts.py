@@ -642,9 +642,9 @@ def criterion_parts(parts: pd.Series, optimum: pd.Series, labels: dict, lecture:
     """
     s = sizes(lecture)
     delta = parts - optimum.reindex(parts.index)
-    names = [labels.get(k, k) for k in parts.index] + ["the criterion (sum)"]
-    values = list(delta.to_numpy(float)) + [float(delta.sum())]
     now = list(parts.to_numpy(float)) + [float(parts.sum())]
+    names = [f"{labels.get(k, k)} = {v:.5g}" for k, v in zip(parts.index, now)] + [f"criterion = {now[-1]:.5g}"]
+    values = list(delta.to_numpy(float)) + [float(delta.sum())]
     colours = [OKABE_ITO["green"] if v < 0 else OKABE_ITO["vermillion"] for v in values]
     colours[-1] = OKABE_ITO["black"]
     fig = go.Figure(go.Bar(
@@ -652,9 +652,14 @@ def criterion_parts(parts: pd.Series, optimum: pd.Series, labels: dict, lecture:
         customdata=np.array(now).reshape(-1, 1), text=[f"{v:+.3g}" for v in values], textposition="auto",
         hovertemplate="%{y}<br>change %{x:+.4g} (now %{customdata[0]:.6g})<extra></extra>"))
     fig.add_vline(x=0, line={"color": "#555555", "width": 1})
+    if not np.any(np.abs(values) > 1e-9 * max(1.0, abs(now[-1]))):
+        fig.add_annotation(text="θ is at the optimum: no change. Move the slider.", showarrow=False,
+                           xref="paper", yref="paper", x=0.5, y=0.5, font={"size": s["font"]},
+                           bgcolor="rgba(255,255,255,0.9)")
+        fig.update_xaxes(range=[-1, 1])
     fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title_text="change from the optimum (below 0: cheaper there)", showgrid=True)
-    return _layout(fig, lecture, height=90 + 55 * len(names))
+    fig.update_xaxes(title_text="change from the optimum", showgrid=True)
+    return _layout(fig, lecture, height=110 + 50 * len(names))
 
 
 def criterion_contours(surface: dict, path: pd.DataFrame, optimum: tuple, start: tuple, lecture: bool,

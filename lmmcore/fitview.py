@@ -51,11 +51,12 @@ __all__ = ["ThetaState", "state_at", "estimates_at", "criterion_curve", "criteri
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
-#: The criterion's parts, in the order they are added, as the page labels them.
+#: The criterion's parts, in the order they are added, as the page labels them (the
+#: residual term is (n - p)(1 + log(2 pi pwrss / (n - p))) under REML, n(...) under ML).
 PART_LABELS = {
-    "logdet_L": "log|L|² (penalty: groups allowed to differ)",
-    "logdet_RX": "log|R_X|² (REML: fixed effects estimated)",
-    "pwrss": "residual term: (n−p)(1 + log(2π·pwrss/(n−p)))",
+    "logdet_L": "log|L|² (penalty)",
+    "logdet_RX": "log|R_X|² (REML)",
+    "pwrss": "residual term",
 }
 
 
