@@ -106,7 +106,7 @@ def _one_knob(est, key: tuple, lecture: bool, chart_slot, knob_slot) -> None:
             [{"label": kind, "name": f"{kind} criterion", "theta": curve["theta"], "value": curve["value"],
               "optimum": (optimum, fit.objective)}],
             f"θ = {name}", lecture, current=theta, y_title=f"profiled {kind} criterion",
-            height=470 if lecture else 380), S.FIT_CHART, "criterion_curve")
+            height=380), S.FIT_CHART, "criterion_curve")
     now, best = fitview.state_at(fit, [theta]), fitview.state_at(fit, fit.theta)
     left, right = st.columns([1, 1.3]) if not lecture else (st.container(), st.container())
     with left:
@@ -143,7 +143,7 @@ def _several_knobs(est, key: tuple, lecture: bool, chart_slot, knob_slot) -> Non
             surface = C.surface(key, i, j, _fit=fit)
         start = fit.optimizer.theta_start
         fig = charts.criterion_contours(surface, path, (fit.theta[i], fit.theta[j]), (start[i], start[j]),
-                                        lecture, height=520 if lecture else 520)
+                                        lecture, height=380 if lecture else 520)
         charts.show(fig, S.FIT_CHART, "criterion_contours")
     held = [n for k, n in enumerate(names) if k not in (i, j)]
     kind = "REML criterion" if fit.reml else "ML deviance"
@@ -155,7 +155,7 @@ def _several_knobs(est, key: tuple, lecture: bool, chart_slot, knob_slot) -> Non
         + f". The optimiser started at lme4's start (1 for a standard deviation, 0 for a correlation part) "
           f"and evaluated the criterion {rec.evaluations} times"
         + (" (its path is drawn projected onto these two; the other knobs moved too)" if held else "")
-        + ". Lighter is lower.")
+        + ". Darker is lower.")
     descent = path[path["descent"]].drop(columns="descent").reset_index(drop=True)
     descent.index = pd.Index(range(1, len(descent) + 1), name="step")
     st.markdown("**The optimiser's way down** (each step lower than all before)")
@@ -190,7 +190,7 @@ def _reml_ml_view(est, key, lecture, chart_slot, knob_slot) -> None:
                        "value": c["value"] - low, "optimum": (float(f.theta[index]), 0.0)})
     with chart_slot:
         fig = charts.criterion_curves(curves, f"θ = {name}", lecture, y_title="criterion − its minimum",
-                                      height=470 if lecture else 400)
+                                      height=380 if lecture else 400)
         charts.show(fig, S.FIT_CHART_REML, "reml_and_ml")
     if len(names) > 1:
         st.caption("Each curve runs through its own optimum: the other knobs are held at that criterion's optimum.")
@@ -222,7 +222,7 @@ def _singular_view(est, key, lecture, chart_slot, knob_slot) -> None:
         fig = charts.criterion_curves(
             [{"label": kind, "name": f"{kind} criterion", "theta": curve["theta"], "value": curve["value"],
               "optimum": (float(fit.theta[index]), fit.objective)}],
-            f"θ = {names[index]}", lecture, y_title=f"profiled {kind} criterion", height=470 if lecture else 380)
+            f"θ = {names[index]}", lecture, y_title=f"profiled {kind} criterion", height=380)
         charts.show(fig, S.FIT_CHART_SINGULAR, "singular_fit")
     if own:
         st.markdown(f"Your model {md(est.formulas['partial'])} is singular: θ = 0 for {md(names[index])}.")

@@ -682,7 +682,7 @@ def criterion_contours(surface: dict, path: pd.DataFrame, optimum: tuple, start:
         x=surface["x"], y=surface["y"], z=rise, colorscale="Blues", reversescale=True, ncontours=18,
         contours={"coloring": "heatmap", "showlines": True}, line={"width": 0.5},
         customdata=np.where(np.isfinite(z), z, np.nan), name="criterion",
-        colorbar={"title": {"text": "√(rise)", "side": "right"}, "thickness": 12},
+        colorbar={"title": {"text": "√(criterion − lowest)", "side": "right"}, "thickness": 12},
         hovertemplate=f"{esc(xname)} %{{x:.3g}}<br>{esc(yname)} %{{y:.3g}}<br>criterion %{{customdata:.6g}}<extra></extra>"))
     x0, x1 = float(np.min(surface["x"])), float(np.max(surface["x"]))
     y0, y1 = float(np.min(surface["y"])), float(np.max(surface["y"]))
