@@ -19,6 +19,7 @@ from lmmcore.printing import format_anova, format_lm_comparison
 from lmmcore.formula_menu import RANDOM_KINDS, RANDOM_LABELS, compose_formula, decompose_formula, random_term
 from explorer import charts
 from explorer import data as D
+from explorer import inference_ui
 from explorer import state as S
 from explorer.escape import md
 from explorer.tables import table as show_table
@@ -130,8 +131,13 @@ def _summary(f: Fitted) -> None:
     data, formula, fixed, mixed, linear, reml = f.data, f.formula, f.parsed.fixed_text, f.mixed, f.linear, f.reml
     lm_text = summary("lm", fixed, data, True, linear) if linear is not None else ""
     if mixed is not None:
+        ddf = inference_ui.ddf_choice()
         st.markdown(f"**lmer** ({'REML' if reml else 'ML'})")
-        st.code(summary("lmer", formula, data, reml, mixed), language=None)
+        if ddf == "lme4":
+            st.code(summary("lmer", formula, data, reml, mixed), language=None)
+        else:
+            with guard("p-values"):
+                inference_ui.summary_block(data, formula, reml, mixed, ddf)
         with st.expander("lm with the same fixed effects (ignores the grouping)"):
             st.code(lm_text, language=None)
     else:
@@ -209,6 +215,8 @@ def _tables(f: Fitted) -> None:
             cols = st.columns(min(4, len(icc)))
             for i, (g, v) in enumerate(icc.items()):
                 cols[i % len(cols)].metric(f"ICC {g}", f"{v:.3f}")
+        with guard("R²"):
+            inference_ui.r2_block(f.data, f.formula, f.reml, mixed)
     groups = list(mixed.ranef)
     if st.session_state.get(S.MODEL_RANEF_GROUP) not in groups:  # kept from another model
         st.session_state[S.MODEL_RANEF_GROUP] = groups[0]
@@ -275,6 +283,10 @@ def _plots(f: Fitted) -> None:
 def _saved_models(f: Fitted) -> None:
     data, current, reml, has_random = f.data, f.formula, f.reml, f.parsed.has_random
     ss = st.session_state
+    if f.mixed is not None:
+        with guard("type III anova"):
+            inference_ui.anova_block(data, current, reml, f.mixed, ss.get(S.MODEL_DDF, "lme4"))
+        st.divider()
     saved = ss[S.MODEL_SAVED]
     mine = {n: m for n, m in saved.items() if m["dataset"] == data.key}
     st.markdown("Save fits under a name, then compare two or more with a likelihood-ratio test "
@@ -413,9 +425,12 @@ def _reproduce(f: Fitted) -> None:
     numeric = [c for c in used if data.types[c] == "numeric" and not pd.api.types.is_numeric_dtype(raw[c])]
     refs = {c: v for c, v in data.reference.items() if c in categorical}
     kind = "lmer" if has_random else "lm"
+    ddf = st.session_state.get(S.MODEL_DDF, "lme4")
     r_code, py_code = teaching.reproduce_code(formula, data.file, reml, kind=kind, categorical=categorical,
-                                              numeric=numeric, reference_levels=refs)
-    st.markdown("**R (lme4)**: the copy icon at the top right of each box copies the code")
+                                              numeric=numeric, reference_levels=refs,
+                                              ddf=ddf if has_random else None, r2=has_random)
+    st.markdown(("**R (lme4, lmerTest, performance)**" if has_random else "**R**")
+                + ": the copy icon at the top right of each box copies the code")
     st.code(r_code, language="r", wrap_lines=True)
     st.markdown("**Python (lmmcore)**")
     st.code(py_code, language="python", wrap_lines=True)

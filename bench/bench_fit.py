@@ -381,6 +381,89 @@ def _environment() -> dict:
             "blas_env": env, "threadpools": pools}
 
 
+# --------------------------------------------------------------------------- inference
+# (issue 8; a separate block: the rows above are the engine's.)  lmmcore's lmerTest-style
+# tables against lmerTest / pbkrtest timed inside R (bench/bench_lmertest.R, same run).
+# Each lmmcore timing starts from a fit without the cached derivatives (copy.copy drops
+# them), so it includes the Hessian / Jacobian (Satterthwaite) or the adjusted covariance
+# (Kenward-Roger), as the R timings do.
+INFERENCE_R_SCRIPT = Path(__file__).resolve().parent / "bench_lmertest.R"
+# Targets (issue 8): Satterthwaite >= 3x lmerTest, Kenward-Roger >= 5x pbkrtest.
+INFERENCE_TARGETS = {"satterthwaite": 3.0, "kenward-roger": 5.0}
+# key, model, repeats, with Kenward-Roger, with R (lmerTest on InstEval takes minutes)
+INFERENCE_MODELS = [
+    ("sleepstudy_slope", Model("sleepstudy_slope", "sleepstudy, (Days | Subject)",
+                               "Reaction ~ Days + (Days | Subject)", _sleepstudy,
+                               ("Subject",), repeats=10, quick_repeats=3), True, True),
+    ("insteval", MODELS[3], False, False),
+]
+
+
+def _time_inference_lmmcore(model: Model, ddf: str, repeats: int) -> list:
+    import copy
+
+    import lmmcore
+
+    fit = lmmcore.lmer(model.formula, model.data, reml=True)
+    copy.copy(fit).coef_table(ddf)                 # warm-up (imports, first calls)
+    times = []
+    for _ in range(repeats):
+        fresh = copy.copy(fit)
+        gc.collect()
+        start = time.perf_counter()
+        fresh.coef_table(ddf)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run_inference_bench(quick: bool = False, csv_dir: Path | None = None) -> dict:
+    """Time coef_table(ddf) against lmerTest / pbkrtest; returns rows for the report."""
+    rows = {}
+    have_r = shutil.which("Rscript") is not None
+    with tempfile.TemporaryDirectory(prefix="lmm-bench-inf-") as tmp:
+        for key, model, with_kr, with_r in INFERENCE_MODELS:
+            if model.data is None:
+                model.data = model.load()
+            repeats = model.quick_repeats if quick else model.repeats
+            if model.large:
+                repeats = 1
+            row = {"label": model.label, "formula": model.formula, "repeats": repeats}
+            methods = ["satterthwaite"] + (["kenward-roger"] if with_kr else [])
+            for ddf in methods:
+                times = _time_inference_lmmcore(model, ddf, repeats)
+                row[f"lmmcore_{ddf}"] = statistics.median(times)
+            if with_r and have_r:
+                csv = Path(tmp) / f"{key}.csv"
+                model.data.to_csv(csv, index=False)
+                proc = subprocess.run(
+                    [shutil.which("Rscript"), str(INFERENCE_R_SCRIPT), str(csv), model.formula,
+                     ",".join(model.factors), str(repeats), "1" if with_kr else "0"],
+                    capture_output=True, text=True, timeout=3600)
+                if proc.returncode == 0:
+                    out = json.loads(proc.stdout.strip().splitlines()[-1])
+                    row["R_satterthwaite"] = statistics.median(out["satterthwaite"])
+                    if out["kenward_roger"]:
+                        row["R_kenward-roger"] = statistics.median(out["kenward_roger"])
+                else:
+                    row["R_note"] = f"failed: {proc.stderr.strip()[-300:]}"
+            for ddf in methods:
+                own, theirs = row.get(f"lmmcore_{ddf}"), row.get(f"R_{ddf}")
+                if own and theirs:
+                    row[f"speedup_{ddf}"] = theirs / own
+                    row[f"target_{ddf}"] = theirs / own >= INFERENCE_TARGETS[ddf]
+            rows[key] = row
+    print("\ninference (lmmcore coef_table vs lmerTest / pbkrtest, median seconds):")
+    for row in rows.values():
+        parts = []
+        for ddf in ("satterthwaite", "kenward-roger"):
+            if f"lmmcore_{ddf}" in row:
+                r = row.get(f"R_{ddf}")
+                parts.append(f"{ddf} {_fmt_time(row[f'lmmcore_{ddf}'])} vs R {_fmt_time(r)}"
+                             + (f" ({row[f'speedup_{ddf}']:.1f}x)" if r else ""))
+        print(f"- {row['label']}: " + "; ".join(parts))
+    return rows
+
+
 # --------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -466,10 +549,15 @@ def main(argv=None) -> int:
         for key, info in profiles.items():
             rows[key]["lmmcore_profile"] = info
 
+    if "lmmcore" in active and not args.only:
+        inference_rows = run_inference_bench(args.quick)   # issue 8 block
+    else:
+        inference_rows = {}
+
     report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick,
               "load_average_at_start": load_at_start,
               "versions": versions, "missing": missing, "environment": _environment(),
-              "models": rows}
+              "models": rows, "inference": inference_rows}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, default=str))
     print(f"\nwritten: {args.output}")

@@ -83,6 +83,11 @@ def _key(kind: str, formula: str, data, reml: bool) -> tuple:
             tuple(kw["categorical"]), tuple(kw["numeric"]), ref, name)
 
 
+def fit_key(kind: str, formula: str, data, reml: bool = True) -> tuple:
+    """The cache key of :func:`fit`'s result, for results computed from that fit."""
+    return _key(kind, formula, data, reml)
+
+
 def fit(kind: str, formula: str, data, reml: bool = True):
     """Fit ``kind`` ("lmer" or "lm") to an :class:`explorer.data.ActiveData`; cached.
 

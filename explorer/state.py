@@ -70,6 +70,7 @@ MODEL_SECTION = "model.section"      # the model page's open tab (only that tab 
 MODEL_BUILDER_OPEN = "model.builder_open"  # the formula builder's expander is open (its menus run)
 MODEL_RANEF_GROUP = "model.ranef_group"
 MODEL_CAT_GROUP = "model.caterpillar_group"
+MODEL_DDF = "model.ddf"              # p-values: "lme4" (none), "satterthwaite", "kenward-roger"
 MODEL_DOWNLOAD_COEF = "model.download_coef"
 MODEL_COEF_PAGE = "model.coef_page"  # lecture mode: the page of coef()'s rows shown
 MODEL_FIXEF_PAGE = "model.fixef_page"
@@ -132,7 +133,7 @@ PERSISTENT = (
     MODEL_FORMULA, MODEL_METHOD, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP, POOL_RANDOM,
     POOL_SELECTED, POOL_SORT, POOL_PAGE, APP_IMAGE_FORMAT, MODEL_COMPARE, MODEL_SAVE_KIND,
     MODEL_SECTION, MODEL_RANEF_GROUP, MODEL_CAT_GROUP, MODEL_BUILDER_OPEN, SHRINK_HIGHLIGHT,
-    FIT_SECTION,
+    MODEL_DDF, FIT_SECTION,
 )
 
 
@@ -168,6 +169,7 @@ def init() -> None:
         ss[DATA_REFERENCE] = {}
         ss[DATA_UPLOAD_ERROR] = None
         ss[MODEL_METHOD] = "REML"
+        ss[MODEL_DDF] = "lme4"
         ss[MODEL_SAVED] = {}
         ss[APP_LECTURE] = query["lecture"] in ("1", "true", "yes")
         ss[APP_IMAGE_FORMAT] = "png"

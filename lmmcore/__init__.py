@@ -13,6 +13,8 @@ Public API (tests, pages and tools rely on these names):
 - ``lm(formula, data) -> LinearFit``
 - ``anova(*fits, names=None) -> DataFrame``; ``format_anova(table) -> str`` prints it as R does
   (R's and lme4's printed layouts live in ``lmmcore.printing``; ``fit.summary()`` calls them)
+- ``MixedFit.coef_table(ddf)`` / ``MixedFit.anova_fixed(ddf)``: lmerTest's t-tests and type III
+  F-tests (Satterthwaite, Kenward-Roger); ``r2(fit)``: ``performance::r2_nakagawa``
 - ``pooling_estimates(data, response, predictor, group) -> PoolingEstimates`` (the mixed fit,
   formulas, per-method table, group sizes, shrinkage); ``shrinkage_sd``, ``re_contours``
 - ``model_equation(fit) -> ModelEquation``: the model as the lecture writes it (LaTeX lines,
@@ -32,7 +34,7 @@ from lmmcore.errors import DataError, FitError, FitTimeout, FormulaError, LmmErr
 __all__ = [
     "LmmError", "FormulaError", "DataError", "FitError", "FitTimeout",
     "parse_formula", "compose_formula", "build_design",
-    "lmer", "MixedFit", "lm", "LinearFit", "anova", "format_anova",
+    "lmer", "MixedFit", "lm", "LinearFit", "anova", "format_anova", "r2",
     "pooling_estimates", "PoolingEstimates", "shrinkage_sd", "re_contours", "load_table",
     "model_equation", "compare_lm", "format_lm_comparison", "information_criteria",
 ]
@@ -49,6 +51,7 @@ _PUBLIC = {
     "LinearFit": "lmmcore.linear",
     "anova": "lmmcore.compare",
     "format_anova": "lmmcore.printing",
+    "r2": "lmmcore.inference",
     "pooling_estimates": "lmmcore.pooling",
     "PoolingEstimates": "lmmcore.pooling",
     "shrinkage_sd": "lmmcore.pooling",

@@ -19,6 +19,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from lmmcore.collation import collation_key
 from lmmcore.errors import DataError, FitError, FormulaError
 from lmmcore.formula import (ARITHMETIC, TRANSFORMS, Formula, ModelTerms, Node,
                              format_number, parse_formula)
@@ -69,10 +70,11 @@ def _sorted_factorize(values: np.ndarray) -> tuple:
 
 
 def _sorted_labels(labels) -> list:
-    """Sort as numbers when every label is a number ("2" < "10"), else as text."""
+    """Sort as numbers when every label is a number ("2" < "10"), else as text the way
+    R's ``sort()`` does in an en_US.UTF-8 session (``a A b B``, see lmmcore.collation)."""
     if all(_NUMBER_TEXT.match(lab) for lab in labels):
         return sorted(labels, key=lambda lab: (float(lab), lab))
-    return sorted(labels)
+    return sorted(labels, key=collation_key)
 
 
 def _factorize(series: pd.Series) -> tuple:
@@ -667,6 +669,8 @@ def build_design(formula, data: pd.DataFrame, *, categorical=None, numeric=None,
 
     encoder = DesignEncoder(formula, kinds, levels, constants, plan, fixed_keep, plans,
                             group_levels)
+    # the fixed part's model frame: lmerTest's type III contrasts (lmmcore.inference) need it
+    encoder.fixed_values = values
     return MixedDesign(
         formula=str(formula),
         response_name=resp.label,

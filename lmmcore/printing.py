@@ -15,10 +15,13 @@ piece                         R source it follows
 :func:`groups_lines`          lme4's ``.prt.grps`` (``Number of obs: ..., groups: ...``)
 :func:`coef_lines`            R's ``printCoefmat`` (``rformat.format_coef_matrix``)
 :func:`correlation_lines`     ``print.summary.merMod``'s ``Correlation of Fixed Effects``
+:func:`fit_warning_lines`     ``print.summary.merMod``'s ``fit warnings:``
 :func:`convergence_lines`     lme4's ``.prt.warn``
 ============================  ============================================================
 
 Layouts: :func:`lmer_summary` (lme4 1.1-31 ``print(summary(lmer(...)))``),
+:func:`lmertest_summary` and :func:`format_anova_fixed` (lmerTest 3.1's summary and type III
+``anova`` with Satterthwaite's or Kenward-Roger's df),
 :func:`lm_summary` (R's ``print(summary(lm(...)))``) and :func:`format_anova` (lme4's
 ``print(anova(...))``).  Number formatting itself (``format``, ``format.pval``,
 ``abbreviate``...) is :mod:`lmmcore.rformat`'s; this module only lays lines out.
@@ -54,7 +57,7 @@ __all__ = [
     "lmer_summary", "lm_summary", "format_anova", "printed_formula",
     "title_lines", "call_lines", "criterion_lines", "residual_lines",
     "random_effects_lines", "groups_lines", "coef_lines", "correlation_lines",
-    "convergence_lines",
+    "convergence_lines", "fit_warning_lines", "lmertest_summary", "format_anova_fixed",
 ]
 
 # lme4's summary prints with digits = max(3, getOption("digits") - 3) = 4.
@@ -83,16 +86,42 @@ def printed_formula(formula, cutoff: int | None = None) -> list:
         return [str(formula)]
 
 
-def title_lines(title: str, class_name: str) -> list:
-    """``.prt.methTit``: e.g. ``"Linear mixed model fit by REML ['lmerMod']"``."""
-    return [f"{title} ['{class_name}']"]
+def title_lines(title: str, class_name: str, width: int = 80) -> list:
+    """``.prt.methTit``: e.g. ``"Linear mixed model fit by REML ['lmerMod']"``.
+
+    A title too long for one line (lmerTest's) is ``strwrap``-ed and written with
+    ``cat(title, " [", class, "]", sep = "", fill = TRUE)``: a new line begins before a
+    piece that would end past the width, and the class loses its quotes.
+    """
+    import textwrap
+
+    if len(title) + 5 + len(class_name) <= width:
+        return [f"{title} ['{class_name}']"]
+    pieces = textwrap.wrap(title, width=width - 2, subsequent_indent="  ",
+                           break_long_words=False, break_on_hyphens=False)
+    lines, current = [], ""
+    for piece in pieces + [" [", class_name, "]"]:
+        if current and len(current) + len(piece) > width:
+            lines.append(current)
+            current = ""
+        current += piece
+    return lines + [current]
 
 
-def call_lines(formula, data_name: str) -> list:
+def call_lines(formula, data_name: str, expand: bool = True) -> list:
     """``.prt.call``: the ``Formula:`` and ``Data:`` lines (``cat(..., fill = TRUE)`` of
-    the formula's ``deparse`` lines, so a long formula continues on indented lines)."""
-    return (cat_fill(["Formula:"] + printed_formula(formula, cutoff=60))
-            + cat_fill(["   Data:", str(data_name)]))
+    the formula's ``deparse`` lines, so a long formula continues on indented lines).
+
+    ``expand=False``: the formula as written (lmerTest's call keeps ``(x || g)``).
+    """
+    if expand:
+        formula_lines = printed_formula(formula, cutoff=60)
+    else:
+        try:
+            formula_lines = deparse_lines(parse_formula(formula).node, 60)
+        except FormulaError:
+            formula_lines = [str(formula)]
+    return cat_fill(["Formula:"] + formula_lines) + cat_fill(["   Data:", str(data_name)])
 
 
 def criterion_lines(fit) -> list:
@@ -212,6 +241,13 @@ def correlation_lines(corr, names) -> list:
                                                                  right=False)
 
 
+def fit_warning_lines(messages) -> list:
+    """``print.summary.merMod``'s ``fit warnings:`` (lme4's fit messages, e.g. the
+    rank-deficient fixed-effects matrix), printed only when there are some."""
+    messages = [m for m in messages if m]
+    return ["fit warnings:"] + messages if messages else []
+
+
 def convergence_lines(optimizer: str, converged: bool, message: str, warnings) -> list:
     """``.prt.warn``: the optimizer's code and lme4's warnings, printed only when there
     is something to say."""
@@ -240,25 +276,81 @@ def lmer_summary(fit) -> str:
         Every line as lme4 prints it, except that the optimizer is named BFGS (ours)
         instead of nloptwrap.
     """
-    if fit.reml:
-        title = "Linear mixed model fit by REML"
-    else:
-        title = "Linear mixed model fit by maximum likelihood "
-    lines = title_lines(title, "lmerMod") + call_lines(fit.formula, fit.data_name) + [""]
+    def fixed_table() -> list:
+        table = np.column_stack([fit.fixef.to_numpy(), fit.se.to_numpy(),
+                                 fit.tvalue.to_numpy()])
+        return coef_lines(table, fit.fixed_names, ["Estimate", "Std. Error", "t value"],
+                          cs_ind=(0, 1), tst_ind=(2,), has_pvalue=False)
+
+    return _mermod_summary(fit, _lmer_title(fit), "lmerMod", True, fixed_table)
+
+
+def _lmer_title(fit) -> str:
+    return ("Linear mixed model fit by REML" if fit.reml
+            else "Linear mixed model fit by maximum likelihood ")
+
+
+def _mermod_summary(fit, title: str, class_name: str, expand_formula: bool, fixed_table) -> str:
+    """lme4's ``print.summary.merMod`` with a given title and fixed-effects table
+    (``fixed_table()``: its printed lines), shared by lme4's and lmerTest's summaries."""
+    lines = (title_lines(title, class_name)
+             + call_lines(fit.formula, fit.data_name, expand=expand_formula) + [""])
     lines += criterion_lines(fit) + [""]
     lines += residual_lines(fit.scaled_resid_quantiles.to_numpy()) + [""]
     lines += random_effects_lines(fit.varcorr)
     lines += groups_lines(fit.nobs, fit.ngroups)
     names = fit.fixed_names
     if names:
-        table = np.column_stack([fit.fixef.to_numpy(), fit.se.to_numpy(),
-                                 fit.tvalue.to_numpy()])
-        lines += ["", "Fixed effects:"]
-        lines += coef_lines(table, names, ["Estimate", "Std. Error", "t value"],
-                            cs_ind=(0, 1), tst_ind=(2,), has_pvalue=False)
+        lines += ["", "Fixed effects:"] + fixed_table()
         lines += correlation_lines(fit.corr_fixef.to_numpy(), names)
+    lines += _warning_lines(fit)
+    return "\n".join(lines) + "\n"
+
+
+def _warning_lines(fit) -> list:
+    """The fit warnings and ``.prt.warn``, as both lmer summaries end."""
+    fit_msgs = [m for m in fit.lme4_messages if m.startswith("fixed-effect model matrix")]
     warnings = [m for m in fit.lme4_messages if not m.startswith("fixed-effect model matrix")]
-    lines += convergence_lines("BFGS", fit.optimizer.converged, fit.optimizer.message, warnings)
+    return fit_warning_lines(fit_msgs) + convergence_lines(
+        "BFGS", fit.optimizer.converged, fit.optimizer.message, warnings)
+
+
+#: lmerTest's names of the df methods (its titles and anova headings).
+DDF_NAMES = {"satterthwaite": "Satterthwaite's", "kenward-roger": "Kenward-Roger's"}
+ANOVA_FIXED_COLUMNS = ["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"]
+COEF_DF_COLUMNS = ["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"]
+
+
+def lmertest_summary(fit, ddf: str = "satterthwaite") -> str:
+    """The text of lmerTest 3.1's ``print(summary(fit, ddf = ...))``.
+
+    lme4's layout with lmerTest's title (``t-tests use Satterthwaite's method
+    [lmerModLmerTest]``), the formula as written, and the coefficient table with ``df`` and
+    ``Pr(>|t|)`` (``printCoefmat``: df formatted with the estimates; stars and legend).
+    ``ddf`` is ``"satterthwaite"`` or ``"kenward-roger"`` (:meth:`MixedFit.coef_table`).
+    """
+    title = _lmer_title(fit) + f". t-tests use {DDF_NAMES[ddf]} method"
+
+    def fixed_table() -> list:
+        table = fit.coef_table(ddf)[COEF_DF_COLUMNS].to_numpy(float)
+        return coef_lines(table, fit.fixed_names, COEF_DF_COLUMNS, cs_ind=(0, 1, 2),
+                          tst_ind=(3,), has_pvalue=True)
+
+    return _mermod_summary(fit, title, "lmerModLmerTest", False, fixed_table)
+
+
+def format_anova_fixed(table: pd.DataFrame, ddf: str = "satterthwaite") -> str:
+    """lmerTest's ``print(anova(fit, ddf = ...))`` of :meth:`MixedFit.anova_fixed`'s table:
+    its heading, then R's ``print.anova`` (``printCoefmat``, 5 digits, the F value as the
+    test statistic, blanks for a term it could not test)."""
+    heading = f"Type III Analysis of Variance Table with {DDF_NAMES[ddf]} method"
+    if not len(table):
+        # R prints an empty table's header after a 4-wide row-name column
+        return heading + "\n    " + "".join(" " + c for c in ANOVA_FIXED_COLUMNS) + "\n"
+    lines = [heading] + format_coef_matrix(
+        table[ANOVA_FIXED_COLUMNS].to_numpy(float), [str(i) for i in table.index],
+        ANOVA_FIXED_COLUMNS, digits=5, cs_ind=(), tst_ind=(4,), zap_ind=(0, 1, 2, 3),
+        has_pvalue=True, na_print="")
     return "\n".join(lines) + "\n"
 
 

@@ -163,7 +163,9 @@ def format_pvalues(pvalues, digits: int = 4, eps: float = DOUBLE_EPS) -> list:
     rest = [i for i, p in enumerate(pv) if not math.isnan(p) and not is0[i]]
     rr = {}
     if rest:
-        fixp = [i for i in rest if pv[i] == 0 or math.floor(math.log10(pv[i])) >= -3]
+        # R 4.2's rule: fixed notation down to 1e-4 (exponent -4) when digits > 1
+        expo = {i: math.floor(math.log10(pv[i])) if pv[i] > 0 else -50 for i in rest}
+        fixp = [i for i in rest if expo[i] >= -3 or (expo[i] == -4 and digits > 1)]
         sci = [i for i in rest if i not in fixp]
         for group in (fixp, sci):
             if group:

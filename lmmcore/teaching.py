@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from lmmcore.collation import collation_key
 from lmmcore.errors import DataError, FitError
 from lmmcore.formula import quote_name
 
@@ -78,14 +79,15 @@ def _as_text(s: pd.Series) -> pd.Series:
 def level_order(values) -> list:
     """A categorical column's levels in lmmcore's (and R's factor()) order, as text.
 
-    Sorted as numbers when every level is a number, else as text; the first level is
+    Sorted as numbers when every level is a number, else as text in R's en_US order
+    (``a A b B``, :func:`lmmcore.collation.collation_key`); the first level is
     the default reference level.
     """
     levels = _as_text(pd.Series(values)).dropna().unique().tolist()
     nums = [_as_number(v) for v in levels]
     if levels and all(n is not None for n in nums):
         return [v for _, v in sorted(zip(nums, levels))]
-    return sorted(levels)
+    return sorted(levels, key=collation_key)
 
 
 def column_overview(data: pd.DataFrame, types: dict) -> pd.DataFrame:
@@ -430,7 +432,8 @@ def _r_str(s) -> str:
 
 
 def reproduce_code(formula: str, file_name: str, reml: bool = True, *, kind: str = "lmer",
-                   categorical=(), numeric=(), reference_levels=None) -> tuple[str, str]:
+                   categorical=(), numeric=(), reference_levels=None, ddf: str | None = None,
+                   r2: bool = False) -> tuple[str, str]:
     """R (lme4) and Python (lmmcore) code that refits the current model from its file.
 
     Parameters
@@ -445,6 +448,11 @@ def reproduce_code(formula: str, file_name: str, reml: bool = True, *, kind: str
         Columns to treat as factors / numbers.
     reference_levels : mapping, optional
         Column -> reference level.
+    ddf : {"satterthwaite", "kenward-roger"}, optional
+        Also the lmerTest calls (t-tests and type III anova with these df) and their
+        lmmcore counterparts (``coef_table``, ``anova_fixed``).
+    r2 : bool
+        Also ``performance::r2_nakagawa(fit)`` and ``lmmcore.r2(fit)``.
 
     Returns
     -------
@@ -462,7 +470,13 @@ def reproduce_code(formula: str, file_name: str, reml: bool = True, *, kind: str
         r_read = [f"data <- read.delim({_r_str(file_name)})"]
     else:
         r_read = [f"data <- read.csv({_r_str(file_name)})"]
-    r = ["library(lme4)" if kind == "lmer" else "# base R: lm()"] + r_read
+    r = ["library(lme4)" if kind == "lmer" else "# base R: lm()"]
+    tests = kind == "lmer" and ddf not in (None, "lme4")
+    if tests:
+        r.append("library(lmerTest)  # after lme4: its lmer() adds df and p-values")
+    if kind == "lmer" and r2:
+        r.append("library(performance)")
+    r += r_read
     for c in categorical:
         col = f"data[[{_r_str(c)}]]"
         if c in reference_levels:
@@ -476,7 +490,14 @@ def reproduce_code(formula: str, file_name: str, reml: bool = True, *, kind: str
         r.append(f"fit <- lmer({formula}, data = data, REML = {'TRUE' if reml else 'FALSE'})")
     else:
         r.append(f"fit <- lm({formula}, data = data)")
-    r.append("summary(fit)")
+    if tests:
+        r_ddf = {"satterthwaite": "Satterthwaite", "kenward-roger": "Kenward-Roger"}[ddf]
+        r.append(f'summary(fit, ddf = "{r_ddf}")')
+        r.append(f'anova(fit, ddf = "{r_ddf}")  # type III F-tests')
+    else:
+        r.append("summary(fit)")
+    if kind == "lmer" and r2:
+        r.append("r2_nakagawa(fit)")
 
     py = ["import lmmcore", "", f"with open({json.dumps(str(file_name), ensure_ascii=False)}, \"rb\") as f:",
           f"    data = lmmcore.load_table(f.read(), {json.dumps(str(file_name), ensure_ascii=False)})"]
@@ -492,6 +513,11 @@ def reproduce_code(formula: str, file_name: str, reml: bool = True, *, kind: str
                                                      ensure_ascii=False))
     py.append(f"fit = lmmcore.{kind}(" + ",\n    ".join(args) + ")")
     py.append("print(fit.summary())")
+    if tests:
+        py.append(f"print(fit.coef_table(ddf={json.dumps(ddf)}))")
+        py.append(f"print(fit.anova_fixed(ddf={json.dumps(ddf)}))")
+    if kind == "lmer" and r2:
+        py.append("print(lmmcore.r2(fit))")
     return "\n".join(r) + "\n", "\n".join(py) + "\n"
 
 

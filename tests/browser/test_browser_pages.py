@@ -199,3 +199,26 @@ def test_lecture_mode_main_chart_fills_half_the_first_screen(page, base_url, ser
     page.screenshot(path=str(screenshot_dir / f"{name}-lecture-first-screen.png"))
     share = _first_screen_share(page)
     assert share >= 0.5, f"the {name} page's main chart covers {share:.0%} of the first screen"
+
+
+@pytest.mark.parametrize("lecture", [False, True], ids=["normal", "lecture"])
+def test_pvalues_lmertest_layout_and_type_iii_anova(page, base_url, server_log, screenshot_dir,
+                                                    lecture):
+    """Choosing Satterthwaite prints lmerTest's summary (df, p, stars); the anova tab shows
+    the type III table (issue 8)."""
+    query = {"dataset": "chickweight", "formula": "weight ~ Time * Diet + (Time | Chick)"}
+    if lecture:
+        query["lecture"] = 1
+    _open(page, base_url, "model", **query)
+    page.get_by_text("Satterthwaite", exact=True).first.click()
+    wait_for_app(page)
+    suffix = "-lecture" if lecture else ""
+    page.screenshot(path=str(screenshot_dir / f"model-satterthwaite{suffix}.png"))
+    text = _main_text(page)
+    assert "t-tests use Satterthwaite's method" in text and "Pr(>|t|)" in text
+    _assert_clean(page, server_log, "the Satterthwaite summary")
+    page.get_by_role("tab", name="Saved models & anova").click()
+    wait_for_app(page)
+    page.screenshot(path=str(screenshot_dir / f"model-anova-type3{suffix}.png"))
+    assert "Type III Analysis of Variance Table" in _main_text(page)
+    _assert_clean(page, server_log, "the type III anova")
