@@ -17,6 +17,9 @@ Public API (tests, pages and tools rely on these names):
   F-tests (Satterthwaite, Kenward-Roger); ``r2(fit)``: ``performance::r2_nakagawa``
 - ``pooling_estimates(data, response, predictor, group) -> PoolingEstimates`` (the mixed fit,
   formulas, per-method table, group sizes, shrinkage); ``shrinkage_sd``, ``re_contours``
+- ``lmmcore.fitview``: how the fit works, for teaching: the profiled criterion along theta
+  (``criterion_curve``, ``criterion_surface``), the model at any theta with the criterion's
+  parts (``state_at``, ``estimates_at``) and the optimiser's path (``optimizer_path``)
 - ``model_equation(fit) -> ModelEquation``: the model as the lecture writes it (LaTeX lines,
   symbols with estimates, parameter count = anova's ``npar``)
 - ``compare_lm(compact, augmented)`` (R's ``anova(lm_c, lm_a)`` F test and PRE; printed by
