@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -79,11 +78,11 @@ def _theta_options(curve: dict, optimum: float) -> list:
 def _implied(states: dict, group: str) -> pd.DataFrame:
     """What each theta implies: theta, the groups' SD, sigma, the fixed effects, the criterion."""
     rows = {}
-    for label, st_ in states.items():
-        col = {"θ": float(st_.theta[0]), f"SD of {group} (θ·σ)": float(st_.theta[0] * st_.sigma),
-               "σ (residual SD)": st_.sigma}
-        col.update({f"fixed: {name}": float(v) for name, v in st_.fixef.items()})
-        col["criterion"] = st_.criterion
+    for label, state in states.items():
+        col = {"θ": float(state.theta[0]), f"SD of {group} (θ·σ)": float(state.theta[0] * state.sigma),
+               "σ (residual SD)": state.sigma}
+        col.update({f"fixed: {name}": float(v) for name, v in state.fixef.items()})
+        col["criterion"] = state.criterion
         rows[label] = col
     return pd.DataFrame(rows).map(lambda v: f"{v:.5g}")
 

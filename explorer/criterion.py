@@ -15,14 +15,15 @@ import lmmcore
 from lmmcore import fitview
 from explorer import data as D
 
-# The one-parameter presets a singular fit is shown on when the chosen model is not singular.
+# The singular fit shown when the chosen model is not singular: dataset, response,
+# predictor, group, random part (lmmcore.pooling_estimates' arguments).
 SINGULAR_PRESET = ("dyestuff2", "Yield", None, "Batch", "intercept")
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def curve(key: tuple, index: int, reml: bool | None, _fit) -> dict:
-    """``fitview.criterion_curve`` through the fit's optimum (as plain lists) and the
-    optimum of that criterion: (theta, value)."""
+    """``fitview.criterion_curve`` along element ``index`` through the fit's optimum:
+    ``{"theta": ..., "value": ...}`` arrays (``reml`` None: the fit's own criterion)."""
     c = fitview.criterion_curve(_fit, index, reml=reml)
     return {"theta": c["theta"].to_numpy(), "value": c["criterion"].to_numpy()}
 

@@ -14,7 +14,7 @@ import lmmcore
 from engine_designs import load_fixture
 from explorer import state as S
 from lmmcore import fitview
-from test_app_pages import ROOT, _app, _arr, _figures, _problems
+from test_app_pages import ROOT, _app, _arr, _problems
 
 # lme4's optimum is only as exact as its optimiser's stopping rule (test_engine_fixtures' tolerances).
 THETA_RTOL, OBJECTIVE_RTOL = 2e-4, 1e-6
