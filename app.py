@@ -144,4 +144,8 @@ def main() -> None:
     freeze_new_modules()  # what the page imported on first use (statsmodels, plotly's figure classes)
 
 
-main()
+# Streamlit runs this script as ``__main__``.  A worker process (lmmcore.worker) re-imports
+# the main script as ``__mp_main__`` (multiprocessing's spawn/forkserver preparation): there
+# it must only define things, not run the app (that took seconds per worker, in bare mode).
+if __name__ == "__main__":
+    main()

@@ -19,14 +19,17 @@ from lmmcore.printing import format_anova, format_lm_comparison
 from lmmcore.formula_menu import RANDOM_KINDS, RANDOM_LABELS, compose_formula, decompose_formula, random_term
 from explorer import charts
 from explorer import data as D
-from explorer import inference_ui
+from explorer import inference_ui, intervals_ui
 from explorer import state as S
 from explorer.escape import md
 from explorer.tables import table as show_table
 from explorer.fitting import fit, guard, summary
+from explorer.simulate_ui import copies_section
 
 VARCORR_HEADINGS = {"grp": "Groups", "var1": "Name", "var2": "with", "vcov": "Variance / Cov.",
                     "sdcor": "Std.Dev. / Corr."}
+FAMILIES = {"gaussian": "Gaussian (lmer)", "binomial": "binomial (glmer, logit)",
+            "poisson": "Poisson (glmer, log)"}
 
 
 # ------------------------------------------------------------------ formula and builder
@@ -278,6 +281,7 @@ def _plots(f: Fitted) -> None:
                                                   lambda: charts.caterpillar_plot(teaching.caterpillar(mixed, g),
                                                                                   g, lecture),
                                                   S.MODEL_CHART_CATERPILLAR, "caterpillar"))
+        copies_section(mixed, response, lecture, drawn, "model")
 
 
 def _saved_models(f: Fitted) -> None:
@@ -447,13 +451,31 @@ class Section(NamedTuple):
     draw: Callable[[Fitted], None]
 
 
+def _mixed_only(draw: Callable[[Fitted], None]) -> Callable[[Fitted], None]:
+    """A tab about the lmer fit (explorer.intervals_ui): a note instead without one."""
+    def section(f: Fitted) -> None:
+        if f.mixed is None:
+            st.caption("This section needs a mixed model: add a random term such as "
+                       "`(1 | group)` to the formula.")
+            return
+        draw(f)
+    return section
+
+
 SECTIONS = (
     Section("lme4 summary", "summary", _summary),
     Section("Equation", "equation", _equation),
     Section("Tables", "tables", _tables),
     Section("Plots", "plots", _plots),
+    Section("Intervals", "intervals", _mixed_only(
+        lambda f: intervals_ui.intervals_section(f.mixed, f.fit_key, f.lecture))),
+    Section("Predictions", "predictions", _mixed_only(
+        lambda f: intervals_ui.predictions_section(f.mixed, f.data, f.parsed, f.fit_key,
+                                                   f.lecture))),
+    Section("Model checks", "model checks", _mixed_only(
+        lambda f: intervals_ui.checks_section(f.mixed, f.parsed, f.fit_key, f.lecture))),
     Section("Saved models & anova", "saved models", _saved_models),
-    Section("Paired t-test", "paired t", _paired),
+    Section(S.PAIRED_TAB, "paired t", _paired),
     Section("Reproduce this", "reproduce", _reproduce),
 )
 
@@ -468,10 +490,17 @@ def _about_data(data) -> None:
 def _formula_and_fits(data, lecture: bool) -> None:
     """The formula box, the two fits, lme4's messages and the open tab."""
     ss = st.session_state
-    c1, c2 = st.columns([5, 1])
+    c1, c2, c3 = st.columns([3, 1, 2])
     c1.text_input("Formula (lme4 syntax)", key=S.MODEL_FORMULA, on_change=S.clear_builder,
                   max_chars=5000, placeholder="Reaction ~ Days + (Days | Subject)")
-    c2.radio("Estimation", ["REML", "ML"], key=S.MODEL_METHOD, horizontal=True)
+    if ss.get(S.MODEL_FAMILY) not in FAMILIES:
+        ss[S.MODEL_FAMILY] = "gaussian"
+    # a menu, not radio buttons: one line high, so lecture mode's chart keeps its space
+    c3.selectbox("Family", list(FAMILIES), key=S.MODEL_FAMILY, format_func=FAMILIES.get)
+    family = ss[S.MODEL_FAMILY]
+    c2.radio("Estimation", ["REML", "ML"], key=S.MODEL_METHOD, horizontal=True,
+             disabled=family != "gaussian",
+             help="glmer fits by maximum likelihood only" if family != "gaussian" else None)
     text = (ss.get(S.MODEL_FORMULA) or "").strip()
     if not text:
         st.info("Write a formula, e.g. `response ~ predictor + (1 | group)`, or use the menus "
@@ -483,6 +512,14 @@ def _formula_and_fits(data, lecture: bool) -> None:
         _formula_error(text, exc)
         return
     formula = str(parsed)
+    if parsed.response.kind == "column":
+        suggested, why = lmmcore.suggest_family(data.df, parsed.response.column)
+        if suggested != family and why:
+            st.info(md(why) + f" Choose **{FAMILIES[suggested]}** as the family.",
+                    icon=":material/lightbulb:")
+    if family != "gaussian":
+        _glmer_results(data, formula, parsed, family, lecture)
+        return
     reml = ss.get(S.MODEL_METHOD, "REML") == "REML"
     mixed = linear = None
     shown: set = set()
@@ -506,6 +543,30 @@ def _formula_and_fits(data, lecture: bool) -> None:
         if tab.open:
             with tab, guard(section.what):
                 section.draw(fitted)
+
+
+def _glmer_results(data, formula: str, parsed, family: str, lecture: bool) -> None:
+    """A binomial or Poisson mixed model: lme4's glmer summary and tables."""
+    if not parsed.has_random:
+        st.info("A generalized linear mixed model needs a random term such as (1 | group) in "
+                "the formula.")
+        return
+    with guard("glmer fit"), st.spinner("Fitting the generalized linear mixed model..."):
+        fitted = fit(f"glmer:{family}", formula, data)
+        _messages(fitted, "glmer")
+        st.markdown(f"**glmer** ({FAMILIES[family]}, Laplace approximation)")
+        st.code(summary(f"glmer:{family}", formula, data, True, fitted), language=None)
+        left, right = _side_by_side(lecture)
+        with left:
+            scale = "log-odds" if family == "binomial" else "log of the expected count"
+            st.markdown(f"**Fixed effects** (on the {scale} scale)")
+            show_table(fitted.coef_table())
+        with right:
+            st.markdown("**Random effects (VarCorr)**")
+            show_table(fitted.varcorr.rename(columns=VARCORR_HEADINGS), hide_index=True,
+                       drop_empty=False)
+        st.caption("Plots, saved models with anova, the paired t-test and \"Reproduce this\" "
+                   "are for Gaussian models (lmer) so far.")
 
 
 def render() -> None:

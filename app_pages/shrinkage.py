@@ -12,7 +12,8 @@ from explorer import data as D
 from explorer import state as S
 from explorer.tables import table as show_table
 from explorer.fitting import guard
-from explorer.pooling_ui import chosen_estimates
+from explorer.escape import md
+from explorer.pooling_ui import chosen_estimates, model_line
 
 # What the mixed model knows about the groups' spread, said in terms of the view on screen:
 # the 2-D view draws it as contours, the 1-D view only marks its centre.
@@ -40,21 +41,42 @@ This is "borrowing strength": every group's estimate uses the information in all
 CROWDED = 20
 
 
-def _highlight(est, chosen_key: tuple) -> list:
-    """The multiselect of groups to draw strong and name; the rest are drawn faint.
+def _highlighted(est, chosen_key: tuple) -> list:
+    """The groups to draw strong and name; the rest are drawn faint.
 
     Starts (for each table and choice of columns) with the groups with few observations
     and those that shrink most when there are many groups, and with none (all drawn
-    alike) otherwise."""
+    alike) otherwise.  The multiselect that changes it is :func:`_highlight_picker`."""
     ss = st.session_state
     groups = est.groups
     if ss.get(S.SHRINK_HIGHLIGHT_FOR) != chosen_key[:-1]:
         ss[S.SHRINK_HIGHLIGHT_FOR] = chosen_key[:-1]  # lecture mode keeps the selection
         ss[S.SHRINK_HIGHLIGHT] = teaching.groups_to_highlight(est) if len(groups) > CROWDED else []
     ss[S.SHRINK_HIGHLIGHT] = [g for g in ss.get(S.SHRINK_HIGHLIGHT) or [] if g in groups]
-    picked = st.multiselect("Highlight and name these groups (the others are drawn faint)", groups,
-                            key=S.SHRINK_HIGHLIGHT, placeholder="none: all groups drawn alike")
-    return [g for g in groups if g in picked]
+    return list(ss[S.SHRINK_HIGHLIGHT])
+
+
+def _highlight_picker(est) -> None:
+    st.multiselect("Highlight and name these groups (the others are drawn faint)", est.groups,
+                   key=S.SHRINK_HIGHLIGHT, placeholder="none: all groups drawn alike")
+
+
+def _contrast(est) -> str:
+    """The coefficient on the 2-D plot's y axis: the slope, or a factor's condition
+    effect (the one in session state, made valid first)."""
+    ss = st.session_state
+    if ss.get(S.SHRINK_CONTRAST) not in est.contrasts:
+        ss[S.SHRINK_CONTRAST] = est.contrasts[0]
+    return ss[S.SHRINK_CONTRAST]
+
+
+def _contrast_picker(est) -> None:
+    """With a factor of three or more levels: which condition effect the 2-D plot shows."""
+    if len(est.contrasts) > 1:
+        titles = {c: charts.coefficient_title(est, c) for c in est.contrasts}
+        st.selectbox("Condition effect on the y axis", list(est.contrasts), key=S.SHRINK_CONTRAST,
+                     format_func=titles.__getitem__,
+                     help="Each is a level's difference from the reference level (treatment coding)")
 
 
 def render() -> None:
@@ -63,36 +85,53 @@ def render() -> None:
     st.title("Shrinkage")
     with guard("shrinkage page"):
         data = D.active()
-        est = chosen_estimates(data)
+        est = chosen_estimates(data, name_model=not lecture)
         if est is None:
             return
         # The figures are cached on the table and the columns chosen (and lecture mode).
-        chosen_key = (data.digest, est.response, est.predictor, est.group, est.random, lecture)
+        chosen_key = (data.digest, est.response, est.predictor, est.group, est.random, est.levels, lecture)
+        # Lecture mode: the chart straight after the pickers, everything else below it.
         left, right = st.columns([2, 1]) if not lecture else (st.container(), st.container())
         with left:
+            above, chart, below = st.container(), st.container(), st.container()
             if est.random == "intercept+slope":
-                strong = _highlight(est, chosen_key)
+                strong = _highlighted(est, chosen_key)
+                coef = _contrast(est)
+                with below if lecture else above:
+                    _contrast_picker(est)
+                    _highlight_picker(est)
+                    what = "condition effect" if est.is_factor else "slope"
+                    st.markdown("Each arrow goes from a group's **no-pooling** estimate (its own lm) to its "
+                                "**partial-pooling** estimate (lmer's coef). Contours: the fitted distribution of "
+                                f"the groups' (intercept, {what}), levels .1 .3 .5 .7 .9, centred at the fixed effects.")
 
                 def build():
-                    return charts.shrinkage_2d(est, lmmcore.re_contours(est), lecture, highlight=strong)
-                st.markdown("Each arrow goes from a group's **no-pooling** estimate (its own lm) to its "
-                            "**partial-pooling** estimate (lmer's coef). Contours: the fitted distribution of "
-                            "the groups' (intercept, slope), levels .1 .3 .5 .7 .9, centred at the fixed effects.")
-                charts.show_cached(("shrinkage_2d", tuple(strong)) + chosen_key, build, S.SHRINK_CHART, "shrinkage_2d")
-                sd = teaching.random_sd(est.fit, est.group)
-                st.caption(f"The contours are drawn in the data's units: the groups' intercepts spread with "
-                           f"SD {sd.iloc[0]:.3g} and their slopes with SD {sd.iloc[1]:.3g} (VarCorr), so "
-                           "each contour is an ellipse; how round it looks depends on the two axes' scales.")
-                if not est.own_estimate.all():
-                    st.caption("Labelled points: groups too small for their own line; they get a "
-                               "partial-pooling estimate anyway.")
+                    return charts.shrinkage_2d(est, lmmcore.re_contours(est, term=coef), lecture,
+                                               highlight=strong, coefficient=coef)
+                with chart:
+                    charts.show_cached(("shrinkage_2d", coef, tuple(strong)) + chosen_key, build, S.SHRINK_CHART,
+                                       "shrinkage_2d")
+                with below:
+                    sd = teaching.random_sd(est.fit, est.group)
+                    st.caption(f"The contours are drawn in the data's units: the groups' intercepts spread with "
+                               f"SD {sd['(Intercept)']:.3g} and their {md(coef)} with SD {sd[est.term(coef)]:.3g} "
+                               "(VarCorr), so each contour is an ellipse; how round it looks depends on the two "
+                               "axes' scales.")
+                    if not est.own_estimate.all():
+                        st.caption("Labelled points: groups too small for their own estimate; they get a "
+                                   "partial-pooling estimate anyway.")
             else:
                 (column,) = est.varying
-                st.markdown(f"Each arrow goes from a group's **no-pooling** {column} to its **partial-pooling** "
-                            f"{column}, toward the fixed effect (the average). Rows show each group's size.")
-                charts.show_cached(("shrinkage_1d", column) + chosen_key,
-                                   lambda: charts.shrinkage_1d(est, lecture),
-                                   S.SHRINK_CHART, "shrinkage_1d")
+                with below if lecture else above:
+                    st.markdown(f"Each arrow goes from a group's **no-pooling** {column} to its **partial-pooling** "
+                                f"{column}, toward the fixed effect (the average). Rows show each group's size.")
+                with chart:
+                    charts.show_cached(("shrinkage_1d", column) + chosen_key,
+                                       lambda: charts.shrinkage_1d(est, lecture),
+                                       S.SHRINK_CHART, "shrinkage_1d")
+            if lecture:
+                with below:
+                    model_line(est)
         with right:
             st.markdown("**Spread of the group estimates** (SD across groups)")
             sd = lmmcore.shrinkage_sd(est)

@@ -462,9 +462,196 @@ def run_inference_bench(quick: bool = False, csv_dir: Path | None = None) -> dic
                              + (f" ({row[f'speedup_{ddf}']:.1f}x)" if r else ""))
         print(f"- {row['label']}: " + "; ".join(parts))
     return rows
+# --------------------------------------------------------------------------- intervals
+# (issue 8, the `intervals` helper's block: profile confint and bootstrap refits vs lme4)
+INTERVALS_R = Path(__file__).resolve().parent / "bench_intervals.R"
+#: lmmcore's targets: profile confint and 1,000 bootstrap refits >= 5x lme4's
+INTERVALS_TARGET = 5.0
+
+
+def _bench_intervals(quick: bool, with_lme4: bool, csv_dir: Path) -> dict:
+    """Profile confint and 1,000 bootstrap refits on sleepstudy (Days | Subject), lmmcore
+    and (when R is there) lme4's ``confint(method = "profile")`` and ``bootMer``."""
+    import lmmcore
+
+    data = _sleepstudy()
+    fit = lmmcore.lmer("Reaction ~ Days + (Days | Subject)", data, categorical=["Subject"])
+    repeats = 1 if quick else 3
+    nsim = 1000
+    fit.confint()                                   # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fit.confint()
+        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    fit.bootstrap(nsim=nsim, seed=101)
+    boot = time.perf_counter() - start
+    out = {"profile": {"lmmcore": float(np.median(times))}, "bootstrap_1000": {"lmmcore": boot}}
+    if with_lme4:
+        csv = csv_dir / "sleepstudy_intervals.csv"
+        data.to_csv(csv, index=False)
+        try:
+            res = subprocess.run([shutil.which("Rscript"), str(INTERVALS_R), str(csv),
+                                  str(repeats), str(nsim)], capture_output=True, text=True,
+                                 check=True, timeout=1800)
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            out["profile"]["lme4"] = r["profile_median"]
+            out["bootstrap_1000"]["lme4"] = r["boot_seconds"]
+        except Exception as exc:  # a failing peer is a finding, not a crash
+            out["lme4_note"] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+    for row in ("profile", "bootstrap_1000"):
+        r = out[row]
+        if "lme4" in r:
+            r["vs_lme4"] = r["lme4"] / r["lmmcore"]
+            r[f"at_least_{INTERVALS_TARGET:g}x_lme4"] = r["vs_lme4"] >= INTERVALS_TARGET
+    return out
+
+
+def _print_intervals(res: dict) -> None:
+    print("\nConfidence intervals, sleepstudy Reaction ~ Days + (Days | Subject):")
+    print(f"  {'':<22}{'lmmcore':>10}{'lme4':>10}{'vs lme4':>9}")
+    labels = {"profile": "profile confint", "bootstrap_1000": "1,000 bootstrap refits"}
+    for key, label in labels.items():
+        r = res[key]
+        print(f"  {label:<22}{_fmt_time(r.get('lmmcore')):>10}{_fmt_time(r.get('lme4')):>10}"
+              f"{_fmt_ratio(r.get('vs_lme4')):>9}")
+    if res.get("lme4_note"):
+        print(f"  lme4: {res['lme4_note']}")
+
+
+# =========================================================================== simulation
+# Issue 9 (the Simulate page): its own rows, kept in this one block.  ``_bench_simulation``
+# times (1) a slider change on the Simulate page at the default sizes, through Streamlit's
+# AppTest (the page's whole script run: simulate, the three poolings, the figures); (2) 200
+# repetitions of 20 groups x 10 (``lmmcore.repeat_pooling_error``); (3) leave-one-out
+# cross-validation of sleepstudy (180 lmer refits plus the lm fits) against the loop of 180
+# lme4 fits timed inside R in the same run (bench/bench_cv_lme4.R).  Targets from the issue.
+SIMULATION_TARGETS = {"slider_change_s": 1.0, "repeat_200_s": 5.0, "loo_vs_lme4": 5.0}
+CV_R_SCRIPT = Path(__file__).resolve().parent / "bench_cv_lme4.R"
+
+
+def _median_time(fn, repeats: int) -> list:
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _bench_simulation(quick: bool, with_r: bool) -> dict:
+    import lmmcore
+    from streamlit.testing.v1 import AppTest
+
+    out = {"targets": SIMULATION_TARGETS}
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("app_pages/simulate.py")
+    at.run()
+    sigmas = [4.5, 5.0, 5.5] if quick else [4.5, 5.0, 5.5, 6.0, 6.5]
+    slider = []
+    for value in sigmas:  # every value new: nothing comes from the page's caches
+        at.slider(key="simulate.sigma").set_value(value)
+        slider += _median_time(at.run, 1)
+    out["slider_change_s"] = {"times": slider, "median": statistics.median(slider)}
+    reps = _median_time(lambda: lmmcore.repeat_pooling_error(200, seed=1), 1 if quick else 3)
+    out["repeat_200_s"] = {"times": reps, "median": statistics.median(reps)}
+    sleep = _sleepstudy()
+    loo = _median_time(lambda: lmmcore.cross_validate(sleep, "Reaction", "Days", "Subject", scheme="loo"),
+                       1 if quick else 3)
+    out["loo_sleepstudy_s"] = {"times": loo, "median": statistics.median(loo)}
+    if with_r and shutil.which("Rscript"):
+        with tempfile.TemporaryDirectory(prefix="lmm-bench-cv-") as tmp:
+            csv = Path(tmp) / "sleepstudy.csv"
+            sleep.to_csv(csv, index=False)
+            proc = subprocess.run([shutil.which("Rscript"), str(CV_R_SCRIPT), str(csv), "1" if quick else "3"],
+                                  capture_output=True, text=True, timeout=3600)
+        if proc.returncode == 0:
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            out["lme4_loo"] = {"lmer_loop_median": statistics.median(r["lmer_loop"]),
+                               "full_loo_median": statistics.median(r["full_loo"]), "lme4": r["lme4"]}
+            out["loo_vs_lme4"] = out["lme4_loo"]["lmer_loop_median"] / out["loo_sleepstudy_s"]["median"]
+        else:
+            out["lme4_loo"] = {"note": f"failed: {proc.stderr.strip()[-300:]}"}
+    return out
+
+
+def _print_simulation(sim: dict) -> None:
+    t = sim["targets"]
+    print("\nSimulate page (issue 9); targets in brackets")
+    print(f"  slider change, default sizes : {_fmt_time(sim['slider_change_s']['median']):>10}"
+          f"   [<= {t['slider_change_s']:g} s]")
+    print(f"  200 repetitions, 20 x 10     : {_fmt_time(sim['repeat_200_s']['median']):>10}"
+          f"   [<= {t['repeat_200_s']:g} s]")
+    print(f"  LOO sleepstudy, lmmcore      : {_fmt_time(sim['loo_sleepstudy_s']['median']):>10}")
+    r = sim.get("lme4_loo", {})
+    if "lmer_loop_median" in r:
+        print(f"  LOO sleepstudy, lme4 (180 lmer fits only / whole LOO): "
+              f"{_fmt_time(r['lmer_loop_median'])} / {_fmt_time(r['full_loo_median'])}")
+        print(f"  lmmcore LOO vs lme4's fit loop: {sim['loo_vs_lme4']:.1f}x   [>= {t['loo_vs_lme4']:g}x]")
+    elif r:
+        print(f"  lme4: {r.get('note')}")
+# ======================================================================= end simulation
 
 
 # --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- glmer
+# The glmer block (issue 10): lmmcore.glmer against lme4's glmer in the same run.
+# Targets: VerbAgg at least 2x faster than lme4; bdf within 100 ms.
+
+GLMER_MODELS = [
+    # key, data file, formula, factors, family, repeats, target
+    ("bdf", ROOT / "data" / "bdf.csv", "repeatgr ~ 1 + ses + minority + (1 | schoolNR)",
+     ("schoolNR", "minority"), "binomial", 5, "<= 100 ms"),
+    ("verbagg", Path(__file__).resolve().parent / "data" / "VerbAgg.csv",
+     "r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)",
+     ("id", "item", "r2", "Gender", "btype", "situ"), "binomial", 3, ">= 2x lme4"),
+]
+
+
+def _bench_glmer(quick: bool) -> dict:
+    import statistics
+
+    import lmmcore
+
+    rows = {}
+    for key, path, formula, factors, family, repeats, target in GLMER_MODELS:
+        repeats = 1 if quick else repeats
+        data = pd.read_csv(path)
+        times = []
+        fit = lmmcore.glmer(formula, data, family, categorical=list(factors))  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fit = lmmcore.glmer(formula, data, family, categorical=list(factors))
+            times.append(time.perf_counter() - start)
+        row = {"formula": formula, "nobs": len(data), "target": target,
+               "lmmcore": {"median": statistics.median(times), "deviance": -2 * fit.loglik}}
+        if shutil.which("Rscript"):
+            out = subprocess.run([shutil.which("Rscript"), str(R_SCRIPT.parent / "bench_glmer.R"),
+                                  str(path), formula, ",".join(factors), family, str(repeats)],
+                                 capture_output=True, text=True, timeout=900)
+            if out.returncode == 0:
+                row["lme4"] = json.loads(out.stdout.strip().splitlines()[-1])
+                row["speedup"] = row["lme4"]["median"] / row["lmmcore"]["median"]
+                row["deviance_diff"] = row["lmmcore"]["deviance"] - row["lme4"]["deviance"]
+            else:
+                row["lme4"] = {"note": out.stderr[-300:]}
+        rows[key] = row
+        print(f"[bench] glmer {key}: lmmcore {_fmt_time(row['lmmcore']['median'])}", file=sys.stderr)
+    return rows
+
+
+def _print_glmer(rows: dict) -> None:
+    print("\nglmer (binomial, Laplace)")
+    for key, row in rows.items():
+        lme4 = row.get("lme4", {}).get("median")
+        print(f"- {key} ({row['nobs']:,} rows): lmmcore {_fmt_time(row['lmmcore']['median'])}, "
+              f"lme4 {_fmt_time(lme4)}, vs lme4 {_fmt_ratio(row.get('speedup'))}, "
+              f"deviance diff {row.get('deviance_diff', float('nan')):+.2e}; target {row['target']}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -478,6 +665,10 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also cProfile one lmmcore fit per model (artifacts/profile/)")
     parser.add_argument("--output", type=Path, default=ARTIFACT)
+    parser.add_argument("--skip-intervals", action="store_true",
+                        help="leave out the profile confint and bootstrap timings")
+    parser.add_argument("--no-simulation", action="store_true",
+                        help="skip the Simulate page's rows (issue 9)")
     args = parser.parse_args(argv)
 
     wanted = [p.strip() for p in args.peers.split(",") if p.strip()]
@@ -539,8 +730,18 @@ def main(argv=None) -> int:
                       f"   (wall {time.perf_counter() - start:.1f} s)", file=sys.stderr)
             rows[model.key] = row
 
+        intervals = None
+        if not args.skip_intervals and "lmmcore" in active:
+            print("[bench] intervals: profile confint and 1,000 bootstrap refits", file=sys.stderr)
+            intervals = _bench_intervals(args.quick, "lme4" in active, Path(tmp))
+
+    glmm_rows = _bench_glmer(args.quick)
+
     _summarise(rows)
     _print_table(rows)
+    if intervals:
+        _print_intervals(intervals)
+    _print_glmer(glmm_rows)
     for peer, reason in missing.items():
         print(f"- {peer} not run: {reason}")
 
@@ -554,10 +755,15 @@ def main(argv=None) -> int:
     else:
         inference_rows = {}
 
+    simulation = None if args.no_simulation else _bench_simulation(args.quick, "lme4" in active)  # issue 9
+    if simulation is not None:
+        _print_simulation(simulation)
+
     report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick,
               "load_average_at_start": load_at_start,
               "versions": versions, "missing": missing, "environment": _environment(),
-              "models": rows, "inference": inference_rows}
+              "models": rows, "inference": inference_rows, "intervals": intervals,
+              "glmer": glmm_rows, "simulation": simulation}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, default=str))
     print(f"\nwritten: {args.output}")

@@ -43,6 +43,9 @@ METHODS = {
 }
 FIXED = {"label": "fixed effects (partial pooling average)", "colour": OKABE_ITO["black"],
          "symbol": "x"}
+# Simulated data only: the groups' true values (drawn in black, a star: none of the methods).
+TRUTH = {"label": "truth (simulated)", "colour": OKABE_ITO["black"], "dash": "longdashdot",
+         "symbol": "star"}
 CONTOUR_COLOUR = OKABE_ITO["sky"]
 MODEL_COLOURS = {"lm": OKABE_ITO["orange"], "lmer": OKABE_ITO["vermillion"]}
 
@@ -143,18 +146,56 @@ def _line(a: float, b: float, x0: float, x1: float) -> tuple[list, list]:
 # ------------------------------------------------------------------ pooling
 
 
+# A factor's conditions sit at 0, 1, ... on the x axis; a method's means are drawn this far
+# apart (in conditions) so that equal means do not hide each other, the data between them.
+METHOD_OFFSET, DATA_SPREAD = 0.07, 0.16
+
+
+def _method_curves(estimates, methods, x0: float, x1: float) -> dict:
+    """What each method draws in each group's panel: {method: {group: (xs, ys, customdata)}}.
+
+    A numeric predictor: the method's line over the predictor's range, ``customdata``
+    its (intercept, slope).  A factor: the group's mean in each condition
+    (``condition_means``), at the conditions' positions shifted by the method's offset,
+    ``customdata`` (condition, mean).  NaN where the method gives the group no estimate.
+    """
+    out = {}
+    for k, method in enumerate(methods):
+        rows = estimates.method(method)
+        if estimates.is_factor:
+            means = estimates.condition_means(method)
+            shift = (k - (len(methods) - 1) / 2) * METHOD_OFFSET
+            xs = [i + shift for i in range(len(estimates.levels))]
+            out[method] = {g: (xs, list(means.loc[g]), [[lv, v] for lv, v in zip(estimates.levels, means.loc[g])])
+                           for g in means.index}
+            continue
+        out[method] = {}
+        for g in rows.index:
+            a, b = float(rows.at[g, "intercept"]), float(rows.at[g, "slope"])
+            xs, ys = _line(a, b, x0, x1)
+            out[method][g] = (xs, ys, [[a, b, g], [a, b, g]])
+    return out
+
+
 def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, lecture: bool,
-                   ncols: int = 4) -> go.Figure:
-    """A panel per group: its data and the complete, no and partial pooling lines.
+                   ncols: int = 4, styles: dict | None = None,
+                   truth: pd.DataFrame | None = None) -> go.Figure:
+    """A panel per group: its data and each method's line (a numeric predictor) or
+    condition means joined by a line (a factor).
 
     ``estimates`` is ``lmmcore.pooling_estimates``' result (its columns name the axes);
-    each line's trace holds the method's (intercept, slope) in ``customdata`` and spans
-    the predictor's full range.
+    each trace holds what it draws in ``customdata`` (see :func:`_method_curves`) and
+    ``meta`` names its method and group.  ``styles`` (default :data:`METHODS`) gives
+    each method drawn its label, colour, dash and marker: a method of the estimates
+    without a style is not drawn, so another kind of estimate (a simulation's truth) is
+    drawn by adding its style.  ``truth`` (simulated data: intercept and slope by
+    group, ``lmmcore.simulate_groups``) adds each group's true line.
     """
     s = sizes(lecture)
+    styles = METHODS if styles is None else styles
     response, predictor, group = estimates.response, estimates.predictor, estimates.group
     counts = estimates.n
-    by_method = {m: estimates.method(m) for m in METHODS if m in estimates.methods}
+    methods = [m for m in styles if m in estimates.methods]
     n = max(1, len(groups))
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
@@ -167,8 +208,19 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
     fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=titles, shared_xaxes=True,
                         shared_yaxes=True, horizontal_spacing=0.03,
                         vertical_spacing=min(0.3, 45 / height) if nrows > 1 else 0.0)
-    x = pd.to_numeric(data[predictor], errors="coerce")
-    x0, x1 = float(np.nanmin(x)), float(np.nanmax(x))
+    if estimates.is_factor:
+        # Each observation at its condition's position, spread evenly within its cell.
+        position = {lv: i for i, lv in enumerate(estimates.levels)}
+        cond = data[predictor].astype(str).map(position)
+        cell = data[group].astype(str) + "\x00" + cond.astype(str)
+        rank = cell.groupby(cell).cumcount()
+        size = cell.map(cell.value_counts())
+        x = cond + DATA_SPREAD * ((rank + 0.5) / size - 0.5)
+        x0, x1 = -0.5, len(estimates.levels) - 0.5
+    else:
+        x = pd.to_numeric(data[predictor], errors="coerce")
+        x0, x1 = float(np.nanmin(x)), float(np.nanmax(x))
+    curves = _method_curves(estimates, methods, x0, x1)
     gcol = data[group].astype(str)
     shown = set()
     for i, g in enumerate(groups):
@@ -180,30 +232,53 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
             marker={"color": DATA_COLOUR, "size": s["data_marker"], "opacity": 0.75},
             hovertemplate=f"{esc(group)} {esc(g)}<br>%{{x}}, %{{y}}<extra></extra>"), row=r, col=c)
         shown.add("data")
-        for method, rows in by_method.items():
-            style = METHODS[method]
-            if str(g) not in rows.index:
+        for method in methods:
+            style = styles[method]
+            if str(g) not in curves[method]:
                 continue
-            a, b = float(rows.at[str(g), "intercept"]), float(rows.at[str(g), "slope"])
-            if not (math.isfinite(a) and math.isfinite(b)):
-                note = rows.at[str(g), "note"]
-                note = note if isinstance(note, str) else ""
-                fig.add_annotation(text=esc(f"no {method}-pooling line" + (f": {note}" if note else "")),
+            xs, ys, custom = curves[method][str(g)]
+            if not np.isfinite(ys).all():
+                if estimates.is_factor:  # the panel is narrow: which conditions; the page gives the note
+                    missing = [lv for lv, v in zip(estimates.levels, ys) if not np.isfinite(v)]
+                    text = f"no {method}-pooling mean at {', '.join(missing)}"
+                else:
+                    note = estimates.method(method).at[str(g), "note"]
+                    note = note if isinstance(note, str) else ""
+                    text = f"no {method}-pooling line" + (f": {note}" if note else "")
+                fig.add_annotation(text=esc(text),
                                    xref="x domain", yref="y domain", x=0.02, y=0.02, showarrow=False,
                                    xanchor="left", yanchor="bottom", row=r, col=c,
                                    font={"size": max(10, s["font"] - 4), "color": style["colour"]})
-                continue
-            xs, ys = _line(a, b, x0, x1)
+                if not np.isfinite(ys).any():
+                    continue
+            hover = ("%{customdata[0]}: mean %{customdata[1]:.4g}" if estimates.is_factor
+                     else "intercept %{customdata[0]:.4g}, slope %{customdata[1]:.4g}")
             fig.add_trace(go.Scatter(
                 x=xs, y=ys, mode="lines+markers", name=style["label"], legendgroup=method,
-                showlegend=method not in shown, customdata=[[a, b, str(g)], [a, b, str(g)]],
+                showlegend=method not in shown, customdata=custom,
                 meta={"method": method, "group": str(g)},
                 line={"color": style["colour"], "dash": style["dash"], "width": s["line"]},
                 marker={"symbol": style["symbol"], "size": s["marker"], "color": style["colour"]},
-                hovertemplate=(f"{style['label']}<br>{esc(g)}: intercept %{{customdata[0]:.4g}}, "
-                               "slope %{customdata[1]:.4g}<extra></extra>")), row=r, col=c)
+                hovertemplate=f"{style['label']}<br>{esc(g)}: {hover}<extra></extra>"), row=r, col=c)
             shown.add(method)
+        if truth is not None and str(g) in truth.index:
+            a, b = float(truth.loc[str(g), "intercept"]), float(truth.loc[str(g), "slope"])
+            xs, ys = _line(a, b, x0, x1)
+            fig.add_trace(go.Scatter(
+                x=xs, y=ys, mode="lines+markers", name=TRUTH["label"], legendgroup="truth",
+                showlegend="truth" not in shown, meta={"method": "truth", "group": str(g)},
+                customdata=[[a, b, str(g)], [a, b, str(g)]],
+                line={"color": TRUTH["colour"], "dash": TRUTH["dash"], "width": s["line"] / 1.4},
+                marker={"symbol": TRUTH["symbol"], "size": s["marker"] + 2, "color": TRUTH["colour"]},
+                hovertemplate=(f"truth<br>{esc(g)}: intercept %{{customdata[0]:.4g}}, "
+                               "slope %{customdata[1]:.4g}<extra></extra>")), row=r, col=c)
+            shown.add("truth")
     fig.update_xaxes(title_text=None, showgrid=True)
+    if estimates.is_factor:
+        # No fixed x range: with one, plotly.js (2.x) leaves the shared y axes at their
+        # empty default instead of fitting the data.
+        fig.update_xaxes(tickvals=list(range(len(estimates.levels))),
+                         ticktext=[esc(lv) for lv in estimates.levels])
     fig.update_yaxes(title_text=None, showgrid=True)
     for c in range(1, ncols + 1):
         fig.update_xaxes(title_text=esc(predictor), row=nrows, col=c)
@@ -277,18 +352,36 @@ def pooling_means(data: pd.DataFrame, estimates, groups: list, few: pd.Series, l
 # ------------------------------------------------------------------ shrinkage
 
 
-def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highlight=()) -> go.Figure:
-    """Arrows from each group's no-pooling (intercept, slope) to its partial-pooling one,
-    over the contours of the fitted random-effects distribution (``lmmcore.re_contours``;
-    None draws none) and the fixed effects.
+def coefficient_title(estimates, coefficient: str) -> str:
+    """An axis title for a coefficient: ``slope of Days``; a factor's condition effect
+    says which two conditions it compares (``stages3: s3 − s1``)."""
+    if coefficient == "intercept":
+        return "intercept"
+    if estimates.is_factor:
+        level = estimates.levels[estimates.coefficients.index(coefficient)]
+        return f"{esc(coefficient)}: {esc(level)} − {esc(estimates.levels[0])}"
+    return f"slope of {esc(estimates.predictor)}"
+
+
+def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highlight=(),
+                 coefficient: str | None = None, truth: pd.DataFrame | None = None) -> go.Figure:
+    """Arrows from each group's no-pooling (intercept, coefficient) to its partial-pooling
+    one, over the contours of the fitted random-effects distribution
+    (``lmmcore.re_contours`` of the same coefficient; None draws none) and the fixed effects.
+
+    ``coefficient`` is the y axis: a numeric predictor's ``slope`` or a factor's
+    condition effect (``"stages3"``); by default the first after the intercept.
 
     ``highlight``: groups drawn strong and named at their no-pooling point (the outer end
     of the arrow, away from the crowded middle); with any given, the other groups' points
-    and arrows are drawn faint, but every arrow is still drawn.
+    and arrows are drawn faint, but every arrow is still drawn.  ``truth`` (simulated data)
+    adds each group's true (intercept, slope) as a third marker, joined to its
+    partial-pooling estimate by a thin line: the miss.
     """
     s = sizes(lecture)
+    y = coefficient if coefficient is not None else estimates.coefficients[1]
     strong = {str(g) for g in highlight}
-    fixef = (float(estimates.fixef["intercept"]), float(estimates.fixef["slope"]))
+    fixef = (float(estimates.fixef["intercept"]), float(estimates.fixef[y]))
     fig = go.Figure()
     if contours is not None and len(contours):
         for i, (level, ring) in enumerate(contours.groupby("level", sort=True)):
@@ -297,7 +390,9 @@ def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highli
                 legendgroup="contours", showlegend=i == 0, meta={"level": float(level)},
                 line={"color": CONTOUR_COLOUR, "width": max(1.0, s["line"] / 2)},
                 hovertemplate=f"contour {float(level):g}<extra></extra>"))
-    no, part = estimates.method("no"), estimates.method("partial")
+    # The chosen coefficient as "slope": the contours' and the label placer's name for the y axis.
+    no, part = (estimates.method(m).rename(columns={y: "slope"})[["intercept", "slope", "n"]]
+                for m in ("no", "partial"))
     own = estimates.own_estimate
     both = [g for g in part.index if own.get(g, False)]
     lonely = [g for g in part.index if g not in both]
@@ -318,7 +413,7 @@ def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highli
         meta={"method": "no"},
         marker={"symbol": nost["symbol"], "size": s["marker"], "color": nost["colour"],
                 "opacity": [0.25 if faint(g) else 1.0 for g in both]},
-        hovertemplate="%{text}: intercept %{x:.4g}, slope %{y:.4g}<extra>no pooling</extra>"))
+        hovertemplate=f"%{{text}}: intercept %{{x:.4g}}, {esc(y)} %{{y:.4g}}<extra>no pooling</extra>"))
     pst = METHODS["partial"]
     fig.add_trace(go.Scatter(
         x=part["intercept"], y=part["slope"], mode="markers", name=pst["label"],
@@ -326,7 +421,9 @@ def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highli
         hovertext=[esc(g) for g in part.index],
         marker={"symbol": pst["symbol"], "size": s["marker"] + 2, "color": pst["colour"],
                 "opacity": [0.25 if faint(g) else 1.0 for g in part.index]},
-        hovertemplate="%{hovertext}: intercept %{x:.4g}, slope %{y:.4g}<extra>partial pooling</extra>"))
+        hovertemplate=f"%{{hovertext}}: intercept %{{x:.4g}}, {esc(y)} %{{y:.4g}}<extra>partial pooling</extra>"))
+    if truth is not None:
+        _add_truth_points(fig, truth, part, "intercept", y, s)
     named = [g for g in both if g in strong]
     if named:
         # Left of the average the label goes left, right of it right: outward, off the arrows.
@@ -340,7 +437,7 @@ def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highli
             textfont={"size": s["font"], "color": "#222222"}))
     _label_lonely(fig, part, lonely, pd.concat([part[["intercept", "slope"]],
                                                 no.loc[both, ["intercept", "slope"]]]), s)
-    comp = estimates.method("complete") if "complete" in estimates.methods else None
+    comp = estimates.method("complete").rename(columns={y: "slope"}) if "complete" in estimates.methods else None
     if comp is not None and len(comp):
         cst = METHODS["complete"]
         fig.add_trace(go.Scatter(
@@ -354,7 +451,7 @@ def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highli
         marker={"symbol": FIXED["symbol"], "size": s["marker"] + 4, "color": FIXED["colour"],
                 "line": {"width": 1, "color": "white"}}))
     fig.update_xaxes(title_text="intercept", showgrid=True)
-    fig.update_yaxes(title_text=f"slope of {esc(estimates.predictor)}", showgrid=True)
+    fig.update_yaxes(title_text=coefficient_title(estimates, y), showgrid=True)
     _layout(fig, lecture, height=640)
     # The legend under the plot: above it, four entries would push the arrows off a projector.
     fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.12, "x": 0})
@@ -409,10 +506,35 @@ def _label_lonely(fig: go.Figure, part: pd.DataFrame, lonely: list, others: pd.D
             bordercolor=colour, borderwidth=1, borderpad=3, name="lonely group")
 
 
-def shrinkage_1d(estimates, lecture: bool) -> go.Figure:
+def _add_truth_points(fig: go.Figure, truth: pd.DataFrame, part: pd.DataFrame, xcol: str, ycol,
+                      s: dict) -> None:
+    """The true values (simulated data) as stars, each tied to its partial-pooling estimate.
+
+    ``ycol`` None: a 1-D plot whose y is each group's row label (``part["label"]``)."""
+    groups = [g for g in part.index if g in truth.index]
+    xs, ys = [], []
+    for g in groups:
+        py = part.loc[g, ycol] if ycol else part.loc[g, "label"]
+        ty = truth.loc[g, ycol] if ycol else part.loc[g, "label"]
+        xs += [part.loc[g, xcol], truth.loc[g, xcol], None]
+        ys += [py, ty, None]
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", showlegend=False, hoverinfo="skip",
+                             meta={"method": "truth_miss"},
+                             line={"color": TRUTH["colour"], "width": 1, "dash": "dot"}))
+    fig.add_trace(go.Scatter(
+        x=truth.loc[groups, xcol], y=truth.loc[groups, ycol] if ycol else [part.loc[g, "label"] for g in groups],
+        mode="markers", name=TRUTH["label"], meta={"method": "truth"},
+        customdata=np.array(groups, dtype=object).reshape(-1, 1), hovertext=[esc(g) for g in groups],
+        marker={"symbol": TRUTH["symbol"], "size": s["marker"] + 4, "color": TRUTH["colour"],
+                "line": {"width": 1, "color": "white"}},
+        hovertemplate="%{hovertext}: %{x:.4g}" + (", %{y:.4g}" if ycol else "") + "<extra>truth</extra>"))
+
+
+def shrinkage_1d(estimates, lecture: bool, truth: pd.DataFrame | None = None) -> go.Figure:
     """One-coefficient shrinkage: each group's no-pooling estimate of the coefficient that
     varies by group to its partial-pooling estimate, arrows toward the fixed effect; rows
-    labelled with the group size."""
+    labelled with the group size.  ``truth`` (simulated data) adds each group's true value
+    as a star."""
     s = sizes(lecture)
     column = "slope" if estimates.varying == ("slope",) else "intercept"
     grand, group = float(estimates.fixef[column]), estimates.group
@@ -439,6 +561,8 @@ def shrinkage_1d(estimates, lecture: bool) -> go.Figure:
         customdata=np.array(order, dtype=object).reshape(-1, 1), meta={"method": "partial"},
         marker={"symbol": pst["symbol"], "size": s["marker"] + 4, "color": pst["colour"]},
         hovertemplate="%{y}: %{x:.4g}<extra>partial pooling</extra>"))
+    if truth is not None:
+        _add_truth_points(fig, truth, part.assign(label=[labels[g] for g in part.index]), column, None, s)
     fig.add_vline(x=grand, line={"color": FIXED["colour"], "width": s["line"] / 1.5})
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"fixed effect (average {column})",
                              line={"color": FIXED["colour"], "width": s["line"] / 1.5}))
@@ -481,18 +605,20 @@ def fitted_pairs(panels: dict, kind: str, response: str, lecture: bool) -> go.Fi
     return _layout(fig, lecture, height=420)
 
 
-def qq_plot(qq: dict, lecture: bool) -> go.Figure:
-    """Normal Q-Q plot of residuals (points from ``lmmcore.teaching.qq_points``)."""
+def qq_plot(qq: dict, lecture: bool, what: str = "residuals") -> go.Figure:
+    """Normal Q-Q plot of residuals, or of ``what`` (points from
+    ``lmmcore.teaching.qq_points``)."""
     s = sizes(lecture)
     t, r = qq["theoretical"], qq["sample"]
     a, b = qq["line"]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=t, y=r, mode="markers", name="residuals",
+    fig.add_trace(go.Scatter(x=t, y=r, mode="markers", name=what,
                              marker={"color": OKABE_ITO["vermillion"], "size": s["data_marker"]}))
     fig.add_trace(go.Scatter(x=[t[0], t[-1]], y=[a + b * t[0], a + b * t[-1]], mode="lines",
                              name="through the quartiles", line={"color": "black", "width": s["line"] / 1.5}))
     fig.update_xaxes(title_text="normal quantiles", showgrid=True)
-    fig.update_yaxes(title_text="residual quantiles", showgrid=True)
+    fig.update_yaxes(title_text=f"{what} quantiles" if what != "residuals" else "residual quantiles",
+                     showgrid=True)
     return _layout(fig, lecture, height=420)
 
 
@@ -533,6 +659,84 @@ def caterpillar_plot(table: pd.DataFrame, group: str, lecture: bool) -> go.Figur
     # Final heights in pixels; _layout scales by the lecture factor, so divide it out.
     final = 160 + (30 if lecture else 20) * n if named else (760 if lecture else 640)
     return _layout(fig, lecture, height=round(final / s["height"]))
+
+
+# ------------------------------------------------------------------ simulation
+
+
+def rmse_distribution(runs: pd.DataFrame, column: str, reference: dict | None, lecture: bool) -> go.Figure:
+    """Each method's RMSE over repeated simulations (``lmmcore.repeat_pooling_error``): one
+    strip of runs per method, with a box, and dashed lines at the theory's reference values."""
+    s = sizes(lecture)
+    fig = go.Figure()
+    for method, style in METHODS.items():
+        v = runs.loc[runs["method"] == method, column].astype(float)
+        fig.add_trace(go.Box(
+            x=v, name=style["label"], orientation="h", boxpoints="all", jitter=0.5, pointpos=0,
+            meta={"method": method}, marker={"color": style["colour"], "size": max(3, s["data_marker"] - 2),
+                                             "opacity": 0.55, "symbol": style["symbol"]},
+            line={"color": style["colour"], "width": s["line"] / 1.5}, fillcolor="rgba(0,0,0,0)",
+            hovertemplate=f"{style['label']}: RMSE %{{x:.4g}}<extra></extra>"))
+    # The reference values often lie close together: their labels go on separate lines above.
+    line_px = s["font"] + 8
+    for i, (method, (value, text)) in enumerate((reference or {}).items()):
+        fig.add_vline(x=value, line={"color": METHODS[method]["colour"], "dash": "dash", "width": s["line"] / 1.3})
+        fig.add_annotation(x=value, y=1.0, yref="paper", yshift=4 + i * line_px, text=esc(text), showarrow=False,
+                           yanchor="bottom", xanchor="left",
+                           font={"size": max(10, s["font"] - 3), "color": METHODS[method]["colour"]})
+    fig.update_xaxes(title_text=f"RMSE of the group {column}s against the truth (one point per run)",
+                     showgrid=True, rangemode="tozero")
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(showlegend=False)
+    _layout(fig, lecture, height=330 + 30 * len(reference or {}))
+    fig.update_layout(margin={"t": 20 + line_px * (len(reference or {}) + 1)})
+    return fig
+
+
+def cv_errors(table: pd.DataFrame, lecture: bool) -> go.Figure:
+    """Prediction RMSE by method (``lmmcore.cross_validate``), a bar each, n in the label."""
+    s = sizes(lecture)
+    fig = go.Figure()
+    for method in table.index:
+        style = METHODS[method]
+        row = table.loc[method]
+        fig.add_trace(go.Bar(
+            x=[float(row["rmse"])], y=[style["label"]], orientation="h", name=style["label"],
+            meta={"method": method}, marker={"color": style["colour"]},
+            text=[f"{float(row['rmse']):.4g} (n={int(row['n'])})"], textposition="auto",
+            hovertemplate=f"{style['label']}: RMSE %{{x:.4g}}<extra></extra>"))
+    fig.update_xaxes(title_text="prediction RMSE on held-out data (lower is better)", showgrid=True,
+                     rangemode="tozero")
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(showlegend=False, uniformtext={"minsize": max(10, s["font"] - 4), "mode": "hide"})
+    return _layout(fig, lecture, height=90 + 60 * len(table))
+
+
+def simulated_copies(panels: dict, group: str, response: str, lecture: bool) -> go.Figure:
+    """The observed response beside copies simulated from the fit (``MixedFit.simulate``):
+    one panel each, the values of every group as a strip, so a difference in spread or
+    shape between the data and the copies stands out.  ``panels``: title -> (groups, values)."""
+    s = sizes(lecture)
+    names = list(panels)
+    ncols = 2
+    nrows = math.ceil(len(names) / ncols)
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=[esc(n) for n in names], shared_yaxes=True,
+                        shared_xaxes=True, vertical_spacing=0.12, horizontal_spacing=0.04)
+    for i, name in enumerate(names):
+        groups, values = panels[name]
+        observed = i == 0
+        fig.add_trace(go.Box(
+            x=[esc(g) for g in groups], y=values, boxpoints="all", jitter=0.4, pointpos=0, showlegend=False,
+            meta={"panel": name}, line={"color": DATA_COLOUR if observed else OKABE_ITO["blue"], "width": 1},
+            fillcolor="rgba(0,0,0,0)",
+            marker={"color": DATA_COLOUR if observed else OKABE_ITO["blue"], "size": max(3, s["data_marker"] - 2),
+                    "opacity": 0.7},
+            hovertemplate="%{x}: %{y:.4g}<extra></extra>"), row=i // ncols + 1, col=i % ncols + 1)
+    for r in range(1, nrows + 1):
+        fig.update_yaxes(title_text=esc(response), row=r, col=1)
+    fig.update_xaxes(title_text=esc(group), row=nrows)
+    fig.update_yaxes(showgrid=True)
+    return _layout(fig, lecture, height=120 + 260 * nrows)
 
 
 # ------------------------------------------------------------------ the lecture's two-condition pictures

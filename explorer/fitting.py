@@ -55,6 +55,8 @@ def _kwargs(kind: str, reml: bool, categorical, numeric, reference) -> dict:
           "reference_levels": dict(reference) or None}
     if kind == "lmer":
         kw["reml"] = reml
+    if kind.startswith("glmer:"):
+        kw["family"] = kind.split(":", 1)[1]
     return {k: v for k, v in kw.items() if v is not None or k == "reml"}
 
 
@@ -64,12 +66,15 @@ def _fit(kind: str, formula: str, digest: str, reml: bool, categorical: tuple, n
     # ``_df`` is left out of the cache key (leading underscore): ``digest`` stands for it.
     df = _df
     kw = _kwargs(kind, reml, categorical, numeric, reference)
-    if kind == "lmer" and data_name:
+    if kind != "lm" and data_name:
         kw["data_name"] = data_name
+    name = kind.split(":", 1)[0]
     settings = load_settings()
     if len(df) >= settings.worker_min_rows:
         from lmmcore.worker import fit_in_worker
-        return fit_in_worker(kind, formula, df, timeout=settings.fit_timeout_s, **kw)
+        return fit_in_worker(name, formula, df, timeout=settings.fit_timeout_s, **kw)
+    if name == "glmer":
+        return lmmcore.glmer(formula, df, time_limit=settings.fit_timeout_s, **kw)
     fn = lmmcore.lmer if kind == "lmer" else lmmcore.lm
     return fn(formula, df, **kw)
 
@@ -89,7 +94,8 @@ def fit_key(kind: str, formula: str, data, reml: bool = True) -> tuple:
 
 
 def fit(kind: str, formula: str, data, reml: bool = True):
-    """Fit ``kind`` ("lmer" or "lm") to an :class:`explorer.data.ActiveData`; cached.
+    """Fit ``kind`` ("lmer", "lm", or "glmer:binomial" / "glmer:poisson") to an
+    :class:`explorer.data.ActiveData`; cached.
 
     Raises ``lmmcore.LmmError`` with a student-readable message on bad input.
     """
@@ -109,19 +115,24 @@ def summary(kind: str, formula: str, data, reml: bool, fitted) -> str:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def _pooling(digest: str, response: str, predictor, group: str, random: str,
-             _df: pd.DataFrame) -> lmmcore.PoolingEstimates:
+def _pooling(digest: str, response: str, predictor, group: str, random: str, factor: bool,
+             reference: tuple, _df: pd.DataFrame) -> lmmcore.PoolingEstimates:
     df = _df
     settings = load_settings()
+    kwargs = {"random": random, "factor": factor, "reference_levels": dict(reference) or None}
     if len(df) >= settings.worker_min_rows:
         # One lm per group plus an lmer: as heavy as a fit, so under the same time limit.
         from lmmcore.worker import run_in_worker
-        return run_in_worker(lmmcore.pooling_estimates, df, response, predictor, group, random=random,
-                             timeout=settings.fit_timeout_s)
-    return lmmcore.pooling_estimates(df, response, predictor, group, random=random)
+        return run_in_worker(lmmcore.pooling_estimates, df, response, predictor, group,
+                             timeout=settings.fit_timeout_s, **kwargs)
+    return lmmcore.pooling_estimates(df, response, predictor, group, **kwargs)
 
 
 def pooling(data, response: str, predictor, group: str, random: str) -> lmmcore.PoolingEstimates:
     """``lmmcore.pooling_estimates`` on the current table; cached (the estimates carry
-    their mixed fit, so a page that needs it does not fit again)."""
-    return _pooling(data.digest, response, predictor, group, random, _df=data.df)
+    their mixed fit, so a page that needs it does not fit again).  A predictor the
+    student typed as categorical is a factor, with the reference level they chose."""
+    factor = predictor is not None and data.types.get(predictor) == "categorical"
+    chosen = data.fit_kwargs()["reference_levels"] or {}
+    reference = ((predictor, str(chosen[predictor])),) if factor and predictor in chosen else ()
+    return _pooling(data.digest, response, predictor, group, random, factor, reference, _df=data.df)

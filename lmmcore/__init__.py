@@ -9,14 +9,23 @@ The pipeline has lme4's four seams (Bates et al. 2015, JSS 67(1), Table 1):
 
 Public API (tests, pages and tools rely on these names):
 
-- ``lmer(formula, data, reml=True) -> MixedFit``
+- ``lmer(formula, data, reml=True) -> MixedFit``; on the fit, ``confint(method=...)``
+  (``lmmcore.intervals``), ``predict(newdata, re_form, interval)`` (``lmmcore.prediction``)
+  and ``influence(group)`` (``lmmcore.influence``)
+- ``glmer(formula, data, family="binomial", nAGQ=1) -> GlmmFit`` (binomial logit, Poisson log);
+  ``suggest_family(data, response) -> (family, reason)``
 - ``lm(formula, data) -> LinearFit``
 - ``anova(*fits, names=None) -> DataFrame``; ``format_anova(table) -> str`` prints it as R does
   (R's and lme4's printed layouts live in ``lmmcore.printing``; ``fit.summary()`` calls them)
 - ``MixedFit.coef_table(ddf)`` / ``MixedFit.anova_fixed(ddf)``: lmerTest's t-tests and type III
   F-tests (Satterthwaite, Kenward-Roger); ``r2(fit)``: ``performance::r2_nakagawa``
 - ``pooling_estimates(data, response, predictor, group) -> PoolingEstimates`` (the mixed fit,
-  formulas, per-method table, group sizes, shrinkage); ``shrinkage_sd``, ``re_contours``
+  formulas, per-method table, group sizes, shrinkage; a factor predictor's condition effects
+  and condition means); ``shrinkage_sd``, ``re_contours``
+- ``simulate_groups``, ``simulate_scenario``, ``pooling_error``, ``repeat_pooling_error``,
+  ``known_variance_rmse``: simulated groups with the truth known; ``cross_validate``;
+  ``simulate_power`` (lmer Satterthwaite test vs paired t-test over simulated studies);
+  ``MixedFit.simulate(nsim, seed)`` draws new responses from a fit (lme4's ``simulate``)
 - ``lmmcore.fitview``: how the fit works, for teaching: the profiled criterion along theta
   (``criterion_curve``, ``criterion_surface``), the model at any theta with the criterion's
   parts (``state_at``, ``estimates_at``) and the optimiser's path (``optimizer_path``)
@@ -29,16 +38,20 @@ Public API (tests, pages and tools rely on these names):
   ``compose_formula(response, fixed=..., groups=...) -> str`` writes one from menu choices
   (``lmmcore.formula_menu``)
 - errors: ``LmmError`` and its subclasses ``FormulaError``, ``DataError``,
-  ``FitError``, ``FitTimeout``
+  ``FitError``, ``FitTimeout``, ``BootstrapCancelled``
 """
 
-from lmmcore.errors import DataError, FitError, FitTimeout, FormulaError, LmmError
+from lmmcore.errors import (BootstrapCancelled, DataError, FitError, FitTimeout, FormulaError,
+                            LmmError)
 
 __all__ = [
-    "LmmError", "FormulaError", "DataError", "FitError", "FitTimeout",
+    "LmmError", "FormulaError", "DataError", "FitError", "FitTimeout", "BootstrapCancelled",
     "parse_formula", "compose_formula", "build_design",
-    "lmer", "MixedFit", "lm", "LinearFit", "anova", "format_anova", "r2",
+    "lmer", "MixedFit", "glmer", "GlmmFit", "suggest_family", "lm", "LinearFit", "anova",
+    "format_anova", "r2",
     "pooling_estimates", "PoolingEstimates", "shrinkage_sd", "re_contours", "load_table",
+    "simulate_groups", "simulate_scenario", "pooling_error", "repeat_pooling_error",
+    "known_variance_rmse", "cross_validate", "simulate_power",
     "model_equation", "compare_lm", "format_lm_comparison", "information_criteria",
 ]
 
@@ -50,6 +63,9 @@ _PUBLIC = {
     "build_design": "lmmcore.design",
     "lmer": "lmmcore.mixed",
     "MixedFit": "lmmcore.mixed",
+    "glmer": "lmmcore.generalized",
+    "GlmmFit": "lmmcore.generalized",
+    "suggest_family": "lmmcore.generalized",
     "lm": "lmmcore.linear",
     "LinearFit": "lmmcore.linear",
     "anova": "lmmcore.compare",
@@ -60,6 +76,13 @@ _PUBLIC = {
     "shrinkage_sd": "lmmcore.pooling",
     "re_contours": "lmmcore.pooling",
     "load_table": "lmmcore.io",
+    "simulate_groups": "lmmcore.simulate",
+    "simulate_scenario": "lmmcore.simulate",
+    "pooling_error": "lmmcore.simulate",
+    "repeat_pooling_error": "lmmcore.simulate",
+    "known_variance_rmse": "lmmcore.simulate",
+    "cross_validate": "lmmcore.crossval",
+    "simulate_power": "lmmcore.power",
     "model_equation": "lmmcore.equation",
     "compare_lm": "lmmcore.compare",
     "format_lm_comparison": "lmmcore.printing",

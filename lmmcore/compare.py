@@ -34,8 +34,9 @@ def anova(*fits, names=None) -> pd.DataFrame:
 
     Parameters
     ----------
-    *fits : MixedFit or LinearFit
-        Two or more models fitted to the same observations.
+    *fits : MixedFit, LinearFit or GlmmFit
+        Two or more models fitted to the same observations (glmer fits only with glmer
+        fits of the same family).
     names : sequence of str, optional
         Row names; default ``"model1"``, ``"model2"``... in the order given.
 
@@ -73,6 +74,12 @@ def anova(*fits, names=None) -> pd.DataFrame:
         raise LmmError(f"anova: {len(names)} names for {len(fits)} models; give one name per model.")
     if len(set(names)) != len(names):
         raise LmmError("anova: the model names must be different from each other.")
+    families = {getattr(f, "family", "gaussian") for f in fits}
+    if len(families) > 1:
+        raise LmmError(
+            "anova: the models have different response distributions "
+            f"({', '.join(sorted(families))}); their log-likelihoods cannot be compared. "
+            "Compare glmer fits with glmer fits of the same family.")
     nobs = [int(f.nobs) for f in fits]
     if len(set(nobs)) > 1:
         detail = ", ".join(f"{n}: {k}" for n, k in zip(names, nobs))

@@ -21,7 +21,7 @@ import pandas as pd
 
 from lmmcore.collation import collation_key
 from lmmcore.errors import DataError, FitError, FormulaError
-from lmmcore.formula import (ARITHMETIC, TRANSFORMS, Formula, ModelTerms, Node,
+from lmmcore.formula import (ARITHMETIC, TRANSFORMS, Formula, ModelTerms, Node, cbind_parts,
                              format_number, parse_formula)
 from lmmcore.structure import MixedDesign, RandomTerm
 
@@ -630,7 +630,13 @@ def build_design(formula, data: pd.DataFrame, *, categorical=None, numeric=None,
 
     constants: dict = {}
     levels: dict = {}
-    y = _variable_values([resp], cols, keep, constants, True, levels, {})[resp.label]
+    failures = None
+    if resp.kind == "cbind":
+        successes, fails = cbind_parts(resp)
+        pair = _variable_values([successes, fails], cols, keep, constants, True, levels, {})
+        y, failures = pair[successes.label], pair[fails.label]
+    else:
+        y = _variable_values([resp], cols, keep, constants, True, levels, {})[resp.label]
 
     def is_factor(v):
         return v.kind == "factor" or (v.kind == "column" and kinds[v.column] != "numeric")
@@ -682,6 +688,7 @@ def build_design(formula, data: pd.DataFrame, *, categorical=None, numeric=None,
         n_dropped_na=n_dropped,
         row_index=data.index[keep],
         encoder=encoder,
+        failures=failures,
     )
 
 
@@ -715,3 +722,11 @@ def check_grouping_factor(group: str, term_text: str, n_levels: int, k: int, n: 
                        "be estimated; use a simpler random term, e.g. (1 | "
                        f"{group})")
 
+
+def check_single_response(design: MixedDesign, fitter: str) -> None:
+    """Refuse a ``cbind(successes, failures)`` response for a Gaussian model (``lm``,
+    ``lmer``): it is a binomial response."""
+    if design.failures is not None:
+        raise DataError(f"{design.response_name} is a binomial response (successes, failures); "
+                        f"{fitter} needs one numeric response column. Fit it with "
+                        "glmer(..., family='binomial')")

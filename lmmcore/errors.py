@@ -33,3 +33,15 @@ class FitError(LmmError):
 
 class FitTimeout(LmmError):
     """A fit ran past the configured time limit and was stopped."""
+
+
+class BootstrapCancelled(LmmError):
+    """A bootstrap was stopped by its ``progress`` callback (which returned ``False``).
+
+    ``partial`` holds the replicates finished before the stop (a
+    :class:`lmmcore.intervals.BootstrapResult`), so a caller can still show them.
+    """
+
+    def __init__(self, message: str, partial=None):
+        super().__init__(message)
+        self.partial = partial

@@ -17,7 +17,7 @@ The grammar follows R's operator precedence, lowest first::
     colon   := unary (':' unary)*
     unary   := ('-' | '+') unary | power
     power   := primary ('^' unary)?
-    primary := NAME | NUMBER | NAME '(' sum ')' | '(' bar ')'
+    primary := NAME | NUMBER | NAME '(' sum ')' | 'cbind(' sum ',' sum ')' | '(' bar ')'
 
 The parse is one tree of :class:`Node` (``Formula.tree``), printed by :func:`deparse`
 as R's ``deparse()`` prints a formula; the variables, terms and random parts are read
@@ -40,7 +40,7 @@ from lmmcore.errors import FormulaError
 __all__ = [
     "Formula", "ModelTerms", "RandomPart", "Term", "Variable", "Node", "Transform",
     "parse_formula", "deparse", "deparse_lines", "deparse_call_lines", "format_number",
-    "quote_name",
+    "quote_name", "cbind_parts", "CBIND",
     "MAX_LENGTH", "MAX_DEPTH", "MAX_OPERATORS", "TRANSFORMS", "ARITHMETIC",
 ]
 
@@ -53,6 +53,8 @@ MAX_TERMS = 500
 # every walk of the tree recurses, so x+x+...+x (1000 terms in 2000 characters) would
 # exhaust Python's stack.  300 is more terms than any table has columns.
 MAX_OPERATORS = 300
+#: ``cbind(successes, failures)``: only as the response (of a binomial glmer).
+CBIND = "cbind"
 
 _NAME_START = re.compile(r"[^\W\d_]", re.UNICODE)
 _SYNTACTIC = re.compile(r"^((\.[^\W\d]|[^\W\d_])[\w.]*|\.)$", re.UNICODE)
@@ -601,6 +603,8 @@ class _Parser:
 
     def call(self, name_tok: _Token):
         fname = name_tok.text
+        if fname == CBIND and name_tok.value != "quoted":
+            return self._cbind(name_tok)
         if name_tok.value == "quoted" or fname not in TRANSFORMS:
             raise _err(f"'{_show(fname)}(...)' is not an allowed function; allowed are "
                        + ", ".join(f"{f}()" for f in TRANSFORMS), name_tok.pos, self.text)
@@ -625,6 +629,31 @@ class _Parser:
         self._advance()
         self.depth -= 1
         return Node("call", fname, (arg,), name_tok.pos)
+
+    def _cbind(self, name_tok: _Token) -> Node:
+        """``cbind(successes, failures)``: two arithmetic arguments (a binomial response)."""
+        open_tok = self._advance()
+        self._enter(open_tok.pos)
+        args = []
+        for k in range(2):
+            if self.tok.kind in (")", ",", "end"):
+                raise _err("cbind() needs two columns or expressions: cbind(successes, "
+                           "failures)", self.tok.pos, self.text)
+            args.append(self.sum(open_tok))
+            if k == 0:
+                if self.tok.kind != ",":
+                    raise _err("cbind() needs two arguments separated by a comma: "
+                               "cbind(successes, failures)", self.tok.pos, self.text)
+                self._advance()
+        if self.tok.kind != ")":
+            if self.tok.kind == ",":
+                raise _err("cbind() takes exactly two arguments: cbind(successes, failures)",
+                           self.tok.pos, self.text)
+            raise _err(f"expected ')' to close cbind(, found {self._describe(self.tok)}",
+                       self.tok.pos, self.text)
+        self._advance()
+        self.depth -= 1
+        return Node("call", CBIND, tuple(args), name_tok.pos)
 
     def group(self, bar: _Token):
         """A grouping factor: names joined by ':' (interaction) and '/' (nesting)."""
@@ -667,10 +696,11 @@ class Variable:
     ----------
     label : str
         R's deparsed text: ``"Days"``, ``"log(x)"``, ``"I(Days^2)"``, ``"factor(Days)"``.
-    kind : {"column", "factor", "numeric"}
+    kind : {"column", "factor", "numeric", "cbind"}
         ``"column"``: a bare column (numeric or categorical according to the data);
         ``"factor"``: ``factor(x)`` / ``C(x)``, always categorical; ``"numeric"``: an
-        arithmetic transform, always numeric.
+        arithmetic transform, always numeric; ``"cbind"``: the response
+        ``cbind(successes, failures)`` of a binomial model (its parts: :func:`cbind_parts`).
     expr : Node
         The variable's syntax tree: a ``"name"`` node for a column, a ``"call"`` node
         for a transform (positions do not count in ``==``).
@@ -982,6 +1012,8 @@ def _union(a: list, b: list) -> list:
 
 
 def _make_variable(node: Node, text: str) -> Variable:
+    if node.kind == "call" and node.value == CBIND:
+        raise _err("cbind() can only be the response (left of '~')", node.pos, text)
     if node.kind == "name":
         # R labels a non-syntactic name with its back-quotes: "`reaction time`"
         return Variable(quote_name(node.value), "column", node, (node.value,))
@@ -996,6 +1028,27 @@ def _make_variable(node: Node, text: str) -> Variable:
     columns: list = []
     _check_arithmetic(arg, text, fname, columns)
     return Variable(label, "numeric", node, tuple(columns))
+
+
+def _cbind_variable(node: Node, text: str) -> Variable:
+    """The response ``cbind(successes, failures)``: kind ``"cbind"``; its two numeric
+    Variables come from :func:`cbind_parts`."""
+    columns: list = []
+    for arg in node.args:
+        _check_arithmetic(arg, text, CBIND, columns)
+    return Variable(deparse(node), "cbind", node, tuple(columns))
+
+
+def cbind_parts(variable: Variable) -> tuple:
+    """(successes, failures) of a ``cbind`` response, each a numeric Variable."""
+    parts = []
+    for arg in variable.expr.args:
+        columns: list = []
+        _check_arithmetic(arg, deparse(variable.expr), CBIND, columns)
+        kind = "column" if arg.kind == "name" else "numeric"
+        label = quote_name(arg.value) if arg.kind == "name" else deparse(arg)
+        parts.append(Variable(label, kind, arg, tuple(columns)))
+    return tuple(parts)
 
 
 def _check_arithmetic(node: Node, text: str, where: str, columns: list):
@@ -1026,6 +1079,8 @@ def _check_arithmetic(node: Node, text: str, where: str, columns: list):
         if a is not None and b is not None:
             with np.errstate(all="ignore"):
                 value = float(ARITHMETIC[node.value](np.float64(a), np.float64(b)))
+    elif kind == "call" and node.value == CBIND:
+        raise _err(f"cbind() cannot be used inside {where}()", node.pos, text)
     elif kind == "call":
         if TRANSFORMS[node.value].kind == "factor":
             raise _err(f"{node.value}() makes a categorical variable and cannot be used inside "
@@ -1217,7 +1272,8 @@ def _parse_cached(text: str) -> Formula:
     if lhs_node.kind not in ("name", "call"):
         raise _err("the response must be one column or a transform of it, e.g. Reaction or "
                    "log(Reaction)", _first_pos(lhs_node), text)
-    response = _make_variable(lhs_node, text)
+    response = (_cbind_variable(lhs_node, text) if lhs_node.kind == "call"
+                and lhs_node.value == CBIND else _make_variable(lhs_node, text))
     if response.kind == "factor":
         raise _err("the response must be numeric; factor() cannot be used on it",
                    lhs_node.pos, text)

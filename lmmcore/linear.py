@@ -43,7 +43,7 @@ def lm(formula, data, *, categorical=None, numeric=None, reference_levels=None,
     DataError
         Columns or values that do not fit the formula.
     """
-    from lmmcore.design import build_design
+    from lmmcore.design import build_design, check_single_response
     from lmmcore.formula import parse_formula
 
     parsed = parse_formula(formula)
@@ -56,6 +56,7 @@ def lm(formula, data, *, categorical=None, numeric=None, reference_levels=None,
         )
     design = build_design(parsed, data, categorical=categorical, numeric=numeric,
                           reference_levels=reference_levels)
+    check_single_response(design, "lm")
     if design.X.shape[1] == 0:
         raise LmmError(
             f"'{formula}' has no coefficients to estimate (no intercept and no predictors); "

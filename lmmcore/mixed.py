@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lmmcore import deviance as _dev
-from lmmcore.design import check_grouping_factor
+from lmmcore.design import check_grouping_factor, check_single_response
 from lmmcore.errors import DataError, FitError
 from lmmcore.optimize import check_convergence, minimize_theta
 from lmmcore.structure import MixedDesign
@@ -69,6 +69,7 @@ def _check_design(design: MixedDesign) -> None:
     if not design.random_terms:
         raise FitError("The formula has no random-effects term such as (1 | group); "
                        "use lm() for a model without random effects.")
+    check_single_response(design, "lmer")
     p = design.X.shape[1]
     if n <= p:
         raise DataError(f"Only {n} complete observations for {p} fixed-effect coefficients: "
@@ -224,48 +225,19 @@ class MixedFit:
     @property
     def lme4_messages(self) -> list:
         """Warnings and messages worded exactly as lme4 prints them."""
-        msgs = []
-        if self.design.dropped_fixed:
-            k = len(self.design.dropped_fixed)
-            msgs.append(f"fixed-effect model matrix is rank deficient so dropping {k} "
-                        f"column{'s' if k != 1 else ''} / coefficient{'s' if k != 1 else ''}")
-        msgs.extend(self._check.lme4_messages)
-        return msgs
+        return design_lme4_messages(self.design) + list(self._check.lme4_messages)
 
     @cached_property
     def messages(self) -> list:
         """Warnings in plain words (each followed by lme4's wording where there is one)."""
-        out = []
-        dropped = self.design.dropped_fixed
-        if dropped:
-            k = len(dropped)
-            out.append(
-                f"The fixed-effects columns are linearly dependent, so {k} column"
-                f"{'s were' if k != 1 else ' was'} dropped: {', '.join(dropped)} (lme4: "
-                f"fixed-effect model matrix is rank deficient so dropping {k} "
-                f"column{'s' if k != 1 else ''} / coefficient{'s' if k != 1 else ''}).")
-        if self.design.n_dropped_na:
-            out.append(f"{self.design.n_dropped_na} rows with missing values in the model's "
-                       "columns were left out.")
-        for m in self._check.lme4_messages:
-            if m.startswith("boundary (singular)"):
-                out.append(f"{_SINGULAR_PLAIN} (lme4: {m})")
-            elif m.startswith("Model failed to converge with"):
-                out.append("The optimizer may not have reached the optimum: the gradient at the "
-                           f"estimates is not close enough to zero (lme4: {m}). Try rescaling "
-                           "predictors or simplifying the random part.")
-            else:
-                out.append(f"Convergence check: {m}")
+        out = plain_messages(self.design, self._check.lme4_messages)
         if not self.optimizer.converged:
             out.append(f"The optimizer stopped before converging: {self.optimizer.message}")
         return out
 
     @property
     def ngroups(self) -> dict:
-        out = {}
-        for t in self.design.random_terms:
-            out.setdefault(t.group_name, t.n_levels)
-        return out
+        return group_sizes(self.design)
 
     # -- fixed effects ------------------------------------------------------------
     @property
@@ -297,30 +269,15 @@ class MixedFit:
 
     @property
     def corr_fixef(self) -> pd.DataFrame:
-        v = self._vcov_array
-        s = np.sqrt(np.diag(v))
-        return pd.DataFrame(v / np.outer(s, s), index=self.fixed_names, columns=self.fixed_names)
+        return correlation_frame(self._vcov_array, self.fixed_names)
 
     # -- random effects -----------------------------------------------------------
     def _grouped_terms(self) -> dict:
-        """group name -> list of term indices (terms of one factor merged, as lme4's ranef)."""
-        groups = {}
-        for i, t in enumerate(self.design.random_terms):
-            groups.setdefault(t.group_name, []).append(i)
-        return groups
+        return grouped_terms(self.design)
 
     @cached_property
     def _ranef(self) -> dict:
-        out = {}
-        terms = self.design.random_terms
-        for g, idx in self._grouped_terms().items():
-            levels = list(terms[idx[0]].levels)
-            blocks, cols = [], []
-            for i in idx:
-                blocks.append(self._sol.b[i])
-                cols.extend(terms[i].column_names)
-            out[g] = pd.DataFrame(np.hstack(blocks), index=pd.Index(levels, name=g), columns=cols)
-        return out
+        return ranef_frames(self.design, self._sol.b)
 
     @property
     def ranef(self) -> dict:
@@ -328,18 +285,7 @@ class MixedFit:
 
     @property
     def coef(self) -> dict:
-        fe = self.fixef
-        out = {}
-        for g, re in self._ranef.items():
-            df = pd.DataFrame(np.tile(fe.to_numpy(), (len(re), 1)), index=re.index,
-                              columns=list(fe.index))
-            for c in re.columns:
-                if c in df.columns:
-                    df[c] = df[c] + re[c]
-                else:
-                    df[c] = re[c]
-            out[g] = df
-        return out
+        return coef_frames(self.fixef, self._ranef)
 
     @cached_property
     def _cond_var(self) -> tuple:
@@ -380,47 +326,17 @@ class MixedFit:
 
     def re_cov(self, group: str) -> pd.DataFrame:
         """Estimated covariance matrix of one grouping factor's random effects."""
-        idx = self._group_index(group)
-        names, blocks = [], []
-        for i in idx:
-            t = self.design.random_terms[i]
-            T = self._cp.layouts[i].template(self._sol.theta)
-            blocks.append(self._sol.sigma ** 2 * T @ T.T)
-            names.extend(t.column_names)
-        k = len(names)
-        cov = np.zeros((k, k))
-        off = 0
-        for b in blocks:
-            cov[off:off + b.shape[0], off:off + b.shape[0]] = b
-            off += b.shape[0]
-        return pd.DataFrame(cov, index=names, columns=names)
+        return group_covariance(self.design, self._re_covariances(), group)
+
+    def _re_covariances(self) -> list:
+        """Per random term, the covariance matrix of its random effects."""
+        return [self._sol.sigma ** 2 * T @ T.T for T in
+                (lay.template(self._sol.theta) for lay in self._cp.layouts)]
 
     @cached_property
     def varcorr(self) -> pd.DataFrame:
         """lme4's ``as.data.frame(VarCorr(fit))``: grp, var1, var2, vcov, sdcor."""
-        rows = []
-        seen = {}
-        for i, t in enumerate(self.design.random_terms):
-            n_seen = seen.get(t.group_name, 0)
-            seen[t.group_name] = n_seen + 1
-            grp = t.group_name if n_seen == 0 else f"{t.group_name}.{n_seen}"
-            T = self._cp.layouts[i].template(self._sol.theta)
-            cov = self._sol.sigma ** 2 * T @ T.T
-            sd = np.sqrt(np.diag(cov))
-            names = t.column_names
-            for a in range(len(names)):
-                rows.append((grp, names[a], None, cov[a, a], sd[a]))
-            for a in range(len(names)):
-                for c in range(a + 1, len(names)):
-                    corr = cov[a, c] / (sd[a] * sd[c]) if sd[a] > 0 and sd[c] > 0 else np.nan
-                    rows.append((grp, names[a], names[c], cov[a, c], corr))
-        rows.append(("Residual", None, None, self._sol.sigma ** 2, self._sol.sigma))
-        cols = list(zip(*rows))
-        # object columns keep None for R's NA (pandas would turn it into NaN)
-        return pd.DataFrame({
-            "grp": pd.Series(cols[0], dtype=object), "var1": pd.Series(cols[1], dtype=object),
-            "var2": pd.Series(cols[2], dtype=object),
-            "vcov": np.array(cols[3], float), "sdcor": np.array(cols[4], float)})
+        return varcorr_frame(self.design, self._re_covariances(), self._sol.sigma)
 
     # -- fitted values ------------------------------------------------------------
     @cached_property
@@ -449,30 +365,40 @@ class MixedFit:
         q = np.quantile(self.scaled_residuals.to_numpy(), [0, 0.25, 0.5, 0.75, 1.0])
         return pd.Series(q, index=["Min", "1Q", "Median", "3Q", "Max"])
 
-    def predict(self, newdata: pd.DataFrame | None = None, include_random: bool = True) -> pd.Series:
-        """Predictions for new data (lme4's ``predict(fit, newdata, allow.new.levels=TRUE)``).
+    # -- intervals, predictions and influence (lmmcore.intervals / prediction / influence)
+    def confint(self, method: str = "profile", level: float = 0.95, nsim: int = 1000,
+                seed=None, progress=None) -> pd.DataFrame:
+        """lme4's ``confint(fit, method=..., oldNames = FALSE)``: ``"profile"``, ``"wald"``
+        (fixed effects only) or ``"boot"`` (parametric bootstrap, percentile limits;
+        ``progress(done, total)`` returning False stops it with
+        :class:`~lmmcore.errors.BootstrapCancelled`).  See :mod:`lmmcore.intervals`."""
+        from lmmcore.intervals import confint
+        return confint(self, method, level, nsim, seed, progress)
 
-        Levels of a grouping factor not seen in fitting get the population prediction
-        (their random effects are taken as 0).  ``include_random=False`` gives the
-        fixed-effects prediction (``re.form = NA``).
-        """
-        if newdata is None:
-            if include_random:
-                return self.fitted
-            return pd.Series(np.asarray(self.design.X, float) @ self._sol.beta,
-                             index=self.design.row_index, name="predicted")
-        enc = self.design.encoder
-        X = np.asarray(enc.fixed_matrix(newdata), float)
-        pred = X @ self._sol.beta
-        if include_random:
-            for (codes, Z_raw), b in zip(enc.group_codes(newdata), self._sol.b):
-                codes = np.asarray(codes, np.intp)
-                known = codes >= 0
-                Zr = np.asarray(Z_raw, float).reshape(len(codes), -1)
-                contrib = np.zeros(len(codes))
-                contrib[known] = np.einsum("nk,nk->n", Zr[known], b[codes[known]])
-                pred = pred + contrib
-        return pd.Series(pred, index=newdata.index, name="predicted")
+    def bootstrap(self, nsim: int = 1000, seed=None, progress=None):
+        """bootMer's parametric bootstrap replicates (:func:`lmmcore.intervals.bootstrap`)."""
+        from lmmcore.intervals import bootstrap
+        return bootstrap(self, nsim, seed, progress)
+
+    def predict(self, newdata: pd.DataFrame | None = None, re_form: str = "full",
+                interval=None, level: float = 0.95, include_random: bool | None = None):
+        """Predictions as lme4's ``predict(fit, newdata, re.form, allow.new.levels = TRUE)``;
+        with ``interval`` ("confidence" or "prediction") a DataFrame ``fit, se_fit, lwr,
+        upr``.  See :mod:`lmmcore.prediction`.  ``include_random`` is the old spelling of
+        ``re_form`` (True: "full", False: "none") and is deprecated."""
+        from lmmcore.prediction import predict
+        if include_random is not None:
+            import warnings
+            warnings.warn("predict(include_random=...) is deprecated; use re_form='full' or "
+                          "re_form='none'", DeprecationWarning, stacklevel=2)
+            re_form = "full" if include_random else "none"
+        return predict(self, newdata, re_form, interval, level)
+
+    def influence(self, group: str) -> pd.DataFrame:
+        """lme4's ``influence(fit, groups = group)``: Cook's distance and the fixed effects
+        refitted without each level (:func:`lmmcore.influence.influence`)."""
+        from lmmcore.influence import influence
+        return influence(self, group)
 
     # -- functions of the fit -----------------------------------------------------
     def deviance_function(self) -> _dev.ProfiledDeviance:
@@ -485,6 +411,50 @@ class MixedFit:
         if reml == self.reml:
             return self
         return fit_design(self.design, reml=reml, data_name=self.data_name)
+
+    def simulate(self, nsim: int = 1, seed=None) -> pd.DataFrame:
+        """New responses drawn from the fitted model, as lme4's ``simulate(fit, nsim, seed)``.
+
+        Each copy draws new random effects ``b ~ N(0, Sigma-hat)`` for every level and new
+        residuals ``N(0, sigma-hat^2)`` on the fitted rows (lme4's default ``use.u = FALSE``,
+        ``re.form = NA``): data the fitted model says could have been observed instead.
+
+        Parameters
+        ----------
+        nsim : int
+            Number of copies, 1 to 10,000 (and at most 20 million values in all).
+        seed : int or numpy.random.Generator, optional
+            Reproduces the draw (numpy's generator: not R's numbers for the same seed).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``sim_1`` ... ``sim_<nsim>`` (lme4's names), one row per observation
+            used in the fit, indexed like :attr:`fitted`.
+        """
+        from lmmcore.errors import LmmError
+
+        try:
+            k = int(nsim)
+            ok = not isinstance(nsim, bool) and k == nsim
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok or not 1 <= k <= 10_000 or k * self.nobs > 20_000_000:
+            raise LmmError(f"nsim must be a whole number from 1 to 10,000 with nsim x rows at most "
+                           f"20 million (got {nsim!r} for {self.nobs:,} rows).")
+        rng = np.random.default_rng(seed)
+        d = self.design
+        sigma = self._sol.sigma
+        y = np.repeat((np.asarray(d.X, float) @ self._sol.beta)[:, None], k, axis=1)
+        for i, t in enumerate(d.random_terms):
+            # b = sigma * Lambda_theta u, u standard normal (lme4's relative covariance factor)
+            T = self._cp.layouts[i].template(self._sol.theta)
+            u = rng.standard_normal((k, t.n_levels, t.n_columns))
+            b = sigma * u @ T.T
+            Z = np.asarray(t.Z_raw, float)
+            y += np.einsum("nc,snc->ns", Z, b[:, np.asarray(t.codes), :])
+        y += sigma * rng.standard_normal(y.shape)
+        return pd.DataFrame(y, index=d.row_index, columns=[f"sim_{j + 1}" for j in range(k)])
 
     # -- tests with denominator df (lmerTest, pbkrtest; lmmcore.inference) ---------
     def coef_table(self, ddf: str = "satterthwaite") -> pd.DataFrame:
@@ -538,6 +508,156 @@ class MixedFit:
         from lmmcore.printing import lmer_summary
 
         return lmer_summary(self)
+
+
+# ---------------------------------------------------------------------------
+# Pieces shared by the results of lmer (MixedFit) and glmer (GlmmFit)
+
+
+def design_lme4_messages(design: MixedDesign) -> list:
+    """lme4's message about dropped fixed-effects columns, if any."""
+    k = len(design.dropped_fixed)
+    if not k:
+        return []
+    return [f"fixed-effect model matrix is rank deficient so dropping {k} "
+            f"column{'s' if k != 1 else ''} / coefficient{'s' if k != 1 else ''}"]
+
+
+def plain_messages(design: MixedDesign, lme4_messages) -> list:
+    """The design's and the convergence check's messages in plain words (each followed by
+    lme4's wording where there is one)."""
+    out = []
+    dropped = design.dropped_fixed
+    if dropped:
+        k = len(dropped)
+        out.append(f"The fixed-effects columns are linearly dependent, so {k} column"
+                   f"{'s were' if k != 1 else ' was'} dropped: {', '.join(dropped)} (lme4: "
+                   f"{design_lme4_messages(design)[0]}).")
+    if design.n_dropped_na:
+        out.append(f"{design.n_dropped_na} rows with missing values in the model's "
+                   "columns were left out.")
+    for m in lme4_messages:
+        if m.startswith("boundary (singular)"):
+            out.append(f"{_SINGULAR_PLAIN} (lme4: {m})")
+        elif m.startswith("Model failed to converge with"):
+            out.append("The optimizer may not have reached the optimum: the gradient at the "
+                       f"estimates is not close enough to zero (lme4: {m}). Try rescaling "
+                       "predictors or simplifying the random part.")
+        else:
+            out.append(f"Convergence check: {m}")
+    return out
+
+
+def group_sizes(design: MixedDesign) -> dict:
+    """Grouping factor -> number of levels (lme4's ngrps)."""
+    out = {}
+    for t in design.random_terms:
+        out.setdefault(t.group_name, t.n_levels)
+    return out
+
+
+def correlation_frame(v: np.ndarray, names) -> pd.DataFrame:
+    """A covariance matrix as a correlation table."""
+    s = np.sqrt(np.diag(v))
+    return pd.DataFrame(v / np.outer(s, s), index=list(names), columns=list(names))
+
+
+def grouped_terms(design: MixedDesign) -> dict:
+    """group name -> list of term indices (terms of one factor merged, as lme4's ranef)."""
+    groups = {}
+    for i, t in enumerate(design.random_terms):
+        groups.setdefault(t.group_name, []).append(i)
+    return groups
+
+
+def ranef_frames(design: MixedDesign, b) -> dict:
+    """lme4's ``ranef()``: per grouping factor, levels x columns; ``b[i]`` is term i's
+    random effects as (levels, k)."""
+    out = {}
+    terms = design.random_terms
+    for g, idx in grouped_terms(design).items():
+        cols = [c for i in idx for c in terms[i].column_names]
+        out[g] = pd.DataFrame(np.hstack([b[i] for i in idx]),
+                              index=pd.Index(list(terms[idx[0]].levels), name=g), columns=cols)
+    return out
+
+
+def coef_frames(fixef: pd.Series, ranef: dict) -> dict:
+    """lme4's ``coef()``: fixed plus random effects per level."""
+    out = {}
+    for g, re in ranef.items():
+        df = pd.DataFrame(np.tile(fixef.to_numpy(), (len(re), 1)), index=re.index,
+                          columns=list(fixef.index))
+        for c in re.columns:
+            df[c] = df[c] + re[c] if c in df.columns else re[c]
+        out[g] = df
+    return out
+
+
+def random_part(design: MixedDesign, b, newdata: pd.DataFrame) -> np.ndarray:
+    """Z b on new data; levels not seen in fitting contribute 0."""
+    return random_part_of(design.encoder.group_codes(newdata), b, len(newdata))
+
+
+def random_part_of(groups, b, n: int) -> np.ndarray:
+    """Z b from each term's ``(codes, Z_raw)`` rows (code -1, a level not seen in fitting,
+    contributes 0) and its conditional modes ``b`` (levels x columns)."""
+    total = np.zeros(n)
+    for (codes, Z_raw), bi in zip(groups, b):
+        codes = np.asarray(codes, np.intp)
+        known = codes >= 0
+        Zr = np.asarray(Z_raw, float).reshape(n, -1)
+        total[known] += np.einsum("nk,nk->n", Zr[known], bi[codes[known]])
+    return total
+
+
+def _group_labels(design: MixedDesign) -> list:
+    """lme4's group label of each term: a factor's second term is "g.1", and so on."""
+    seen, out = {}, []
+    for t in design.random_terms:
+        n_seen = seen.get(t.group_name, 0)
+        seen[t.group_name] = n_seen + 1
+        out.append(t.group_name if n_seen == 0 else f"{t.group_name}.{n_seen}")
+    return out
+
+
+def group_covariance(design: MixedDesign, covs, group: str) -> pd.DataFrame:
+    """The covariance matrix of one grouping factor's random effects (its terms' blocks)."""
+    groups = grouped_terms(design)
+    if group not in groups:
+        raise DataError(f"No random effects for '{group}'; the grouping factors are "
+                        f"{', '.join(groups)}.")
+    names = [c for i in groups[group] for c in design.random_terms[i].column_names]
+    cov = np.zeros((len(names), len(names)))
+    off = 0
+    for i in groups[group]:
+        k = covs[i].shape[0]
+        cov[off:off + k, off:off + k] = covs[i]
+        off += k
+    return pd.DataFrame(cov, index=names, columns=names)
+
+
+def varcorr_frame(design: MixedDesign, covs, residual_sd=None) -> pd.DataFrame:
+    """lme4's ``as.data.frame(VarCorr(fit))`` from each term's covariance matrix; a
+    "Residual" row when ``residual_sd`` is given (lmer, not glmer's binomial/Poisson)."""
+    rows = []
+    for t, grp, cov in zip(design.random_terms, _group_labels(design), covs):
+        sd = np.sqrt(np.diag(cov))
+        names = t.column_names
+        for a in range(len(names)):
+            rows.append((grp, names[a], None, cov[a, a], sd[a]))
+        for a in range(len(names)):
+            for c in range(a + 1, len(names)):
+                corr = cov[a, c] / (sd[a] * sd[c]) if sd[a] > 0 and sd[c] > 0 else np.nan
+                rows.append((grp, names[a], names[c], cov[a, c], corr))
+    if residual_sd is not None:
+        rows.append(("Residual", None, None, residual_sd ** 2, residual_sd))
+    cols = list(zip(*rows))
+    # object columns keep None for R's NA (pandas would turn it into NaN)
+    return pd.DataFrame({
+        "grp": pd.Series(cols[0], dtype=object), "var1": pd.Series(cols[1], dtype=object),
+        "var2": pd.Series(cols[2], dtype=object),
+        "vcov": np.array(cols[3], float), "sdcor": np.array(cols[4], float)})
 
 
 def _rebuild_fit(design, reml, cp, sol, record, check, data_name):

@@ -1,6 +1,6 @@
 """Complete, no and partial pooling: three answers to "one line, or one per group?".
 
-For a response, one numeric predictor and one grouping factor:
+For a response, one predictor (numeric, or a factor) and one grouping factor:
 
 * complete pooling ignores the groups: one ``lm(response ~ predictor)``;
 * no pooling fits each group on its own (an ``lm`` per group, or per-group intercepts /
@@ -8,6 +8,11 @@ For a response, one numeric predictor and one grouping factor:
 * partial pooling is the mixed model's ``coef()``: each group's estimate pulled
   ("shrunk") toward the fixed effects, the more so the less data the group has and the
   further it lies from the average.
+
+With a factor as predictor (a two-condition experiment) the "slope" becomes each
+non-reference level's effect under treatment coding, named as lme4 names it
+(``condition2``), and :meth:`PoolingEstimates.condition_means` gives each group's mean
+per condition under each method.
 
 :func:`pooling_estimates` fits all three and returns one :class:`PoolingEstimates`: the
 mixed fit, each method's formula, the per-group table, the group sizes and how far each
@@ -30,16 +35,20 @@ from lmmcore.formula import quote_name
 from lmmcore.formula_menu import compose_formula
 
 __all__ = ["PoolingEstimates", "pooling_estimates", "pooling_formulas", "shrinkage_sd", "re_contours",
-           "RANDOM_CHOICES", "METHODS", "COEFFICIENTS"]
+           "RANDOM_CHOICES", "FACTOR_RANDOM_CHOICES", "METHODS", "COEFFICIENTS"]
 
 # The kinds of random part (lmmcore.formula_menu.RANDOM_KINDS, one vocabulary) the pooling
 # comparison offers, in the order its menu lists them.
 RANDOM_CHOICES = ("intercept+slope", "intercept", "slope")
+# With a factor, "slope" alone would be lme4's (0 + f | g): one random effect per level
+# (cell means), not the contrasts alone; so a factor offers these two.
+FACTOR_RANDOM_CHOICES = ("intercept+slope", "intercept")
 METHODS = ("complete", "no", "partial")
 COEFFICIENTS = ("intercept", "slope")
 # Which coefficients differ between groups, for each kind of random part.
 _VARYING = {"intercept+slope": ("intercept", "slope"), "intercept": ("intercept",), "slope": ("slope",)}
-_TABLE_COLUMNS = ["group", "method", *COEFFICIENTS, "n", "note"]
+# The table's columns besides the coefficients.
+_ROW_COLUMNS = ("group", "method", "n", "note")
 
 
 class PoolingEstimates:
@@ -53,17 +62,25 @@ class PoolingEstimates:
     response, group : str
         The response and grouping columns.
     predictor : str or None
-        The numeric predictor; None for an intercept-only comparison.
+        The predictor; None for an intercept-only comparison.
+    levels : tuple of str or None
+        A factor predictor's levels, the reference level first (lme4's treatment
+        coding); None for a numeric predictor or none.
     random : str
         Which coefficients vary by group: one of :data:`RANDOM_CHOICES` (the
         vocabulary of ``lmmcore.formula_menu.RANDOM_KINDS``).
-    fit : MixedFit
-        The partial-pooling mixed model (lme4's ``lmer``, REML).
+    family : str
+        ``"gaussian"`` (lm / lmer), or ``"binomial"`` / ``"poisson"`` (glm / glmer),
+        whose coefficients are on the link scale (log-odds, log of the expected count).
+    fit : MixedFit or GlmmFit
+        The partial-pooling mixed model (lme4's ``lmer``, REML, or ``glmer``).
     table : pandas.DataFrame
         The long table, one row per group per method: ``group`` (level label, lme4's
-        order), ``method``, ``intercept``, ``slope`` (NaN without a predictor), ``n`` (the
-        group's observations used) and ``note`` (why an estimate is missing, in plain
-        words; else "").  A copy each time: changing it changes nothing here.
+        order), ``method``, one column per coefficient (:attr:`columns`: ``intercept``,
+        ``slope`` for a numeric predictor, NaN without one; ``intercept`` and lme4's
+        contrast names such as ``condition2`` for a factor), ``n`` (the group's
+        observations used) and ``note`` (why an estimate is missing, in plain words;
+        else "").  A copy each time: changing it changes nothing here.
     formulas : dict
         Method -> the model formula whose coefficients are that method's estimates.
 
@@ -78,20 +95,29 @@ class PoolingEstimates:
     _frozen = False
 
     def __init__(self, *, table: pd.DataFrame, fit, formulas: dict, response: str,
-                 predictor: str | None, group: str, random: str):
-        missing = [c for c in _TABLE_COLUMNS if c not in table.columns]
+                 predictor: str | None, group: str, random: str, levels=None,
+                 columns=COEFFICIENTS, family: str = "gaussian"):
+        columns = tuple(columns)
+        needed = ["group", "method", *columns, "n", "note"]
+        missing = [c for c in needed if c not in table.columns]
         if missing:
-            raise LmmError(f"a pooling table needs the columns {', '.join(_TABLE_COLUMNS)}; "
+            raise LmmError(f"a pooling table needs the columns {', '.join(needed)}; "
                            f"missing: {', '.join(missing)}.")
         if random not in _VARYING:
             raise LmmError(f"random must be one of {', '.join(RANDOM_CHOICES)} (got '{random}').")
+        if levels is not None and len(columns) != len(levels):
+            raise LmmError("a factor's estimates need an intercept and one contrast per "
+                           f"non-reference level ({len(levels) - 1}); got columns {', '.join(columns)}.")
         self._table = table.reset_index(drop=True).copy()
+        self.levels = tuple(str(v) for v in levels) if levels is not None else None
+        self.columns = columns
         self._formulas = dict(formulas)
         self.fit = fit
         self.response = response
         self.predictor = predictor
         self.group = group
         self.random = random
+        self.family = family
         self._frozen = True
 
     def __setattr__(self, name, value):
@@ -105,7 +131,8 @@ class PoolingEstimates:
     def _state(self) -> dict:
         return {"table": self._table, "fit": self.fit, "formulas": self._formulas,
                 "response": self.response, "predictor": self.predictor, "group": self.group,
-                "random": self.random}
+                "random": self.random, "levels": self.levels, "columns": self.columns,
+                "family": self.family}
 
     def __repr__(self):
         return (f"<PoolingEstimates {self._formulas.get('partial', '')!r}: "
@@ -137,25 +164,42 @@ class PoolingEstimates:
         return tuple(dict.fromkeys(self._table["method"]))
 
     @property
+    def is_factor(self) -> bool:
+        """Whether the predictor is a factor (its coefficients are condition effects)."""
+        return self.levels is not None
+
+    @property
     def coefficients(self) -> tuple:
-        """The coefficients estimated: ``("intercept", "slope")``, or ``("intercept",)``
-        without a predictor."""
-        return COEFFICIENTS if self.predictor is not None else COEFFICIENTS[:1]
+        """The coefficients estimated: ``("intercept", "slope")``, ``("intercept",)``
+        without a predictor, ``("intercept", "condition2", ...)`` for a factor."""
+        return self.columns if self.predictor is not None else self.columns[:1]
+
+    @property
+    def contrasts(self) -> tuple:
+        """The coefficients besides the intercept (a factor's condition effects)."""
+        return self.coefficients[1:]
 
     @property
     def varying(self) -> tuple:
         """The coefficients that differ between groups (the random part's)."""
+        if self.is_factor:
+            return self.coefficients if self.random == "intercept+slope" else ("intercept",)
         return _VARYING[self.random]
+
+    def term(self, coefficient: str) -> str:
+        """lme4's name of a coefficient: ``"(Intercept)"``, ``"Days"``, ``"condition2"``."""
+        if coefficient not in self.coefficients:
+            raise LmmError(f"no coefficient {coefficient!r}; the estimates hold "
+                           f"{', '.join(self.coefficients)}.")
+        return self.fit.design.fixed_names[self.coefficients.index(coefficient)]
 
     @property
     def fixef(self) -> pd.Series:
-        """The mixed model's fixed effects, indexed ``intercept``, ``slope`` (NaN without
-        a predictor): the average that partial pooling shrinks toward."""
+        """The mixed model's fixed effects, indexed by :attr:`columns` (``slope`` NaN
+        without a predictor): the average that partial pooling shrinks toward."""
         fe = self.fit.fixef
-        names = list(self.fit.design.fixed_names)
-        slope = float(fe[names[1]]) if self.predictor is not None and len(names) > 1 else math.nan
-        return pd.Series({"intercept": float(fe.get("(Intercept)", math.nan)), "slope": slope},
-                         name="fixef")
+        values = {c: float(fe[self.term(c)]) if c in self.coefficients else math.nan for c in self.columns}
+        return pd.Series(values, name="fixef")
 
     # -- per group ------------------------------------------------------------------------
     @property
@@ -187,6 +231,27 @@ class PoolingEstimates:
             for m, rows in by.items():
                 out[f"{coef} ({m})"] = rows[coef].reindex(groups).to_numpy(dtype=float)
         return out
+
+    def condition_means(self, name: str) -> pd.DataFrame:
+        """A factor predictor: each group's fitted mean in each condition under a method.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by group, one column per level (:attr:`levels`, reference first):
+            the intercept for the reference level, intercept + the level's contrast for
+            the others (treatment coding).  Under no pooling with a random intercept and
+            contrasts these are the group's own cell means.
+        """
+        if not self.is_factor:
+            raise LmmError("condition means need a factor as predictor; for a numeric one read "
+                           "the intercept and slope.")
+        rows = self.method(name).reindex(self.groups)
+        a = rows["intercept"].to_numpy(dtype=float)
+        out = {self.levels[0]: a}
+        for level, coef in zip(self.levels[1:], self.contrasts):
+            out[level] = a + rows[coef].to_numpy(dtype=float)
+        return pd.DataFrame(out, index=pd.Index(self.groups, name="group"))
 
     @property
     def own_estimate(self) -> pd.Series:
@@ -267,7 +332,8 @@ def pooling_formulas(response: str, predictor: str | None, group: str,
     -----
     ``lm(formulas["no"])`` gives the same estimates as one ``lm(response ~ predictor)``
     per group (``random="intercept+slope"``); where a group cannot give its own line,
-    :func:`pooling_estimates` reports NaN rather than ``lm``'s partial answer.
+    :func:`pooling_estimates` reports NaN rather than ``lm``'s partial answer.  The same
+    formulas serve a factor predictor (``g:x`` is then each group's condition effects).
     """
     random = _check_random(random, predictor)
     fixed = (predictor,) if predictor is not None else ()
@@ -284,10 +350,14 @@ def pooling_formulas(response: str, predictor: str | None, group: str,
     return formulas
 
 
-def _check_random(random: str, predictor) -> str:
+def _check_random(random: str, predictor, factor: bool = False) -> str:
     random = str(random).replace(" ", "").lower()
     if random not in RANDOM_CHOICES:
         raise LmmError(f"random must be one of {', '.join(RANDOM_CHOICES)} (got '{random}').")
+    if factor and random not in FACTOR_RANDOM_CHOICES:
+        raise LmmError(f"with a factor as predictor the random part is one of "
+                       f"{', '.join(FACTOR_RANDOM_CHOICES)} (a random 'slope' alone would give each "
+                       f"level its own random effect, not the condition effects).")
     if predictor is None:
         if random == "slope":
             raise LmmError("a random slope needs a predictor: choose a numeric predictor column.")
@@ -296,8 +366,11 @@ def _check_random(random: str, predictor) -> str:
 
 
 def pooling_estimates(data: pd.DataFrame, response: str, predictor: str | None, group: str,
-                      random: str = "intercept+slope") -> PoolingEstimates:
-    """Each group's intercept and slope under complete, no and partial pooling.
+                      random: str = "intercept+slope", family: str = "gaussian", *,
+                      factor: bool | None = None,
+                      reference_levels: dict | None = None) -> PoolingEstimates:
+    """Each group's intercept and slope (or condition effects) under complete, no and
+    partial pooling.
 
     Parameters
     ----------
@@ -305,13 +378,24 @@ def pooling_estimates(data: pd.DataFrame, response: str, predictor: str | None, 
     response : str
         Numeric response column.
     predictor : str or None
-        Numeric predictor column; None for intercept-only models (then the estimates
-        are the grand mean, the group means and the mixed model's group intercepts, and
-        ``slope`` is NaN).
+        Predictor column, numeric or a factor; None for intercept-only models (then the
+        estimates are the grand mean, the group means and the mixed model's group
+        intercepts, and ``slope`` is NaN).
     group : str
         Grouping column (treated as categorical).
     random : {"intercept+slope", "intercept", "slope"}
-        Which coefficients vary by group in the partial- and no-pooling models.
+        Which coefficients vary by group in the partial- and no-pooling models (a
+        factor: :data:`FACTOR_RANDOM_CHOICES`).
+    family : {"gaussian", "binomial", "poisson"}
+        ``"gaussian"``: ``lm`` and ``lmer``.  ``"binomial"`` (a 0/1 or two-category
+        response) and ``"poisson"`` (counts): ``glm`` and ``glmer``, estimates on the
+        link scale; a group whose own ``glm`` has no finite estimate (separation: e.g.
+        all its responses are 1, or all counts 0) gets NaN and says so in ``note``.
+        A factor predictor is for ``"gaussian"`` only.
+    factor : bool, optional
+        Treat the predictor as a factor; by default, when its column is not numeric.
+    reference_levels : dict, optional
+        Column -> reference level of a factor (as ``lmer``'s); else the first level.
 
     Returns
     -------
@@ -340,13 +424,19 @@ def pooling_estimates(data: pd.DataFrame, response: str, predictor: str | None, 
     variation in the predictor) gets NaN, never 0.  Partial pooling is ``coef()`` of
     ``lmer(response ~ predictor + (... | group))`` (REML), complete pooling ``lm``; rows
     with a missing value in any of the three columns are left out of all three.
+
+    With a factor the coefficients are the intercept (the reference level's mean) and
+    one condition effect per other level (treatment coding, lme4's names).  No pooling is
+    one ``lm(response ~ predictor)`` per group (its cell means; a group missing a level
+    gets NaN for that level's effect, and for all of them without the reference level)
+    or ``lm(response ~ 0 + group + predictor)``; partial pooling is ``coef()`` of
+    ``lmer(response ~ predictor + (predictor | group))`` or ``(1 | group)``.
     """
     from lmmcore.linear import lm
     from lmmcore.mixed import lmer
 
     if not isinstance(data, pd.DataFrame):
         raise DataError("pooling_estimates needs a table (pandas DataFrame).")
-    random = _check_random(random, predictor)
     cols = [response, group] + ([predictor] if predictor is not None else [])
     missing = [c for c in cols if c not in data.columns]
     if missing:
@@ -354,10 +444,24 @@ def pooling_estimates(data: pd.DataFrame, response: str, predictor: str | None, 
                         f"columns are: {', '.join(map(str, data.columns[:25]))}.")
     if len(set(cols)) < len(cols):
         raise DataError("response, predictor and group must be three different columns.")
+    if factor is None:
+        factor = predictor is not None and not pd.api.types.is_numeric_dtype(data[predictor])
+    factor = bool(factor) and predictor is not None
+    random = _check_random(random, predictor, factor)
     d = data[cols].dropna().reset_index(drop=True)
     formulas = pooling_formulas(response, predictor, group, random)
-    numeric = [c for c in (response, predictor) if c is not None]
-    fit = lmer(formulas["partial"], d, categorical=[group], numeric=numeric)
+    if family != "gaussian":
+        if factor:
+            raise LmmError("pooling for a binomial or Poisson response takes a numeric predictor "
+                           f"(or none); '{predictor}' is a factor. Fit the glmer on the model page.")
+        return _glm_pooling(d, response, predictor, group, random, formulas, family)
+    kinds = {"categorical": [group] + ([predictor] if factor else []),
+             "numeric": [c for c in (response, predictor) if c is not None and not (factor and c == predictor)],
+             "reference_levels": reference_levels}
+    fit = lmer(formulas["partial"], d, **kinds)
+    if factor:
+        return _factor_estimates(d, fit, formulas, response, predictor, group, random, kinds)
+    numeric = kinds["numeric"]
     design = fit.design
     term = design.random_terms[0]
     levels = [str(lv) for lv in term.levels]
@@ -387,20 +491,193 @@ def pooling_estimates(data: pd.DataFrame, response: str, predictor: str | None, 
         x = np.asarray(design.X[:, 1], dtype=float)
         no_int, no_slope, notes = _no_pooling(x, y, codes, n_g, random, predictor)
 
-    n_int = n_g.astype(int)
+    table = _pooling_table(levels, n_g, (c_int, c_slope), (no_int, no_slope, notes),
+                           (p_int, p_slope))
+    return PoolingEstimates(table=table, fit=fit, formulas=formulas,
+                            response=response, predictor=predictor, group=group, random=random)
+
+
+def _pooling_table(levels, n_g, complete, no, partial) -> pd.DataFrame:
+    """The long table: complete pooling's (intercept, slope), no pooling's (intercepts,
+    slopes, notes) and partial pooling's (intercepts, slopes) per group."""
+    m = len(levels)
     blocks = []
     for method, ints, slopes, note in (
-        ("complete", np.full(m, c_int), np.full(m, c_slope), [""] * m),
-        ("no", no_int, no_slope, notes),
-        ("partial", p_int, p_slope, [""] * m),
+        ("complete", np.full(m, complete[0]), np.full(m, complete[1]), [""] * m),
+        ("no", no[0], no[1], no[2]),
+        ("partial", partial[0], partial[1], [""] * m),
     ):
         blocks.append(pd.DataFrame({
             "group": pd.Series(levels, dtype="str"), "method": method,
             "intercept": np.asarray(ints, dtype=float), "slope": np.asarray(slopes, dtype=float),
-            "n": n_int, "note": pd.Series(list(note), dtype="str"),
+            "n": n_g.astype(int), "note": pd.Series(list(note), dtype="str"),
         }))
+    return pd.concat(blocks, ignore_index=True)
+
+
+def _glm_pooling(d, response, predictor, group, random, formulas, family) -> PoolingEstimates:
+    """pooling_estimates for a binomial or Poisson response: glm, a glm per group, glmer."""
+    from lmmcore.generalized import _family, glmer
+    from lmmcore.glmm import fit_glm
+
+    fam = _family(family)
+    numeric = [predictor] if predictor is not None else None
+    fit = glmer(formulas["partial"], d, fam.name, categorical=[group], numeric=numeric)
+    design = fit.design
+    term = design.random_terms[0]
+    levels = [str(lv) for lv in term.levels]
+    codes = np.asarray(term.codes)
+    m = len(levels)
+    y = np.asarray(fit._problem.y, dtype=float)
+    n_g = np.bincount(codes, minlength=m).astype(float)
+    X = np.asarray(design.X, dtype=float)
+
+    cb = fit_glm(fam, X, y)[0]
+    c_int = float(cb[0])
+    c_slope = float(cb[1]) if predictor is not None else np.nan
+
+    coef = next(iter(fit.coef.values())).copy()
+    coef.index = [str(i) for i in coef.index]
+    coef = coef.reindex(levels)
+    p_int = coef["(Intercept)"].to_numpy(dtype=float)
+    p_slope = (coef[list(design.fixed_names)[1]].to_numpy(dtype=float)
+               if predictor is not None else np.full(m, np.nan))
+
+    # no pooling: one glm whose design separates the groups (the likelihood splits by
+    # group, so the group coefficients are those of a glm per group)
+    onehot = np.zeros((len(y), m))
+    onehot[np.arange(len(y)), codes] = 1.0
+    x = X[:, 1] if predictor is not None else None
+    if x is None:
+        Xn = onehot
+    elif random == "intercept+slope":
+        Xn = np.hstack([onehot, onehot * x[:, None]])
+    elif random == "intercept":
+        Xn = np.hstack([onehot, x[:, None]])
+    else:
+        Xn = np.hstack([np.ones((len(y), 1)), onehot * x[:, None]])
+    if x is not None and random == "intercept":
+        xbar = np.bincount(codes, weights=x, minlength=m) / n_g
+        within = float(np.sum((x - xbar[codes]) ** 2))
+        if within <= 1e-12 * max(float(np.sum(x * x)), np.finfo(float).tiny):
+            # x is a property of the group: the common slope is not identified (R: NA)
+            Xn = onehot
+    beta, mu, _ = fit_glm(fam, Xn, y)
+    if x is not None and random == "intercept" and Xn.shape[1] == m:
+        no_int, no_slope = np.full(m, np.nan), np.full(m, np.nan)
+    elif x is None or random == "intercept+slope":
+        no_int = beta[:m].copy()
+        no_slope = beta[m:].copy() if x is not None else np.full(m, np.nan)
+    elif random == "intercept":
+        no_int, no_slope = beta[:m].copy(), np.full(m, beta[m])
+    else:
+        no_int, no_slope = np.full(m, beta[0]), beta[1:].copy()
+    notes = np.array([""] * m, dtype=object)
+    if not np.isfinite(no_int).any():
+        notes[:] = (f"{predictor} does not vary within any group: the common slope of the "
+                    "no-pooling model cannot be estimated")
+    for j in range(m):
+        if notes[j]:
+            continue
+        sel = codes == j
+        yj, what = y[sel], ("counts" if fam.name == "poisson" else "responses")
+        if fam.name == "poisson" and np.all(yj == 0):
+            notes[j] = (f"all {int(n_g[j])} counts are 0: the group's own log expected count "
+                        "is minus infinity, so no pooling has no finite estimate")
+        elif fam.name == "binomial" and np.all(np.abs(yj - mu[sel]) < 1e-6):
+            if np.all(yj == yj[0]):
+                notes[j] = (f"all {int(n_g[j])} {what} are {yj[0]:g}: the group's own log-odds "
+                            f"is {'plus' if yj[0] == 1 else 'minus'} infinity (separation), so "
+                            "no pooling has no finite estimate")
+            else:
+                notes[j] = (f"{predictor} separates the 0s from the 1s in this group: its own "
+                            "slope is infinite (separation), so no pooling has no finite estimate")
+        elif x is not None and random != "intercept" and (
+                n_g[j] < 2 or np.ptp(x[sel]) <= 1e-12 * max(np.abs(x[sel]).max(), 1e-300)):
+            notes[j] = ("only 1 observation: no line can be fitted" if n_g[j] < 2 else
+                        f"all {int(n_g[j])} observations have the same {predictor} value: no "
+                        "line can be fitted")
+        if notes[j]:
+            no_int[j] = np.nan
+            no_slope[j] = np.nan if (x is not None and random != "intercept") else no_slope[j]
+            if random == "slope":
+                no_int[j] = np.nan
+    formulas = dict(formulas)
+    formulas["complete"] = f"glm({formulas['complete']}, family = {fam.name})"
+    formulas["no"] = f"glm({formulas['no']}, family = {fam.name})"
+    table = _pooling_table(levels, n_g, (c_int, c_slope), (no_int, no_slope, notes),
+                           (p_int, p_slope))
+    return PoolingEstimates(table=table, fit=fit, formulas=formulas,
+                            response=response, predictor=predictor, group=group, random=random,
+                            family=fam.name)
+
+
+
+
+def _factor_estimates(d, fit, formulas, response, predictor, group, random, kinds) -> PoolingEstimates:
+    """:func:`pooling_estimates` for a factor predictor (see its Notes)."""
+    from lmmcore.linear import lm
+
+    design = fit.design
+    term = design.random_terms[0]
+    groups = [str(lv) for lv in term.levels]
+    codes = np.asarray(term.codes)
+    levels = [str(v) for v in design.encoder.levels[predictor]]
+    contrasts = [str(c) for c in design.fixed_names[1:]]
+    if len(contrasts) != len(levels) - 1:
+        raise LmmError(f"'{predictor}' has {len(levels)} levels but the model estimates "
+                       f"{len(contrasts)} condition effects; check the data.")
+    columns = ("intercept", *contrasts)
+    clash = set(columns) & set(_ROW_COLUMNS)
+    if clash:
+        raise DataError(f"the condition effect {', '.join(sorted(clash))} has the name of a column of the "
+                        "estimates table; rename the predictor column.")
+    m, k = len(groups), len(levels)
+    y = np.asarray(design.y, dtype=float)
+    # Each row's level from its treatment-coded columns (all zero: the reference level).
+    x = np.zeros(len(y), dtype=int)
+    for j in range(1, k):
+        x[np.asarray(design.X[:, j]) == 1] = j
+    n_g = np.bincount(codes, minlength=m)
+
+    complete = lm(formulas["complete"], d, **kinds).fixef.to_numpy(dtype=float)
+    coef = next(iter(fit.coef.values())).copy()
+    coef.index = [str(i) for i in coef.index]
+    partial = coef.reindex(groups)[list(design.fixed_names)].to_numpy(dtype=float)
+
+    notes = np.array([""] * m, dtype=object)
+    if random == "intercept+slope":
+        cells = np.bincount(codes * k + x, minlength=m * k).reshape(m, k)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            means = np.bincount(codes * k + x, weights=y, minlength=m * k).reshape(m, k) / cells
+        no = np.column_stack([means[:, 0], means[:, 1:] - means[:, :1]])
+        for j in range(m):
+            absent = [levels[i] for i in range(k) if cells[j, i] == 0]
+            if absent:
+                notes[j] = (f"no observations at {predictor} = {', '.join(absent)}: "
+                            + ("no condition effects can be estimated" if cells[j, 0] == 0
+                               else "no effect of " + ", ".join(absent) + " can be estimated"))
+    else:
+        fit_no = lm(formulas["no"], d, **kinds)
+        names = list(fit_no.design.fixed_names)
+        b = fit_no.fixef.to_numpy(dtype=float)
+        if len(names) != m + k - 1:
+            raise LmmError(f"the no-pooling model {formulas['no']} cannot be estimated: some groups "
+                           f"and levels of {predictor} are confounded.")
+        by_group = dict(zip(fit_no.design.encoder.levels[group], b[:m]))
+        no = np.column_stack([[by_group[g] for g in groups]] + [np.full(m, v) for v in b[m:]])
+    blocks = []
+    for method, values, note in (("complete", np.tile(complete, (m, 1)), [""] * m),
+                                 ("no", no, notes), ("partial", partial, [""] * m)):
+        block = pd.DataFrame({"group": pd.Series(groups, dtype="str"), "method": method})
+        for i, c in enumerate(columns):
+            block[c] = np.asarray(values[:, i], dtype=float)
+        block["n"] = n_g.astype(int)
+        block["note"] = pd.Series(list(note), dtype="str")
+        blocks.append(block)
     return PoolingEstimates(table=pd.concat(blocks, ignore_index=True), fit=fit, formulas=formulas,
-                            response=response, predictor=predictor, group=group, random=random)
+                            response=response, predictor=predictor, group=group, random=random,
+                            levels=levels, columns=columns)
 
 
 def _no_pooling(x, y, codes, n_g, random, predictor):
@@ -467,24 +744,26 @@ def shrinkage_sd(estimates: PoolingEstimates) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        Index ``"no"``, ``"partial"``; columns ``intercept``, ``slope``: the standard
-        deviation (``ddof=1``, missing estimates skipped) of each method's estimates.
-        Partial pooling's is smaller: that is the shrinkage.
+        Index ``"no"``, ``"partial"``; columns the estimates' :attr:`~PoolingEstimates.columns`
+        (``intercept``, ``slope``; or ``intercept`` and a factor's condition effects): the
+        standard deviation (``ddof=1``, missing estimates skipped) of each method's
+        estimates.  Partial pooling's is smaller: that is the shrinkage.
     """
     if not isinstance(estimates, PoolingEstimates):
         raise LmmError("shrinkage_sd needs the result of pooling_estimates().")
+    columns = list(estimates.columns)
     rows = {}
     for method in ("no", "partial"):
-        sub = estimates.method(method)[list(COEFFICIENTS)].astype(float)
+        sub = estimates.method(method)[columns].astype(float)
         sd = sub.std(ddof=1, skipna=True)
         # A coefficient shared by all groups (e.g. the common slope) has SD 0, not 1e-15.
         scale = sub.abs().max().fillna(0.0).clip(lower=1.0)
         rows[method] = sd.where(~(sd <= 1e-12 * scale), 0.0)
-    return pd.DataFrame(rows).T.loc[["no", "partial"], list(COEFFICIENTS)]
+    return pd.DataFrame(rows).T.loc[["no", "partial"], columns]
 
 
 def re_contours(fit, group: str | None = None, levels=(0.1, 0.3, 0.5, 0.7, 0.9),
-                n_points: int = 100) -> pd.DataFrame:
+                n_points: int = 100, term: str | None = None) -> pd.DataFrame:
     """Contour ellipses of one group's fitted bivariate normal random effects.
 
     Parameters
@@ -499,11 +778,16 @@ def re_contours(fit, group: str | None = None, levels=(0.1, 0.3, 0.5, 0.7, 0.9),
         Probability each ellipse contains.
     n_points : int
         Points per ellipse; the first and last coincide (a closed curve).
+    term : str, optional
+        With more than one random slope (a factor of three or more levels): which one
+        is the second axis, by lme4's name (``"stages3"``) or, with estimates, by their
+        coefficient name.  The ellipses are then of the (intercept, term) margin.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``level``, ``intercept``, ``slope``: ``n_points`` rows per level.
+        Columns ``level``, ``intercept``, ``slope`` (the second term's value, a slope or
+        a condition effect): ``n_points`` rows per level.
         ``attrs["center"]`` is the fixed effects (intercept, slope) the ellipses are
         centred at; ``attrs["terms"]`` the two coefficient names.
 
@@ -524,6 +808,8 @@ def re_contours(fit, group: str | None = None, levels=(0.1, 0.3, 0.5, 0.7, 0.9),
     """
     if isinstance(fit, PoolingEstimates):
         group = fit.group if group is None else group
+        if term is not None and term in fit.coefficients:
+            term = fit.term(term)
         fit = fit.fit
     if group is None:
         raise LmmError("re_contours needs the grouping factor's name with a mixed model.")
@@ -531,12 +817,15 @@ def re_contours(fit, group: str | None = None, levels=(0.1, 0.3, 0.5, 0.7, 0.9),
         raise LmmError("re_contours needs a mixed model fitted with lmer().")
     cov = fit.re_cov(group)
     terms = list(cov.columns)
-    if len(terms) != 2 or "(Intercept)" not in terms:
+    if term is not None and (term not in terms or term == "(Intercept)"):
+        raise LmmError(f"no random slope {term!r} for '{group}'; its random effects are: {', '.join(terms)}.")
+    if "(Intercept)" not in terms or len(terms) < 2 or (term is None and len(terms) != 2):
         raise LmmError(
             f"the contour plot needs a random intercept and one random slope for '{group}', "
-            f"but its random effects are: {', '.join(terms)}. Fit e.g. (x | {group})."
+            f"but its random effects are: {', '.join(terms)}. Fit e.g. (x | {group}), or name "
+            "the slope (term=...)."
         )
-    slope_term = terms[1] if terms[0] == "(Intercept)" else terms[0]
+    slope_term = term if term is not None else next(t for t in terms if t != "(Intercept)")
     order = ["(Intercept)", slope_term]
     sigma = cov.loc[order, order].to_numpy(dtype=float)
     fe = fit.fixef

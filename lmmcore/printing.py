@@ -54,7 +54,7 @@ from lmmcore.rformat import (
 )
 
 __all__ = [
-    "lmer_summary", "lm_summary", "format_anova", "printed_formula",
+    "lmer_summary", "glmer_summary", "lm_summary", "format_anova", "printed_formula",
     "title_lines", "call_lines", "criterion_lines", "residual_lines",
     "random_effects_lines", "groups_lines", "coef_lines", "correlation_lines",
     "convergence_lines", "fit_warning_lines", "lmertest_summary", "format_anova_fixed",
@@ -351,6 +351,46 @@ def format_anova_fixed(table: pd.DataFrame, ddf: str = "satterthwaite") -> str:
         table[ANOVA_FIXED_COLUMNS].to_numpy(float), [str(i) for i in table.index],
         ANOVA_FIXED_COLUMNS, digits=5, cs_ind=(), tst_ind=(4,), zap_ind=(0, 1, 2, 3),
         has_pvalue=True, na_print="")
+    return "\n".join(lines) + "\n"
+
+
+def glmer_summary(fit) -> str:
+    """The text of lme4 1.1-31's ``print(summary(fit))`` for a glmer fit.
+
+    Parameters
+    ----------
+    fit : lmmcore.generalized.GlmmFit
+
+    Returns
+    -------
+    str
+        Every line as lme4 prints it; the optimizer, if a convergence line is printed,
+        is named L-BFGS-B (ours) instead of Nelder_Mead.
+    """
+    method = ("Laplace Approximation" if fit.nAGQ == 1 else
+              f"Adaptive Gauss-Hermite Quadrature, nAGQ = {fit.nAGQ}")
+    first, rest = method.split(" ", 1)
+    lines = [f"Generalized linear mixed model fit by maximum likelihood ({first}",
+             f"  {rest}) [glmerMod]", f" Family: {fit.family}  ( {fit.link} )"]
+    lines += call_lines(fit.formula, fit.data_name) + [""]
+    # the deviance column is -2 logLik (lme4's llikAIC), not deviance(fit)
+    vals = r_round([fit.aic, fit.bic, fit.loglik, fit.objective, fit.df_resid], 1)
+    txt = format_numbers(vals, 7, na="NaN")
+    txt[4] = format_r_number(vals[4])
+    lines += print_named([t.strip() for t in txt], ["AIC", "BIC", "logLik", "deviance",
+                                                     "df.resid"]) + [""]
+    lines += residual_lines(fit.scaled_resid_quantiles.to_numpy()) + [""]
+    lines += random_effects_lines(fit.varcorr)
+    lines += groups_lines(fit.nobs, fit.ngroups)
+    names = fit.fixed_names
+    if names:
+        table = fit.coef_table()
+        lines += ["", "Fixed effects:"]
+        lines += coef_lines(table.to_numpy(), names, list(table.columns), cs_ind=(0, 1),
+                            tst_ind=(2,), has_pvalue=True)
+        lines += correlation_lines(fit.corr_fixef.to_numpy(), names)
+    warnings = [m for m in fit.lme4_messages if not m.startswith("fixed-effect model matrix")]
+    lines += convergence_lines("L-BFGS-B", True, "", warnings)
     return "\n".join(lines) + "\n"
 
 

@@ -66,8 +66,9 @@ def _scientific(x: float, digits: int):
     return neg, kpower, nsig, widens
 
 
-def _format_spec(values, digits: int, nsmall: int = 0):
-    """R's ``formatReal``: (width, decimals, exponent digits; 0 = fixed notation)."""
+def _format_spec(values, digits: int, nsmall: int = 0, scientific: bool = True):
+    """R's ``formatReal``: (width, decimals, exponent digits; 0 = fixed notation).
+    ``scientific=False`` is R's ``format(scientific = FALSE)``: always fixed notation."""
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
         return 0, 0, 0
@@ -96,7 +97,7 @@ def _format_spec(values, digits: int, nsmall: int = 0):
     e = 2 if (mxe >= 100 or mne <= -99) else 1
     d = mxns - 1
     w = neg + (d > 0) + d + 4 + e
-    if w_fixed <= w:
+    if w_fixed <= w or not scientific:
         rgt = max(rgt, nsmall)
         return mxsl + rgt + (rgt != 0), rgt, 0
     return w, d, e
@@ -112,7 +113,8 @@ def _encode(v: float, w: int, d: int, e: int) -> str:
     return f"{v:.{d}f}".rjust(w)
 
 
-def format_numbers(values, digits: int = 7, na: str = "NA", nsmall: int = 0) -> list:
+def format_numbers(values, digits: int = 7, na: str = "NA", nsmall: int = 0,
+                   scientific: bool = True) -> list:
     """Format numbers as R's ``format(x, digits=digits)``: common decimals, common width.
 
     Parameters
@@ -121,6 +123,8 @@ def format_numbers(values, digits: int = 7, na: str = "NA", nsmall: int = 0) -> 
         NaN stands for R's ``NA`` and is printed as ``na``.
     digits : int
         Significant digits the value needing most of them must show.
+    scientific : bool
+        False: never scientific notation (R's ``scientific = FALSE``).
 
     Returns
     -------
@@ -128,7 +132,7 @@ def format_numbers(values, digits: int = 7, na: str = "NA", nsmall: int = 0) -> 
         All of the same width, right-justified.
     """
     vals = [float(v) for v in values]
-    w, d, e = _format_spec(vals, digits, nsmall)
+    w, d, e = _format_spec(vals, digits, nsmall, scientific)
     out = [na if math.isnan(v) else _encode(v, 0, d, e) for v in vals]
     width = max((len(s) for s in out), default=0)
     return [s.rjust(width) for s in out]

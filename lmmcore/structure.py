@@ -96,6 +96,9 @@ class MixedDesign:
         Re-applies this design's encoding to new data (for ``predict``).  Must be a
         plain picklable object (no closures or lambdas): fits are pickled by
         Streamlit's cache and sent to worker processes.
+    failures : ndarray, shape (n,), or None
+        For a ``cbind(successes, failures)`` response (binomial ``glmer``), the
+        failures; ``y`` then holds the successes.  None for any other response.
     """
 
     formula: str
@@ -108,6 +111,7 @@ class MixedDesign:
     n_dropped_na: int
     row_index: pd.Index
     encoder: "DesignEncoder" = field(repr=False, compare=False)
+    failures: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def nobs(self) -> int:

@@ -255,25 +255,26 @@ def _fit(kind: str, formula: str, data, kwargs):
     return getattr(lmmcore, kind)(formula, data, **kwargs)
 
 
-_KINDS = ("lmer", "lm")
+_KINDS = ("lmer", "lm", "glmer")
 
 
 def fit_in_worker(kind: str, formula: str, data, *, timeout: float, **kwargs):
-    """Fit ``lmmcore.lmer`` or ``lmmcore.lm`` in a worker process with a time limit.
+    """Fit ``lmmcore.lmer``, ``lmmcore.lm`` or ``lmmcore.glmer`` in a worker process with
+    a time limit.
 
     Parameters
     ----------
-    kind : {"lmer", "lm"}
+    kind : {"lmer", "lm", "glmer"}
     formula : str
     data : pandas.DataFrame
     timeout : float
         Seconds before the fit is stopped (``Settings.fit_timeout_s`` in the app).
     **kwargs
-        Passed on, e.g. ``reml=False`` for ``lmer``.
+        Passed on, e.g. ``reml=False`` for ``lmer``, ``family="poisson"`` for ``glmer``.
 
     Returns
     -------
-    MixedFit or LinearFit
+    MixedFit, LinearFit or GlmmFit
         The same object the in-process call returns.
 
     Raises

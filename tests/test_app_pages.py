@@ -703,3 +703,162 @@ def test_lecture_mode_keeps_the_formula_builder_below_the_results():
     at.button(key="build.apply").click().run()
     assert at.text_input(key="model.formula").value == "Reaction ~ Days + (1 | Subject)"
     assert "REML criterion at convergence" in _codes(at)
+
+
+# ---------------------------------------------------------------- a factor as the pooling predictor
+
+
+def test_pooling_two_level_factor_draws_condition_means_and_links_the_paired_t():
+    """df_original with condition as predictor: each participant's two condition means
+    under each method (lmmcore's, which equal R's lm/lmer: test_tools_pooling), joined by
+    a line; the paired t-test is one click away and opens on the model page."""
+    at = _app("pooling", **{"data.key": "df_original"})
+    labels = at.selectbox(key="pool.predictor").options
+    assert "condition (factor)" in labels
+    at.selectbox(key="pool.predictor").set_value("condition").run()
+    assert _problems(at) == []
+    assert at.selectbox(key="pool.random").options == ["intercept and slope", "intercept only"]
+    assert at.session_state["pool.random"] == "intercept"
+    est = _estimates("df_original", "value", "condition", "participant", "intercept", ["participant", "condition"])
+    assert est.is_factor and est.coefficients == ("intercept", "condition2")
+    from explorer.escape import md
+
+    assert any(md("value ~ condition + (1 | participant)") in str(c.value) for c in at.caption)
+    fig = _figures(at)[0]
+    checked = 0
+    for method in ("complete", "no", "partial"):
+        means = est.condition_means(method)
+        for trace in _traces(fig, method):
+            g = trace["meta"]["group"]
+            assert [c[0] for c in trace["customdata"]] == ["1", "2"]
+            assert _arr(trace["y"]) == pytest.approx(means.loc[g].to_numpy(), rel=1e-12)
+            assert trace["mode"] == "lines+markers"
+            checked += 1
+    assert checked == 3 * 12
+    assert [t.get("ticktext") for k, t in fig["layout"].items() if k.startswith("xaxis")][0] == ["1", "2"]
+    # the estimates table: intercept and condition2 under each method
+    wide = next(d.value for d in at.dataframe if "condition2 (partial)" in getattr(d.value, "columns", []))
+    np.testing.assert_allclose(wide["condition2 (partial)"], est.method("partial")["condition2"], rtol=1e-12)
+    # one click to the paired t-test
+    at.button(key="pool.paired").click().run()
+    assert _problems(at) == []
+    assert at.session_state["model.formula"] == "value ~ condition + (1 | participant)"
+    assert at.session_state["model.section"] == "Paired t-test"
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["paired t-test t"]) == pytest.approx(float(metrics["lmer t for condition2"]), rel=1e-4)
+
+
+def test_pooling_two_level_factor_with_random_slopes_on_the_shrinkage_page():
+    """A two-level factor with (condition | group): the 2-D shrinkage plot has the
+    condition effect on its y axis; no paired t link (more than one observation a cell)."""
+    at = _upload_phases("shrinkage")
+    at.selectbox(key="pool.predictor").set_value("phase").run()
+    at.selectbox(key="pool.random").set_value("intercept+slope").run()
+    assert _problems(at) == []
+    est = _phases_estimates("phase", "intercept+slope")
+    fig = _figures(at)[0]
+    (ptrace,) = _traces(fig, "partial")
+    groups = [c[0] for c in ptrace["customdata"]]
+    np.testing.assert_allclose(_arr(ptrace["y"]), est.method("partial").loc[groups, "phaselate"], rtol=1e-12)
+    assert fig["layout"]["yaxis"]["title"]["text"] == "phaselate: late − early"
+    assert not any(s.key == "shrink.contrast" for s in at.selectbox)
+    at.switch_page(by_name("pooling").script).run()
+    assert _problems(at) == [] and not any(b.key == "pool.paired" for b in at.button)
+
+
+def test_pooling_k_level_factor_and_the_contrast_picker():
+    """A three-level factor: the panels show three condition means per group; on the
+    shrinkage page a picker chooses which condition effect is on the y axis, and the
+    contours are of that effect's margin."""
+    at = _upload_phases("pooling")
+    at.selectbox(key="pool.predictor").set_value("stage").run()
+    at.selectbox(key="pool.random").set_value("intercept+slope").run()
+    assert _problems(at) == []
+    est = _phases_estimates("stage", "intercept+slope")
+    for trace in _traces(_figures(at)[0], "no"):
+        assert _arr(trace["y"]) == pytest.approx(est.condition_means("no").loc[trace["meta"]["group"]].to_numpy(),
+                                                 rel=1e-12)
+        assert len(_arr(trace["y"])) == 3
+    at.switch_page(by_name("shrinkage").script).run()
+    assert _problems(at) == []
+    picker = at.selectbox(key="shrink.contrast")
+    assert picker.options == ["stages2: s2 − s1", "stages3: s3 − s1"]
+    for coef in ("stages2", "stages3"):
+        picker.set_value(coef).run()
+        assert _problems(at) == []
+        fig = _figures(at)[0]
+        (ptrace,) = _traces(fig, "partial")
+        groups = [c[0] for c in ptrace["customdata"]]
+        np.testing.assert_allclose(_arr(ptrace["y"]), est.method("partial").loc[groups, coef], rtol=1e-12)
+        ring = lmmcore.re_contours(est, term=coef)
+        first = next(t for t in fig["data"] if "level" in (t.get("meta") or {}))
+        np.testing.assert_allclose(_arr(first["y"]), ring[ring["level"] == 0.1]["slope"], rtol=1e-10)
+        picker = at.selectbox(key="shrink.contrast")
+    sd = next(d.value for d in at.dataframe if "stages3" in getattr(d.value, "columns", []))
+    np.testing.assert_allclose(sd.to_numpy(), lmmcore.shrinkage_sd(est).to_numpy(), rtol=1e-12)
+
+
+PHASES = FIXTURES / "pooling_categorical" / "sleepstudy_phases.csv"
+
+
+def _upload_phases(page: str) -> AppTest:
+    """sleepstudy with a two-level (phase) and a three-level (stage) within-subject factor,
+    uploaded, Subject made categorical."""
+    at = _app("dataset")
+    at.file_uploader(key="data.uploader").set_value(("phases.csv", PHASES.read_bytes(), "text/csv")).run()
+    at.multiselect(key="data.categorical").set_value(["Subject", "phase", "stage"]).run()
+    assert _problems(at) == []
+    at.switch_page(by_name(page).script).run()
+    at.selectbox(key="pool.group").set_value("Subject").run()
+    at.selectbox(key="pool.response").set_value("Reaction").run()
+    return at
+
+
+def _phases_estimates(predictor: str, random: str):
+    return lmmcore.pooling_estimates(pd.read_csv(PHASES), "Reaction", predictor, "Subject", random, factor=True)
+
+
+def test_lecture_mode_pages_the_pooling_estimates_table():
+    """ChickWeight's 50 chicks: in lecture mode the estimates table is drawn large, 25 rows
+    a page, with lmmcore's numbers; the model line and the introduction follow the chart."""
+    at = _app("pooling", **{"data.key": "chickweight", "app.lecture": True})
+    assert _problems(at) == []
+    est = _estimates("ChickWeight", "weight", "Time", "Chick", "intercept+slope", ["Chick", "Diet"])
+    wide = est.wide()
+
+    def shown() -> pd.DataFrame:
+        return next(t.value for t in at.table if "slope (partial)" in list(t.value.columns))
+
+    assert len(at.dataframe) == 0
+    np.testing.assert_allclose(shown()["slope (partial)"].to_numpy(float), wide["slope (partial)"].iloc[:25], rtol=1e-3)
+    at.number_input(key="pool.table_page").set_value(2).run()
+    np.testing.assert_allclose(shown()["slope (partial)"].to_numpy(float), wide["slope (partial)"].iloc[25:], rtol=1e-3)
+    # lecture mode: the pickers, then the chart; the view controls and the words follow
+    order = _in_order(at.main)
+    chart = order.index(("plotly_chart", "None"))
+    assert [t for t, _ in order[:chart]].count("selectbox") == 4 and "multiselect" not in dict(order[:chart])
+    assert any(t == "caption" and v.startswith("Partial pooling is the lmer fit") for t, v in order[chart:])
+    assert any(t == "markdown" and "Complete pooling" in v for t, v in order[chart:])
+
+
+def _in_order(node) -> list:
+    """(element type, value text) of every element under ``node``, top to bottom."""
+    out = []
+    for child in getattr(node, "children", {}).values():
+        if getattr(child, "children", None):
+            out += _in_order(child)
+        else:
+            out.append((getattr(child, "type", ""), str(getattr(child, "value", ""))))
+    return out
+
+
+def test_pooling_between_group_factor_says_why_in_one_box():
+    """ChickWeight's Diet: each chick is on one diet, so no chick gives its own diet
+    effects; the page says so once (not 50 boxes), and partial pooling still draws."""
+    at = _app("pooling", **{"data.key": "chickweight"})
+    at.selectbox(key="pool.predictor").set_value("Diet").run()
+    assert _problems(at) == []
+    assert len(at.info) == 0
+    (box,) = [e for e in at.expander if "cannot give their own estimate" in e.label]
+    assert box.label.startswith("50 of 50 groups of Chick")
+    assert len(_traces(_figures(at)[0], "partial")) == 12

@@ -274,3 +274,105 @@ def test_one_vocabulary_for_the_random_part():
             "Reaction", fixed=("Days",), groups=("Subject",), random=kind)
         assert f"+ {random_term(kind, 'Days', 'Subject')}" in pooling_formulas(
             "Reaction", "Days", "Subject", kind)["partial"]
+
+
+# ---------------------------------------------------------------- a factor as predictor
+# R's numbers: tests/fixtures/pooling_categorical/make_reference.R (lm, lmer, coef()).
+CAT = FIX / "pooling_categorical"
+CAT_CASES = {
+    "df_original_intercept": ("df_original.csv", "value", "condition", "participant", "intercept"),
+    "phase_intercept_slope": ("sleepstudy_phases.csv", "Reaction", "phase", "Subject", "intercept+slope"),
+    "stage_intercept_slope": ("sleepstudy_phases.csv", "Reaction", "stage", "Subject", "intercept+slope"),
+    "stage_intercept": ("sleepstudy_phases.csv", "Reaction", "stage", "Subject", "intercept"),
+}
+
+
+@pytest.fixture(scope="module")
+def cat_estimates():
+    out = {}
+    for case, (file, y, x, g, random) in CAT_CASES.items():
+        out[case] = pooling_estimates(pd.read_csv(CAT / file), y, x, g, random, factor=True)
+    return out
+
+
+@pytest.mark.parametrize("case", list(CAT_CASES))
+def test_factor_estimates_equal_lm_and_lmer(cat_estimates, case):
+    """Complete pooling = lm(y ~ x), no pooling = lm(y ~ x) per group (or y ~ 0 + g + x),
+    partial = coef(lmer): R's numbers, lm's to 1e-10, lmer's to the optimizer's tolerance
+    (relative to max(1, |value|); looser on the singular fit, whose optimum is flat)."""
+    est = cat_estimates[case]
+    ref = pd.read_csv(CAT / "reference.csv", dtype={"group": str})
+    ref = ref[ref["case"] == case]
+    fits = pd.read_csv(CAT / "fits.csv").set_index("case").loc[case]
+    assert est.formulas["partial"] == fits["formula"]
+    assert est.fit.reml_criterion == pytest.approx(fits["reml_criterion"], rel=1e-9)
+    fe = pd.read_csv(CAT / "fixef.csv")
+    fe = fe[fe["case"] == case].set_index("term")["estimate"]
+    assert [est.term(c) for c in est.coefficients] == list(fe.index)
+    np.testing.assert_allclose(est.fixef.to_numpy(), fe.to_numpy(), rtol=1e-6)
+    tol = {"complete": 1e-10, "no": 1e-10, "partial": 2e-4 if fits["singular"] else 1e-4}
+    for method, rtol in tol.items():
+        got = est.method(method)
+        want = ref[ref["method"] == method].pivot(index="group", columns="term", values="estimate")
+        assert sorted(got.index) == sorted(want.index)
+        want = want.reindex(got.index)
+        for coef in est.coefficients:
+            w = want[est.term(coef)].to_numpy()
+            err = np.abs(got[coef].to_numpy() - w) / np.maximum(1.0, np.abs(w))
+            assert err.max() < rtol, (method, coef, err.max())
+
+
+def test_two_level_factor_is_the_condition_effect(cat_estimates):
+    est = cat_estimates["df_original_intercept"]
+    assert est.is_factor and est.levels == ("1", "2")
+    assert est.coefficients == ("intercept", "condition2") == est.columns
+    assert est.contrasts == ("condition2",) and est.varying == ("intercept",)
+    assert list(est.table.columns) == ["group", "method", "intercept", "condition2", "n", "note"]
+    means = est.condition_means("no")
+    assert list(means.columns) == ["1", "2"]
+    # Condition 2's mean minus condition 1's is the common condition effect.
+    np.testing.assert_allclose(means["2"] - means["1"], est.fixef["condition2"], rtol=1e-10)
+    assert pickle.loads(pickle.dumps(est)).levels == est.levels
+
+
+def test_factor_no_pooling_means_are_cell_means(cat_estimates):
+    est = cat_estimates["stage_intercept_slope"]
+    sl = pd.read_csv(CAT / "sleepstudy_phases.csv")
+    cells = sl.groupby([sl["Subject"].astype(str), "stage"])["Reaction"].mean().unstack()
+    np.testing.assert_allclose(est.condition_means("no").to_numpy(), cells.loc[est.groups].to_numpy(),
+                               rtol=1e-12)
+    assert est.varying == ("intercept", "stages2", "stages3")
+    assert np.isfinite(est.shrinkage).all()
+    sd = shrinkage_sd(est)
+    assert list(sd.columns) == ["intercept", "stages2", "stages3"]
+    assert (sd.loc["partial"] < sd.loc["no"]).all()
+
+
+def test_factor_contours_take_the_chosen_contrast(cat_estimates):
+    est = cat_estimates["stage_intercept_slope"]
+    with pytest.raises(LmmError, match="name the slope"):
+        re_contours(est)
+    ring = re_contours(est, term="stages3")
+    assert ring.attrs["terms"] == ["(Intercept)", "stages3"]
+    assert ring.attrs["center"]["slope"] == pytest.approx(est.fixef["stages3"])
+    cov = est.fit.re_cov("Subject").loc[["(Intercept)", "stages3"], ["(Intercept)", "stages3"]]
+    centre = np.array([ring.attrs["center"]["intercept"], ring.attrs["center"]["slope"]], dtype=float)
+    pts = ring[ring["level"] == 0.5][["intercept", "slope"]].to_numpy() - centre
+    q = np.einsum("ij,jk,ik->i", pts, np.linalg.pinv(cov.to_numpy()), pts)
+    np.testing.assert_allclose(q, stats.chi2.ppf(0.5, 2), rtol=1e-6)
+
+
+def test_factor_missing_level_and_bad_choices():
+    sl = pd.read_csv(CAT / "sleepstudy_phases.csv")
+    d = sl[~((sl["Subject"] == 308) & (sl["phase"] == "late"))]
+    est = pooling_estimates(d, "Reaction", "phase", "Subject", factor=True)
+    no = est.method("no")
+    assert np.isnan(no.loc["308", "phaselate"]) and np.isfinite(no.loc["308", "intercept"])
+    assert "late" in est.notes["308"] and not est.own_estimate["308"]
+    with pytest.raises(LmmError, match="factor"):
+        pooling_estimates(sl, "Reaction", "phase", "Subject", random="slope")
+    with pytest.raises(LmmError, match="condition means need a factor"):
+        pooling_estimates(sl, "Reaction", "Days", "Subject").condition_means("no")
+    # A factor is recognised from a text column; reference levels are lmer's.
+    est = pooling_estimates(sl, "Reaction", "phase", "Subject", reference_levels={"phase": "late"})
+    assert est.levels == ("late", "early") and est.coefficients == ("intercept", "phaseearly")

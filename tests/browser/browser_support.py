@@ -118,3 +118,11 @@ def fit_on_model_page(pg, formula: str) -> None:
     box.press("Enter")
     pg.get_by_text("REML criterion at convergence").first.wait_for()
     wait_for_app(pg)
+
+
+def choose(pg, key: str, option: str) -> None:
+    """Pick ``option`` in the selectbox with session-state key ``key`` (its element carries
+    the class ``st-key-<key with dots as dashes>``) and wait for the rerun."""
+    pg.locator(f".st-key-{key.replace('.', '-')} [role='combobox']").first.click()
+    pg.get_by_role("option", name=option, exact=True).click()
+    wait_for_app(pg)

@@ -1,0 +1,231 @@
+"""glmer against lme4 1.1-31 (tests/fixtures/glmm, made by gen_glmm.R beside them).
+
+Tolerances: lme4's stage-2 deviance function at its (theta, beta) probes within 1e-6
+relative; the optimum no worse than lme4's (-2 logLik within 1e-6 relative, or lower);
+estimates, standard errors and theta within 2e-3 relative (lme4's Nelder-Mead stops
+at about 1e-4); the printed summary line for line, numbers within the same tolerance
+(lme4's optimum is only that precise in the last printed digit).
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import lmmcore
+from lmmcore.errors import DataError, FitError, FitTimeout, FormulaError
+from printouts import assert_same_printout as _assert_same_printout
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FIX = ROOT / "tests" / "fixtures" / "glmm"
+DATA = {"bdf": ROOT / "data" / "bdf.csv", "cbpp": ROOT / "data" / "cbpp.csv",
+        "grouseticks": ROOT / "data" / "grouseticks.csv",
+        "VerbAgg": ROOT / "bench" / "data" / "VerbAgg.csv"}
+CASES = ["bdf_repeat", "cbpp", "grouseticks", "cbpp_agq9", "grouse_brood_agq5", "bdf_iq_slope",
+         pytest.param("grouse_location_slope", marks=pytest.mark.xfail(
+             strict=False, reason="our optimum is 2e-6 lower than lme4's, which stopped early "
+                                  "(theta differs by 1e-2); the probe at lme4's optimum then "
+                                  "starts PIRLS from another stage-1 linear predictor (2e-6)")),
+         "verbagg", "grouse_singular"]
+_FITS = {}
+
+
+def _ref(name):
+    return json.loads((FIX / f"{name}.json").read_text())
+
+
+def _fit(name):
+    if name not in _FITS:
+        ref = _ref(name)
+        data = pd.read_csv(DATA[ref["dataset"]])
+        _FITS[name] = lmmcore.glmer(ref["formula"], data, ref["family"], ref["nAGQ"],
+                                    categorical=ref["factors"].split(","), data_name="d")
+    return _FITS[name], _ref(name)
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-3))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_deviance_function_at_lme4_probes(name):
+    fit, ref = _fit(name)
+    dev = fit.deviance_function()
+    for probe in ref["devfun_probes"]:
+        assert dev(probe["par"]) == pytest.approx(probe["value"], rel=1e-6)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_optimum_and_estimates(name):
+    fit, ref = _fit(name)
+    assert -2 * fit.loglik <= -2 * ref["loglik"] * (1 + 1e-6)
+    assert fit.aic == pytest.approx(ref["AIC"], rel=1e-6)
+    assert fit.bic == pytest.approx(ref["BIC"], rel=1e-6)
+    assert fit.nobs == ref["nobs"]
+    assert list(fit.fixef.index) == list(ref["fixef"])
+    assert _rel(fit.theta, ref["theta"]) < 2e-3
+    assert _rel(fit.fixef, list(ref["fixef"].values())) < 2e-3
+    assert _rel(fit.se, list(ref["se"].values())) < 2e-3
+    table = fit.coef_table()
+    assert list(table.columns) == ref["coef_table"]["cols"]
+    assert _rel(table.to_numpy(), ref["coef_table"]["values"]) < 5e-3
+    assert fit.deviance == pytest.approx(ref["deviance"], rel=1e-4)
+    assert _rel(fit.fitted.to_numpy()[:10], ref["fitted_head"]) < 2e-3
+    assert _rel(fit.predict(type="link").to_numpy()[:10], ref["pred_link_head"]) < 2e-3
+    assert _rel(fit.predict(type="response", re_form="NA").to_numpy()[:10],
+                ref["pred_fixed_head"]) < 2e-3
+    vc = fit.varcorr
+    assert _rel(vc["vcov"], [r["vcov"] for r in ref["varcorr"]]) < 5e-3
+    for g, r in ref["ranef"].items():
+        # aligned by label: R sorted VerbAgg's item labels in its locale's collation
+        got = fit.ranef[g].loc[r["levels"]]
+        assert np.allclose(got.to_numpy(), r["values"], rtol=5e-3, atol=5e-4)
+        if r.get("cond_sd") is not None:
+            sd = fit.ranef_sd[g].loc[r["levels"]]
+            assert np.allclose(sd.to_numpy(), r["cond_sd"], rtol=5e-3)
+    assert fit.is_singular == ref["is_singular"]
+    assert [m for m in fit.lme4_messages] == ref["convergence_messages"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_summary_line_for_line(name):
+    fit, ref = _fit(name)
+    # the one known difference: the optimiser's name in the convergence line
+    got = fit.summary().replace("optimizer (L-BFGS-B)", "optimizer (Nelder_Mead)")
+    _assert_same_printout(got, ref["summary_text"])
+
+
+def test_factor_response_second_level_is_success():
+    d = pd.read_csv(DATA["bdf"])
+    d["repeated"] = np.where(d["repeatgr"] == 1, "yes", "no")
+    fit = lmmcore.glmer("repeated ~ ses + (1 | schoolNR)", d, categorical=["schoolNR"])
+    ref = lmmcore.glmer("repeatgr ~ ses + (1 | schoolNR)", d, categorical=["schoolNR"])
+    assert fit.loglik == pytest.approx(ref.loglik, rel=1e-9)
+    assert any("'yes' counts as a success" in m for m in fit.messages)
+
+
+def test_bad_input_messages():
+    d = pd.read_csv(DATA["bdf"])
+    d3 = d.assign(grade=d["repeatgr"] + (d["ses"] > 30))
+    with pytest.raises(DataError, match="0/1"):
+        lmmcore.glmer("grade ~ ses + (1 | schoolNR)", d3, categorical=["schoolNR"])
+    d3t = d3.assign(grade=d3["grade"].map({0: "a", 1: "b", 2: "c"}))
+    with pytest.raises(DataError, match="3 different values"):
+        lmmcore.glmer("grade ~ ses + (1 | schoolNR)", d3t, categorical=["schoolNR"])
+    g = pd.read_csv(DATA["grouseticks"])
+    with pytest.raises(DataError, match="negative"):
+        lmmcore.glmer("TICKS ~ YEAR + (1 | BROOD)", g.assign(TICKS=g["TICKS"] - 1), "poisson",
+                      categorical=["BROOD", "YEAR"])
+    with pytest.raises(DataError, match="whole numbers"):
+        lmmcore.glmer("TICKS ~ YEAR + (1 | BROOD)", g.assign(TICKS=g["TICKS"] + 0.5), "poisson",
+                      categorical=["BROOD", "YEAR"])
+    c = pd.read_csv(DATA["cbpp"])
+    with pytest.raises(DataError, match="whole numbers"):
+        lmmcore.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                      c.assign(incidence=c["incidence"] - 0.5), categorical=["herd", "period"])
+    with pytest.raises(DataError, match="whole numbers"):
+        lmmcore.glmer("cbind(incidence, size - incidence - 20) ~ period + (1 | herd)", c,
+                      categorical=["herd", "period"])
+    with pytest.raises(FitError, match="single, scalar"):
+        lmmcore.glmer("TICKS ~ YEAR + (1 | BROOD) + (1 | LOCATION)", g, "poisson", nAGQ=5,
+                      categorical=["BROOD", "YEAR", "LOCATION"])
+    with pytest.raises(DataError, match="nAGQ"):
+        lmmcore.glmer("TICKS ~ YEAR + (1 | BROOD)", g, "poisson", nAGQ=26,
+                      categorical=["BROOD", "YEAR"])
+    with pytest.raises(DataError, match="family"):
+        lmmcore.glmer("TICKS ~ YEAR + (1 | BROOD)", g, "gamma", categorical=["BROOD", "YEAR"])
+    with pytest.raises(FitTimeout, match="did not finish"):
+        lmmcore.glmer("TICKS ~ YEAR + (1 | BROOD)", g, "poisson", categorical=["BROOD", "YEAR"],
+                      time_limit=1e-9)
+    with pytest.raises(DataError, match="binomial response"):
+        lmmcore.lmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", c,
+                     categorical=["herd", "period"])
+
+
+def test_cbind_grammar():
+    f = lmmcore.parse_formula("cbind(incidence, size - incidence) ~ period + (1 | herd)")
+    assert f.response.kind == "cbind"
+    assert f.response.label == "cbind(incidence, size - incidence)"
+    assert f.columns == ("incidence", "size", "period", "herd")
+    assert str(f) == "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    for bad, where in [("y ~ cbind(a, b)", "response"), ("cbind(a) ~ x", "two"),
+                       ("cbind(a, b, c) ~ x", "exactly two"), ("log(cbind(a, b)) ~ x", "inside"),
+                       ("cbind(a, system(b)) ~ x", "not an allowed function")]:
+        with pytest.raises(FormulaError, match=where):
+            lmmcore.parse_formula(bad)
+
+
+def test_anova_of_glmer_fits():
+    ref = json.loads((FIX / "anova_bdf.json").read_text())
+    d = pd.read_csv(DATA["bdf"])
+    small = lmmcore.glmer(ref["formulas"][0], d, categorical=["schoolNR", "minority"],
+                          data_name="d")
+    big = lmmcore.glmer(ref["formulas"][1], d, categorical=["schoolNR", "minority"],
+                        data_name="d")
+    table = lmmcore.anova(small, big, names=ref["names"])
+    for col, values in ref["table"].items():
+        want = np.array([np.nan if v is None else v for v in values], float)
+        # Chisq and its p-value are differences of two optima: 1e-6 of each deviance
+        rtol = 1e-3 if col in ("Chisq", "Pr(>Chisq)") else 1e-6
+        assert np.allclose(table[col].to_numpy(float), want, rtol=rtol, equal_nan=True), col
+    _assert_same_printout(lmmcore.format_anova(table), ref["printed"])
+    with pytest.raises(lmmcore.LmmError, match="glmer"):
+        lmmcore.anova(small, lmmcore.lmer("ses ~ 1 + (1 | schoolNR)", d,
+                                          categorical=["schoolNR"]))
+
+
+def test_fit_pickles():
+    import pickle
+    fit, _ = _fit("cbpp")
+    again = pickle.loads(pickle.dumps(fit))
+    assert again.summary() == fit.summary()
+
+
+def test_glmer_in_a_worker_process():
+    from lmmcore import worker
+
+    c = pd.read_csv(DATA["cbpp"])
+    fit = worker.fit_in_worker("glmer", "cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                               c, timeout=60, categorical=["herd", "period"], data_name="d")
+    here, _ = _fit("cbpp")
+    assert fit.loglik == pytest.approx(here.loglik, rel=1e-9)
+    assert fit.summary() == here.summary()
+
+
+def test_pooling_estimates_binary_and_counts_against_glm():
+    ref = json.loads((FIX / "pooling_glm.json").read_text())
+    d = pd.read_csv(DATA["bdf"])
+    est = lmmcore.pooling_estimates(d, "repeatgr", "ses", "schoolNR", random="intercept",
+                                    family="binomial")
+    assert est.family == "binomial"
+    assert np.allclose(est.method("complete").iloc[0][["intercept", "slope"]].to_numpy(float),
+                       ref["bdf_complete"], rtol=1e-8)
+    no = est.method("no")
+    assert no["slope"].iloc[0] == pytest.approx(ref["bdf_no"]["ses"], rel=1e-8)
+    r_glm = pd.Series({k[len("schoolNR"):]: v for k, v in ref["bdf_no"].items()
+                       if k.startswith("schoolNR")})
+    own = no["intercept"].notna()
+    assert np.allclose(no["intercept"][own], r_glm[no.index[own]], rtol=1e-7)
+    # separation: R's glm reports a huge number (about -17); we report none, and say why
+    assert (r_glm[no.index[~own]] < -10).all()
+    assert all("all" in note and "infinity" in note for note in no["note"][~own])
+    partial = est.method("partial")
+    fit = est.fit
+    assert isinstance(fit, lmmcore.GlmmFit)
+    assert np.allclose(partial["intercept"], fit.coef["schoolNR"]["(Intercept)"].to_numpy())
+    assert est.shrinkage[own.to_numpy()].notna().all()
+
+    g = pd.read_csv(DATA["grouseticks"])
+    counts = lmmcore.pooling_estimates(g, "TICKS", "cHEIGHT", "LOCATION", random="intercept",
+                                       family="poisson")
+    assert np.allclose(counts.method("complete").iloc[0][["intercept", "slope"]].to_numpy(float),
+                       ref["grouse_complete"], rtol=1e-8)
+    # cHEIGHT is a property of the location: R's glm gives NA for its no-pooling slope
+    assert ref["grouse_no"]["cHEIGHT"] == "NA"
+    assert counts.method("no")["slope"].isna().all()
+    assert counts.notes.str.contains("does not vary within any group").all()
+    import pickle
+    assert pickle.loads(pickle.dumps(counts)).family == "poisson"
