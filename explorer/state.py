@@ -3,7 +3,7 @@
 Every session-state and widget key of the app is a constant here, and nowhere else: pages
 and helpers use the constant, never the text (``tests/test_app_registry.py`` checks).
 Keys are namespaced by page, with the namespaces registered in ``explorer.pages``
-(``data.*``, ``model.*``, ``pool.*``, ``shrink.*``), plus ``app.*`` for the sidebar and
+(``data.*``, ``model.*``, ``pool.*``, ``shrink.*``, ``fit.*``), plus ``app.*`` for the sidebar and
 the gate and ``build.*`` for the model page's formula builder.
 
 :func:`init`, called once at the top of every run by ``app.py``, gives the session-wide
@@ -205,6 +205,18 @@ MODEL_COPIES_OPEN = "model.copies_open"
 MODEL_COPIES_NEW = "model.copies_new"
 MODEL_CHART_COPIES = "model.chart_copies"
 
+# fit: the "How the fit works" page
+FIT_SECTION = "fit.section"          # the page's open view: criterion, REML and ML, singular fit
+FIT_THETA = "fit.theta"              # slider: the theta of a one-knob model
+FIT_PAIR = "fit.pair"                # the two theta elements of the contour map
+FIT_ELEMENT = "fit.element"          # REML and ML: the theta element the curves run along
+FIT_CHART = "fit.chart"              # the page's main chart (curve or contour map)
+FIT_CHART_PARTS = "fit.chart_parts"
+FIT_CHART_SHRINK = "fit.chart_shrinkage"
+FIT_CHART_REML = "fit.chart_reml"
+FIT_CHART_SINGULAR = "fit.chart_singular"
+FIT_CHART_SINGULAR_SHRINK = "fit.chart_singular_shrinkage"
+
 NO_PREDICTOR = "(none: intercept only)"
 
 # DATA_KEY too: the sidebar draws it every run, but the rerun of a page's st.switch_page
@@ -218,6 +230,7 @@ PERSISTENT = (
     *SIM_SETTING_KEYS.values(), SIM_PRESET, SIM_SEED, SIM_RANDOM, SIM_SECTION, SIM_CV_RESPONSE,
     SIM_CV_PREDICTOR, SIM_CV_GROUP, SIM_CV_RANDOM, SIM_CV_SCHEME, SIM_CV_K, SIM_CV_FRACTION, SIM_CV_SPLITS,
     SIM_CV_SEED, SIM_COPIES_OPEN, MODEL_COPIES_OPEN, SIM_PANELS_OPEN, *SIM_POWER_KEYS.values(),
+    FIT_SECTION,
 )
 
 
