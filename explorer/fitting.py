@@ -116,10 +116,11 @@ def summary(kind: str, formula: str, data, reml: bool, fitted) -> str:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _pooling(digest: str, response: str, predictor, group: str, random: str, factor: bool,
-             reference: tuple, _df: pd.DataFrame) -> lmmcore.PoolingEstimates:
+             reference: tuple, family: str, _df: pd.DataFrame) -> lmmcore.PoolingEstimates:
     df = _df
     settings = load_settings()
-    kwargs = {"random": random, "factor": factor, "reference_levels": dict(reference) or None}
+    kwargs = {"random": random, "factor": factor, "reference_levels": dict(reference) or None,
+              "family": family}
     if len(df) >= settings.worker_min_rows:
         # One lm per group plus an lmer: as heavy as a fit, so under the same time limit.
         from lmmcore.worker import run_in_worker
@@ -128,11 +129,13 @@ def _pooling(digest: str, response: str, predictor, group: str, random: str, fac
     return lmmcore.pooling_estimates(df, response, predictor, group, **kwargs)
 
 
-def pooling(data, response: str, predictor, group: str, random: str) -> lmmcore.PoolingEstimates:
+def pooling(data, response: str, predictor, group: str, random: str,
+            family: str = "gaussian") -> lmmcore.PoolingEstimates:
     """``lmmcore.pooling_estimates`` on the current table; cached (the estimates carry
     their mixed fit, so a page that needs it does not fit again).  A predictor the
-    student typed as categorical is a factor, with the reference level they chose."""
+    student typed as categorical is a factor, with the reference level they chose;
+    ``family`` "binomial" or "poisson": glm and glmer (estimates on the link scale)."""
     factor = predictor is not None and data.types.get(predictor) == "categorical"
     chosen = data.fit_kwargs()["reference_levels"] or {}
     reference = ((predictor, str(chosen[predictor])),) if factor and predictor in chosen else ()
-    return _pooling(data.digest, response, predictor, group, random, factor, reference, _df=data.df)
+    return _pooling(data.digest, response, predictor, group, random, factor, reference, family, _df=data.df)
