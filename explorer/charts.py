@@ -41,6 +41,16 @@ METHODS = {
     "partial": {"label": "partial pooling (lmer)", "colour": OKABE_ITO["vermillion"],
                 "dash": "solid", "symbol": "diamond"},
 }
+
+
+def method_styles(family: str = "gaussian") -> dict:
+    """:data:`METHODS`, labelled glm and glmer for a binomial or Poisson family."""
+    if family == "gaussian":
+        return METHODS
+    return {m: {**st, "label": st["label"].replace("lmer", "glmer").replace("lm", "glm")}
+            for m, st in METHODS.items()}
+
+
 FIXED = {"label": "fixed effects (partial pooling average)", "colour": OKABE_ITO["black"],
          "symbol": "x"}
 CONTOUR_COLOUR = OKABE_ITO["sky"]
@@ -216,8 +226,8 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
     without the data (0 and 1 have no finite log-odds).
     """
     s = sizes(lecture)
-    styles = METHODS if styles is None else styles
     glm = getattr(estimates, "family", "gaussian") != "gaussian"
+    styles = method_styles(getattr(estimates, "family", "gaussian")) if styles is None else styles
     response, predictor, group = estimates.response, estimates.predictor, estimates.group
     counts = estimates.n
     methods = [m for m in styles if m in estimates.methods]
@@ -363,7 +373,7 @@ def pooling_means(data: pd.DataFrame, estimates, groups: list, few: pd.Series, l
             x=sub[response], y=[labels[str(v)] for v in sub[group].astype(str)], mode="markers",
             name="data", marker={"color": DATA_COLOUR, "size": s["data_marker"], "opacity": 0.6},
             hovertemplate="%{y}: %{x}<extra></extra>"))
-    for method, style in METHODS.items():
+    for method, style in method_styles(getattr(estimates, "family", "gaussian")).items():
         if method not in estimates.methods:
             continue
         rows = estimates.method(method).reset_index()

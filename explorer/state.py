@@ -164,7 +164,9 @@ def _dataset_defaults(formula: str, response, predictor, group, family: str = "g
         POOL_GROUP: group,
         POOL_FAMILY: family,
         POOL_LINK_SCALE: False,
-        POOL_RANDOM: "intercept+slope" if predictor else "intercept",
+        # Binary or count data: a random intercept (lme4's usual model; a slope per group
+        # leaves many small groups without their own glm estimate).
+        POOL_RANDOM: "intercept+slope" if predictor and family == "gaussian" else "intercept",
         POOL_SELECTED: [],
         POOL_SORT: "name",
         POOL_PAGE: 1,

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer.pages import by_name
@@ -43,6 +44,14 @@ def test_bdf_pooling_page_probability_scale_then_logit_scale():
     complete = [t for t in traces if (t.get("meta") or {}).get("method") == "complete"]
     a, b = complete[0]["customdata"][0][:2]
     np.testing.assert_allclose([a, b], REF["bdf_complete"], rtol=1e-6)
+    # the default random part is an intercept: no pooling is R's glm(repeatgr ~ 0 + schoolNR + ses)
+    assert at.selectbox(key="pool.random").value == "intercept"
+    no = [t for t in traces if (t.get("meta") or {}).get("method") == "no" and "customdata" in t]
+    assert no
+    for t in no:
+        a_g, b_g = t["customdata"][0][:2]
+        np.testing.assert_allclose([a_g, b_g], [REF["bdf_no"]["schoolNR" + t["meta"]["group"]],
+                                                REF["bdf_no"]["ses"]], rtol=1e-5)
     ys = np.asarray(complete[0]["y"], dtype=float)
     assert len(ys) > 2 and ((ys > 0) & (ys < 1)).all()  # a curve of probabilities
     xs = np.asarray(complete[0]["x"], dtype=float)
@@ -91,3 +100,15 @@ def test_gaussian_family_on_bdf_is_lm_and_lmer():
     infos = " ".join(i.value for i in at.info)
     assert "only the values 0 and 1" in infos
     assert "lmer fit" in " ".join(c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("key, family", [("cbpp", "poisson"), ("grouseticks", "poisson")])
+def test_count_datasets_open_on_both_pages(key, family):
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.run()
+    at.selectbox(key="data.key").set_value(key).run()
+    for page in ("pooling", "shrinkage"):
+        at.switch_page(by_name(page).script).run()
+        assert not at.exception and not at.error, (key, page)
+        assert at.selectbox(key="pool.family").value == family
+        assert _figures(at)
