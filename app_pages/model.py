@@ -24,6 +24,7 @@ from explorer import state as S
 from explorer.escape import md
 from explorer.tables import table as show_table
 from explorer.fitting import fit, guard, summary
+from explorer.simulate_ui import copies_section
 
 VARCORR_HEADINGS = {"grp": "Groups", "var1": "Name", "var2": "with", "vcov": "Variance / Cov.",
                     "sdcor": "Std.Dev. / Corr."}
@@ -280,6 +281,7 @@ def _plots(f: Fitted) -> None:
                                                   lambda: charts.caterpillar_plot(teaching.caterpillar(mixed, g),
                                                                                   g, lecture),
                                                   S.MODEL_CHART_CATERPILLAR, "caterpillar"))
+        copies_section(mixed, response, lecture, drawn, "model")
 
 
 def _saved_models(f: Fitted) -> None:

@@ -520,6 +520,82 @@ def _print_intervals(res: dict) -> None:
         print(f"  lme4: {res['lme4_note']}")
 
 
+# =========================================================================== simulation
+# Issue 9 (the Simulate page): its own rows, kept in this one block.  ``_bench_simulation``
+# times (1) a slider change on the Simulate page at the default sizes, through Streamlit's
+# AppTest (the page's whole script run: simulate, the three poolings, the figures); (2) 200
+# repetitions of 20 groups x 10 (``lmmcore.repeat_pooling_error``); (3) leave-one-out
+# cross-validation of sleepstudy (180 lmer refits plus the lm fits) against the loop of 180
+# lme4 fits timed inside R in the same run (bench/bench_cv_lme4.R).  Targets from the issue.
+SIMULATION_TARGETS = {"slider_change_s": 1.0, "repeat_200_s": 5.0, "loo_vs_lme4": 5.0}
+CV_R_SCRIPT = Path(__file__).resolve().parent / "bench_cv_lme4.R"
+
+
+def _median_time(fn, repeats: int) -> list:
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _bench_simulation(quick: bool, with_r: bool) -> dict:
+    import lmmcore
+    from streamlit.testing.v1 import AppTest
+
+    out = {"targets": SIMULATION_TARGETS}
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("app_pages/simulate.py")
+    at.run()
+    sigmas = [4.5, 5.0, 5.5] if quick else [4.5, 5.0, 5.5, 6.0, 6.5]
+    slider = []
+    for value in sigmas:  # every value new: nothing comes from the page's caches
+        at.slider(key="simulate.sigma").set_value(value)
+        slider += _median_time(at.run, 1)
+    out["slider_change_s"] = {"times": slider, "median": statistics.median(slider)}
+    reps = _median_time(lambda: lmmcore.repeat_pooling_error(200, seed=1), 1 if quick else 3)
+    out["repeat_200_s"] = {"times": reps, "median": statistics.median(reps)}
+    sleep = _sleepstudy()
+    loo = _median_time(lambda: lmmcore.cross_validate(sleep, "Reaction", "Days", "Subject", scheme="loo"),
+                       1 if quick else 3)
+    out["loo_sleepstudy_s"] = {"times": loo, "median": statistics.median(loo)}
+    if with_r and shutil.which("Rscript"):
+        with tempfile.TemporaryDirectory(prefix="lmm-bench-cv-") as tmp:
+            csv = Path(tmp) / "sleepstudy.csv"
+            sleep.to_csv(csv, index=False)
+            proc = subprocess.run([shutil.which("Rscript"), str(CV_R_SCRIPT), str(csv), "1" if quick else "3"],
+                                  capture_output=True, text=True, timeout=3600)
+        if proc.returncode == 0:
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            out["lme4_loo"] = {"lmer_loop_median": statistics.median(r["lmer_loop"]),
+                               "full_loo_median": statistics.median(r["full_loo"]), "lme4": r["lme4"]}
+            out["loo_vs_lme4"] = out["lme4_loo"]["lmer_loop_median"] / out["loo_sleepstudy_s"]["median"]
+        else:
+            out["lme4_loo"] = {"note": f"failed: {proc.stderr.strip()[-300:]}"}
+    return out
+
+
+def _print_simulation(sim: dict) -> None:
+    t = sim["targets"]
+    print("\nSimulate page (issue 9); targets in brackets")
+    print(f"  slider change, default sizes : {_fmt_time(sim['slider_change_s']['median']):>10}"
+          f"   [<= {t['slider_change_s']:g} s]")
+    print(f"  200 repetitions, 20 x 10     : {_fmt_time(sim['repeat_200_s']['median']):>10}"
+          f"   [<= {t['repeat_200_s']:g} s]")
+    print(f"  LOO sleepstudy, lmmcore      : {_fmt_time(sim['loo_sleepstudy_s']['median']):>10}")
+    r = sim.get("lme4_loo", {})
+    if "lmer_loop_median" in r:
+        print(f"  LOO sleepstudy, lme4 (180 lmer fits only / whole LOO): "
+              f"{_fmt_time(r['lmer_loop_median'])} / {_fmt_time(r['full_loo_median'])}")
+        print(f"  lmmcore LOO vs lme4's fit loop: {sim['loo_vs_lme4']:.1f}x   [>= {t['loo_vs_lme4']:g}x]")
+    elif r:
+        print(f"  lme4: {r.get('note')}")
+# ======================================================================= end simulation
+
+
 # --------------------------------------------------------------------------- main
 # --------------------------------------------------------------------------- glmer
 # The glmer block (issue 10): lmmcore.glmer against lme4's glmer in the same run.
@@ -591,6 +667,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=ARTIFACT)
     parser.add_argument("--skip-intervals", action="store_true",
                         help="leave out the profile confint and bootstrap timings")
+    parser.add_argument("--no-simulation", action="store_true",
+                        help="skip the Simulate page's rows (issue 9)")
     args = parser.parse_args(argv)
 
     wanted = [p.strip() for p in args.peers.split(",") if p.strip()]
@@ -677,11 +755,15 @@ def main(argv=None) -> int:
     else:
         inference_rows = {}
 
+    simulation = None if args.no_simulation else _bench_simulation(args.quick, "lme4" in active)  # issue 9
+    if simulation is not None:
+        _print_simulation(simulation)
+
     report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick,
               "load_average_at_start": load_at_start,
               "versions": versions, "missing": missing, "environment": _environment(),
               "models": rows, "inference": inference_rows, "intervals": intervals,
-              "glmer": glmm_rows}
+              "glmer": glmm_rows, "simulation": simulation}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, default=str))
     print(f"\nwritten: {args.output}")

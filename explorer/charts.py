@@ -53,6 +53,9 @@ def method_styles(family: str = "gaussian") -> dict:
 
 FIXED = {"label": "fixed effects (partial pooling average)", "colour": OKABE_ITO["black"],
          "symbol": "x"}
+# Simulated data only: the groups' true values (drawn in black, a star: none of the methods).
+TRUTH = {"label": "truth (simulated)", "colour": OKABE_ITO["black"], "dash": "longdashdot",
+         "symbol": "star"}
 CONTOUR_COLOUR = OKABE_ITO["sky"]
 MODEL_COLOURS = {"lm": OKABE_ITO["orange"], "lmer": OKABE_ITO["vermillion"]}
 
@@ -209,7 +212,8 @@ def _method_curves(estimates, methods, x0: float, x1: float, link_scale: bool = 
 
 
 def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, lecture: bool,
-                   ncols: int = 4, styles: dict | None = None, link_scale: bool = False) -> go.Figure:
+                   ncols: int = 4, styles: dict | None = None,
+                   truth: pd.DataFrame | None = None, link_scale: bool = False) -> go.Figure:
     """A panel per group: its data and each method's line (a numeric predictor) or
     condition means joined by a line (a factor).
 
@@ -218,7 +222,8 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
     ``meta`` names its method and group.  ``styles`` (default :data:`METHODS`) gives
     each method drawn its label, colour, dash and marker: a method of the estimates
     without a style is not drawn, so another kind of estimate (a simulation's truth) is
-    drawn by adding its style.
+    drawn by adding its style.  ``truth`` (simulated data: intercept and slope by
+    group, ``lmmcore.simulate_groups``) adds each group's true line.
 
     Binary or count data (``estimates.family`` not ``"gaussian"``): by default each line
     is drawn through the inverse link over the data (probability or count scale);
@@ -309,6 +314,18 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
                 marker={"symbol": style["symbol"], "size": s["marker"], "color": style["colour"]},
                 hovertemplate=f"{style['label']}<br>{esc(g)}: {hover}<extra></extra>"), row=r, col=c)
             shown.add(method)
+        if truth is not None and str(g) in truth.index:
+            a, b = float(truth.loc[str(g), "intercept"]), float(truth.loc[str(g), "slope"])
+            xs, ys = _line(a, b, x0, x1)
+            fig.add_trace(go.Scatter(
+                x=xs, y=ys, mode="lines+markers", name=TRUTH["label"], legendgroup="truth",
+                showlegend="truth" not in shown, meta={"method": "truth", "group": str(g)},
+                customdata=[[a, b, str(g)], [a, b, str(g)]],
+                line={"color": TRUTH["colour"], "dash": TRUTH["dash"], "width": s["line"] / 1.4},
+                marker={"symbol": TRUTH["symbol"], "size": s["marker"] + 2, "color": TRUTH["colour"]},
+                hovertemplate=(f"truth<br>{esc(g)}: intercept %{{customdata[0]:.4g}}, "
+                               "slope %{customdata[1]:.4g}<extra></extra>")), row=r, col=c)
+            shown.add("truth")
     fig.update_xaxes(title_text=None, showgrid=True)
     if estimates.is_factor:
         # No fixed x range: with one, plotly.js (2.x) leaves the shared y axes at their
@@ -430,7 +447,7 @@ def coefficient_title(estimates, coefficient: str) -> str:
 
 
 def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highlight=(),
-                 coefficient: str | None = None) -> go.Figure:
+                 coefficient: str | None = None, truth: pd.DataFrame | None = None) -> go.Figure:
     """Arrows from each group's no-pooling (intercept, coefficient) to its partial-pooling
     one, over the contours of the fitted random-effects distribution
     (``lmmcore.re_contours`` of the same coefficient; None draws none) and the fixed effects.
@@ -440,7 +457,9 @@ def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highli
 
     ``highlight``: groups drawn strong and named at their no-pooling point (the outer end
     of the arrow, away from the crowded middle); with any given, the other groups' points
-    and arrows are drawn faint, but every arrow is still drawn.
+    and arrows are drawn faint, but every arrow is still drawn.  ``truth`` (simulated data)
+    adds each group's true (intercept, slope) as a third marker, joined to its
+    partial-pooling estimate by a thin line: the miss.
     """
     s = sizes(lecture)
     y = coefficient if coefficient is not None else estimates.coefficients[1]
@@ -486,6 +505,8 @@ def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highli
         marker={"symbol": pst["symbol"], "size": s["marker"] + 2, "color": pst["colour"],
                 "opacity": [0.25 if faint(g) else 1.0 for g in part.index]},
         hovertemplate=f"%{{hovertext}}: intercept %{{x:.4g}}, {esc(y)} %{{y:.4g}}<extra>partial pooling</extra>"))
+    if truth is not None:
+        _add_truth_points(fig, truth, part, "intercept", y, s)
     named = [g for g in both if g in strong]
     if named:
         # Left of the average the label goes left, right of it right: outward, off the arrows.
@@ -568,10 +589,35 @@ def _label_lonely(fig: go.Figure, part: pd.DataFrame, lonely: list, others: pd.D
             bordercolor=colour, borderwidth=1, borderpad=3, name="lonely group")
 
 
-def shrinkage_1d(estimates, lecture: bool) -> go.Figure:
+def _add_truth_points(fig: go.Figure, truth: pd.DataFrame, part: pd.DataFrame, xcol: str, ycol,
+                      s: dict) -> None:
+    """The true values (simulated data) as stars, each tied to its partial-pooling estimate.
+
+    ``ycol`` None: a 1-D plot whose y is each group's row label (``part["label"]``)."""
+    groups = [g for g in part.index if g in truth.index]
+    xs, ys = [], []
+    for g in groups:
+        py = part.loc[g, ycol] if ycol else part.loc[g, "label"]
+        ty = truth.loc[g, ycol] if ycol else part.loc[g, "label"]
+        xs += [part.loc[g, xcol], truth.loc[g, xcol], None]
+        ys += [py, ty, None]
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", showlegend=False, hoverinfo="skip",
+                             meta={"method": "truth_miss"},
+                             line={"color": TRUTH["colour"], "width": 1, "dash": "dot"}))
+    fig.add_trace(go.Scatter(
+        x=truth.loc[groups, xcol], y=truth.loc[groups, ycol] if ycol else [part.loc[g, "label"] for g in groups],
+        mode="markers", name=TRUTH["label"], meta={"method": "truth"},
+        customdata=np.array(groups, dtype=object).reshape(-1, 1), hovertext=[esc(g) for g in groups],
+        marker={"symbol": TRUTH["symbol"], "size": s["marker"] + 4, "color": TRUTH["colour"],
+                "line": {"width": 1, "color": "white"}},
+        hovertemplate="%{hovertext}: %{x:.4g}" + (", %{y:.4g}" if ycol else "") + "<extra>truth</extra>"))
+
+
+def shrinkage_1d(estimates, lecture: bool, truth: pd.DataFrame | None = None) -> go.Figure:
     """One-coefficient shrinkage: each group's no-pooling estimate of the coefficient that
     varies by group to its partial-pooling estimate, arrows toward the fixed effect; rows
-    labelled with the group size."""
+    labelled with the group size.  ``truth`` (simulated data) adds each group's true value
+    as a star."""
     s = sizes(lecture)
     column = "slope" if estimates.varying == ("slope",) else "intercept"
     grand, group = float(estimates.fixef[column]), estimates.group
@@ -596,6 +642,8 @@ def shrinkage_1d(estimates, lecture: bool) -> go.Figure:
         customdata=np.array(order, dtype=object).reshape(-1, 1), meta={"method": "partial"},
         marker={"symbol": pst["symbol"], "size": s["marker"] + 4, "color": pst["colour"]},
         hovertemplate="%{y}: %{x:.4g}<extra>partial pooling</extra>"))
+    if truth is not None:
+        _add_truth_points(fig, truth, part.assign(label=[labels[g] for g in part.index]), column, None, s)
     fig.add_vline(x=grand, line={"color": FIXED["colour"], "width": s["line"] / 1.5})
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"fixed effect (average {column})",
                              line={"color": FIXED["colour"], "width": s["line"] / 1.5}))
@@ -692,6 +740,84 @@ def caterpillar_plot(table: pd.DataFrame, group: str, lecture: bool) -> go.Figur
     # Final heights in pixels; _layout scales by the lecture factor, so divide it out.
     final = 160 + (30 if lecture else 20) * n if named else (760 if lecture else 640)
     return _layout(fig, lecture, height=round(final / s["height"]))
+
+
+# ------------------------------------------------------------------ simulation
+
+
+def rmse_distribution(runs: pd.DataFrame, column: str, reference: dict | None, lecture: bool) -> go.Figure:
+    """Each method's RMSE over repeated simulations (``lmmcore.repeat_pooling_error``): one
+    strip of runs per method, with a box, and dashed lines at the theory's reference values."""
+    s = sizes(lecture)
+    fig = go.Figure()
+    for method, style in METHODS.items():
+        v = runs.loc[runs["method"] == method, column].astype(float)
+        fig.add_trace(go.Box(
+            x=v, name=style["label"], orientation="h", boxpoints="all", jitter=0.5, pointpos=0,
+            meta={"method": method}, marker={"color": style["colour"], "size": max(3, s["data_marker"] - 2),
+                                             "opacity": 0.55, "symbol": style["symbol"]},
+            line={"color": style["colour"], "width": s["line"] / 1.5}, fillcolor="rgba(0,0,0,0)",
+            hovertemplate=f"{style['label']}: RMSE %{{x:.4g}}<extra></extra>"))
+    # The reference values often lie close together: their labels go on separate lines above.
+    line_px = s["font"] + 8
+    for i, (method, (value, text)) in enumerate((reference or {}).items()):
+        fig.add_vline(x=value, line={"color": METHODS[method]["colour"], "dash": "dash", "width": s["line"] / 1.3})
+        fig.add_annotation(x=value, y=1.0, yref="paper", yshift=4 + i * line_px, text=esc(text), showarrow=False,
+                           yanchor="bottom", xanchor="left",
+                           font={"size": max(10, s["font"] - 3), "color": METHODS[method]["colour"]})
+    fig.update_xaxes(title_text=f"RMSE of the group {column}s against the truth (one point per run)",
+                     showgrid=True, rangemode="tozero")
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(showlegend=False)
+    _layout(fig, lecture, height=330 + 30 * len(reference or {}))
+    fig.update_layout(margin={"t": 20 + line_px * (len(reference or {}) + 1)})
+    return fig
+
+
+def cv_errors(table: pd.DataFrame, lecture: bool) -> go.Figure:
+    """Prediction RMSE by method (``lmmcore.cross_validate``), a bar each, n in the label."""
+    s = sizes(lecture)
+    fig = go.Figure()
+    for method in table.index:
+        style = METHODS[method]
+        row = table.loc[method]
+        fig.add_trace(go.Bar(
+            x=[float(row["rmse"])], y=[style["label"]], orientation="h", name=style["label"],
+            meta={"method": method}, marker={"color": style["colour"]},
+            text=[f"{float(row['rmse']):.4g} (n={int(row['n'])})"], textposition="auto",
+            hovertemplate=f"{style['label']}: RMSE %{{x:.4g}}<extra></extra>"))
+    fig.update_xaxes(title_text="prediction RMSE on held-out data (lower is better)", showgrid=True,
+                     rangemode="tozero")
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(showlegend=False, uniformtext={"minsize": max(10, s["font"] - 4), "mode": "hide"})
+    return _layout(fig, lecture, height=90 + 60 * len(table))
+
+
+def simulated_copies(panels: dict, group: str, response: str, lecture: bool) -> go.Figure:
+    """The observed response beside copies simulated from the fit (``MixedFit.simulate``):
+    one panel each, the values of every group as a strip, so a difference in spread or
+    shape between the data and the copies stands out.  ``panels``: title -> (groups, values)."""
+    s = sizes(lecture)
+    names = list(panels)
+    ncols = 2
+    nrows = math.ceil(len(names) / ncols)
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=[esc(n) for n in names], shared_yaxes=True,
+                        shared_xaxes=True, vertical_spacing=0.12, horizontal_spacing=0.04)
+    for i, name in enumerate(names):
+        groups, values = panels[name]
+        observed = i == 0
+        fig.add_trace(go.Box(
+            x=[esc(g) for g in groups], y=values, boxpoints="all", jitter=0.4, pointpos=0, showlegend=False,
+            meta={"panel": name}, line={"color": DATA_COLOUR if observed else OKABE_ITO["blue"], "width": 1},
+            fillcolor="rgba(0,0,0,0)",
+            marker={"color": DATA_COLOUR if observed else OKABE_ITO["blue"], "size": max(3, s["data_marker"] - 2),
+                    "opacity": 0.7},
+            hovertemplate="%{x}: %{y:.4g}<extra></extra>"), row=i // ncols + 1, col=i % ncols + 1)
+    for r in range(1, nrows + 1):
+        fig.update_yaxes(title_text=esc(response), row=r, col=1)
+    fig.update_xaxes(title_text=esc(group), row=nrows)
+    fig.update_yaxes(showgrid=True)
+    return _layout(fig, lecture, height=120 + 260 * nrows)
 
 
 # ------------------------------------------------------------------ the lecture's two-condition pictures

@@ -51,6 +51,7 @@ PAGES: tuple[PageEntry, ...] = (
     PageEntry("model", "Model builder", ":material/functions:", "model"),
     PageEntry("pooling", "Pooling comparison", ":material/stacked_line_chart:", "pool"),
     PageEntry("shrinkage", "Shrinkage", ":material/compress:", "shrink"),
+    PageEntry("simulate", "Simulate", ":material/casino:", "simulate"),
 )
 
 # The root URL shows the first page.  Streamlit serves its default page at the root only,

@@ -142,6 +142,66 @@ SHRINK_HIGHLIGHT_FOR = "shrink.highlight_for"  # the (table, columns) that selec
 SHRINK_CHART = "shrink.chart"
 SHRINK_CONTRAST = "shrink.contrast"  # a factor of 3+ levels: the condition effect on the 2-D plot's y axis
 
+# simulate: the Simulate page (one slider per lmmcore.simulate_scenario setting, SIM_SETTING_KEYS)
+SIM_N_GROUPS = "simulate.n_groups"
+SIM_N_PER_GROUP = "simulate.n_per_group"
+SIM_IMBALANCE = "simulate.imbalance"
+SIM_INTERCEPT = "simulate.intercept"
+SIM_SLOPE = "simulate.slope"
+SIM_SD_INTERCEPT = "simulate.sd_intercept"
+SIM_SD_SLOPE = "simulate.sd_slope"
+SIM_CORR = "simulate.corr"
+SIM_SIGMA = "simulate.sigma"
+SIM_CENTRE_X = "simulate.centre_x"
+SIM_PRESET = "simulate.preset"        # "none" or a key of lmmcore.simulate.PRESETS
+SIM_SEED = "simulate.seed"
+SIM_RANDOM = "simulate.random"        # "intercept+slope" or "intercept": the fitted models
+SIM_SECTION = "simulate.section"      # the open tab (only that tab runs)
+SIM_SHRINKAGE_CHART = "simulate.shrinkage"
+SIM_PANELS_OPEN = "simulate.panels_open"  # the per-group panels' expander is open (its content runs)
+SIM_PANELS_CHART = "simulate.panels"
+SIM_DOWNLOAD = "simulate.download"
+SIM_REPEAT_RUN = "simulate.repeat_button"
+SIM_REPEATS = "simulate.repeats"      # (settings signature, runs table) of the last "Repeat 200 times"
+SIM_REPEAT_CHART = "simulate.repeat_chart"
+SIM_COPIES_SEED = "simulate.copies_seed"  # "Simulate from this fit" (this page and the model page): the draw shown
+SIM_COPIES_OPEN = "simulate.copies_open"  # its expander is open on this page (its content runs)
+SIM_COPIES_NEW = "simulate.copies_new"    # its "New copies" button
+SIM_COPIES_CHART = "simulate.copies_chart"
+SIM_CV_RESPONSE = "simulate.cv_response"
+SIM_CV_PREDICTOR = "simulate.cv_predictor"
+SIM_CV_GROUP = "simulate.cv_group"
+SIM_CV_RANDOM = "simulate.cv_random"
+SIM_CV_SCHEME = "simulate.cv_scheme"
+SIM_CV_K = "simulate.cv_k"
+SIM_CV_FRACTION = "simulate.cv_fraction"
+SIM_CV_SPLITS = "simulate.cv_splits"
+SIM_CV_SEED = "simulate.cv_seed"
+SIM_CV_RUN = "simulate.cv_run"
+SIM_CV_RESULT = "simulate.cv_result"  # (choices signature, cross_validate table) of the last run
+SIM_CV_CHART = "simulate.cv_chart"
+SIM_POWER_SUBJECTS = "simulate.power_subjects"  # the Power tab's sliders (SIM_POWER_KEYS)
+SIM_POWER_TRIALS = "simulate.power_trials"
+SIM_POWER_EFFECT = "simulate.power_effect"
+SIM_POWER_SD_SUBJECT = "simulate.power_sd_subject"
+SIM_POWER_SIGMA = "simulate.power_sigma"
+SIM_POWER_SIMS = "simulate.power_sims"
+SIM_POWER_RUN = "simulate.power_run"
+SIM_POWER_RESULT = "simulate.power_result"  # (settings signature, simulate_power table) of the last run
+SIM_POWER_KEYS = {
+    "n_subjects": SIM_POWER_SUBJECTS, "n_trials": SIM_POWER_TRIALS, "effect": SIM_POWER_EFFECT,
+    "sd_subject": SIM_POWER_SD_SUBJECT, "sigma": SIM_POWER_SIGMA, "n_sims": SIM_POWER_SIMS,
+}
+SIM_SETTING_KEYS = {
+    "n_groups": SIM_N_GROUPS, "n_per_group": SIM_N_PER_GROUP, "imbalance": SIM_IMBALANCE,
+    "intercept": SIM_INTERCEPT, "slope": SIM_SLOPE, "sd_intercept": SIM_SD_INTERCEPT, "sd_slope": SIM_SD_SLOPE,
+    "corr": SIM_CORR, "sigma": SIM_SIGMA, "centre_x": SIM_CENTRE_X,
+}
+# ... "Simulate from this fit" on the model page's Plots tab
+MODEL_COPIES_OPEN = "model.copies_open"
+MODEL_COPIES_NEW = "model.copies_new"
+MODEL_CHART_COPIES = "model.chart_copies"
+
 NO_PREDICTOR = "(none: intercept only)"
 
 # DATA_KEY too: the sidebar draws it every run, but the rerun of a page's st.switch_page
@@ -152,6 +212,9 @@ PERSISTENT = (
     POOL_SELECTED, POOL_SORT, POOL_PAGE, APP_IMAGE_FORMAT, MODEL_COMPARE, MODEL_SAVE_KIND,
     MODEL_SECTION, MODEL_RANEF_GROUP, MODEL_CAT_GROUP, MODEL_BUILDER_OPEN, SHRINK_HIGHLIGHT,
     MODEL_DDF,
+    *SIM_SETTING_KEYS.values(), SIM_PRESET, SIM_SEED, SIM_RANDOM, SIM_SECTION, SIM_CV_RESPONSE,
+    SIM_CV_PREDICTOR, SIM_CV_GROUP, SIM_CV_RANDOM, SIM_CV_SCHEME, SIM_CV_K, SIM_CV_FRACTION, SIM_CV_SPLITS,
+    SIM_CV_SEED, SIM_COPIES_OPEN, MODEL_COPIES_OPEN, SIM_PANELS_OPEN, *SIM_POWER_KEYS.values(),
 )
 
 
@@ -204,10 +267,27 @@ def init() -> None:
             # Only the first 2,000 characters: a link is not the place for a huge formula,
             # and lmmcore checks the rest.
             ss[MODEL_FORMULA] = str(query["formula"])[:2000]
+        ss.update(simulation_defaults())
         ss[APP_READY] = True
     for k in PERSISTENT:
         if k in ss:
             ss[k] = ss[k]
+
+
+def simulation_defaults(preset: str | None = None) -> dict:
+    """The Simulate page's sliders at lmmcore's defaults, or at a preset's settings."""
+    from lmmcore.simulate import DEFAULT_SETTINGS, PRESETS
+
+    settings = PRESETS[preset].settings if preset in PRESETS else DEFAULT_SETTINGS
+    values = {SIM_SETTING_KEYS[k]: v for k, v in settings.items()}
+    if preset is None:
+        # Seed 2: the first draw a student sees shows what happens on average (partial pooling
+        # closest to the truth); seed 1 is a draw where no pooling wins the intercepts.
+        values.update({SIM_PRESET: "none", SIM_SEED: 2, SIM_RANDOM: "intercept+slope", SIM_CV_SCHEME: "loo",
+                       SIM_CV_K: 10, SIM_CV_FRACTION: 0.2, SIM_CV_SPLITS: 50, SIM_CV_SEED: 1,
+                       SIM_COPIES_SEED: 1, SIM_POWER_SUBJECTS: 20, SIM_POWER_TRIALS: 1, SIM_POWER_EFFECT: 0.5,
+                       SIM_POWER_SD_SUBJECT: 1.0, SIM_POWER_SIGMA: 1.0, SIM_POWER_SIMS: 200})
+    return values
 
 
 def reset_for_dataset(key: str, guessed: dict | None = None) -> None:

@@ -22,6 +22,10 @@ Public API (tests, pages and tools rely on these names):
 - ``pooling_estimates(data, response, predictor, group) -> PoolingEstimates`` (the mixed fit,
   formulas, per-method table, group sizes, shrinkage; a factor predictor's condition effects
   and condition means); ``shrinkage_sd``, ``re_contours``
+- ``simulate_groups``, ``simulate_scenario``, ``pooling_error``, ``repeat_pooling_error``,
+  ``known_variance_rmse``: simulated groups with the truth known; ``cross_validate``;
+  ``simulate_power`` (lmer Satterthwaite test vs paired t-test over simulated studies);
+  ``MixedFit.simulate(nsim, seed)`` draws new responses from a fit (lme4's ``simulate``)
 - ``model_equation(fit) -> ModelEquation``: the model as the lecture writes it (LaTeX lines,
   symbols with estimates, parameter count = anova's ``npar``)
 - ``compare_lm(compact, augmented)`` (R's ``anova(lm_c, lm_a)`` F test and PRE; printed by
@@ -43,6 +47,8 @@ __all__ = [
     "lmer", "MixedFit", "glmer", "GlmmFit", "suggest_family", "lm", "LinearFit", "anova",
     "format_anova", "r2",
     "pooling_estimates", "PoolingEstimates", "shrinkage_sd", "re_contours", "load_table",
+    "simulate_groups", "simulate_scenario", "pooling_error", "repeat_pooling_error",
+    "known_variance_rmse", "cross_validate", "simulate_power",
     "model_equation", "compare_lm", "format_lm_comparison", "information_criteria",
 ]
 
@@ -67,6 +73,13 @@ _PUBLIC = {
     "shrinkage_sd": "lmmcore.pooling",
     "re_contours": "lmmcore.pooling",
     "load_table": "lmmcore.io",
+    "simulate_groups": "lmmcore.simulate",
+    "simulate_scenario": "lmmcore.simulate",
+    "pooling_error": "lmmcore.simulate",
+    "repeat_pooling_error": "lmmcore.simulate",
+    "known_variance_rmse": "lmmcore.simulate",
+    "cross_validate": "lmmcore.crossval",
+    "simulate_power": "lmmcore.power",
     "model_equation": "lmmcore.equation",
     "compare_lm": "lmmcore.compare",
     "format_lm_comparison": "lmmcore.printing",

@@ -412,6 +412,50 @@ class MixedFit:
             return self
         return fit_design(self.design, reml=reml, data_name=self.data_name)
 
+    def simulate(self, nsim: int = 1, seed=None) -> pd.DataFrame:
+        """New responses drawn from the fitted model, as lme4's ``simulate(fit, nsim, seed)``.
+
+        Each copy draws new random effects ``b ~ N(0, Sigma-hat)`` for every level and new
+        residuals ``N(0, sigma-hat^2)`` on the fitted rows (lme4's default ``use.u = FALSE``,
+        ``re.form = NA``): data the fitted model says could have been observed instead.
+
+        Parameters
+        ----------
+        nsim : int
+            Number of copies, 1 to 10,000 (and at most 20 million values in all).
+        seed : int or numpy.random.Generator, optional
+            Reproduces the draw (numpy's generator: not R's numbers for the same seed).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``sim_1`` ... ``sim_<nsim>`` (lme4's names), one row per observation
+            used in the fit, indexed like :attr:`fitted`.
+        """
+        from lmmcore.errors import LmmError
+
+        try:
+            k = int(nsim)
+            ok = not isinstance(nsim, bool) and k == nsim
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok or not 1 <= k <= 10_000 or k * self.nobs > 20_000_000:
+            raise LmmError(f"nsim must be a whole number from 1 to 10,000 with nsim x rows at most "
+                           f"20 million (got {nsim!r} for {self.nobs:,} rows).")
+        rng = np.random.default_rng(seed)
+        d = self.design
+        sigma = self._sol.sigma
+        y = np.repeat((np.asarray(d.X, float) @ self._sol.beta)[:, None], k, axis=1)
+        for i, t in enumerate(d.random_terms):
+            # b = sigma * Lambda_theta u, u standard normal (lme4's relative covariance factor)
+            T = self._cp.layouts[i].template(self._sol.theta)
+            u = rng.standard_normal((k, t.n_levels, t.n_columns))
+            b = sigma * u @ T.T
+            Z = np.asarray(t.Z_raw, float)
+            y += np.einsum("nc,snc->ns", Z, b[:, np.asarray(t.codes), :])
+        y += sigma * rng.standard_normal(y.shape)
+        return pd.DataFrame(y, index=d.row_index, columns=[f"sim_{j + 1}" for j in range(k)])
+
     # -- tests with denominator df (lmerTest, pbkrtest; lmmcore.inference) ---------
     def coef_table(self, ddf: str = "satterthwaite") -> pd.DataFrame:
         """lmerTest's ``summary(fit, ddf=...)$coefficients``.
