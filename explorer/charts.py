@@ -47,7 +47,8 @@ def method_styles(family: str = "gaussian") -> dict:
     """:data:`METHODS`, labelled glm and glmer for a binomial or Poisson family."""
     if family == "gaussian":
         return METHODS
-    return {m: {**st, "label": st["label"].replace("lmer", "glmer").replace("lm", "glm")}
+    import re
+    return {m: {**st, "label": re.sub(r"\b(lmer|lm)\b", r"g\1", st["label"])}
             for m, st in METHODS.items()}
 
 
@@ -297,7 +298,7 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
                         meta={"method": method, "group": str(g), "separation": True},
                         marker={"symbol": "triangle-right", "size": s["marker"] + 4, "color": style["colour"]},
                         hovertemplate=esc(text) + "<extra></extra>"), row=r, col=c)
-                    text = f"no {method}-pooling line: separation (see the note below)"
+                    text = "no own line: separation"
                 fig.add_annotation(text=esc(text),
                                    xref="x domain", yref="y domain", x=0.02, y=0.02, showarrow=False,
                                    xanchor="left", yanchor="bottom", row=r, col=c,
@@ -306,8 +307,9 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
                     continue
             hover = ("%{customdata[0]}: mean %{customdata[1]:.4g}" if estimates.is_factor
                      else "intercept %{customdata[0]:.4g}, slope %{customdata[1]:.4g}")
-            fig.add_trace(go.Scatter(
-                x=xs, y=ys, mode="lines+markers", name=style["label"], legendgroup=method,
+            fig.add_trace(go.Scatter(  # a curve (inverse link): markers at every point would crowd it
+                x=xs, y=ys, mode="lines+markers" if len(xs) <= len(estimates.levels or ()) + 2 else "lines",
+                name=style["label"], legendgroup=method,
                 showlegend=method not in shown, customdata=custom,
                 meta={"method": method, "group": str(g)},
                 line={"color": style["colour"], "dash": style["dash"], "width": s["line"]},
