@@ -491,7 +491,7 @@ def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highli
                            arrowwidth=max(1.0, s["line"] / (2.4 if faint(g) else 1.6)),
                            arrowcolor="#d4d4d4" if faint(g) else "#555555" if strong else "#888888",
                            standoff=s["marker"] / 2)
-    nost = METHODS["no"]
+    nost = method_styles(getattr(estimates, "family", "gaussian"))["no"]
     fig.add_trace(go.Scatter(
         x=no.loc[both, "intercept"], y=no.loc[both, "slope"], mode="markers", name=nost["label"],
         text=[esc(g) for g in both], customdata=np.array(both, dtype=object).reshape(-1, 1),
@@ -499,7 +499,7 @@ def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highli
         marker={"symbol": nost["symbol"], "size": s["marker"], "color": nost["colour"],
                 "opacity": [0.25 if faint(g) else 1.0 for g in both]},
         hovertemplate=f"%{{text}}: intercept %{{x:.4g}}, {esc(y)} %{{y:.4g}}<extra>no pooling</extra>"))
-    pst = METHODS["partial"]
+    pst = method_styles(getattr(estimates, "family", "gaussian"))["partial"]
     fig.add_trace(go.Scatter(
         x=part["intercept"], y=part["slope"], mode="markers", name=pst["label"],
         customdata=np.array(list(part.index), dtype=object).reshape(-1, 1), meta={"method": "partial"},
@@ -633,7 +633,7 @@ def shrinkage_1d(estimates, lecture: bool, truth: pd.DataFrame | None = None) ->
                            ay=labels[g], xref="x", yref="y", axref="x", ayref="y", text="",
                            showarrow=True, arrowhead=2, arrowwidth=max(1.0, s["line"] / 1.6),
                            arrowcolor="#888888", standoff=s["marker"] / 2)
-    nost, pst = METHODS["no"], METHODS["partial"]
+    nost, pst = (method_styles(getattr(estimates, "family", "gaussian"))[m] for m in ("no", "partial"))
     fig.add_trace(go.Scatter(
         x=no.loc[fin, column], y=[labels[g] for g in fin], mode="markers", name=nost["label"],
         customdata=np.array(fin, dtype=object).reshape(-1, 1), meta={"method": "no"},
