@@ -21,7 +21,7 @@ from explorer.escape import md
 from explorer.pages import by_name
 from explorer.tables import table as show_table
 from explorer.fitting import guard
-from explorer.pooling_ui import chosen_estimates, model_line
+from explorer.pooling_ui import chosen_estimates, link_scale_switch, model_line
 
 SORTS = {"name": "group name", "fewest": "fewest observations first",
          "shrinkage": "largest change, no → partial pooling"}
@@ -125,17 +125,18 @@ def render() -> None:
         first, second = st.container(), st.container()
         with second if lecture else first:
             _view_controls(est, few, pages)
+            link_scale = link_scale_switch(est)
         ncols = 3 if lecture else 4
         if est.predictor is not None:
             def build():
-                return charts.pooling_panels(data.df, est, view, few, lecture, ncols=ncols)
+                return charts.pooling_panels(data.df, est, view, few, lecture, ncols=ncols, link_scale=link_scale)
         else:
             def build():
-                return charts.pooling_means(data.df, est, view, few, lecture)
+                return charts.pooling_means(data.df, est, view, few, lecture, link_scale=link_scale)
         with first if lecture else second:
             # Cached per table, choice of columns and groups shown: a rerun does not redraw it.
             charts.show_cached(("pooling", data.digest, est.response, est.predictor, est.group, est.random,
-                                est.levels, tuple(view), lecture, ncols), build, S.POOL_CHART,
+                                est.levels, tuple(view), lecture, ncols, est.family, link_scale), build, S.POOL_CHART,
                                "pooling_comparison")
         where = f"Page {page} of {pages}: " if pages > 1 else ""
         what = "condition means" if est.is_factor else "line"

@@ -89,7 +89,7 @@ def render() -> None:
         if est is None:
             return
         # The figures are cached on the table and the columns chosen (and lecture mode).
-        chosen_key = (data.digest, est.response, est.predictor, est.group, est.random, est.levels, lecture)
+        chosen_key = (data.digest, est.response, est.predictor, est.group, est.random, est.levels, est.family, lecture)
         # Lecture mode: the chart straight after the pickers, everything else below it.
         left, right = st.columns([2, 1]) if not lecture else (st.container(), st.container())
         with left:

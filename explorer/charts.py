@@ -41,6 +41,17 @@ METHODS = {
     "partial": {"label": "partial pooling (lmer)", "colour": OKABE_ITO["vermillion"],
                 "dash": "solid", "symbol": "diamond"},
 }
+
+
+def method_styles(family: str = "gaussian") -> dict:
+    """:data:`METHODS`, labelled glm and glmer for a binomial or Poisson family."""
+    if family == "gaussian":
+        return METHODS
+    import re
+    return {m: {**st, "label": re.sub(r"\b(lmer|lm)\b", r"g\1", st["label"])}
+            for m, st in METHODS.items()}
+
+
 FIXED = {"label": "fixed effects (partial pooling average)", "colour": OKABE_ITO["black"],
          "symbol": "x"}
 # Simulated data only: the groups' true values (drawn in black, a star: none of the methods).
@@ -151,14 +162,33 @@ def _line(a: float, b: float, x0: float, x1: float) -> tuple[list, list]:
 METHOD_OFFSET, DATA_SPREAD = 0.07, 0.16
 
 
-def _method_curves(estimates, methods, x0: float, x1: float) -> dict:
+# A glmer's line on the data's scale (probability, count) is a curve: drawn through this many points.
+CURVE_POINTS = 41
+
+
+def link_names(estimates) -> tuple[str, str]:
+    """A non-Gaussian family's (data-scale, link-scale) axis titles for the response."""
+    r = estimates.response
+    if estimates.family == "binomial":
+        return f"P({r} = 1)", f"log-odds of {r} = 1"
+    return f"expected {r}", f"log of expected {r}"
+
+
+def _method_curves(estimates, methods, x0: float, x1: float, link_scale: bool = True) -> dict:
     """What each method draws in each group's panel: {method: {group: (xs, ys, customdata)}}.
 
     A numeric predictor: the method's line over the predictor's range, ``customdata``
     its (intercept, slope).  A factor: the group's mean in each condition
     (``condition_means``), at the conditions' positions shifted by the method's offset,
     ``customdata`` (condition, mean).  NaN where the method gives the group no estimate.
+    A glm/glmer's estimates (link scale) with ``link_scale`` False: the line through the
+    inverse link (a curve of :data:`CURVE_POINTS`), ``customdata`` still the link-scale
+    coefficients.
     """
+    inverse = None
+    if getattr(estimates, "family", "gaussian") != "gaussian" and not link_scale:
+        from lmmcore.glmm import Family
+        inverse = Family(estimates.family).linkinv
     out = {}
     for k, method in enumerate(methods):
         rows = estimates.method(method)
@@ -172,14 +202,19 @@ def _method_curves(estimates, methods, x0: float, x1: float) -> dict:
         out[method] = {}
         for g in rows.index:
             a, b = float(rows.at[g, "intercept"]), float(rows.at[g, "slope"])
-            xs, ys = _line(a, b, x0, x1)
-            out[method][g] = (xs, ys, [[a, b, g], [a, b, g]])
+            if inverse is None:
+                xs, ys = _line(a, b, x0, x1)
+            else:
+                xs = np.linspace(x0, x1, CURVE_POINTS)
+                ys = inverse(a + b * xs) if np.isfinite([a, b]).all() else np.full(CURVE_POINTS, np.nan)
+                xs, ys = xs.tolist(), ys.tolist()
+            out[method][g] = (xs, ys, [[a, b, g]] * len(xs))
     return out
 
 
 def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, lecture: bool,
                    ncols: int = 4, styles: dict | None = None,
-                   truth: pd.DataFrame | None = None) -> go.Figure:
+                   truth: pd.DataFrame | None = None, link_scale: bool = False) -> go.Figure:
     """A panel per group: its data and each method's line (a numeric predictor) or
     condition means joined by a line (a factor).
 
@@ -190,9 +225,15 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
     without a style is not drawn, so another kind of estimate (a simulation's truth) is
     drawn by adding its style.  ``truth`` (simulated data: intercept and slope by
     group, ``lmmcore.simulate_groups``) adds each group's true line.
+
+    Binary or count data (``estimates.family`` not ``"gaussian"``): by default each line
+    is drawn through the inverse link over the data (probability or count scale);
+    ``link_scale`` True draws the estimates' own straight lines on the logit/log scale,
+    without the data (0 and 1 have no finite log-odds).
     """
     s = sizes(lecture)
-    styles = METHODS if styles is None else styles
+    glm = getattr(estimates, "family", "gaussian") != "gaussian"
+    styles = method_styles(getattr(estimates, "family", "gaussian")) if styles is None else styles
     response, predictor, group = estimates.response, estimates.predictor, estimates.group
     counts = estimates.n
     methods = [m for m in styles if m in estimates.methods]
@@ -220,18 +261,19 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
     else:
         x = pd.to_numeric(data[predictor], errors="coerce")
         x0, x1 = float(np.nanmin(x)), float(np.nanmax(x))
-    curves = _method_curves(estimates, methods, x0, x1)
+    curves = _method_curves(estimates, methods, x0, x1, link_scale)
     gcol = data[group].astype(str)
     shown = set()
     for i, g in enumerate(groups):
         r, c = i // ncols + 1, i % ncols + 1
         mask = gcol == str(g)
-        fig.add_trace(go.Scatter(
-            x=x[mask], y=data.loc[mask, response], mode="markers", name="data",
-            legendgroup="data", showlegend="data" not in shown,
-            marker={"color": DATA_COLOUR, "size": s["data_marker"], "opacity": 0.75},
-            hovertemplate=f"{esc(group)} {esc(g)}<br>%{{x}}, %{{y}}<extra></extra>"), row=r, col=c)
-        shown.add("data")
+        if not (glm and link_scale):
+            fig.add_trace(go.Scatter(
+                x=x[mask], y=data.loc[mask, response], mode="markers", name="data",
+                legendgroup="data", showlegend="data" not in shown,
+                marker={"color": DATA_COLOUR, "size": s["data_marker"], "opacity": 0.75},
+                hovertemplate=f"{esc(group)} {esc(g)}<br>%{{x}}, %{{y}}<extra></extra>"), row=r, col=c)
+            shown.add("data")
         for method in methods:
             style = styles[method]
             if str(g) not in curves[method]:
@@ -245,6 +287,18 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
                     note = estimates.method(method).at[str(g), "note"]
                     note = note if isinstance(note, str) else ""
                     text = f"no {method}-pooling line" + (f": {note}" if note else "")
+                if glm and not estimates.is_factor and not link_scale:
+                    # Separation: the group's own estimate is infinite.  A marker at the
+                    # panel's edge the data push it to (all 1: the top; all 0: the bottom),
+                    # its hover giving the note, never a huge number.
+                    edge = float(pd.to_numeric(data.loc[mask, response], errors="coerce").mean() >= 0.5)
+                    fig.add_trace(go.Scatter(
+                        x=[x0], y=[edge if estimates.family == "binomial" else 0.0],
+                        mode="markers", showlegend=False, cliponaxis=False,
+                        meta={"method": method, "group": str(g), "separation": True},
+                        marker={"symbol": "triangle-right", "size": s["marker"] + 4, "color": style["colour"]},
+                        hovertemplate=esc(text) + "<extra></extra>"), row=r, col=c)
+                    text = "no own line: separation"
                 fig.add_annotation(text=esc(text),
                                    xref="x domain", yref="y domain", x=0.02, y=0.02, showarrow=False,
                                    xanchor="left", yanchor="bottom", row=r, col=c,
@@ -253,8 +307,9 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
                     continue
             hover = ("%{customdata[0]}: mean %{customdata[1]:.4g}" if estimates.is_factor
                      else "intercept %{customdata[0]:.4g}, slope %{customdata[1]:.4g}")
-            fig.add_trace(go.Scatter(
-                x=xs, y=ys, mode="lines+markers", name=style["label"], legendgroup=method,
+            fig.add_trace(go.Scatter(  # a curve (inverse link): markers at every point would crowd it
+                x=xs, y=ys, mode="lines+markers" if len(xs) <= len(estimates.levels or ()) + 2 else "lines",
+                name=style["label"], legendgroup=method,
                 showlegend=method not in shown, customdata=custom,
                 meta={"method": method, "group": str(g)},
                 line={"color": style["colour"], "dash": style["dash"], "width": s["line"]},
@@ -282,8 +337,9 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
     fig.update_yaxes(title_text=None, showgrid=True)
     for c in range(1, ncols + 1):
         fig.update_xaxes(title_text=esc(predictor), row=nrows, col=c)
+    ytitle = link_names(estimates)[1 if link_scale else 0] if glm else response
     for r in range(1, nrows + 1):
-        fig.update_yaxes(title_text=esc(response), row=r, col=1)
+        fig.update_yaxes(title_text=esc(ytitle), row=r, col=1)
     _layout(fig, lecture, height=height)
     return _legend_above_panel_titles(fig, lecture)
 
@@ -306,10 +362,22 @@ def _legend_above_panel_titles(fig: go.Figure, lecture: bool) -> go.Figure:
     return fig
 
 
-def pooling_means(data: pd.DataFrame, estimates, groups: list, few: pd.Series, lecture: bool) -> go.Figure:
+def pooling_means(data: pd.DataFrame, estimates, groups: list, few: pd.Series, lecture: bool,
+                  link_scale: bool = False) -> go.Figure:
     """Intercept-only pooling: per group its data, group mean (no pooling), lmer estimate
-    (partial pooling) and the grand mean (complete pooling), one row per group."""
+    (partial pooling) and the grand mean (complete pooling), one row per group.
+
+    Binary or count data: the link-scale intercepts through the inverse link (a
+    probability or an expected count) beside the data, or with ``link_scale`` the
+    intercepts themselves, without the data.  A group without its own estimate
+    (separation) gets a marker at the axis' edge whose hover gives the note.
+    """
     s = sizes(lecture)
+    glm = getattr(estimates, "family", "gaussian") != "gaussian"
+    inverse = (lambda v: v)
+    if glm and not link_scale:
+        from lmmcore.glmm import Family
+        inverse = Family(estimates.family).linkinv
     response, group = estimates.response, estimates.group
     counts = estimates.n
     fig = go.Figure()
@@ -319,11 +387,12 @@ def pooling_means(data: pd.DataFrame, estimates, groups: list, few: pd.Series, l
         count = int(counts.get(str(g), 0))
         labels[str(g)] = f"{esc(g)} (n={count}){' ▲' if bool(few.get(str(g), False)) else ''}"
     sub = data[gcol.isin([str(g) for g in groups])]
-    fig.add_trace(go.Scatter(
-        x=sub[response], y=[labels[str(v)] for v in sub[group].astype(str)], mode="markers",
-        name="data", marker={"color": DATA_COLOUR, "size": s["data_marker"], "opacity": 0.6},
-        hovertemplate="%{y}: %{x}<extra></extra>"))
-    for method, style in METHODS.items():
+    if not (glm and link_scale):
+        fig.add_trace(go.Scatter(
+            x=sub[response], y=[labels[str(v)] for v in sub[group].astype(str)], mode="markers",
+            name="data", marker={"color": DATA_COLOUR, "size": s["data_marker"], "opacity": 0.6},
+            hovertemplate="%{y}: %{x}<extra></extra>"))
+    for method, style in method_styles(getattr(estimates, "family", "gaussian")).items():
         if method not in estimates.methods:
             continue
         rows = estimates.method(method).reset_index()
@@ -331,21 +400,37 @@ def pooling_means(data: pd.DataFrame, estimates, groups: list, few: pd.Series, l
         if rows.empty:
             continue
         if method == "complete":
-            a = float(rows["intercept"].iloc[0])
+            a = float(inverse(np.asarray(float(rows["intercept"].iloc[0]))))
             fig.add_vline(x=a, line={"color": style["colour"], "dash": style["dash"], "width": s["line"]})
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=style["label"],
                                      line={"color": style["colour"], "dash": style["dash"], "width": s["line"]},
                                      customdata=[[a]], meta={"method": method}))
             continue
+        missing = rows[~np.isfinite(rows["intercept"].to_numpy(dtype=float))]
+        if glm and not missing.empty:
+            # Separation: no finite estimate; a marker at the axis' left edge, the note on hover.
+            notes = [n if isinstance(n, str) else "no estimate" for n in missing["note"]]
+            y_mean = pd.to_numeric(data[response], errors="coerce").groupby(gcol).mean()
+            edges = [float(y_mean.get(str(v), 0.0) >= 0.5) if estimates.family == "binomial" else 0.0
+                     for v in missing["group"].astype(str)]
+            fig.add_trace(go.Scatter(
+                x=edges, y=[labels[str(v)] for v in missing["group"].astype(str)],
+                mode="markers", name=f"{style['label']}: none (separation)", xaxis="x",
+                meta={"method": method, "separation": True}, cliponaxis=False,
+                text=[esc(n) for n in notes],
+                marker={"symbol": "triangle-left", "size": s["marker"] + 4, "color": style["colour"]},
+                hovertemplate="%{y}: %{text}<extra></extra>"))
+        x = inverse(rows["intercept"].to_numpy(dtype=float))
         fig.add_trace(go.Scatter(
-            x=rows["intercept"], y=[labels[str(v)] for v in rows["group"].astype(str)], mode="markers",
+            x=x, y=[labels[str(v)] for v in rows["group"].astype(str)], mode="markers",
             name=style["label"], customdata=rows[["intercept"]].to_numpy(), meta={"method": method},
             marker={"symbol": style["symbol"], "size": s["marker"] + 4, "color": style["colour"],
                     "line": {"width": 1, "color": "white"}},
             hovertemplate=f"{style['label']}<br>%{{y}}: %{{x:.4g}}<extra></extra>"))
     fig.update_yaxes(categoryorder="array", categoryarray=[labels[str(g)] for g in groups][::-1],
                      title_text=esc(group))
-    fig.update_xaxes(title_text=esc(response), showgrid=True)
+    xtitle = link_names(estimates)[1 if link_scale else 0] if glm else response
+    fig.update_xaxes(title_text=esc(xtitle), showgrid=True)
     return _layout(fig, lecture, height=140 + 34 * len(groups))
 
 
@@ -406,7 +491,7 @@ def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highli
                            arrowwidth=max(1.0, s["line"] / (2.4 if faint(g) else 1.6)),
                            arrowcolor="#d4d4d4" if faint(g) else "#555555" if strong else "#888888",
                            standoff=s["marker"] / 2)
-    nost = METHODS["no"]
+    nost = method_styles(getattr(estimates, "family", "gaussian"))["no"]
     fig.add_trace(go.Scatter(
         x=no.loc[both, "intercept"], y=no.loc[both, "slope"], mode="markers", name=nost["label"],
         text=[esc(g) for g in both], customdata=np.array(both, dtype=object).reshape(-1, 1),
@@ -414,7 +499,7 @@ def shrinkage_2d(estimates, contours: pd.DataFrame | None, lecture: bool, highli
         marker={"symbol": nost["symbol"], "size": s["marker"], "color": nost["colour"],
                 "opacity": [0.25 if faint(g) else 1.0 for g in both]},
         hovertemplate=f"%{{text}}: intercept %{{x:.4g}}, {esc(y)} %{{y:.4g}}<extra>no pooling</extra>"))
-    pst = METHODS["partial"]
+    pst = method_styles(getattr(estimates, "family", "gaussian"))["partial"]
     fig.add_trace(go.Scatter(
         x=part["intercept"], y=part["slope"], mode="markers", name=pst["label"],
         customdata=np.array(list(part.index), dtype=object).reshape(-1, 1), meta={"method": "partial"},
@@ -550,7 +635,7 @@ def shrinkage_1d(estimates, lecture: bool, truth: pd.DataFrame | None = None) ->
          "xref": "x", "yref": "y", "axref": "x", "ayref": "y", "text": "", "showarrow": True,
          "arrowhead": 2, "arrowwidth": max(1.0, s["line"] / 1.6), "arrowcolor": "#888888",
          "standoff": s["marker"] / 2} for g in fin])
-    nost, pst = METHODS["no"], METHODS["partial"]
+    nost, pst = (method_styles(getattr(estimates, "family", "gaussian"))[m] for m in ("no", "partial"))
     fig.add_trace(go.Scatter(
         x=no.loc[fin, column], y=[labels[g] for g in fin], mode="markers", name=nost["label"],
         customdata=np.array(fin, dtype=object).reshape(-1, 1), meta={"method": "no"},

@@ -33,6 +33,9 @@ class BuiltinDataset:
         Suggested lme4 formula.
     response, predictor, group : str or None
         Defaults for the pooling pages (``predictor`` None: intercept-only comparison).
+    family : str
+        Default family of the pooling pages: ``"gaussian"`` (lm, lmer), ``"binomial"``
+        or ``"poisson"`` (glm, glmer).
     """
 
     key: str
@@ -44,6 +47,7 @@ class BuiltinDataset:
     response: str
     predictor: str | None
     group: str
+    family: str = "gaussian"
 
     @property
     def path(self) -> Path:
@@ -94,6 +98,26 @@ _ALL = (
         "Weights of 50 chicks on 4 diets over 21 days, unbalanced (R datasets).",
         ("Chick", "Diet"), "weight ~ Time * Diet + (Time | Chick)",
         "weight", "Time", "Chick"),
+    BuiltinDataset(
+        "bdf", "bdf.csv", "bdf (repeated a grade, binary)",
+        "2,283 pupils in 131 Dutch schools: did a pupil repeat a grade (0/1), by socio-economic "
+        "status (nlme): a logistic mixed model.",
+        ("schoolNR", "minority"), "repeatgr ~ 1 + ses + minority + (1 | schoolNR)",
+        "repeatgr", "ses", "schoolNR", "binomial"),
+    BuiltinDataset(
+        "cbpp", "cbpp.csv", "cbpp (disease incidence, counts)",
+        "New cases of bovine pleuropneumonia out of the herd's size, 15 herds in 4 periods "
+        "(lme4). The pooling pages compare the counts (Poisson): a cbind(cases, non-cases) "
+        "response is for the Model builder.",
+        ("herd", "period"), "cbind(incidence, size - incidence) ~ period + (1 | herd)",
+        "incidence", None, "herd", "poisson"),
+    BuiltinDataset(
+        "grouseticks", "grouseticks.csv", "grouseticks (tick counts)",
+        "Ticks on 403 red grouse chicks by height of the site (centred, cHEIGHT), in 118 "
+        "broods at 63 locations (lme4): Poisson counts, crossed groupings.",
+        ("BROOD", "LOCATION", "YEAR", "INDEX"),
+        "TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)",
+        "TICKS", "cHEIGHT", "LOCATION", "poisson"),
 )
 
 CATALOGUE: dict[str, BuiltinDataset] = {d.key: d for d in _ALL}

@@ -115,10 +115,11 @@ def summary(kind: str, formula: str, data, reml: bool, fitted) -> str:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _pooling(digest: str, response: str, predictor, group: str, random: str, factor: bool,
-             reference: tuple, _df: pd.DataFrame) -> lmmcore.PoolingEstimates:
+             reference: tuple, family: str, _df: pd.DataFrame) -> lmmcore.PoolingEstimates:
     df = _df
     settings = load_settings()
-    kwargs = {"random": random, "factor": factor, "reference_levels": dict(reference) or None}
+    kwargs = {"random": random, "factor": factor, "reference_levels": dict(reference) or None,
+              "family": family}
     # One lm per group plus an lmer with one grouping factor (no crossed terms): its cost
     # grows with the rows, so the rows decide where it runs; the time limit holds either way.
     if len(df) >= settings.worker_min_rows:
@@ -128,18 +129,21 @@ def _pooling(digest: str, response: str, predictor, group: str, random: str, fac
                                 timeout=settings.fit_timeout_s, **kwargs)
 
 
-def pooling(data, response: str, predictor, group: str, random: str) -> lmmcore.PoolingEstimates:
+def pooling(data, response: str, predictor, group: str, random: str,
+            family: str = "gaussian") -> lmmcore.PoolingEstimates:
     """``lmmcore.pooling_estimates`` on the current table; cached (the estimates carry
     their mixed fit, so a page that needs it does not fit again).  A predictor the
-    student typed as categorical is a factor, with the reference level they chose."""
+    student typed as categorical is a factor, with the reference level they chose;
+    ``family`` "binomial" or "poisson": glm and glmer (estimates on the link scale)."""
     factor = predictor is not None and data.types.get(predictor) == "categorical"
     chosen = data.fit_kwargs()["reference_levels"] or {}
     reference = ((predictor, str(chosen[predictor])),) if factor and predictor in chosen else ()
-    return _pooling(data.digest, response, predictor, group, random, factor, reference, _df=data.df)
+    return _pooling(data.digest, response, predictor, group, random, factor, reference, family,
+                    _df=data.df)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _shrinkage_sd(digest: str, response: str, predictor, group: str, random: str, levels,
+def _shrinkage_sd(digest: str, response: str, predictor, group: str, random: str, levels, family: str,
                   _estimates: lmmcore.PoolingEstimates) -> pd.DataFrame:
     return lmmcore.shrinkage_sd(_estimates)
 
@@ -157,4 +161,4 @@ def shrinkage_sd(data, estimates: lmmcore.PoolingEstimates) -> pd.DataFrame:
     if data.key not in CATALOGUE:
         return lmmcore.shrinkage_sd(estimates)
     return _shrinkage_sd(data.digest, estimates.response, estimates.predictor, estimates.group,
-                         estimates.random, estimates.levels, _estimates=estimates)
+                         estimates.random, estimates.levels, estimates.family, _estimates=estimates)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+import lmmcore
 from lmmcore.formula_menu import RANDOM_LABELS
 from lmmcore.pooling import FACTOR_RANDOM_CHOICES, RANDOM_CHOICES, PoolingEstimates
 from explorer import state as S
@@ -15,9 +16,13 @@ from explorer.fitting import pooling
 # it is not offered as the predictor (its panels would be unreadable).
 MAX_FACTOR_LEVELS = 12
 
+# The pooling pages' families: lm and lmer, or glm and glmer (the model page's choice).
+FAMILIES = {"gaussian": "Gaussian (lm, lmer)", "binomial": "binomial (glm, glmer; logit)",
+            "poisson": "Poisson (glm, glmer; log)"}
+
 
 def controls(data) -> tuple | None:
-    """Response, predictor (None for intercept only), group and random part, from widgets.
+    """Response, predictor (None for intercept only), group, random part and family, from widgets.
 
     The predictor is a numeric column or a categorical one of 2 to
     :data:`MAX_FACTOR_LEVELS` levels (a factor: its condition effects are compared).
@@ -37,7 +42,7 @@ def controls(data) -> tuple | None:
     if ss.get(S.POOL_GROUP) not in groups:
         ss[S.POOL_GROUP] = groups[0]
     # The random part gets more room: "intercept and slope" must fit in lecture mode.
-    c1, c2, c3, c4 = st.columns([1, 1, 1, 1.3])
+    c1, c2, c3, c4, c5 = st.columns([1, 1, 1, 1.3, 1.3])
     response = c1.selectbox("Response", numeric, key=S.POOL_RESPONSE)
     factors = [c for c in data.categorical
                if c != ss[S.POOL_GROUP] and 2 <= df[c].nunique() <= MAX_FACTOR_LEVELS]
@@ -60,12 +65,35 @@ def controls(data) -> tuple | None:
             ss[S.POOL_RANDOM] = "intercept" if predictor in factors else "intercept+slope"
         c4.selectbox("Random part", list(choices), key=S.POOL_RANDOM, format_func=RANDOM_LABELS.get)
     random = ss[S.POOL_RANDOM]
-    return response, predictor, group, random
+    if ss.get(S.POOL_FAMILY) not in FAMILIES:
+        ss[S.POOL_FAMILY] = "gaussian"
+    # A factor's condition means are for lm and lmer only (lmmcore.pooling_estimates).
+    factor = predictor in factors
+    if factor:
+        ss[S.POOL_FAMILY] = "gaussian"
+    family = c5.selectbox("Family", list(FAMILIES), key=S.POOL_FAMILY, format_func=FAMILIES.get,
+                          disabled=factor, help="A factor predictor: Gaussian only" if factor else None)
+    suggested, why = lmmcore.suggest_family(df, response)
+    if suggested != family and why:
+        st.info(md(why) + f" Choose **{FAMILIES[suggested]}** as the family.", icon=":material/lightbulb:")
+    return response, predictor, group, random, family
 
 
 def model_line(estimates: PoolingEstimates) -> None:
-    """Which lmer is the partial pooling."""
-    st.caption("Partial pooling is the lmer fit " + md(estimates.formulas["partial"]))
+    """Which lmer (or glmer) is the partial pooling."""
+    kind = "lmer" if estimates.family == "gaussian" else f"glmer ({estimates.family})"
+    st.caption(f"Partial pooling is the {kind} fit " + md(estimates.formulas["partial"]))
+
+
+def link_scale_switch(estimates) -> bool:
+    """For binary or count data: the switch between the data's scale (probability or
+    count) and the link scale the estimates are on; False for Gaussian estimates."""
+    if estimates.family == "gaussian":
+        return False
+    link = "logit" if estimates.family == "binomial" else "log"
+    return bool(st.toggle(f"Show the {link} scale (the scale of the estimates)", key=S.POOL_LINK_SCALE,
+                          help="The lines are straight on the link scale; on the data's scale they are "
+                               "curves through the inverse link."))
 
 
 def chosen_estimates(data, name_model: bool = True) -> PoolingEstimates | None:

@@ -130,6 +130,8 @@ POOL_RESPONSE = "pool.response"
 POOL_PREDICTOR = "pool.predictor"
 POOL_GROUP = "pool.group"
 POOL_RANDOM = "pool.random"          # "intercept+slope", "intercept", "slope"
+POOL_FAMILY = "pool.family"          # "gaussian" (lm, lmer), "binomial" or "poisson" (glm, glmer)
+POOL_LINK_SCALE = "pool.link_scale"  # a glmer's panels on the link (logit/log) scale, not the data's
 POOL_SELECTED = "pool.selected"      # groups picked to show (empty: page through all)
 POOL_SORT = "pool.sort"
 POOL_PAGE = "pool.page"
@@ -223,7 +225,7 @@ NO_PREDICTOR = "(none: intercept only)"
 # (the pooling page's link to the paired t-test) carries no widget values.
 PERSISTENT = (
     DATA_KEY, MODEL_FORMULA, MODEL_METHOD, MODEL_FAMILY, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP,
-    POOL_RANDOM,
+    POOL_RANDOM, POOL_FAMILY, POOL_LINK_SCALE,
     POOL_SELECTED, POOL_SORT, POOL_PAGE, APP_IMAGE_FORMAT, MODEL_COMPARE, MODEL_SAVE_KIND,
     MODEL_SECTION, MODEL_RANEF_GROUP, MODEL_CAT_GROUP, MODEL_BUILDER_OPEN, SHRINK_HIGHLIGHT,
     MODEL_DDF,
@@ -234,14 +236,18 @@ PERSISTENT = (
 )
 
 
-def _dataset_defaults(formula: str, response, predictor, group) -> dict:
+def _dataset_defaults(formula: str, response, predictor, group, family: str = "gaussian") -> dict:
     """A dataset's suggested formula and pooling columns, and the pooling page's view reset."""
     return {
         MODEL_FORMULA: formula,
         POOL_RESPONSE: response,
         POOL_PREDICTOR: predictor or NO_PREDICTOR,
         POOL_GROUP: group,
-        POOL_RANDOM: "intercept+slope" if predictor else "intercept",
+        POOL_FAMILY: family,
+        POOL_LINK_SCALE: False,
+        # Binary or count data: a random intercept (lme4's usual model; a slope per group
+        # leaves many small groups without their own glm estimate).
+        POOL_RANDOM: "intercept+slope" if predictor and family == "gaussian" else "intercept",
         POOL_SELECTED: [],
         POOL_SORT: "name",
         POOL_PAGE: 1,
@@ -250,7 +256,7 @@ def _dataset_defaults(formula: str, response, predictor, group) -> dict:
 
 def _catalogue_defaults(key: str) -> dict:
     d = CATALOGUE[key]
-    return _dataset_defaults(d.formula, d.response, d.predictor, d.group)
+    return _dataset_defaults(d.formula, d.response, d.predictor, d.group, d.family)
 
 
 def init() -> None:

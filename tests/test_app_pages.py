@@ -833,10 +833,11 @@ def test_lecture_mode_pages_the_pooling_estimates_table():
     np.testing.assert_allclose(shown()["slope (partial)"].to_numpy(float), wide["slope (partial)"].iloc[:25], rtol=1e-3)
     at.number_input(key="pool.table_page").set_value(2).run()
     np.testing.assert_allclose(shown()["slope (partial)"].to_numpy(float), wide["slope (partial)"].iloc[25:], rtol=1e-3)
-    # lecture mode: the pickers, then the chart; the view controls and the words follow
+    # lecture mode: the pickers (response, predictor, group, random part, family), then the chart;
+    # the view controls and the words follow
     order = _in_order(at.main)
     chart = order.index(("plotly_chart", "None"))
-    assert [t for t, _ in order[:chart]].count("selectbox") == 4 and "multiselect" not in dict(order[:chart])
+    assert [t for t, _ in order[:chart]].count("selectbox") == 5 and "multiselect" not in dict(order[:chart])
     assert any(t == "caption" and v.startswith("Partial pooling is the lmer fit") for t, v in order[chart:])
     assert any(t == "markdown" and "Complete pooling" in v for t, v in order[chart:])
 

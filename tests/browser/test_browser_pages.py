@@ -13,7 +13,7 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from browser_support import choose, fit_on_model_page, page_problems, upload_table, wait_for_app
+from browser_support import RUN_TIMEOUT_MS, choose, fit_on_model_page, page_problems, upload_table, wait_for_app
 from explorer.pages import names
 
 pytestmark = pytest.mark.browser
@@ -269,3 +269,15 @@ def test_factor_predictor_then_one_click_to_the_paired_t(page, base_url, server_
     _assert_clean(page, server_log, "the model page opened from the pooling page")
     assert page.locator(".st-key-model-formula input").first.input_value() == \
         "value ~ condition + (1 | participant)"
+
+
+@pytest.mark.parametrize("lecture", [False, True], ids=["normal", "lecture"])
+@pytest.mark.parametrize("name", ["pooling", "shrinkage"])
+def test_binary_data_pooling_pages(page, base_url, server_log, screenshot_dir, name, lecture):
+    """bdf (a 0/1 response): glm and glmer on the pooling pages, drawn clean, screenshots."""
+    _open(page, base_url, name, dataset="bdf", **({"lecture": 1} if lecture else {}))
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=RUN_TIMEOUT_MS)
+    suffix = "-lecture" if lecture else ""
+    page.screenshot(path=str(screenshot_dir / f"{name}-bdf{suffix}.png"))
+    _assert_clean(page, server_log, f"page {name!r} with bdf{' (lecture mode)' if lecture else ''}")
+    assert "glmer" in _main_text(page)
