@@ -84,18 +84,31 @@ def _splits(scheme, n, x, codes, m, k, test_fraction, repeats, rng) -> list:
     return [np.flatnonzero(codes == j) for j in range(m)]
 
 
-def _partial(fit_all, data, train, test, population_only: bool) -> np.ndarray:
+def _partial(fit_all, train, test, population_only: bool) -> np.ndarray:
     """Partial pooling's predictions for the test rows from the lmer fitted to the training rows.
 
     ``fit_all.refit_subset`` is lme4's fit on the training rows (pre-fit checks, REML
     criterion minimised over theta, then beta and the conditional modes), started from
     the optimum on all rows: a training set differs from all rows by a few rows, so its
     optimum is near and the optimiser needs few steps.  A group with no training rows
-    gets the population prediction (lme4's ``allow.new.levels = TRUE``).
+    gets the population prediction (lme4's ``allow.new.levels = TRUE``).  The test rows'
+    model matrices are taken from ``fit_all``'s design (as ``predict(newdata)`` would
+    encode them, without encoding a table once per split).
     """
+    from lmmcore.mixed import random_part_of
+
     sub = fit_all.refit_subset(train)
-    rows = data.loc[np.asarray(fit_all.design.row_index)[test]]
-    return sub.predict(rows, re_form="none" if population_only else "full").to_numpy()
+    full = fit_all.design
+    pred = np.asarray(full.X, float)[test] @ sub._sol.beta
+    if population_only:
+        return pred
+    groups = []
+    for t_all, t_sub in zip(full.random_terms, sub.design.random_terms):
+        position = {level: i for i, level in enumerate(t_sub.levels)}
+        code_map = np.array([position.get(level, -1) for level in t_all.levels], np.intp)
+        groups.append((code_map[np.asarray(t_all.codes, np.intp)[test]],
+                       np.asarray(t_all.Z_raw, float)[test]))
+    return pred + random_part_of(groups, sub._sol.b, test.size)
 
 
 def _complete(x, y, train, test) -> np.ndarray:
@@ -235,7 +248,7 @@ def cross_validate(data: pd.DataFrame, response: str, predictor: str, group: str
         if not group_scheme:
             errors["no"].append(obs - _no_pooling(x, y, codes, term.levels, train, test, random))
         try:
-            errors["partial"].append(obs - _partial(fit_all, d, train, test, group_scheme))
+            errors["partial"].append(obs - _partial(fit_all, train, test, group_scheme))
         except LmmError as exc:
             raise LmmError(f"split {i + 1} of {len(splits)}: the mixed model could not be fitted "
                            f"to the training rows ({exc})") from None
