@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
 
-.PHONY: run test bench loadtest image-test clean
+.PHONY: run test bench loadtest loadtest-hall loadtest-upload loadtest-failover image-test clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,23 @@ loadtest: $(VENV)/.dev
 	  for i in $$(seq 60); do $(PY) -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8599/_stcore/health')" 2>/dev/null && break; sleep 1; done; \
 	  $(PY) scripts/loadtest.py http://127.0.0.1:8599 --server-pid $$pid --sessions 30 --think 10; \
 	  rc=$$?; kill $$pid; exit $$rc
+
+# Issue 12, on a quiet machine (figures in deploy/README.md). Each starts its own servers on
+# free loopback ports and stops them.
+# A lecture hall: 200 sessions open the shrinkage page's shared link within 10 s through
+# nginx in front of 2 replicas, then change its random part twice.
+loadtest-hall: $(VENV)/.dev
+	$(PY) scripts/loadtest.py --serve 2 --scenario hall --sessions 200 --ramp 10 --rounds 2 \
+	  --timeout 120 --json artifacts/loadtest/hall.json
+# 30 sessions upload a distinct 20 MB CSV each and fit it; then the sessions close and the
+# server's memory is followed past the disconnected-session TTL (60 s here, 300 s deployed).
+loadtest-upload: $(VENV)/.dev
+	$(PY) scripts/loadtest.py --serve 1 --scenario upload --sessions 30 --ramp 10 \
+	  --timeout 300 --session-ttl 60 --release-wait 130 --target-p95 300 --max-seconds 1200 \
+	  --json artifacts/loadtest/upload.json
+# kill -9 of one of 2 replicas under 30 sessions (the proxy suite's test, with its figures).
+loadtest-failover: $(VENV)/.dev
+	$(PY) -m pytest -s -p no:cacheprovider tests/test_deploy_failover.py
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache

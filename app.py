@@ -119,6 +119,17 @@ def _sidebar(page) -> None:
             st.caption("Your own file stays in this browser session; a link cannot share it.")
 
 
+def _lost_upload() -> None:
+    """Say plainly that a file this view was built on is gone (see ``S.DATA_LOST``)."""
+    name = st.session_state.get(S.DATA_LOST)
+    if name:
+        st.warning(f"Your file **{md(name)}** has to be uploaded again (Dataset page). Uploaded "
+                   "files are kept only in your browser session's memory, never stored on the "
+                   "server, and this session is new (the server was restarted, or the link was "
+                   "opened in another browser). Until then the built-in data is shown.",
+                   icon=":material/upload_file:")
+
+
 def main() -> None:
     freeze_new_modules()  # the collection after every run then skips the imported libraries
     try:
@@ -136,6 +147,7 @@ def main() -> None:
     _base_css()
     if st.session_state.get(S.APP_LECTURE):
         _lecture_css()
+    _lost_upload()
     try:
         page.run()
     except Exception:  # pages guard their own steps; this is the last net, never a traceback

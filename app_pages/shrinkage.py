@@ -11,7 +11,7 @@ from explorer import charts
 from explorer import data as D
 from explorer import state as S
 from explorer.tables import table as show_table
-from explorer.fitting import guard
+from explorer.fitting import guard, shrinkage_sd
 from explorer.escape import md
 from explorer.pooling_ui import chosen_estimates, model_line
 
@@ -134,7 +134,7 @@ def render() -> None:
                     model_line(est)
         with right:
             st.markdown("**Spread of the group estimates** (SD across groups)")
-            sd = lmmcore.shrinkage_sd(est)
+            sd = shrinkage_sd(data, est)
             show_table(sd.rename(index={"no": "no pooling", "partial": "partial pooling"}))
             st.caption("Partial-pooling estimates vary less than no-pooling ones: that is the shrinkage.")
             st.markdown(EXPLANATION.format(knows=KNOWS[est.random == "intercept+slope"]))

@@ -13,6 +13,9 @@ a timed test on a shared machine:
 - the garbage collector after a run: objects frozen (``explorer.runtime``; more than 50,000
   once the app's libraries are imported) and the time of a full collection with the heap
   frozen and unfrozen (what Streamlit's collection after every run costs);
+- the "How the fit works" page's redraws without caches on class-size data (the criterion's
+  curve, a slider move, the contour map with the optimiser's path, REML beside ML): each
+  within 1 s (issue 11);
 - the time lmmcore's parser takes to refuse each hostile formula of ``tests/test_formula.py``
   (well under a millisecond each; seconds would mean super-linear work).
 
@@ -134,6 +137,80 @@ def bench_hostile_formulas(repeats: int) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------ fit page (issue 11 part 1)
+# "How the fit works" redraws without caches, on the class-size built-in datasets: what a
+# student waits for when the page first draws a model, and on each move of the theta slider.
+# The budget is the issue's: at most 1 s per redraw on the course machine.
+FIT_REDRAW_BUDGET_S = 1.0
+FIT_DATASETS = ("sleepstudy_fake", "chickweight")
+
+
+def bench_fit_redraws(repeats: int) -> list[dict]:
+    """One row per dataset and view: median seconds of the page's computations and figures.
+
+    - curve: the criterion over theta (121 points) of ``response ~ x + (1 | g)``, the
+      state at the slider's theta and at the optimum, every group's estimate there, and
+      the three figures (curve, parts, shrinkage);
+    - slider move: the same without the curve (its figure redrawn, its values cached);
+    - contour: the 31 x 31 grid of ``response ~ x + (x | g)`` over two of its three
+      theta elements, the optimiser's path and the contour figure;
+    - REML and ML: the ML refit, the two curves and their figure.
+    """
+    import lmmcore
+    from lmmcore import fitview
+    from explorer import charts
+    import pandas as pd
+
+    from explorer.datasets import CATALOGUE
+
+    def median_time(work) -> float:
+        work()  # warm-up: imports and plotly's first figure
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    rows = []
+    for key in FIT_DATASETS:
+        d = CATALOGUE[key]
+        df = pd.read_csv(d.path)
+        one = lmmcore.pooling_estimates(df, d.response, d.predictor, d.group, random="intercept")
+        three = lmmcore.pooling_estimates(df, d.response, d.predictor, d.group, random="intercept+slope")
+        theta = [0.5 * float(one.fit.theta[0])]
+
+        def slider(curve=None):
+            c = curve if curve is not None else fitview.criterion_curve(one.fit)
+            now, best = fitview.state_at(one.fit, theta), fitview.state_at(one.fit, one.fit.theta)
+            charts.criterion_curves([{"label": "REML", "theta": c["theta"], "value": c["criterion"],
+                                      "optimum": (float(one.fit.theta[0]), one.fit.objective)}],
+                                    "theta", False, current=theta[0])
+            charts.criterion_parts(now.parts, best.parts, fitview.PART_LABELS, False)
+            charts.shrinkage_1d(fitview.estimates_at(one, theta), False)
+
+        cached = fitview.criterion_curve(one.fit)
+
+        def contour():
+            surface = fitview.criterion_surface(three.fit, 0, 2)
+            start = three.fit.optimizer.theta_start
+            charts.criterion_contours(surface, fitview.optimizer_path(three.fit),
+                                      (three.fit.theta[0], three.fit.theta[2]), (start[0], start[2]), False)
+
+        def reml_ml():
+            ml = one.fit.refit(reml=False)
+            curves = [{"label": lab, "theta": c["theta"], "value": c["criterion"] - f.objective,
+                       "optimum": (float(f.theta[0]), 0.0)}
+                      for lab, f in (("REML", one.fit), ("ML", ml)) for c in [fitview.criterion_curve(f)]]
+            charts.criterion_curves(curves, "theta", False)
+
+        for view, work in (("curve", slider), ("slider move", lambda: slider(cached)),
+                           ("contour (3 knobs)", contour), ("REML and ML", reml_ml)):
+            rows.append({"dataset": key, "rows": len(df), "groups": len(one.groups), "view": view,
+                         "median_s": median_time(work)})
+    return rows
+
+
 def _table(head: list, lines: list) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     print("  ".join(str(h).ljust(w) for h, w in zip(head, widths)))
@@ -155,6 +232,7 @@ def main(argv=None) -> int:
     pages = bench_pages(args.repeats)
     collector = bench_gc()
     hostile = bench_hostile_formulas(max(3, args.repeats))
+    fit_redraws = bench_fit_redraws(max(3, args.repeats))  # fit page (issue 11 part 1)
 
     print("\nPage runs (AppTest, default dataset; a rerun reads fits and figures from the caches)")
     _table(["page", "view", "rerun (median)", "charts", "tables", "problems"],
@@ -167,6 +245,11 @@ def main(argv=None) -> int:
     print(f"\nHostile formulas: {len(hostile)} refused in {_fmt_ms(statistics.median(r['median_s'] for r in hostile))}"
           f" (median); slowest {slowest['text']} {_fmt_ms(slowest['max_s'])}")
 
+    # fit page (issue 11 part 1)
+    print(f"\nHow the fit works: uncached redraws (budget {FIT_REDRAW_BUDGET_S:g} s each)")
+    _table(["dataset", "rows", "groups", "view", "redraw (median)"],
+           [[r["dataset"], r["rows"], r["groups"], r["view"], _fmt_ms(r["median_s"])] for r in fit_redraws])
+
     model = [r for r in pages if r["page"] == "model"]
     checks = {
         "every page view runs clean": all(not r["problems"] for r in pages),
@@ -177,13 +260,16 @@ def main(argv=None) -> int:
         "a frozen collection is faster": collector["collect_frozen_s"] < collector["collect_unfrozen_s"],
         "every hostile formula refused": all(r["refused"] for r in hostile),
         "each refused within 50 ms": all(r["max_s"] < 0.05 for r in hostile),
+        f"every fit-page redraw within {FIT_REDRAW_BUDGET_S:g} s": all(
+            r["median_s"] <= FIT_REDRAW_BUDGET_S for r in fit_redraws),  # fit page (issue 11 part 1)
     }
     print("\nChecks (the machine's load affects only the timed ones):")
     for name, ok in checks.items():
         print(f"- {name}: {'ok' if ok else 'NO'}")
 
     report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average_at_start": load,
-              "pages": pages, "gc": collector, "hostile_formulas": hostile, "checks": checks}
+              "pages": pages, "gc": collector, "hostile_formulas": hostile, "checks": checks,
+              "fit_redraws": fit_redraws}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, default=str))
     print(f"\nwritten: {args.output}")

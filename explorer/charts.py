@@ -543,11 +543,13 @@ def shrinkage_1d(estimates, lecture: bool, truth: pd.DataFrame | None = None) ->
     labels = {g: f"{esc(g)} (n={int(part.loc[g, 'n'])})" for g in order}
     fin = [g for g in order if g in no.index and np.isfinite(no.loc[g, column])]
     fig = go.Figure()
-    for g in fin:
-        fig.add_annotation(x=part.loc[g, column], y=labels[g], ax=no.loc[g, column],
-                           ay=labels[g], xref="x", yref="y", axref="x", ayref="y", text="",
-                           showarrow=True, arrowhead=2, arrowwidth=max(1.0, s["line"] / 1.6),
-                           arrowcolor="#888888", standoff=s["marker"] / 2)
+    # One layout update with every arrow: add_annotation validates and copies the whole
+    # list each time (quadratic in the groups; the fit page redraws this on every slider move).
+    fig.update_layout(annotations=[
+        {"x": part.loc[g, column], "y": labels[g], "ax": no.loc[g, column], "ay": labels[g],
+         "xref": "x", "yref": "y", "axref": "x", "ayref": "y", "text": "", "showarrow": True,
+         "arrowhead": 2, "arrowwidth": max(1.0, s["line"] / 1.6), "arrowcolor": "#888888",
+         "standoff": s["marker"] / 2} for g in fin])
     nost, pst = METHODS["no"], METHODS["partial"]
     fig.add_trace(go.Scatter(
         x=no.loc[fin, column], y=[labels[g] for g in fin], mode="markers", name=nost["label"],
@@ -791,3 +793,124 @@ def condition_panels(table: pd.DataFrame, condition: str, group: str, response: 
                      range=[-0.5, len(levels) - 0.5])
     fig.update_yaxes(title_text=esc(response) if kind == "predictions" else "residual", row=1, col=1)
     return _layout(fig, lecture, height=420)
+
+
+# ------------------------------------------------------------------ how the fit works
+# The criterion of theta (lmmcore.fitview): its curve, its parts, its contour map with the
+# optimiser's path.  Colours: the criterion in black, ML beside REML in blue, the optimum
+# in vermillion (the partial-pooling colour: the optimum is the fit), lme4's start in orange.
+
+CRITERION_COLOURS = {"REML": OKABE_ITO["black"], "ML": OKABE_ITO["blue"]}
+OPTIMUM_COLOUR = OKABE_ITO["vermillion"]
+START_COLOUR = OKABE_ITO["orange"]
+
+
+def criterion_curves(curves: list, theta_label: str, lecture: bool, current: float | None = None,
+                     y_title: str = "profiled criterion", height: int = 430) -> go.Figure:
+    """One or more criterion curves over one theta element, each optimum marked.
+
+    ``curves``: dicts with ``label`` ("REML"/"ML"), ``theta``, ``value`` (arrays) and
+    ``optimum`` (theta, value); ``current`` draws the slider's theta as a vertical line.
+    """
+    s = sizes(lecture)
+    fig = go.Figure()
+    for c in curves:
+        colour = CRITERION_COLOURS.get(c["label"], OKABE_ITO["black"])
+        y = np.where(np.isfinite(c["value"]), c["value"], np.nan)
+        fig.add_trace(go.Scatter(
+            x=c["theta"], y=y, mode="lines", name=esc(c.get("name", c["label"])),
+            meta={"curve": c["label"]}, line={"color": colour, "width": s["line"]},
+            hovertemplate=f"θ = %{{x:.4g}}<br>{esc(c['label'])} %{{y:.6g}}<extra></extra>"))
+        t, v = c["optimum"]
+        fig.add_trace(go.Scatter(
+            x=[t], y=[v], mode="markers", name=f"optimum ({esc(c['label'])}): θ = {t:.4g}",
+            meta={"optimum": c["label"]},
+            marker={"symbol": "diamond", "size": s["marker"] + 6, "color": OPTIMUM_COLOUR,
+                    "line": {"width": 1.5, "color": colour}},
+            hovertemplate=f"optimum θ = %{{x:.5g}}<br>{esc(c['label'])} %{{y:.6g}}<extra></extra>"))
+    if current is not None:
+        fig.add_vline(x=current, line={"color": OKABE_ITO["sky"], "width": s["line"], "dash": "dash"})
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"your θ = {current:.3g}",
+                                 line={"color": OKABE_ITO["sky"], "width": s["line"], "dash": "dash"}))
+    fig.update_xaxes(title_text=esc(theta_label), showgrid=True, rangemode="tozero")
+    fig.update_yaxes(title_text=esc(y_title), showgrid=True)
+    return _layout(fig, lecture, height=height)
+
+
+def criterion_parts(parts: pd.Series, optimum: pd.Series, labels: dict, lecture: bool) -> go.Figure:
+    """How each part of the criterion differs from its value at the optimum, and the total.
+
+    The parts are of very different sizes (the residual term is in the thousands, the
+    log-determinant in tens), so the bars show changes: moving theta away from the
+    optimum saves in one part and costs more in the other; the total is never below 0.
+    """
+    s = sizes(lecture)
+    delta = parts - optimum.reindex(parts.index)
+    now = list(parts.to_numpy(float)) + [float(parts.sum())]
+    names = [f"{labels.get(k, k)} = {v:.5g}" for k, v in zip(parts.index, now)] + [f"criterion = {now[-1]:.5g}"]
+    values = list(delta.to_numpy(float)) + [float(delta.sum())]
+    colours = [OKABE_ITO["green"] if v < 0 else OKABE_ITO["vermillion"] for v in values]
+    colours[-1] = OKABE_ITO["black"]
+    fig = go.Figure(go.Bar(
+        x=values, y=names, orientation="h", marker={"color": colours}, meta={"parts": list(parts.index)},
+        customdata=np.array(now).reshape(-1, 1), text=[f"{v:+.3g}" for v in values], textposition="auto",
+        hovertemplate="%{y}<br>change %{x:+.4g} (now %{customdata[0]:.6g})<extra></extra>"))
+    fig.add_vline(x=0, line={"color": "#555555", "width": 1})
+    if not np.any(np.abs(values) > 1e-9 * max(1.0, abs(now[-1]))):
+        fig.add_annotation(text="θ is at the optimum: no change. Move the slider.", showarrow=False,
+                           xref="paper", yref="paper", x=0.5, y=0.5, font={"size": s["font"]},
+                           bgcolor="rgba(255,255,255,0.9)")
+        fig.update_xaxes(range=[-1, 1])
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(title_text="change from the optimum", showgrid=True)
+    return _layout(fig, lecture, height=110 + 50 * len(names))
+
+
+def criterion_contours(surface: dict, path: pd.DataFrame, optimum: tuple, start: tuple, lecture: bool,
+                       height: int = 560) -> go.Figure:
+    """The criterion over two theta elements (``lmmcore.fitview.criterion_surface``), its
+    optimum, lme4's start and the optimiser's path projected onto the two elements.
+
+    ``path`` has the two elements' columns and ``descent`` (the accepted way down); the
+    other evaluations (line-search trials) are drawn as faint points.
+    """
+    s = sizes(lecture)
+    xname, yname = surface["names"]
+    z = np.asarray(surface["z"], float)
+    finite = z[np.isfinite(z)]
+    zmin = float(finite.min()) if finite.size else 0.0
+    # Contours of the rise above the lowest grid point on a square-root scale: the valley
+    # floor and the walls both get contour lines.
+    rise = np.sqrt(np.clip(np.where(np.isfinite(z), z - zmin, np.nan), 0, None))
+    fig = go.Figure(go.Contour(
+        x=surface["x"], y=surface["y"], z=rise, colorscale="Blues", reversescale=True, ncontours=18,
+        contours={"coloring": "heatmap", "showlines": True}, line={"width": 0.5},
+        customdata=np.where(np.isfinite(z), z, np.nan), name="criterion",
+        colorbar={"title": {"text": "√(criterion − lowest)", "side": "right"}, "thickness": 12},
+        hovertemplate=f"{esc(xname)} %{{x:.3g}}<br>{esc(yname)} %{{y:.3g}}<br>criterion %{{customdata:.6g}}<extra></extra>"))
+    x0, x1 = float(np.min(surface["x"])), float(np.max(surface["x"]))
+    y0, y1 = float(np.min(surface["y"])), float(np.max(surface["y"]))
+    inside = path[(path[xname] >= x0) & (path[xname] <= x1) & (path[yname] >= y0) & (path[yname] <= y1)]
+    trials = inside[~inside["descent"]]
+    fig.add_trace(go.Scatter(
+        x=trials[xname], y=trials[yname], mode="markers", name="trial points (line searches)",
+        meta={"path": "trials"}, marker={"color": "#777777", "size": s["marker"] - 2, "symbol": "circle-open"}))
+    way = path[path["descent"]]
+    fig.add_trace(go.Scatter(
+        x=way[xname], y=way[yname], mode="lines+markers", name=f"optimiser's path ({len(way)} steps down)",
+        meta={"path": "descent"}, line={"color": START_COLOUR, "width": s["line"]},
+        marker={"color": START_COLOUR, "size": s["marker"]},
+        customdata=way["criterion"], hovertemplate="%{x:.4g}, %{y:.4g}<br>criterion %{customdata:.6g}<extra></extra>"))
+    fig.add_trace(go.Scatter(
+        x=[start[0]], y=[start[1]], mode="markers+text", name="lme4's start", meta={"point": "start"},
+        text=["start"], textposition="top right", cliponaxis=False,
+        marker={"symbol": "square", "size": s["marker"] + 6, "color": START_COLOUR}))
+    fig.add_trace(go.Scatter(
+        x=[optimum[0]], y=[optimum[1]], mode="markers", name="optimum", meta={"point": "optimum"},
+        marker={"symbol": "diamond", "size": s["marker"] + 8, "color": OPTIMUM_COLOUR,
+                "line": {"width": 1.5, "color": "white"}}))
+    fig.update_xaxes(title_text=esc(xname), range=[x0, x1])
+    fig.update_yaxes(title_text=esc(yname), range=[y0, y1])
+    _layout(fig, lecture, height=height)
+    fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.14, "x": 0})
+    return fig

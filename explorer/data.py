@@ -180,6 +180,7 @@ def store_user_table(slot: str, df: pd.DataFrame, name: str, file: str) -> None:
     st.session_state[S.DATA_TYPES].pop(slot, None)
     st.session_state[S.DATA_REFERENCE].pop(slot, None)
     st.session_state[S.DATA_KEY] = slot
+    st.session_state[S.DATA_LOST] = None
     types = teaching.column_types(df)
     S.reset_for_dataset(slot, teaching.guess_roles(df, types))
 
@@ -209,6 +210,7 @@ def on_upload() -> None:
 def on_dataset_change() -> None:
     """Sidebar-picker callback: the new dataset's suggested formula and pooling columns."""
     key = st.session_state[S.DATA_KEY]
+    st.session_state[S.DATA_LOST] = None  # the student has moved on from the lost file
     if key in CATALOGUE:
         S.reset_for_dataset(key)
     else:

@@ -3,9 +3,11 @@
 ``st.cache_data`` keys each fit on the table's digest (``ActiveData.digest``: content,
 column types, reference levels; computed once, not hashed from the table every run), the
 formula and the options, so a page switch or a rerun does not refit; ``max_entries``
-bounds the memory.  A table with
-at least ``worker_min_rows`` rows is fitted by ``lmmcore.worker.fit_in_worker`` with the
-course's time limit.  :func:`guard` turns any failure into a message on the page.
+bounds the memory.  Every fit runs under the course's time limit
+(``POOLING_FIT_TIMEOUT_S``): a large table, or a model whose estimated cost is high
+(many random-effect columns x levels, crossed factors), goes to a worker process that is
+killed at the limit; a cheap one runs in the session's thread, interrupted at the limit
+(``lmmcore.worker.fit_limited``).  :func:`guard` turns any failure into a message on the page.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import streamlit as st
 import lmmcore
 from explorer.escape import md
 from explorer.settings import load_settings
+from lmmcore.worker import call_with_time_limit, fit_limited, run_in_worker
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +73,9 @@ def _fit(kind: str, formula: str, digest: str, reml: bool, categorical: tuple, n
         kw["data_name"] = data_name
     name = kind.split(":", 1)[0]
     settings = load_settings()
-    if len(df) >= settings.worker_min_rows:
-        from lmmcore.worker import fit_in_worker
-        return fit_in_worker(name, formula, df, timeout=settings.fit_timeout_s, **kw)
-    if name == "glmer":
-        return lmmcore.glmer(formula, df, time_limit=settings.fit_timeout_s, **kw)
-    fn = lmmcore.lmer if kind == "lmer" else lmmcore.lm
-    return fn(formula, df, **kw)
+    return fit_limited(name, formula, df, timeout=settings.fit_timeout_s,
+                       worker_min_rows=settings.worker_min_rows,
+                       worker_min_cost=settings.worker_min_cost, **kw)
 
 
 def _key(kind: str, formula: str, data, reml: bool) -> tuple:
@@ -120,12 +119,13 @@ def _pooling(digest: str, response: str, predictor, group: str, random: str, fac
     df = _df
     settings = load_settings()
     kwargs = {"random": random, "factor": factor, "reference_levels": dict(reference) or None}
+    # One lm per group plus an lmer with one grouping factor (no crossed terms): its cost
+    # grows with the rows, so the rows decide where it runs; the time limit holds either way.
     if len(df) >= settings.worker_min_rows:
-        # One lm per group plus an lmer: as heavy as a fit, so under the same time limit.
-        from lmmcore.worker import run_in_worker
         return run_in_worker(lmmcore.pooling_estimates, df, response, predictor, group,
                              timeout=settings.fit_timeout_s, **kwargs)
-    return lmmcore.pooling_estimates(df, response, predictor, group, **kwargs)
+    return call_with_time_limit(lmmcore.pooling_estimates, df, response, predictor, group,
+                                timeout=settings.fit_timeout_s, **kwargs)
 
 
 def pooling(data, response: str, predictor, group: str, random: str) -> lmmcore.PoolingEstimates:
@@ -136,3 +136,25 @@ def pooling(data, response: str, predictor, group: str, random: str) -> lmmcore.
     chosen = data.fit_kwargs()["reference_levels"] or {}
     reference = ((predictor, str(chosen[predictor])),) if factor and predictor in chosen else ()
     return _pooling(data.digest, response, predictor, group, random, factor, reference, _df=data.df)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _shrinkage_sd(digest: str, response: str, predictor, group: str, random: str, levels,
+                  _estimates: lmmcore.PoolingEstimates) -> pd.DataFrame:
+    return lmmcore.shrinkage_sd(_estimates)
+
+
+def shrinkage_sd(data, estimates: lmmcore.PoolingEstimates) -> pd.DataFrame:
+    """``lmmcore.shrinkage_sd`` of :func:`pooling`'s estimates.
+
+    On a built-in dataset it is cached with the estimates' key (a factor predictor's
+    levels, reference first, included), so a lecture hall on the shared link computes it
+    once (it was about half of a shrinkage-page run's CPU); a student's own table is not
+    put in a shared cache for it.
+    """
+    from explorer.datasets import CATALOGUE
+
+    if data.key not in CATALOGUE:
+        return lmmcore.shrinkage_sd(estimates)
+    return _shrinkage_sd(data.digest, estimates.response, estimates.predictor, estimates.group,
+                         estimates.random, estimates.levels, _estimates=estimates)

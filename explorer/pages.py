@@ -52,6 +52,7 @@ PAGES: tuple[PageEntry, ...] = (
     PageEntry("pooling", "Pooling comparison", ":material/stacked_line_chart:", "pool"),
     PageEntry("shrinkage", "Shrinkage", ":material/compress:", "shrink"),
     PageEntry("simulate", "Simulate", ":material/casino:", "simulate"),
+    PageEntry("fit", "How the fit works", ":material/tune:", "fit"),
 )
 
 # The root URL shows the first page.  Streamlit serves its default page at the root only,

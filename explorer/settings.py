@@ -12,10 +12,14 @@ variable                   default    meaning
 POOLING_MAX_UPLOAD_MB      20         largest uploaded file, in megabytes
 POOLING_MAX_ROWS           200000     most rows an uploaded table may have
 POOLING_MAX_COLUMNS        200        most columns an uploaded table may have
-POOLING_FIT_TIMEOUT_S      30         seconds a fit may run before it is stopped
+POOLING_FIT_TIMEOUT_S      30         seconds any fit may run before it is stopped
 POOLING_WORKER_MIN_ROWS    5000       fits on at least this many rows run in a worker
-                                      process (with the time limit); smaller fits run
-                                      in the session's own thread
+                                      process
+POOLING_WORKER_MIN_COST    1e8        so do smaller fits whose estimated cost (random-
+                                      effect columns x levels, crossed terms, see
+                                      lmmcore.worker.estimate_cost) reaches this; the
+                                      rest run in the session's thread, under the same
+                                      time limit
 POOLING_ACCESS_CODE        (unset)    if set, students must type it before using the app
 =========================  =========  ===================================================
 """
@@ -48,9 +52,12 @@ class Settings:
     max_columns : int
         Most columns an uploaded table may have.
     fit_timeout_s : float
-        Seconds a worker-process fit may run before it is stopped.
+        Seconds any fit may run before it is stopped (in a worker or in the session).
     worker_min_rows : int
         Fits on at least this many rows run in a worker process.
+    worker_min_cost : float
+        Fits whose estimated cost (``lmmcore.worker.estimate_cost``) reaches this run in a
+        worker process too, whatever their rows.
     access_code : str or None
         The class's access code; ``None`` leaves the app open.
     """
@@ -60,6 +67,7 @@ class Settings:
     max_columns: int = 200
     fit_timeout_s: float = 30.0
     worker_min_rows: int = 5000
+    worker_min_cost: float = 1e8
     # repr=False: the code must not end up in a log line or an error report.
     access_code: str | None = field(default=None, repr=False)
 
@@ -94,6 +102,7 @@ ENV_VARS = {
     "POOLING_MAX_COLUMNS": ("max_columns", int, 1, 100_000),
     "POOLING_FIT_TIMEOUT_S": ("fit_timeout_s", float, 0.1, 24 * 3600),
     "POOLING_WORKER_MIN_ROWS": ("worker_min_rows", int, 0, 1_000_000_000),
+    "POOLING_WORKER_MIN_COST": ("worker_min_cost", float, 0, 1e18),
 }
 
 

@@ -3,7 +3,7 @@
 Every session-state and widget key of the app is a constant here, and nowhere else: pages
 and helpers use the constant, never the text (``tests/test_app_registry.py`` checks).
 Keys are namespaced by page, with the namespaces registered in ``explorer.pages``
-(``data.*``, ``model.*``, ``pool.*``, ``shrink.*``), plus ``app.*`` for the sidebar and
+(``data.*``, ``model.*``, ``pool.*``, ``shrink.*``, ``fit.*``), plus ``app.*`` for the sidebar and
 the gate and ``build.*`` for the model page's formula builder.
 
 :func:`init`, called once at the top of every run by ``app.py``, gives the session-wide
@@ -17,7 +17,11 @@ A new page's keys: add constants under its namespace in the section of that page
 add a key to ``PERSISTENT`` if its value must survive a visit to another page.
 
 The URL query carries ``dataset``, ``formula`` and ``lecture``: read on a session's first
-run, written back whenever they change, so a lecturer can post a link to a view.
+run, written back whenever they change, so a lecturer can post a link to a view.  While a
+student works on their own file the query says ``upload=<its name>`` instead of a dataset:
+a file is never stored, so a session that starts from such a URL (the student's server
+was restarted, or the link was opened elsewhere) knows the file is gone and says so
+(``DATA_LOST``) instead of silently showing other data.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ DATA_TYPES = "data.types"            # {dataset key: {column: "numeric"|"categor
 DATA_REFERENCE = "data.reference"    # {dataset key: {column: reference level}}
 DATA_UPLOADER = "data.uploader"
 DATA_UPLOAD_ERROR = "data.upload_error"
+DATA_LOST = "data.lost"              # name of an uploaded file the URL refers to but this session lacks
 DATA_TYPED = "data.typed"            # (signature, types, typed table) of the last run, small tables: reused while unchanged
 DATA_CATEGORICAL = "data.categorical"  # multiselect: the columns treated as categorical
 DATA_TYPE_ERROR = "data.type_error"  # why the last type switch was refused
@@ -200,6 +205,18 @@ MODEL_COPIES_OPEN = "model.copies_open"
 MODEL_COPIES_NEW = "model.copies_new"
 MODEL_CHART_COPIES = "model.chart_copies"
 
+# fit: the "How the fit works" page
+FIT_SECTION = "fit.section"          # the page's open view: criterion, REML and ML, singular fit
+FIT_THETA = "fit.theta"              # slider: the theta of a one-knob model
+FIT_PAIR = "fit.pair"                # the two theta elements of the contour map
+FIT_ELEMENT = "fit.element"          # REML and ML: the theta element the curves run along
+FIT_CHART = "fit.chart"              # the page's main chart (curve or contour map)
+FIT_CHART_PARTS = "fit.chart_parts"
+FIT_CHART_SHRINK = "fit.chart_shrinkage"
+FIT_CHART_REML = "fit.chart_reml"
+FIT_CHART_SINGULAR = "fit.chart_singular"
+FIT_CHART_SINGULAR_SHRINK = "fit.chart_singular_shrinkage"
+
 NO_PREDICTOR = "(none: intercept only)"
 
 # DATA_KEY too: the sidebar draws it every run, but the rerun of a page's st.switch_page
@@ -213,6 +230,7 @@ PERSISTENT = (
     *SIM_SETTING_KEYS.values(), SIM_PRESET, SIM_SEED, SIM_RANDOM, SIM_SECTION, SIM_CV_RESPONSE,
     SIM_CV_PREDICTOR, SIM_CV_GROUP, SIM_CV_RANDOM, SIM_CV_SCHEME, SIM_CV_K, SIM_CV_FRACTION, SIM_CV_SPLITS,
     SIM_CV_SEED, SIM_COPIES_OPEN, MODEL_COPIES_OPEN, SIM_PANELS_OPEN, *SIM_POWER_KEYS.values(),
+    FIT_SECTION,
 )
 
 
@@ -240,13 +258,15 @@ def init() -> None:
     persistent widget values alive across pages.  Call first thing in every run."""
     ss = st.session_state
     if not ss.get(APP_READY):
-        query = {k: st.query_params.get(k) for k in ("dataset", "formula", "lecture")}
+        query = {k: st.query_params.get(k) for k in ("dataset", "formula", "lecture", "upload")}
         key = query["dataset"] if query["dataset"] in CATALOGUE else DEFAULT_KEY
         ss[DATA_KEY] = key
         ss[DATA_USER] = {}
         ss[DATA_TYPES] = {}
         ss[DATA_REFERENCE] = {}
         ss[DATA_UPLOAD_ERROR] = None
+        # A new session has no uploaded file: if the URL names one, it was lost.
+        ss[DATA_LOST] = str(query["upload"])[:200] if query["upload"] else None
         ss[MODEL_METHOD] = "REML"
         ss[MODEL_DDF] = "lme4"
         ss[MODEL_FAMILY] = "gaussian"
@@ -329,6 +349,9 @@ def share_query() -> dict:
         formula = (ss.get(MODEL_FORMULA) or "").strip()
         if formula and formula != CATALOGUE[ss[DATA_KEY]].formula:
             q["formula"] = formula
+    elif ss.get(DATA_KEY) in ss.get(DATA_USER, {}):
+        # not shareable, but a session started from this URL knows a file is missing
+        q["upload"] = ss[DATA_USER][ss[DATA_KEY]]["label"][:200]
     if ss.get(APP_LECTURE):
         q["lecture"] = "1"
     return q

@@ -26,6 +26,9 @@ Public API (tests, pages and tools rely on these names):
   ``known_variance_rmse``: simulated groups with the truth known; ``cross_validate``;
   ``simulate_power`` (lmer Satterthwaite test vs paired t-test over simulated studies);
   ``MixedFit.simulate(nsim, seed)`` draws new responses from a fit (lme4's ``simulate``)
+- ``lmmcore.fitview``: how the fit works, for teaching: the profiled criterion along theta
+  (``criterion_curve``, ``criterion_surface``), the model at any theta with the criterion's
+  parts (``state_at``, ``estimates_at``) and the optimiser's path (``optimizer_path``)
 - ``model_equation(fit) -> ModelEquation``: the model as the lecture writes it (LaTeX lines,
   symbols with estimates, parameter count = anova's ``npar``)
 - ``compare_lm(compact, augmented)`` (R's ``anova(lm_c, lm_a)`` F test and PRE; printed by

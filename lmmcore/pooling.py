@@ -148,6 +148,16 @@ class PoolingEstimates:
     def formulas(self) -> dict:
         return dict(self._formulas)
 
+    def replace(self, **changes) -> "PoolingEstimates":
+        """A copy with some fields replaced (``table``, ``fit``, ...), as ``dataclasses.replace``:
+        e.g. partial pooling at another theta (``lmmcore.fitview.estimates_at``)."""
+        state = self._state()
+        unknown = sorted(set(changes) - set(state))
+        if unknown:
+            raise LmmError(f"PoolingEstimates has no field {', '.join(unknown)}; "
+                           f"its fields are {', '.join(state)}.")
+        return type(self)(**{**state, **changes})
+
     @property
     def methods(self) -> tuple:
         """The methods in the table, in its order (``("complete", "no", "partial")``)."""

@@ -90,6 +90,16 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) ``pid`` has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _descendants(pid: int) -> list[int]:
     """``pid`` and every process below it (worker processes, the fork server)."""
     children = {}
@@ -111,18 +121,22 @@ def _descendants(pid: int) -> list[int]:
 
 
 class MemorySampler:
-    """Samples the server's RSS (main process, and with its descendants) every ``interval``."""
+    """Samples the servers' RSS (main processes, and with their descendants) every ``interval``.
 
-    def __init__(self, pid: int | None, interval: float = 0.5):
-        self.pid, self.interval = pid, interval
+    With several replicas (``--server-pid`` given more than once) the figures are sums."""
+
+    def __init__(self, pids, interval: float = 0.5):
+        self.pids = [p for p in (pids or []) if p]
+        self.pid = self.pids[0] if self.pids else None
+        self.interval = interval
         self.main_kb: list[int] = []
         self.tree_kb: list[int] = []
 
     def sample(self) -> tuple[int, int]:
-        if self.pid is None:
+        if not self.pids:
             return 0, 0
-        main = _rss_kb(self.pid)
-        tree = sum(_rss_kb(p) for p in _descendants(self.pid))
+        main = sum(_rss_kb(p) for p in self.pids)
+        tree = sum(_rss_kb(c) for p in self.pids for c in _descendants(p))
         self.main_kb.append(main)
         self.tree_kb.append(tree)
         return main, tree
@@ -185,15 +199,7 @@ async def _session(browser, base: str, index: int, rounds: int, timeout_s: float
 
 
 WS_PAGE = "model"
-
-
-def _formula_widget_id(msg) -> str | None:
-    element = msg.delta.new_element
-    if element.WhichOneof("type") == "text_input":
-        ti = element.text_input
-        if ti.label == FORMULA_LABEL or ti.id.endswith("model.formula"):
-            return ti.id
-    return None
+FORMULA_KEY = "model.formula"
 
 
 def _widget_state(msg):
@@ -244,90 +250,337 @@ def _error_in(msg) -> str | None:
     return None
 
 
-async def _ws_run(ws, expected: str, timeout_s: float, state: dict) -> tuple[float, float]:
-    """Read ForwardMsgs until ``expected`` has arrived and the run has finished;
-    return the seconds until ``expected`` arrived and until the run finished."""
-    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+class WsClient:
+    """One browser tab, simulated: Streamlit's websocket protocol plus the HTTP requests a
+    browser makes (cookies, the XSRF token, file uploads), through a proxy or not.
 
-    t0 = time.perf_counter()
-    seen_at = None
-    deadline = t0 + timeout_s
-    while True:
-        remaining = deadline - time.perf_counter()
-        if remaining <= 0:
-            raise TimeoutError(f"no {expected!r} within {timeout_s:.0f} s")
-        raw = await asyncio.wait_for(ws.recv(), remaining)
-        if seen_at is None and expected.encode() in raw:
-            seen_at = time.perf_counter() - t0
-        msg = ForwardMsg()
-        msg.ParseFromString(raw)
-        kind = msg.WhichOneof("type")
-        if kind == "delta":
-            wid = _formula_widget_id(msg)
-            if wid:
-                state["formula_id"] = wid
-            widget = _widget_state(msg)
-            widgets = state.setdefault("widgets", {})
-            # Without set_value the server leaves the value to the client: a browser keeps
-            # what it had, so only a widget seen for the first time takes its default.
-            if widget is not None and (widget.id not in widgets or _sets_value(msg)):
-                widgets[widget.id] = widget
-            problem = _error_in(msg)
-            if problem:
-                state.setdefault("errors", []).append(problem)
-        elif kind == "script_finished":
-            # 2 = FINISHED_EARLY_FOR_RERUN: another run follows
-            if msg.script_finished != 2 and seen_at is not None:
-                return seen_at, time.perf_counter() - t0
+    It keeps what a browser keeps between runs: every widget's value (sent back on every
+    rerun), the session id, the cookies.  ``state["errors"]`` collects exceptions and
+    error alerts the app draws.
+    """
+
+    def __init__(self, base: str, page: str, query: str, timeout_s: float):
+        self.base, self.page, self.query, self.timeout_s = base, page, query, timeout_s
+        self.cookies: dict[str, str] = {}
+        self.state: dict = {"widgets": {}, "elements": {}, "errors": []}
+        self.ws = None
+        self.upstream = None  # which replica answered (the proxy tests' debug header)
+
+    # ------------------------------------------------------------------ HTTP
+    def cookie_header(self) -> str:
+        return "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+
+    def _http(self, method: str, path: str, body: bytes | None = None, headers=None):
+        import urllib.request
+
+        req = urllib.request.Request(self.base + path, data=body, method=method,
+                                     headers={**(headers or {}),
+                                              **({"Cookie": self.cookie_header()} if self.cookies else {})})
+        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            for c in resp.headers.get_all("Set-Cookie") or []:
+                name, _, rest = c.partition("=")
+                self.cookies[name.strip()] = rest.split(";")[0]
+            self.upstream = resp.headers.get("X-Pooling-Upstream", self.upstream)
+            return resp.status, resp.read()
+
+    async def http(self, method: str, path: str, body: bytes | None = None, headers=None):
+        return await asyncio.to_thread(self._http, method, path, body, headers)
+
+    # ------------------------------------------------------------- websocket
+    async def connect(self, fetch_cookies: bool = True) -> None:
+        """Open the session's websocket (after a health request for the cookies a browser
+        has from loading the page: the proxy's affinity cookie and Streamlit's XSRF one)."""
+        from websockets.asyncio.client import connect
+
+        if fetch_cookies:
+            await self.http("GET", "/_stcore/health")
+        url = self.base.replace("http", "ws", 1) + "/_stcore/stream"
+        headers = {"Cookie": self.cookie_header()} if self.cookies else None
+        self.ws = await connect(url, subprotocols=["streamlit"], max_size=None,
+                                open_timeout=self.timeout_s, ping_interval=None,
+                                additional_headers=headers)
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+            self.ws = None
+
+    def _rerun_msg(self, widgets=None) -> bytes:
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+
+        msg = BackMsg()
+        msg.rerun_script.query_string = self.query
+        msg.rerun_script.page_name = self.page
+        values = dict(self.state["widgets"])
+        values.update({w.id: w for w in widgets or ()})
+        msg.rerun_script.widget_states.widgets.extend(values.values())
+        return msg.SerializeToString()
+
+    def widget_id(self, key: str) -> str:
+        """The id of the widget drawn with ``key=key`` (Streamlit puts the key in the id)."""
+        for wid in self.state["elements"]:
+            if wid.endswith(key):
+                return wid
+        raise KeyError(f"no widget with key {key!r} on the page")
+
+    def element(self, key: str):
+        return self.state["elements"][self.widget_id(key)]
+
+    async def run(self, done, widgets=None, page: str | None = None) -> tuple[float, float]:
+        """Send a rerun (with ``widgets`` changed) and read until ``done(msg, raw)`` has
+        held once and the run has finished; return (seconds until done, until finished)."""
+        if page is not None:
+            self.page = page
+        await self.ws.send(self._rerun_msg(widgets))
+        return await self.read_run(done)
+
+    async def read_run(self, done) -> tuple[float, float]:
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        t0 = time.perf_counter()
+        seen_at = None
+        deadline = t0 + self.timeout_s
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise TimeoutError(f"the page did not finish within {self.timeout_s:.0f} s")
+            raw = await asyncio.wait_for(self.ws.recv(), remaining)
+            msg = ForwardMsg()
+            msg.ParseFromString(raw)
+            kind = msg.WhichOneof("type")
+            if kind == "new_session":
+                self.state["session_id"] = msg.new_session.initialize.session_id
+            elif kind == "delta":
+                self._track(msg)
+            elif kind == "file_urls_response":
+                self.state["file_urls"] = msg.file_urls_response
+            if seen_at is None and done(msg, raw):
+                seen_at = time.perf_counter() - t0
+            if kind == "script_finished":
+                # 2 = FINISHED_EARLY_FOR_RERUN: another run follows
+                if msg.script_finished != 2 and seen_at is not None:
+                    return seen_at, time.perf_counter() - t0
+
+    def _track(self, msg) -> None:
+        element = msg.delta.new_element
+        kind = element.WhichOneof("type")
+        w = getattr(element, kind) if kind else None
+        wid = getattr(w, "id", None) if w is not None else None
+        if wid:
+            self.state["elements"][wid] = w
+        widget = _widget_state(msg)
+        widgets = self.state["widgets"]
+        # Without set_value the server leaves the value to the client: a browser keeps
+        # what it had, so only a widget seen for the first time takes its default.
+        if widget is not None and (widget.id not in widgets or _sets_value(msg)):
+            widgets[widget.id] = widget
+        problem = _error_in(msg)
+        if problem:
+            self.state["errors"].append(problem)
+
+    async def upload(self, key: str, name: str, data: bytes):
+        """Upload ``data`` into the file uploader with ``key`` as a browser does: ask the
+        server for an upload URL, PUT the file (multipart, XSRF header), then rerun with
+        the uploader's new value.  Returns (seconds for the PUT, the rerun's timings)."""
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+        request = BackMsg()
+        request.file_urls_request.request_id = "upload-1"
+        request.file_urls_request.file_names.append(name)
+        request.file_urls_request.session_id = self.state["session_id"]
+        self.state.pop("file_urls", None)
+        await self.ws.send(request.SerializeToString())
+        deadline = time.perf_counter() + self.timeout_s
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+        while "file_urls" not in self.state:
+            raw = await asyncio.wait_for(self.ws.recv(), max(0.1, deadline - time.perf_counter()))
+            msg = ForwardMsg()
+            msg.ParseFromString(raw)
+            if msg.WhichOneof("type") == "file_urls_response":
+                self.state["file_urls"] = msg.file_urls_response
+        urls = self.state["file_urls"].file_urls[0]
+        boundary = f"----loadtest{random.getrandbits(64):016x}"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                f"filename=\"{name}\"\r\nContent-Type: text/csv\r\n\r\n").encode() + data + \
+            f"\r\n--{boundary}--\r\n".encode()
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}",
+                   "X-Xsrftoken": self.cookies.get("_streamlit_xsrf", "")}
+        t0 = time.perf_counter()
+        await self.http("PUT", urls.upload_url, body, headers)
+        put_s = time.perf_counter() - t0
+        state = WidgetState(id=self.widget_id(key))
+        info = state.file_uploader_state_value.uploaded_file_info.add()
+        info.name, info.size, info.file_id = name, len(data), urls.file_id
+        info.file_urls.CopyFrom(urls)
+        timings = await self.run(lambda m, r: m.WhichOneof("type") == "script_finished", [state])
+        return put_s, timings
+
+
+def text_marker(expected: str):
+    """``done`` for :meth:`WsClient.run`: ``expected`` is in a message of the run."""
+    data = expected.encode()
+    return lambda msg, raw: data in raw
+
+
+def element_marker(kind: str, text: str | None = None):
+    """``done``: an element of ``kind`` (e.g. "plotly_chart") was drawn and, with ``text``,
+    a markdown element holding ``text`` (Markdown escapes removed), in either order."""
+    seen = {"kind": False, "text": text is None}
+
+    def done(msg, raw):
+        if msg.WhichOneof("type") != "delta":
+            return False
+        element = msg.delta.new_element
+        what = element.WhichOneof("type")
+        if what == "markdown" and text is not None and text in element.markdown.body.replace("\\", ""):
+            seen["text"] = True
+        if what == kind:
+            seen["kind"] = True
+        return seen["kind"] and seen["text"]
+
+    return done
 
 
 async def _ws_session(base: str, index: int, rounds: int, timeout_s: float,
                       start_delay: float, result: SessionResult, hold: asyncio.Event,
                       think: float = 0.0):
-    from streamlit.proto.BackMsg_pb2 import BackMsg
+    """The model-page scenario: open, then flip the formula ``rounds`` times."""
     from streamlit.proto.WidgetStates_pb2 import WidgetState
-    from websockets.asyncio.client import connect
 
     await asyncio.sleep(start_delay)
     first_formula, first_text = MODELS[0]
     query = urllib.parse.urlencode({"dataset": "sleepstudy", "formula": first_formula})
-    url = base.replace("http", "ws", 1) + "/_stcore/stream"
-    state: dict = {}
-
-    def rerun(widgets=()) -> bytes:
-        msg = BackMsg()
-        msg.rerun_script.query_string = query
-        msg.rerun_script.page_name = WS_PAGE
-        msg.rerun_script.widget_states.widgets.extend(widgets)
-        return msg.SerializeToString()
-
+    client = WsClient(base, WS_PAGE, query, timeout_s)
     try:
         t0 = time.perf_counter()
-        async with connect(url, subprotocols=["streamlit"], max_size=None,
-                           open_timeout=timeout_s, ping_interval=None) as ws:
-            await ws.send(rerun())
-            await _ws_run(ws, first_text, timeout_s, state)
-            result.load_s = time.perf_counter() - t0
-            if "formula_id" not in state:
-                raise RuntimeError("the model page has no formula box")
-            rng = random.Random(index)
-            for r in range(rounds):
-                if think > 0:
-                    # a student reads the result before changing the model again
-                    await asyncio.sleep(rng.uniform(0.5 * think, 1.5 * think))
-                formula, text = MODELS[(r + 1) % len(MODELS)]
-                widgets = dict(state.get("widgets", {}))
-                widgets[state["formula_id"]] = WidgetState(id=state["formula_id"],
-                                                           string_value=formula)
-                await ws.send(rerun(widgets.values()))
-                seen, finished = await _ws_run(ws, text, timeout_s, state)
-                result.change_s.append(seen)
-                result.run_s.append(finished)
-            result.errors.extend(state.get("errors", []))
-            # stay connected (the session stays alive on the server) until all are done
-            await hold.wait()
+        await client.connect(fetch_cookies=False)
+        await client.run(text_marker(first_text))
+        result.load_s = time.perf_counter() - t0
+        formula_id = client.widget_id(FORMULA_KEY)
+
+        def change(r):
+            formula, text = MODELS[(r + 1) % len(MODELS)]
+            return text_marker(text), [WidgetState(id=formula_id, string_value=formula)]
+
+        await _changes(client, change, result, index, rounds, think, hold)
     except Exception as exc:
-        result.errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        result.errors.append(_describe(exc))
+    finally:
+        await client.close()
+
+
+async def _changes(client: WsClient, change, result: SessionResult, index: int, rounds: int,
+                   think: float, hold: asyncio.Event) -> None:
+    """``rounds`` changes (``change(r)`` gives the run's ``done`` and the widgets to set),
+    each timed; then stay connected (the session alive on the server) until all are done."""
+    rng = random.Random(index)
+    for r in range(rounds):
+        if think > 0:
+            # a student reads the result before changing the model again
+            await asyncio.sleep(rng.uniform(0.5 * think, 1.5 * think))
+        seen, finished = await client.run(*change(r))
+        result.change_s.append(seen)
+        result.run_s.append(finished)
+    result.errors.extend(client.state["errors"])
+    await hold.wait()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
+
+
+# The shrinkage page's "formula" is the random part of the partial-pooling lmer: a student
+# switches it twice; each choice's lmer, as the page's caption names it.
+HALL_CHANGES = [("intercept", "Reaction ~ Days + (1 | Subject)"),
+                ("slope", "Reaction ~ Days + (0 + Days | Subject)")]
+RANDOM_KEY = "pool.random"
+
+
+async def _hall_session(base: str, index: int, rounds: int, timeout_s: float,
+                        start_delay: float, result: SessionResult, hold: asyncio.Event,
+                        think: float = 0.0):
+    """The lecture-hall scenario: open the shared link of the shrinkage page on the
+    lecture's data (open -> plot), then change the random part ``rounds`` times."""
+    from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's lmmcore
+    from lmmcore.pooling import RANDOM_CHOICES  # the order of the page's menu
+
+    await asyncio.sleep(start_delay)
+    client = WsClient(base, "shrinkage", "dataset=sleepstudy_fake&lecture=1", timeout_s)
+    try:
+        t0 = time.perf_counter()
+        # a browser loads the page first (and gets the proxy's affinity cookie)
+        await client.connect(fetch_cookies=True)
+        seen, _ = await client.run(element_marker("plotly_chart"))
+        result.load_s = time.perf_counter() - t0 - _ + seen  # until the plot arrived
+
+        def change(r):
+            choice, formula = HALL_CHANGES[r % len(HALL_CHANGES)]
+            select = client.element(RANDOM_KEY)
+            label = select.options[RANDOM_CHOICES.index(choice)]
+            return element_marker("plotly_chart", formula), [WidgetState(id=select.id, string_value=label)]
+
+        await _changes(client, change, result, index, rounds, think, hold)
+    except Exception as exc:
+        result.errors.append(_describe(exc))
+    finally:
+        await client.close()
+
+
+def student_csv(target_bytes: int = 20_000_000, seed: int = 12) -> bytes:
+    """A student's wide export: participant, day, rt and 20 questionnaire items, just under
+    ``target_bytes`` (the default is 20 MB, under the 20 MiB upload limit)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = int(target_bytes / 370)
+    p = rng.integers(0, 400, rows)
+    day = rng.integers(0, 10, rows)
+    columns = [[f"p{i:04d}" for i in p], [str(d) for d in day],
+               [f"{x:.2f}" for x in 250 + 10 * day + rng.normal(0, 30, rows) + (p % 17) * 3]]
+    columns += [[f"{x:.15g}" for x in rng.normal(size=rows)] for _ in range(20)]
+    header = "participant,day,rt," + ",".join(f"item{j:02d}" for j in range(1, 21))
+    lines = [header] + [",".join(row) for row in zip(*columns)]
+    out, size = [], 0
+    for line in lines:
+        size += len(line) + 1
+        if size > target_bytes:
+            break
+        out.append(line)
+    return ("\n".join(out) + "\n").encode()
+
+
+async def _upload_session(base: str, index: int, rounds: int, timeout_s: float,
+                          start_delay: float, result: SessionResult, hold: asyncio.Event,
+                          think: float = 0.0, data: bytes = b""):
+    """The memory scenario: upload a (distinct) 20 MB CSV on the dataset page, then open
+    the model page, which fits the suggested model on it."""
+    await asyncio.sleep(start_delay)
+    client = WsClient(base, "dataset", "", timeout_s)
+    # one row differs per session: every student's table (and fit) is their own
+    header_end = data.index(b"\n") + 1
+    own = data[:header_end] + f"x{index:04d}".encode() + data[header_end + 5:]  # "p0123" -> "x0007"
+    try:
+        t0 = time.perf_counter()
+        await client.connect(fetch_cookies=True)
+        await client.run(lambda m, r: m.WhichOneof("type") == "script_finished")
+        result.load_s = time.perf_counter() - t0
+        put_s, (_, read_s) = await client.upload(UPLOAD_KEY, f"student{index:02d}.csv", own)
+        result.run_s.append(put_s + read_s)
+        seen, _ = await client.run(text_marker("REML criterion at convergence"), page="model")
+        result.change_s.append(seen)
+        result.errors.extend(client.state["errors"])
+        await hold.wait()
+    except Exception as exc:
+        result.errors.append(_describe(exc))
+    finally:
+        await client.close()
+
+
+UPLOAD_KEY = "data.uploader"
 
 
 async def run(args) -> dict:
@@ -335,6 +588,7 @@ async def run(args) -> dict:
     load_before = os.getloadavg()[0]
     sampler = MemorySampler(args.server_pid)
     baseline_main, baseline_tree = sampler.sample()
+    cpu_before = sum(_cpu_s(p) for p in sampler.pids)
     results = [SessionResult(i) for i in range(args.sessions)]
     stop, hold = asyncio.Event(), asyncio.Event()
     delays = [args.ramp * i / max(1, args.sessions) for i in range(args.sessions)]
@@ -344,15 +598,17 @@ async def run(args) -> dict:
         t0 = time.perf_counter()
         running = [asyncio.create_task(t) for t in tasks]
 
+        expected = 1 if args.scenario == "upload" else args.rounds
+
         async def all_measured():
-            while any(len(r.change_s) < args.rounds and not r.errors for r in results):
+            while any(len(r.change_s) < expected and not r.errors for r in results):
                 await asyncio.sleep(0.1)
 
         try:
             await asyncio.wait_for(all_measured(), timeout=args.max_seconds)
         except asyncio.TimeoutError:
             for r in results:
-                if len(r.change_s) < args.rounds and not r.errors:
+                if len(r.change_s) < expected and not r.errors:
                     r.errors.append(f"unfinished after the run's limit of {args.max_seconds:.0f} s")
         wall = time.perf_counter() - t0
         await asyncio.sleep(1.0)  # the server settles with every session still connected
@@ -365,10 +621,42 @@ async def run(args) -> dict:
         await asyncio.gather(*running, return_exceptions=True)
         return wall, connected
 
+    if args.client == "ws" and args.warm_url:
+        # The lecturer opened the page before posting the link: each replica (addressed
+        # directly) has run it once, so the libraries are loaded and the page's fit cached.
+        for url in args.warm_url:
+            warm = SessionResult(-1)
+            done = asyncio.Event()
+            done.set()
+            await {"model": _ws_session, "hall": _hall_session}.get(args.scenario, _ws_session)(
+                _loopback_only(url), -1, 0, args.timeout, 0.0, warm, done)
+            if warm.errors:
+                raise SystemExit(f"warming {url} failed: {warm.errors}")
+        baseline_main, baseline_tree = sampler.sample()
+        cpu_before = sum(_cpu_s(p) for p in sampler.pids)
     if args.client == "ws":
-        tasks = [_ws_session(base, r.index, args.rounds, args.timeout, delays[r.index], r, hold,
-                             args.think) for r in results]
+        session = {"model": _ws_session, "hall": _hall_session, "upload": _upload_session}[args.scenario]
+        extra = {"data": student_csv(args.upload_mb * 1_000_000)} if args.scenario == "upload" else {}
+        tasks = [session(base, r.index, args.rounds, args.timeout, delays[r.index], r, hold,
+                         args.think, **extra) for r in results]
         wall, (connected_main, connected_tree) = await drive(tasks)
+        cpu_used = sum(_cpu_s(p) for p in sampler.pids) - cpu_before
+        if args.release_wait > 0:
+            # the sessions are closed now: does the server give their memory back?
+            release = []
+            t_closed = time.perf_counter()
+            while time.perf_counter() - t_closed < args.release_wait:
+                await asyncio.sleep(min(5.0, args.release_wait))
+                # Streamlit drops expired disconnected sessions lazily, when its session
+                # store is next used: as in a lecture, someone opens and closes a page.
+                visitor = WsClient(base, "dataset", "", args.timeout)
+                try:
+                    await visitor.connect(fetch_cookies=False)
+                    await visitor.run(lambda m, r: m.WhichOneof("type") == "script_finished")
+                finally:
+                    await visitor.close()
+                main_kb, tree_kb = sampler.sample()
+                release.append((round(time.perf_counter() - t_closed, 1), round(main_kb / 1024, 1)))
     else:
         from playwright.async_api import async_playwright
 
@@ -388,7 +676,7 @@ async def run(args) -> dict:
     errors = [f"session {r.index}: {e}" for r in results for e in r.errors]
     mb = 1 / 1024
     report = {
-        "url": base, "client": args.client, "sessions": args.sessions, "think_s": args.think, "rounds": args.rounds, "wall_s": round(wall, 2),
+        "url": base, "client": args.client, "scenario": args.scenario, "sessions": args.sessions, "think_s": args.think, "rounds": args.rounds, "wall_s": round(wall, 2),
         "formula_changes": len(changes),
         "change_p50_s": _percentile(changes, 0.5), "change_p95_s": _percentile(changes, 0.95),
         "change_max_s": max(changes) if changes else None,
@@ -403,6 +691,14 @@ async def run(args) -> dict:
         "loadavg_before": load_before, "loadavg_after": os.getloadavg()[0],
         "cpus": os.cpu_count(),
     }
+    if args.client == "ws" and sampler.pids:
+        # the servers' own CPU (not the client's, not other work on the machine): what a run
+        # costs, comparable between a busy and a quiet machine
+        runs = len(loads) + len(changes)
+        report["server_cpu_s"] = round(cpu_used, 2)
+        report["server_cpu_per_run_ms"] = round(1000 * cpu_used / max(1, runs), 1)
+    if args.client == "ws" and args.release_wait > 0:
+        report["rss_after_close_mb"] = release  # (seconds since the sessions closed, MB)
     if args.server_pid:
         report.update({
             "server_rss_before_mb": baseline_main * mb,
@@ -419,15 +715,28 @@ def _print(report: dict, target: float) -> None:
     def f(x):
         return "-" if x is None else f"{x:.2f}"
 
-    print(f"[{report['client']} client, think {report['think_s']:g} s] {report['sessions']} sessions x {report['rounds']} formula changes against "
-          f"{report['url']} in {report['wall_s']} s")
-    print(f"formula change -> result rendered: p50 {f(report['change_p50_s'])} s, "
+    what = {"model": "formula changes", "hall": "changes of the random part (shrinkage page)",
+            "upload": "uploads + fits"}[report["scenario"]]
+    rounds = 1 if report["scenario"] == "upload" else report["rounds"]
+    print(f"[{report['scenario']} scenario, {report['client']} client, think {report['think_s']:g} s] "
+          f"{report['sessions']} sessions x {rounds} {what} against {report['url']} in {report['wall_s']} s")
+    if report["scenario"] == "upload":
+        print(f"upload sent and read (PUT + the dataset page's run): p50 {f(report['run_p50_s'])} s, "
+              f"p95 {f(report['run_p95_s'])} s")
+        print(f"model page opened -> lme4 summary of the upload's fit: p50 {f(report['change_p50_s'])} s, "
+              f"p95 {f(report['change_p95_s'])} s, max {f(report['change_max_s'])} s")
+    else:
+        print(f"formula change -> result rendered: p50 {f(report['change_p50_s'])} s, "
           f"p95 {f(report['change_p95_s'])} s, max {f(report['change_max_s'])} s "
           f"(n={report['formula_changes']}; target p95 < {target:g} s)")
-    if report["run_p50_s"] is not None:
+    if report["run_p50_s"] is not None and report["scenario"] != "upload":
         print(f"formula change -> whole page run finished (charts included): "
               f"p50 {f(report['run_p50_s'])} s, p95 {f(report['run_p95_s'])} s")
-    print(f"first page load with a fit: p50 {f(report['load_p50_s'])} s, p95 {f(report['load_p95_s'])} s")
+    first = "open -> plot" if report["scenario"] == "hall" else "first page load"
+    print(f"{first}: p50 {f(report['load_p50_s'])} s, p95 {f(report['load_p95_s'])} s")
+    if "server_cpu_s" in report:
+        print(f"server CPU (main processes): {report['server_cpu_s']:.1f} s in all, "
+              f"{report['server_cpu_per_run_ms']:.0f} ms per page run")
     print(f"machine: {report['cpus']} CPUs, load average {report['loadavg_before']:.1f} before, "
           f"{report['loadavg_after']:.1f} after (server and browser share these cores)")
     print(f"errors: {report['error_count']} in {report['sessions_with_errors']} sessions")
@@ -439,16 +748,67 @@ def _print(report: dict, target: float) -> None:
               f"(peak {report['server_rss_peak_mb']:.0f} MB; with workers "
               f"{report['server_tree_rss_peak_mb']:.0f} MB): "
               f"{report['rss_per_session_mb']:.1f} MB per session")
+    if report.get("rss_after_close_mb"):
+        trail = ", ".join(f"{mb:.0f} MB at {t:g} s" for t, mb in report["rss_after_close_mb"])
+        print(f"server RSS after the sessions closed: {trail}")
+
+
+def _serve(args):
+    """Start ``args.serve`` replicas of the app on loopback (and nginx with deploy/nginx.conf
+    in front when there are several), as tests/deploy_support.py does for the proxy tests;
+    point the run at them.  Returns the context manager stack to close afterwards."""
+    import contextlib
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import deploy_support as ds
+
+    stack = contextlib.ExitStack()
+    env = {}
+    if args.session_ttl is not None:
+        env["STREAMLIT_SERVER_DISCONNECTED_SESSION_TTL"] = str(int(args.session_ttl))
+    ports = [ds.free_port() for _ in range(args.serve)]
+    replicas = [stack.enter_context(ds.streamlit_replica(port, f"loadtest-{i}", env))
+                for i, port in enumerate(ports)]
+    args.server_pid = [proc.pid for _, proc, _ in replicas]
+    args.warm_url = args.warm_url or [base for base, _, _ in replicas]
+    if args.serve == 1:
+        args.url = replicas[0][0]
+    else:
+        if not shutil.which("nginx"):
+            raise SystemExit("--serve 2 or more needs nginx (apt-get install nginx)")
+        args.url, _ = stack.enter_context(ds.nginx_proxy(ports, ds.free_port()))
+    return stack
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("url", help="the running app, e.g. http://127.0.0.1:8501 (loopback only)")
+    p.add_argument("url", nargs="?",
+                   help="the running app, e.g. http://127.0.0.1:8501 (loopback only); "
+                        "omit with --serve")
+    p.add_argument("--serve", type=int, default=0,
+                   help="start this many replicas of the app here first (2 or more behind "
+                        "nginx with deploy/nginx.conf, each opened once before measuring) "
+                        "and stop them afterwards")
+    p.add_argument("--session-ttl", type=float,
+                   help="with --serve: the replicas' disconnectedSessionTTL in seconds")
     p.add_argument("--sessions", type=int, default=30)
     p.add_argument("--client", choices=["ws", "browser"], default="ws",
                    help="Streamlit's websocket protocol (default) or headless Chromium")
     p.add_argument("--rounds", type=int, default=4, help="formula changes per session")
-    p.add_argument("--server-pid", type=int, help="the streamlit process, for its memory")
+    p.add_argument("--server-pid", type=int, action="append",
+                   help="the streamlit process, for its memory (repeat for several replicas)")
+    p.add_argument("--scenario", choices=["model", "hall", "upload"], default="model",
+                   help="model: flip the model page's formula (default); hall: open the "
+                        "shrinkage page's shared link, then change its random part (issue 12 "
+                        "part 2, e.g. --sessions 200 --ramp 10 --rounds 2 through nginx); "
+                        "upload: upload a distinct CSV of --upload-mb MB and fit it (part 5)")
+    p.add_argument("--warm-url", action="append", default=[],
+                   help="open the scenario's page once on this URL before measuring (repeat "
+                        "with each replica's own address: the lecturer opened the link first)")
+    p.add_argument("--upload-mb", type=float, default=20.0, help="upload scenario: file size, MB")
+    p.add_argument("--release-wait", type=float, default=0.0,
+                   help="after closing the sessions, sample the server's memory this many "
+                        "seconds (use the server's disconnectedSessionTTL plus a margin)")
     p.add_argument("--ramp", type=float, default=3.0, help="seconds over which sessions start")
     p.add_argument("--think", type=float, default=0.0,
                    help="mean seconds a session waits between formula changes (ws client; "
@@ -461,12 +821,26 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not 1 <= args.sessions <= 200 or not 1 <= args.rounds <= 50:
         p.error("--sessions must be 1..200 and --rounds 1..50 (a bounded load)")
-    report = asyncio.run(run(args))
+    if args.serve:
+        if not 1 <= args.serve <= 8:
+            p.error("--serve must be 1..8")
+        stack = _serve(args)
+    elif not args.url:
+        p.error("give the app's URL, or --serve N")
+    else:
+        stack = None
+    try:
+        report = asyncio.run(run(args))
+    finally:
+        if stack is not None:
+            stack.close()
     _print(report, args.target_p95)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
     ok = report["error_count"] == 0 and (report["change_p95_s"] or 1e9) < args.target_p95
+    if args.scenario == "hall":
+        ok = ok and (report["load_p95_s"] or 1e9) < args.target_p95
     return 0 if ok else 1
 
 

@@ -135,10 +135,11 @@ def local_server_conf(upstream_ports, listen_port: int, debug_header: bool = Tru
     the deployed config does not reveal it.
     """
     conf = (ROOT / "deploy" / "nginx.conf").read_text()
-    servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;"
-                        for p in upstream_ports)
-    conf, n = re.subn(r"^\s*server app:8501[^;]*;", servers, conf, flags=re.M)
-    assert n == 1, "deploy/nginx.conf: upstream line `server app:8501 ...;` not found"
+    line = re.search(r"^\s*server app:8501([^;]*);", conf, flags=re.M)
+    assert line, "deploy/nginx.conf: upstream line `server app:8501 ...;` not found"
+    # the deployed health-check parameters (max_fails, fail_timeout) on every loopback replica
+    servers = "\n".join(f"    server 127.0.0.1:{p}{line.group(1)};" for p in upstream_ports)
+    conf = conf[:line.start()] + "\n" + servers + conf[line.end():]
     conf, n = re.subn(r"^\s*listen 80;", f"    listen 127.0.0.1:{listen_port};", conf, flags=re.M)
     assert n == 1, "deploy/nginx.conf: `listen 80;` not found"
     if debug_header:

@@ -151,7 +151,8 @@ def test_compose_file_runs_n_replicas_behind_nginx():
     assert "condition: service_healthy" in text
     assert "STREAMLIT_SERVER_COOKIE_SECRET" in text
     for name in ("POOLING_MAX_UPLOAD_MB", "POOLING_MAX_ROWS", "POOLING_MAX_COLUMNS",
-                 "POOLING_FIT_TIMEOUT_S", "POOLING_WORKER_MIN_ROWS", "POOLING_ACCESS_CODE"):
+                 "POOLING_FIT_TIMEOUT_S", "POOLING_WORKER_MIN_ROWS", "POOLING_WORKER_MIN_COST",
+                 "POOLING_ACCESS_CODE"):
         assert f"{name}:" in text, name
     # the app service is reachable only through the proxy
     app = text.split("\n  proxy:")[0]

@@ -24,12 +24,14 @@ def test_every_variable_is_read():
         "POOLING_MAX_COLUMNS": " 12 ",
         "POOLING_FIT_TIMEOUT_S": "2.5",
         "POOLING_WORKER_MIN_ROWS": "0",
+        "POOLING_WORKER_MIN_COST": "2.5e6",
         "POOLING_ACCESS_CODE": "stats-2025",
         "UNRELATED": "x",
     })
     assert (s.max_upload_mb, s.max_rows, s.max_columns) == (5, 1000, 12)
     assert s.fit_timeout_s == 2.5
     assert s.worker_min_rows == 0
+    assert s.worker_min_cost == 2.5e6
     assert s.access_code == "stats-2025"
 
 

@@ -192,3 +192,101 @@ def test_a_large_fit_in_a_worker_leaves_small_fits_prompt():
     # generous: at most 4x slower than alone, or half a second, whichever is larger
     assert max(timings) < max(0.5, 4 * alone), (timings, alone)
     assert busy_worker or outcome, "the large fit ended before the small ones could overlap it"
+
+
+# ----------------------------------------------------------- issue 12 part 4: every fit is limited
+
+def _pathological(n=4999, levels=1000, seed=12):
+    """The issue's stall: under POOLING_WORKER_MIN_ROWS rows, but two crossed factors with
+    a thousand levels each and three random-effect columns per factor."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"y": rng.normal(size=n), "x": rng.normal(size=n), "z": rng.normal(size=n),
+                         "a": [f"a{i}" for i in rng.integers(0, levels, n)],
+                         "b": [f"b{i}" for i in rng.integers(0, levels, n)]})
+
+
+PATHOLOGICAL = "y ~ x + z + (x + z | a) + (x + z | b)"
+SMALL = ["Reaction ~ Days + (1 | Subject)", "Reaction ~ Days + (Days | Subject)",
+         "Reaction ~ Days + (Days || Subject)"]
+
+
+@needs_engine
+def test_the_cost_not_the_rows_decides_where_a_fit_runs(monkeypatch):
+    from lmmcore.design import build_design
+
+    sleep = pd.read_csv(DATA / "sleepstudy.csv")
+    small = worker.estimate_cost(build_design(SMALL[1], sleep))
+    big = worker.estimate_cost(build_design(PATHOLOGICAL, _pathological()))
+    assert small < worker.DEFAULT_WORKER_MIN_COST / 100
+    assert big > worker.DEFAULT_WORKER_MIN_COST * 1000
+    # more levels or more columns per term cost more, the same rows
+    fewer = worker.estimate_cost(build_design(PATHOLOGICAL, _pathological(levels=100)))
+    scalar = worker.estimate_cost(build_design("y ~ x + z + (1 | a) + (1 | b)", _pathological()))
+    assert fewer < big and scalar < big
+
+    sent = []
+
+    def fake_worker(func, *args, timeout, **kwargs):
+        sent.append(func.__name__)
+        raise FitTimeout("stand-in")
+
+    monkeypatch.setattr(worker, "run_in_worker", fake_worker)
+    with pytest.raises(FitTimeout):
+        worker.fit_limited("lmer", PATHOLOGICAL, _pathological(), timeout=30)
+    assert sent == ["_fit_design"]
+    fit = worker.fit_limited("lmer", SMALL[1], sleep, timeout=30, data_name="sleepstudy")
+    assert sent == ["_fit_design"], "a sleepstudy fit was sent to a worker"
+    assert fit.reml_criterion == pytest.approx(1743.628, abs=1e-3)  # lme4: 1743.628
+
+
+def test_a_fit_in_the_sessions_thread_is_stopped_at_the_limit():
+    with pytest.raises(FitTimeout, match="longer than 0.5 s") as info:
+        worker.call_with_time_limit(deploy_jobs.busy, 120, timeout=0.5)
+    assert "POOLING_FIT_TIMEOUT_S" in str(info.value)
+    # nothing is left pending for this thread: later code runs undisturbed
+    assert deploy_jobs.busy(0.8) > 0
+    assert worker.call_with_time_limit(deploy_jobs.busy, 0.05, timeout=30) > 0
+    assert not [t for t in threading.enumerate() if t.name == "lmmcore-fit-limit" and t.is_alive()]
+
+
+@needs_engine
+@pytest.mark.slow
+def test_a_real_fit_in_the_sessions_thread_is_stopped_at_the_limit():
+    # every fit forced into the thread: the limit still holds for a slow model
+    data = _pathological(levels=60)
+    with pytest.raises(FitTimeout, match="longer than 0.3 s"):
+        worker.fit_limited("lmer", PATHOLOGICAL, data, timeout=0.3, worker_min_cost=float("inf"))
+
+
+@needs_engine
+@pytest.mark.slow
+def test_a_pathological_fit_stops_at_the_limit_while_small_fits_answer():
+    """Issue 12 part 4. Ordering, not a stopwatch: while the pathological fit runs, other
+    sessions' small fits complete; then it ends with the time-limit message."""
+    worker.set_max_workers(max(1, os.cpu_count() or 1))
+    data = _pathological()
+    sleep = pd.read_csv(DATA / "sleepstudy.csv")
+    outcome = {}
+
+    def pathological():
+        try:
+            outcome["fit"] = worker.fit_limited("lmer", PATHOLOGICAL, data, timeout=20)
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=pathological, name="pathological-session")
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not [p for p in __import__("multiprocessing").active_children() if p.name == "lmmcore-fit"]:
+        assert thread.is_alive(), outcome
+        assert time.monotonic() < deadline, "the pathological fit never reached a worker"
+        time.sleep(0.05)
+    fits = [worker.fit_limited("lmer", f, sleep, timeout=20) for f in SMALL]
+    answered_while_running = thread.is_alive()
+    thread.join()
+    assert answered_while_running, "the small fits waited for the pathological one"
+    assert [round(f.reml_criterion, 1) for f in fits] == [1786.5, 1743.6, 1743.7]  # lme4
+    assert isinstance(outcome.get("error"), FitTimeout), outcome
+    assert "longer than 20 s" in str(outcome["error"])

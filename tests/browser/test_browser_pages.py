@@ -59,7 +59,7 @@ def test_page_renders_clean(page, base_url, server_log, screenshot_dir, name, le
     _assert_clean(page, server_log, f"page {name!r}{' (lecture mode)' if lecture else ''}")
     text = _main_text(page)
     assert len(text.split()) > 20, f"page {name!r} shows almost nothing: {text[:200]!r}"
-    if name in ("pooling", "shrinkage"):
+    if name in ("pooling", "shrinkage", "fit"):
         assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1, \
             f"page {name!r} draws no chart on first load"
     if name == "model":
@@ -179,10 +179,10 @@ def _first_screen_share(pg) -> float:
 
 # The page's main chart: on the model page, the Plots tab's first figure.  The dataset page
 # draws no chart.
-MAIN_CHART_TAB = {"model": "Plots", "pooling": None, "shrinkage": None}
+MAIN_CHART_TAB = {"model": "Plots", "pooling": None, "shrinkage": None, "fit": None}
 
 
-@pytest.mark.parametrize("name", ["model", "pooling", "shrinkage"])
+@pytest.mark.parametrize("name", ["model", "pooling", "shrinkage", "fit"])
 def test_lecture_mode_main_chart_fills_half_the_first_screen(page, base_url, server_log, screenshot_dir, name):
     """On a 1280x720 projector the figure everyone came to see needs no scrolling: in
     lecture mode the page's main chart covers at least half of the first screen."""
