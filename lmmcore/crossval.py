@@ -84,54 +84,31 @@ def _splits(scheme, n, x, codes, m, k, test_fraction, repeats, rng) -> list:
     return [np.flatnonzero(codes == j) for j in range(m)]
 
 
-def _subset_design(design, train: np.ndarray):
-    """The design restricted to the training rows, with unused group levels dropped
-    (R's ``droplevels``), and the map from the full design's level codes to the subset's."""
-    from dataclasses import replace
-
-    terms, maps = [], []
-    for t in design.random_terms:
-        codes = np.asarray(t.codes)[train]
-        used = np.bincount(codes, minlength=t.n_levels) > 0
-        new = np.full(t.n_levels, -1, dtype=np.intp)
-        new[used] = np.arange(int(used.sum()))
-        levels = tuple(lv for lv, u in zip(t.levels, used) if u)
-        terms.append(replace(t, levels=levels, codes=new[codes], Z_raw=np.asarray(t.Z_raw)[train]))
-        maps.append(new)
-    sub = replace(design, y=np.asarray(design.y)[train], X=np.asarray(design.X)[train],
-                  random_terms=tuple(terms), row_index=design.row_index[train])
-    return sub, maps
-
-
-def _partial(design, train, test, population_only: bool, theta0) -> np.ndarray:
+def _partial(fit_all, train, test, population_only: bool) -> np.ndarray:
     """Partial pooling's predictions for the test rows from the lmer fitted to the training rows.
 
-    The fit is lme4's (REML criterion minimised over theta, then beta and the conditional
-    modes), started from ``theta0``, the optimum on all rows: a training set differs from
-    all rows by a few rows, so its optimum is near and the optimiser needs few steps.
-    lme4's pre-fit checks run; its convergence warnings are not needed for a prediction.
+    ``fit_all.refit_subset`` is lme4's fit on the training rows (pre-fit checks, REML
+    criterion minimised over theta, then beta and the conditional modes), started from
+    the optimum on all rows: a training set differs from all rows by a few rows, so its
+    optimum is near and the optimiser needs few steps.  A group with no training rows
+    gets the population prediction (lme4's ``allow.new.levels = TRUE``).  The test rows'
+    model matrices are taken from ``fit_all``'s design (as ``predict(newdata)`` would
+    encode them, without encoding a table once per split).
     """
-    from lmmcore import deviance as dev
-    from lmmcore.mixed import _check_design
-    from lmmcore.optimize import minimize_theta, theta_space
+    from lmmcore.mixed import random_part_of
 
-    sub, maps = _subset_design(design, train)
-    _check_design(sub)
-    cp = dev.cross_products(sub)
-    objective = dev.ProfiledDeviance(cp, True)
-    theta, value, _ = minimize_theta(objective, theta_space(cp.layouts), theta0)
-    if not np.isfinite(value):
-        raise LmmError("the REML criterion cannot be evaluated on these training rows")
-    sol = dev.solve(cp, theta, True)
-    pred = np.asarray(design.X, float)[test] @ sol.beta
+    sub = fit_all.refit_subset(train)
+    full = fit_all.design
+    pred = np.asarray(full.X, float)[test] @ sub._sol.beta
     if population_only:
         return pred
-    for t, new, b in zip(design.random_terms, maps, sol.b):
-        codes = new[np.asarray(t.codes)[test]]
-        known = codes >= 0
-        Z = np.asarray(t.Z_raw, float)[test]
-        pred[known] += np.einsum("nk,nk->n", Z[known], b[codes[known]])
-    return pred
+    groups = []
+    for t_all, t_sub in zip(full.random_terms, sub.design.random_terms):
+        position = {level: i for i, level in enumerate(t_sub.levels)}
+        code_map = np.array([position.get(level, -1) for level in t_all.levels], np.intp)
+        groups.append((code_map[np.asarray(t_all.codes, np.intp)[test]],
+                       np.asarray(t_all.Z_raw, float)[test]))
+    return pred + random_part_of(groups, sub._sol.b, test.size)
 
 
 def _complete(x, y, train, test) -> np.ndarray:
@@ -259,7 +236,7 @@ def cross_validate(data: pd.DataFrame, response: str, predictor: str, group: str
                        "Use k-fold or random splits on a table this large.")
     from lmmcore.mixed import fit_design
 
-    theta_all = fit_design(design).theta  # the optimum on all rows: every split starts there
+    fit_all = fit_design(design)  # the optimum on all rows: every split starts there
     group_scheme = scheme == "group"
     methods = ("complete", "partial") if group_scheme else METHODS
     errors = {mth: [] for mth in methods}
@@ -271,7 +248,7 @@ def cross_validate(data: pd.DataFrame, response: str, predictor: str, group: str
         if not group_scheme:
             errors["no"].append(obs - _no_pooling(x, y, codes, term.levels, train, test, random))
         try:
-            errors["partial"].append(obs - _partial(design, train, test, group_scheme, theta_all))
+            errors["partial"].append(obs - _partial(fit_all, train, test, group_scheme))
         except LmmError as exc:
             raise LmmError(f"split {i + 1} of {len(splits)}: the mixed model could not be fitted "
                            f"to the training rows ({exc})") from None

@@ -12,32 +12,12 @@ with ``n`` the number of groups left out in turn and ``p`` the number of fixed e
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 
-from lmmcore import deviance as _dev
 from lmmcore.errors import DataError, LmmError
 
 __all__ = ["influence"]
-
-
-def _without_rows(design, keep: np.ndarray):
-    """The design restricted to the rows ``keep`` (unused group levels dropped, as
-    lme4's grouping factors are re-made with ``factor()`` on the subset)."""
-    terms = []
-    for t in design.random_terms:
-        codes = np.asarray(t.codes, np.intp)[keep]
-        used = np.unique(codes)
-        recode = np.full(len(t.levels), -1, np.intp)
-        recode[used] = np.arange(len(used))
-        terms.append(dataclasses.replace(
-            t, levels=tuple(t.levels[i] for i in used), codes=recode[codes],
-            Z_raw=np.asarray(t.Z_raw)[keep]))
-    return dataclasses.replace(
-        design, y=np.asarray(design.y)[keep], X=np.asarray(design.X)[keep],
-        random_terms=tuple(terms), row_index=design.row_index[keep])
 
 
 def influence(fit, group: str) -> pd.DataFrame:
@@ -56,10 +36,6 @@ def influence(fit, group: str) -> pd.DataFrame:
         effect (the estimates without that level).  A refit that fails (too little data
         left, a fixed-effect column left empty) gives NaN.
     """
-    from lmmcore.intervals import refit_cross_products
-    from lmmcore.mixed import _check_design
-    from lmmcore.optimize import one_blas_thread
-
     terms = [t for t in fit.design.random_terms if t.group_name == group]
     if not terms:
         names = list(dict.fromkeys(t.group_name for t in fit.design.random_terms))
@@ -71,19 +47,11 @@ def influence(fit, group: str) -> pd.DataFrame:
     beta = fit.fixef.to_numpy()
     p = len(beta)
     out = np.full((len(order), p), np.nan)
-    with one_blas_thread():
-        for r, code in enumerate(order):
-            sub = _without_rows(fit.design, codes != code)
-            X = np.asarray(sub.X, float)
-            try:
-                _check_design(sub)
-                if np.linalg.matrix_rank(X) < p:
-                    continue
-                cp = _dev.cross_products(sub)
-                sol = refit_cross_products(cp, fit.reml, fit.theta)
-            except (LmmError, np.linalg.LinAlgError):
-                continue
-            out[r] = sol.beta
+    for r, code in enumerate(order):
+        try:
+            out[r] = fit.refit_subset(codes != code).fixef.to_numpy()
+        except (LmmError, np.linalg.LinAlgError):
+            continue
     levels = [term.levels[c] for c in order]
     n = len(levels)
     db = out - beta[None, :]

@@ -29,7 +29,7 @@ from scipy.optimize import minimize
 from scipy.stats import chi2, norm
 
 from lmmcore import deviance as _dev
-from lmmcore.errors import BootstrapCancelled, DataError
+from lmmcore.errors import BootstrapCancelled, DataError, FitError
 from lmmcore.optimize import minimize_theta, one_blas_thread, theta_space
 from lmmcore.rformat import format_numbers
 
@@ -619,68 +619,6 @@ def percentile_interval(t, level: float = 0.95) -> np.ndarray:
     return out
 
 
-class _ResponseRefit:
-    """Refit the same design to a new response (lme4's ``refit(fit, newresp)``), from
-    the fitted theta; only the response's cross products are recomputed."""
-
-    def __init__(self, fit):
-        d = fit.design
-        self.cp = fit._cp
-        self.reml = fit.reml
-        self.theta0 = fit.theta
-        self.X = np.asarray(d.X, float)
-        n = self.X.shape[0]
-        terms = d.random_terms
-        lay1 = self.cp.layouts[self.cp.lead]
-        self.lead_codes = np.asarray(terms[self.cp.lead].codes, np.intp)
-        self.lead_Z = np.asarray(terms[self.cp.lead].Z_raw, float).reshape(n, lay1.k)
-        self.rest_idx = self.rest_val = None
-        if self.cp.rest:
-            self.rest_idx = np.column_stack([
-                off + np.asarray(terms[i].codes, np.intp)[:, None] * self.cp.layouts[i].k
-                + np.arange(self.cp.layouts[i].k)[None, :]
-                for i, off in zip(self.cp.rest, self.cp.rest_offsets)])
-            self.rest_val = np.column_stack([np.asarray(terms[i].Z_raw, float).reshape(n, -1)
-                                             for i in self.cp.rest])
-
-    def cross_products(self, y) -> _dev.CrossProducts:
-        cp, p = self.cp, self.cp.p
-        m1 = cp.layouts[cp.lead].m
-        C1 = cp.C1.copy()
-        for a in range(self.lead_Z.shape[1]):
-            C1[:, a, p] = np.bincount(self.lead_codes, self.lead_Z[:, a] * y, minlength=m1)
-        C2 = cp.C2
-        if cp.rest:
-            C2 = C2.copy()
-            C2[:, p] = np.bincount(self.rest_idx.ravel(), (self.rest_val * y[:, None]).ravel(),
-                                   minlength=cp.q2)
-        M0 = cp.M0.copy()
-        xy = self.X.T @ y
-        M0[:p, p] = M0[p, :p] = xy
-        M0[p, p] = y @ y
-        return dataclasses.replace(cp, C1=C1, C2=C2, M0=M0)
-
-    def __call__(self, y) -> _dev.Solution:
-        return refit_cross_products(self.cross_products(np.asarray(y, float)), self.reml,
-                                    self.theta0)
-
-
-def refit_cross_products(cp, reml: bool, theta0) -> _dev.Solution:
-    """Minimise the profiled criterion of ``cp`` from ``theta0`` and solve there (a refit
-    without the convergence checks; bootstrap and leave-one-group-out refits).
-
-    Raises
-    ------
-    numpy.linalg.LinAlgError
-        When the response is fitted exactly (no residual variation).
-    """
-    dev = _dev.ProfiledDeviance(cp, reml)
-    theta, value, _ = minimize_theta(dev, theta_space(dev.cp.layouts), np.asarray(theta0, float))
-    if not np.isfinite(value):
-        raise np.linalg.LinAlgError("perfect fit")
-    return _dev.solve(cp, theta, reml)
-
-
 def simulate_responses(fit, nsim: int, rng) -> np.ndarray:
     """lme4's ``simulate(fit, nsim)`` (``use.u = FALSE``): ``X beta + sigma (Z Lambda u +
     e)`` with new spherical random effects ``u`` and noise ``e``.  Shape (nsim, n)."""
@@ -716,17 +654,19 @@ def bootstrap_replicates(fit, start: int, stop: int, seed: int) -> np.ndarray:
     gives a row of NaN (bootMer's failed runs).
     """
     with one_blas_thread():
-        return _replicates(fit, _ResponseRefit(fit), range(start, stop), seed)
+        return _replicates(fit, range(start, stop), seed)
 
 
-def _replicates(fit, refit, indices, seed) -> np.ndarray:
+def _replicates(fit, indices, seed) -> np.ndarray:
+    """Replicates ``indices``: each draws a response and refits it with ``fit.refit`` (the
+    same design, started from the fitted theta and curvature), as bootMer's ``refit``."""
     layouts = fit._cp.layouts
     out = np.full((len(indices), len(fit.fixed_names) + len(profile_names(fit))), np.nan)
     for r, i in enumerate(indices):
         y = simulate_responses(fit, 1, np.random.default_rng([int(seed), i]))[0]
         try:
-            sol = refit(y)
-        except (np.linalg.LinAlgError, FloatingPointError):
+            sol = fit.refit(y)._sol
+        except (FitError, np.linalg.LinAlgError, FloatingPointError):
             continue
         out[r] = np.concatenate([sdcor_from_theta(layouts, sol.theta, sol.sigma), sol.beta])
     return out
@@ -761,10 +701,9 @@ def bootstrap(fit, nsim: int = 1000, seed=None, progress=None) -> BootstrapResul
     t0 = bootstrap_estimate(fit)
     names = list(t0.index)
     reps = np.full((nsim, len(names)), np.nan)
-    refit = _ResponseRefit(fit)
     with one_blas_thread():
         for s in range(nsim):
-            reps[s] = _replicates(fit, refit, range(s, s + 1), seed)[0]
+            reps[s] = _replicates(fit, range(s, s + 1), seed)[0]
             if progress is not None and progress(s + 1, nsim) is False:
                 partial = BootstrapResult(t0, pd.DataFrame(reps[:s + 1], columns=names), seed)
                 raise BootstrapCancelled(

@@ -14,7 +14,6 @@ one-to-one function of the p-value and adds nothing to it.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -83,7 +82,7 @@ def simulate_power(n_subjects: int, effect: float, sd_subject: float, sigma: flo
     design with the new response.  With one trial per condition and a
     non-singular fit, the lmer t-test is the paired t-test.
     """
-    from lmmcore.mixed import fit_design, lmer
+    from lmmcore.mixed import lmer
 
     sims = _count("n_sims", n_sims, 10, "use at least 10 simulated data sets.")
     if sims > MAX_REPETITIONS:
@@ -111,7 +110,7 @@ def simulate_power(n_subjects: int, effect: float, sd_subject: float, sigma: flo
             base = lmer("y ~ condition + (1 | subject)", design.assign(y=y), categorical=["subject", "condition"])
             fit = base
         else:
-            fit = fit_design(replace(base.design, y=y))  # same design, new response
+            fit = base.refit(y)  # same design, new response
         p_lmer = float(fit.coef_table("satterthwaite").loc["conditionB", "Pr(>|t|)"])
         means = y.reshape(J, 2, k).mean(axis=2)
         p_t = float(stats.ttest_rel(means[:, 1], means[:, 0]).pvalue)

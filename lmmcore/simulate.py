@@ -487,7 +487,7 @@ def repeat_pooling_error(n_reps: int = 200, *, preset: str | None = None, random
         One row per run and method: ``rep``, ``method``, ``intercept``, ``slope`` (RMSE
         over groups), ``n_groups`` and ``singular`` (whether that run's lmer fit was).
     """
-    from lmmcore.mixed import fit_design, lmer
+    from lmmcore.mixed import lmer
 
     reps = _count("n_reps", n_reps, 1, "run the study at least once.")
     if reps > MAX_REPETITIONS:
@@ -512,7 +512,7 @@ def repeat_pooling_error(n_reps: int = 200, *, preset: str | None = None, random
             if [str(v) for v in base.design.random_terms[0].levels] != list(design.labels):
                 raise LmmError("internal: simulated group labels out of order")
         else:
-            fit = fit_design(replace(base.design, y=y))
+            fit = base.refit(y)
         est = _line_estimates(fit, design.x, y, design.codes, m, random)
         for method in METHODS:
             ints, slopes = est[method]
