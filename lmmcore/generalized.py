@@ -28,6 +28,7 @@ from lmmcore.mixed import (coef_frames, correlation_frame, design_lme4_messages,
 from lmmcore.optimize import (BOUNDARY_TOL, GRADIENT_TOL, SINGULAR_MESSAGE, _check_hessian,
                               is_singular)
 from lmmcore.structure import MixedDesign
+from lmmcore.results import InformationCriteria, ReadOnly
 
 __all__ = ["glmer", "GlmmFit", "DEFAULT_TIME_LIMIT", "suggest_family"]
 
@@ -500,7 +501,7 @@ def _fit(design, fam, nAGQ, trials, data_name, clock, notes) -> "GlmmFit":
 # Results
 
 
-class GlmmFit:
+class GlmmFit(ReadOnly, InformationCriteria):
     """A fitted GLMM (read-only; picklable); the attributes mirror :class:`MixedFit`.
 
     Notes
@@ -512,7 +513,6 @@ class GlmmFit:
     from the finite-difference Hessian of the criterion in (theta, beta), as lme4's.
     """
 
-    _frozen = False
 
     def __init__(self, design, family, nAGQ, trials, pars, value, state, hessian, singular,
                  messages, record, data_name, notes=()):
@@ -530,12 +530,7 @@ class GlmmFit:
         self.data_name = data_name
         self.notes = tuple(notes)
         self.reml = False
-        self._frozen = True
-
-    def __setattr__(self, name, value):
-        if self._frozen:
-            raise AttributeError("GlmmFit is read-only")
-        object.__setattr__(self, name, value)
+        self._freeze()
 
     def __reduce__(self):
         return (_rebuild, (self.design, self.family, self.nAGQ, self._trials, self._pars,
@@ -577,18 +572,6 @@ class GlmmFit:
     @property
     def npar(self) -> int:
         return self.design.X.shape[1] + self.n_theta
-
-    @property
-    def df_resid(self) -> int:
-        return self.nobs - self.npar
-
-    @property
-    def aic(self) -> float:
-        return self.objective + 2.0 * self.npar
-
-    @property
-    def bic(self) -> float:
-        return self.objective + self.npar * math.log(self.nobs)
 
     @property
     def deviance(self) -> float:

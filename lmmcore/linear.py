@@ -16,6 +16,7 @@ import pandas as pd
 from scipy import stats
 
 from lmmcore.errors import FormulaError, LmmError
+from lmmcore.results import ReadOnly
 
 
 def lm(formula, data, *, categorical=None, numeric=None, reference_levels=None,
@@ -65,7 +66,7 @@ def lm(formula, data, *, categorical=None, numeric=None, reference_levels=None,
     return LinearFit(design, data_name=data_name)
 
 
-class LinearFit:
+class LinearFit(ReadOnly):
     """A fitted ordinary least-squares model (read-only, picklable).
 
     Built by :func:`lm`; as :class:`lmmcore.mixed.MixedFit`, setting an attribute raises
@@ -107,7 +108,7 @@ class LinearFit:
     """
 
     reml = False
-    _frozen = False
+    _read_only_hint = "call lm() again for a different fit"
 
     def __init__(self, design, data_name: str = "data"):
         import statsmodels.api as sm  # heavy import, paid only when an lm is fitted
@@ -175,12 +176,7 @@ class LinearFit:
         elif rss <= 1e-20 * max(1.0, float(y @ y)):
             msgs.append("Essentially perfect fit: the summary may be unreliable.")
         self._messages = tuple(msgs)
-        self._frozen = True
-
-    def __setattr__(self, name, value):
-        if self._frozen:
-            raise AttributeError("LinearFit is read-only; call lm() again for a different fit")
-        object.__setattr__(self, name, value)
+        self._freeze()
 
     def __delattr__(self, name):
         raise AttributeError("LinearFit is read-only")

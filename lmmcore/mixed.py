@@ -9,7 +9,6 @@ computed lazily on first access, so the fit itself stays fast.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from functools import cached_property
 
@@ -21,6 +20,7 @@ from lmmcore.design import check_grouping_factor, check_single_response
 from lmmcore.errors import DataError, FitError
 from lmmcore.optimize import check_convergence, minimize_theta, one_blas_thread, theta_space
 from lmmcore.structure import MixedDesign
+from lmmcore.results import InformationCriteria, ReadOnly
 
 __all__ = ["lmer", "fit_design", "MixedFit"]
 
@@ -117,7 +117,7 @@ def _fit_cross_products(design: MixedDesign, cp, reml: bool, data_name: str,
     return MixedFit(design, bool(reml), cp, sol, record, check, data_name)
 
 
-class MixedFit:
+class MixedFit(ReadOnly, InformationCriteria):
     """A fitted linear mixed model (read-only; picklable).
 
     Built by :func:`lmer` / :func:`fit_design`; the attributes mirror lme4's extractors
@@ -132,7 +132,7 @@ class MixedFit:
     ``npar`` counts fixed effects, theta and sigma (lme4's logLik ``df``).
     """
 
-    _frozen = False
+    _read_only_hint = "use refit() for a different fit"
 
     def __init__(self, design, reml, cp, solution, record, check, data_name):
         self.design = design
@@ -142,12 +142,7 @@ class MixedFit:
         self.optimizer = record
         self._check = check
         self.data_name = data_name
-        self._frozen = True
-
-    def __setattr__(self, name, value):
-        if self._frozen:
-            raise AttributeError("MixedFit is read-only; use refit() for a different fit")
-        object.__setattr__(self, name, value)
+        self._freeze()
 
     def __reduce__(self):
         return (_rebuild_fit, (self.design, self.reml, self._cp, self._sol, self.optimizer,
@@ -194,18 +189,6 @@ class MixedFit:
     @property
     def npar(self) -> int:
         return self._cp.p + self._cp.n_theta + 1
-
-    @property
-    def df_resid(self) -> int:
-        return self.nobs - self.npar
-
-    @property
-    def aic(self) -> float:
-        return self.deviance + 2.0 * self.npar
-
-    @property
-    def bic(self) -> float:
-        return self.deviance + self.npar * math.log(self.nobs)
 
     @property
     def is_singular(self) -> bool:

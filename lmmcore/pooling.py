@@ -33,6 +33,7 @@ from scipy import stats
 from lmmcore.errors import DataError, LmmError
 from lmmcore.formula import quote_name
 from lmmcore.formula_menu import compose_formula
+from lmmcore.results import ReadOnly
 
 __all__ = ["PoolingEstimates", "pooling_estimates", "pooling_formulas", "shrinkage_sd", "re_contours",
            "RANDOM_CHOICES", "FACTOR_RANDOM_CHOICES", "METHODS", "COEFFICIENTS"]
@@ -51,7 +52,7 @@ _VARYING = {"intercept+slope": ("intercept", "slope"), "intercept": ("intercept"
 _ROW_COLUMNS = ("group", "method", "n", "note")
 
 
-class PoolingEstimates:
+class PoolingEstimates(ReadOnly):
     """Each group's coefficients under several pooling methods, with what they came from.
 
     Made by :func:`pooling_estimates`; read-only (and picklable).  Consumers read it and
@@ -92,7 +93,7 @@ class PoolingEstimates:
     truth can be added as methods of the same table.
     """
 
-    _frozen = False
+    _read_only_hint = "call pooling_estimates() again"
 
     def __init__(self, *, table: pd.DataFrame, fit, formulas: dict, response: str,
                  predictor: str | None, group: str, random: str, levels=None,
@@ -118,12 +119,7 @@ class PoolingEstimates:
         self.group = group
         self.random = random
         self.family = family
-        self._frozen = True
-
-    def __setattr__(self, name, value):
-        if self._frozen:
-            raise AttributeError("PoolingEstimates is read-only; call pooling_estimates() again")
-        object.__setattr__(self, name, value)
+        self._freeze()
 
     def __reduce__(self):
         return (_rebuild_estimates, (type(self), self._state()))

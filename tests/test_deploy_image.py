@@ -115,25 +115,14 @@ def test_image_holds_no_tests_bench_or_compilers(container):
 def test_a_student_session_uploads_and_fits_inside_the_container(container, chromium):
     """A browser session (websocket) uploads a CSV and gets lme4's summary from the container."""
     sys.path.insert(0, str(ds.ROOT / "tests" / "browser"))
-    from browser_support import fit_on_model_page, page_problems, upload_table, wait_for_app
+    from browser_support import student_session
 
     _, base = container
-    context = chromium.new_context(viewport={"width": 1280, "height": 720})
-    try:
-        context.set_default_timeout(60_000)
-        page = context.new_page()
-        page.goto(f"{base}/dataset", wait_until="domcontentloaded")
-        wait_for_app(page)
-        upload_table(page, ds.STUDENT_CSV_NAME, ds.STUDENT_CSV.encode())
-        fit_on_model_page(page, ds.STUDENT_FORMULA)
-        page.get_by_text("Number of obs: 30").first.wait_for()
-        ds.ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ds.ARTIFACTS / "image-session.png"))
-        text = page.locator('[data-testid="stMain"]').first.inner_text()
-        assert "REML criterion at convergence" in text
-        assert page_problems(page) == []
-    finally:
-        context.close()
+    text, _, problems = student_session(
+        chromium, base, ds.ARTIFACTS / "image-session.png", ds.STUDENT_CSV_NAME,
+        ds.STUDENT_CSV.encode(), ds.STUDENT_FORMULA, rows=30, timeout_ms=60_000)
+    assert "REML criterion at convergence" in text
+    assert problems == []
 
 
 def test_container_stops_cleanly_on_sigterm(container):

@@ -97,26 +97,15 @@ def test_a_student_session_through_the_proxy(proxy, chromium, tmp_path):
     """Page load, CSV upload, model fit: every request of the session on one replica."""
     import sys
     sys.path.insert(0, str(ds.ROOT / "tests" / "browser"))
-    from browser_support import fit_on_model_page, page_problems, upload_table, wait_for_app
+    from browser_support import student_session
 
-    context = chromium.new_context(viewport={"width": 1280, "height": 720})
-    try:
-        context.set_default_timeout(45_000)
-        page = context.new_page()
-        page.goto(f"{proxy['base']}/dataset", wait_until="domcontentloaded")
-        wait_for_app(page)
-        upload_table(page, ds.STUDENT_CSV_NAME, ds.STUDENT_CSV.encode())
-        fit_on_model_page(page, ds.STUDENT_FORMULA)
-        page.get_by_text("Number of obs: 30").first.wait_for()
-        ds.ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ds.ARTIFACTS / "proxy-session.png"))
-        text = page.locator('[data-testid="stMain"]').first.inner_text()
-        assert "REML criterion at convergence" in text
-        assert "participant" in text
-        assert page_problems(page) == []
-        cookie = next(c["value"] for c in context.cookies() if c["name"] == "pooling_affinity")
-    finally:
-        context.close()
+    text, cookies, problems = student_session(
+        chromium, proxy["base"], ds.ARTIFACTS / "proxy-session.png", ds.STUDENT_CSV_NAME,
+        ds.STUDENT_CSV.encode(), ds.STUDENT_FORMULA, rows=30)
+    assert "REML criterion at convergence" in text
+    assert "participant" in text
+    assert problems == []
+    cookie = next(c["value"] for c in cookies if c["name"] == "pooling_affinity")
 
     # nginx logs a websocket when it closes, a moment after the browser context does.
     deadline = time.monotonic() + 15

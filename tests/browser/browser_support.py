@@ -126,3 +126,28 @@ def choose(pg, key: str, option: str) -> None:
     pg.locator(f".st-key-{key.replace('.', '-')} [role='combobox']").first.click()
     pg.get_by_role("option", name=option, exact=True).click()
     wait_for_app(pg)
+
+
+def student_session(chromium, base: str, screenshot, csv_name: str, csv: bytes, formula: str,
+                    rows: int, timeout_ms: int = 45_000) -> tuple[str, list, list]:
+    """One student in a fresh browser context: open the dataset page at ``base``, upload
+    ``csv``, fit ``formula`` on the model page and wait for lme4's "Number of obs: rows".
+
+    Returns the main area's text, the context's cookies and :func:`page_problems`; a
+    screenshot goes to ``screenshot``.  The context is closed before returning.
+    """
+    context = chromium.new_context(viewport={"width": 1280, "height": 720})
+    try:
+        context.set_default_timeout(timeout_ms)
+        page = context.new_page()
+        page.goto(f"{base}/dataset", wait_until="domcontentloaded")
+        wait_for_app(page)
+        upload_table(page, csv_name, csv)
+        fit_on_model_page(page, formula)
+        page.get_by_text(f"Number of obs: {rows}").first.wait_for()
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(screenshot))
+        text = page.locator('[data-testid="stMain"]').first.inner_text()
+        return text, context.cookies(), page_problems(page)
+    finally:
+        context.close()
