@@ -1,6 +1,6 @@
 """confint (Wald, profile, bootstrap), predict with intervals and influence vs frozen lme4.
 
-References: ``tests/fixtures/intervals/*.json`` made by ``gen_inference.R`` (lme4 1.1-31:
+References: ``tests/fixtures/intervals/*.json`` made by ``tests/fixtures/inference/gen_inference.R`` (lme4 1.1-31:
 ``confint(..., oldNames = FALSE)``, ``influence(fit, groups = g)``, ``cooks.distance``,
 ``predict(re.form = NA)`` and ``sqrt(diag(X V X'))``) and ``gen_boot.R`` (``bootMer`` with
 seed 101, 1000 samples, percentile limits) beside them.
