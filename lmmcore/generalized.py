@@ -22,13 +22,13 @@ from scipy import stats
 from lmmcore.errors import DataError, FitError, FitTimeout
 from lmmcore.glmm import (FAMILIES, MAX_AGQ, Family, GlmmDeviance, GlmmProblem,
                           conditional_variances)
-from lmmcore.mixed import (coef_frames, correlation_frame, design_lme4_messages,
+from lmmcore.mixed import (coef_frames, design_lme4_messages,
                            group_covariance, group_sizes, grouped_terms, plain_messages,
                            random_part, ranef_frames, varcorr_frame)
 from lmmcore.optimize import (BOUNDARY_TOL, GRADIENT_TOL, SINGULAR_MESSAGE, _check_hessian,
                               is_singular)
 from lmmcore.structure import MixedDesign
-from lmmcore.results import InformationCriteria, ReadOnly
+from lmmcore.results import FixedEffectsCovariance, InformationCriteria, ReadOnly
 
 __all__ = ["glmer", "GlmmFit", "DEFAULT_TIME_LIMIT", "suggest_family"]
 
@@ -501,7 +501,7 @@ def _fit(design, fam, nAGQ, trials, data_name, clock, notes) -> "GlmmFit":
 # Results
 
 
-class GlmmFit(ReadOnly, InformationCriteria):
+class GlmmFit(ReadOnly, InformationCriteria, FixedEffectsCovariance):
     """A fitted GLMM (read-only; picklable); the attributes mirror :class:`MixedFit`.
 
     Notes
@@ -631,16 +631,6 @@ class GlmmFit(ReadOnly, InformationCriteria):
         return self._vcov_array is not self.optimizer["vcov_rx"]
 
     @property
-    def vcov(self) -> pd.DataFrame:
-        return pd.DataFrame(self._vcov_array.copy(), index=self.fixed_names,
-                            columns=self.fixed_names)
-
-    @property
-    def se(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self._vcov_array)), index=self.fixed_names,
-                         name="Std. Error")
-
-    @property
     def zvalue(self) -> pd.Series:
         return pd.Series(self.fixef.to_numpy() / self.se.to_numpy(), index=self.fixed_names,
                          name="z value")
@@ -651,10 +641,6 @@ class GlmmFit(ReadOnly, InformationCriteria):
         return pd.DataFrame({"Estimate": self.fixef.to_numpy(), "Std. Error": self.se.to_numpy(),
                              "z value": z, "Pr(>|z|)": 2 * stats.norm.sf(np.abs(z))},
                             index=self.fixed_names)
-
-    @property
-    def corr_fixef(self) -> pd.DataFrame:
-        return correlation_frame(self._vcov_array, self.fixed_names)
 
     # -- random effects -----------------------------------------------------------
     def _templates(self) -> list:

@@ -20,7 +20,7 @@ from lmmcore.design import check_grouping_factor, check_single_response
 from lmmcore.errors import DataError, FitError
 from lmmcore.optimize import check_convergence, minimize_theta, one_blas_thread, theta_space
 from lmmcore.structure import MixedDesign
-from lmmcore.results import InformationCriteria, ReadOnly
+from lmmcore.results import FixedEffectsCovariance, InformationCriteria, ReadOnly
 
 __all__ = ["lmer", "fit_design", "MixedFit"]
 
@@ -117,7 +117,7 @@ def _fit_cross_products(design: MixedDesign, cp, reml: bool, data_name: str,
     return MixedFit(design, bool(reml), cp, sol, record, check, data_name)
 
 
-class MixedFit(ReadOnly, InformationCriteria):
+class MixedFit(ReadOnly, InformationCriteria, FixedEffectsCovariance):
     """A fitted linear mixed model (read-only; picklable).
 
     Built by :func:`lmer` / :func:`fit_design`; the attributes mirror lme4's extractors
@@ -229,23 +229,9 @@ class MixedFit(ReadOnly, InformationCriteria):
         return self._sol.sigma ** 2 * self._sol.unscaled_vcov()
 
     @property
-    def vcov(self) -> pd.DataFrame:
-        return pd.DataFrame(self._vcov_array.copy(), index=self.fixed_names,
-                            columns=self.fixed_names)
-
-    @property
-    def se(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self._vcov_array)), index=self.fixed_names,
-                         name="Std. Error")
-
-    @property
     def tvalue(self) -> pd.Series:
         return pd.Series(self._sol.beta / np.sqrt(np.diag(self._vcov_array)),
                          index=self.fixed_names, name="t value")
-
-    @property
-    def corr_fixef(self) -> pd.DataFrame:
-        return correlation_frame(self._vcov_array, self.fixed_names)
 
     # -- random effects -----------------------------------------------------------
     def _grouped_terms(self) -> dict:

@@ -1,5 +1,5 @@
-"""What every results object of lmmcore shares: read-only after construction, and lme4's
-information criteria from its log-likelihood.
+"""What every results object of lmmcore shares: read-only after construction, lme4's
+information criteria from its log-likelihood, and the fixed effects' covariance.
 
 ``MixedFit``, ``GlmmFit``, ``LinearFit`` and ``PoolingEstimates`` set their attributes in
 ``__init__`` and then call :meth:`ReadOnly._freeze`; afterwards any assignment raises, so a
@@ -9,6 +9,9 @@ cached fit shared by a page's reruns cannot be changed behind their back.
 from __future__ import annotations
 
 import math
+
+import numpy as np
+import pandas as pd
 
 
 class ReadOnly:
@@ -45,3 +48,23 @@ class InformationCriteria:
     @property
     def bic(self) -> float:
         return -2.0 * self.loglik + self.npar * math.log(self.nobs)
+
+
+class FixedEffectsCovariance:
+    """``vcov``, ``se`` and ``corr_fixef`` (lme4's ``vcov()``, the standard errors and the
+    "Correlation of Fixed Effects") from ``_vcov_array`` and ``fixed_names``."""
+
+    @property
+    def vcov(self) -> pd.DataFrame:
+        return pd.DataFrame(self._vcov_array.copy(), index=self.fixed_names,
+                            columns=self.fixed_names)
+
+    @property
+    def se(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self._vcov_array)), index=self.fixed_names,
+                         name="Std. Error")
+
+    @property
+    def corr_fixef(self) -> pd.DataFrame:
+        from lmmcore.mixed import correlation_frame
+        return correlation_frame(self._vcov_array, self.fixed_names)
