@@ -476,7 +476,7 @@ INFERENCE_MODELS = [
     ("sleepstudy_slope", Model("sleepstudy_slope", "sleepstudy, (Days | Subject)",
                                "Reaction ~ Days + (Days | Subject)", _sleepstudy,
                                ("Subject",), repeats=10, quick_repeats=3), True, True),
-    ("insteval", MODELS[3], False, False),
+    ("insteval", next(m for m in MODELS if m.key == "insteval"), False, False),
 ]
 
 
