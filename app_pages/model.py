@@ -182,6 +182,23 @@ def _equation(f: Fitted) -> None:
                "each distribution with its variance, the SD squared.")
 
 
+def _variance_shares(f: Fitted) -> None:
+    """ICC and Nakagawa's R² of the lmer fit (on the Tables and the Model checks tabs)."""
+    icc = teaching.icc(f.mixed)
+    if icc is not None:
+        st.markdown("**Intraclass correlation (ICC)**: the share of the variance that lies between groups")
+        cols = st.columns(min(4, len(icc)))
+        for i, (g, v) in enumerate(icc.items()):
+            cols[i % len(cols)].metric(f"ICC {g}", f"{v:.3f}")
+    with guard("R²"):
+        inference_ui.r2_block(f.data, f.formula, f.reml, f.mixed)
+
+
+def _checks(f: Fitted) -> None:
+    _variance_shares(f)
+    intervals_ui.checks_section(f.mixed, f.parsed, f.fit_key, f.lecture)
+
+
 def _side_by_side(lecture: bool):
     # In lecture mode the tables are large HTML tables: two abreast would be cut off.
     return (st.container(), st.container()) if lecture else st.columns(2)
@@ -212,14 +229,7 @@ def _tables(f: Fitted) -> None:
         vc[["Groups", "Name", "with"]] = vc[["Groups", "Name", "with"]].fillna("")
         show_table(vc, hide_index=True, drop_empty=False)
         st.caption("A row with a second name is the covariance (and correlation) of the two.")
-        icc = teaching.icc(mixed)
-        if icc is not None:
-            st.markdown("**Intraclass correlation (ICC)**: the share of the variance that lies between groups")
-            cols = st.columns(min(4, len(icc)))
-            for i, (g, v) in enumerate(icc.items()):
-                cols[i % len(cols)].metric(f"ICC {g}", f"{v:.3f}")
-        with guard("R²"):
-            inference_ui.r2_block(f.data, f.formula, f.reml, mixed)
+        _variance_shares(f)
     groups = list(mixed.ranef)
     if st.session_state.get(S.MODEL_RANEF_GROUP) not in groups:  # kept from another model
         st.session_state[S.MODEL_RANEF_GROUP] = groups[0]
@@ -472,8 +482,7 @@ SECTIONS = (
     Section("Predictions", "predictions", _mixed_only(
         lambda f: intervals_ui.predictions_section(f.mixed, f.data, f.parsed, f.fit_key,
                                                    f.lecture))),
-    Section("Model checks", "model checks", _mixed_only(
-        lambda f: intervals_ui.checks_section(f.mixed, f.parsed, f.fit_key, f.lecture))),
+    Section("Model checks", "model checks", _mixed_only(_checks)),
     Section("Saved models & anova", "saved models", _saved_models),
     Section(S.PAIRED_TAB, "paired t", _paired),
     Section("Reproduce this", "reproduce", _reproduce),

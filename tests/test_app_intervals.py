@@ -140,6 +140,11 @@ def test_model_checks_qq_and_influence(lecture_fit):
     cooks = next(f for f in figs if f["data"][0].get("name") == "Cook's distance")
     from tests.test_app_pages import _arr
     np.testing.assert_allclose(_arr(cooks["data"][0]["y"]), inf["cooks_distance"], rtol=1e-9)
+    # R² (Nakagawa) and the ICC are on this tab too, with lmmcore.r2's numbers
+    metrics = {m.label: m.value for m in at.metric}
+    r2 = lmmcore.r2(lecture_fit)
+    assert metrics["marginal: fixed effects"] == f"{r2['marginal']:.3f}"
+    assert metrics["conditional: fixed + random"] == f"{r2['conditional']:.3f}"
 
 
 def test_sections_explain_when_the_model_has_no_random_term():
