@@ -23,12 +23,12 @@ from lmmcore.errors import DataError, FitError, FitTimeout
 from lmmcore.glmm import (FAMILIES, MAX_AGQ, Family, GlmmDeviance, GlmmProblem,
                           conditional_variances)
 from lmmcore.mixed import (coef_frames, design_lme4_messages,
-                           group_covariance, group_sizes, grouped_terms, plain_messages,
+                           group_covariance, grouped_terms, plain_messages,
                            random_part, ranef_frames, varcorr_frame)
 from lmmcore.optimize import (BOUNDARY_TOL, GRADIENT_TOL, SINGULAR_MESSAGE, _check_hessian,
                               is_singular)
 from lmmcore.structure import MixedDesign
-from lmmcore.results import FixedEffectsCovariance, InformationCriteria, ReadOnly
+from lmmcore.results import FixedEffectsAndGroups, InformationCriteria, ReadOnly
 
 __all__ = ["glmer", "GlmmFit", "DEFAULT_TIME_LIMIT", "suggest_family"]
 
@@ -501,7 +501,7 @@ def _fit(design, fam, nAGQ, trials, data_name, clock, notes) -> "GlmmFit":
 # Results
 
 
-class GlmmFit(ReadOnly, InformationCriteria, FixedEffectsCovariance):
+class GlmmFit(ReadOnly, InformationCriteria, FixedEffectsAndGroups):
     """A fitted GLMM (read-only; picklable); the attributes mirror :class:`MixedFit`.
 
     Notes
@@ -597,14 +597,7 @@ class GlmmFit(ReadOnly, InformationCriteria, FixedEffectsCovariance):
                        "falling back to var-cov estimated from RX).")
         return out + plain_messages(self.design, self._lme4_messages)
 
-    @property
-    def ngroups(self) -> dict:
-        return group_sizes(self.design)
-
     # -- fixed effects ------------------------------------------------------------
-    @property
-    def fixed_names(self) -> list:
-        return list(self.design.fixed_names)
 
     @property
     def fixef(self) -> pd.Series:

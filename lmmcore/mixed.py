@@ -20,7 +20,7 @@ from lmmcore.design import check_grouping_factor, check_single_response
 from lmmcore.errors import DataError, FitError
 from lmmcore.optimize import check_convergence, minimize_theta, one_blas_thread, theta_space
 from lmmcore.structure import MixedDesign
-from lmmcore.results import FixedEffectsCovariance, InformationCriteria, ReadOnly
+from lmmcore.results import FixedEffectsAndGroups, InformationCriteria, ReadOnly
 
 __all__ = ["lmer", "fit_design", "MixedFit"]
 
@@ -117,7 +117,7 @@ def _fit_cross_products(design: MixedDesign, cp, reml: bool, data_name: str,
     return MixedFit(design, bool(reml), cp, sol, record, check, data_name)
 
 
-class MixedFit(ReadOnly, InformationCriteria, FixedEffectsCovariance):
+class MixedFit(ReadOnly, InformationCriteria, FixedEffectsAndGroups):
     """A fitted linear mixed model (read-only; picklable).
 
     Built by :func:`lmer` / :func:`fit_design`; the attributes mirror lme4's extractors
@@ -211,14 +211,7 @@ class MixedFit(ReadOnly, InformationCriteria, FixedEffectsCovariance):
             out.append(f"The optimizer stopped before converging: {self.optimizer.message}")
         return out
 
-    @property
-    def ngroups(self) -> dict:
-        return group_sizes(self.design)
-
     # -- fixed effects ------------------------------------------------------------
-    @property
-    def fixed_names(self) -> list:
-        return list(self.design.fixed_names)
 
     @property
     def fixef(self) -> pd.Series:

@@ -1,5 +1,6 @@
 """What every results object of lmmcore shares: read-only after construction, lme4's
-information criteria from its log-likelihood, and the fixed effects' covariance.
+information criteria from its log-likelihood, and the fixed effects' names and covariance
+with the group counts.
 
 ``MixedFit``, ``GlmmFit``, ``LinearFit`` and ``PoolingEstimates`` set their attributes in
 ``__init__`` and then call :meth:`ReadOnly._freeze`; afterwards any assignment raises, so a
@@ -50,9 +51,19 @@ class InformationCriteria:
         return -2.0 * self.loglik + self.npar * math.log(self.nobs)
 
 
-class FixedEffectsCovariance:
-    """``vcov``, ``se`` and ``corr_fixef`` (lme4's ``vcov()``, the standard errors and the
-    "Correlation of Fixed Effects") from ``_vcov_array`` and ``fixed_names``."""
+class FixedEffectsAndGroups:
+    """``fixed_names``, ``ngroups``, ``vcov``, ``se`` and ``corr_fixef`` (lme4's names, group
+    counts, ``vcov()``, the standard errors and the "Correlation of Fixed Effects") from
+    ``design`` and ``_vcov_array``."""
+
+    @property
+    def fixed_names(self) -> list:
+        return list(self.design.fixed_names)
+
+    @property
+    def ngroups(self) -> dict:
+        from lmmcore.mixed import group_sizes
+        return group_sizes(self.design)
 
     @property
     def vcov(self) -> pd.DataFrame:

@@ -128,6 +128,20 @@ def streamlit_replica(port: int, name: str, env_extra: dict | None = None):
         stop(proc)
 
 
+@contextlib.contextmanager
+def replicas_behind_nginx(names=("replica-a", "replica-b")):
+    """Streamlit replicas (one per name) behind nginx with deploy/nginx.conf, on loopback;
+    yields ``{"base", "access_log", "replicas": {"127.0.0.1:PORT": (base, proc, log)}}``."""
+    require(shutil.which("nginx") is not None,
+            "nginx is not installed (apt-get install nginx); proxy tests skipped")
+    ports = [free_port() for _ in names]
+    with contextlib.ExitStack() as stack:
+        replicas = {f"127.0.0.1:{port}": stack.enter_context(streamlit_replica(port, name))
+                    for port, name in zip(ports, names)}
+        base, access_log = stack.enter_context(nginx_proxy(ports, free_port()))
+        yield {"base": base, "access_log": access_log, "replicas": replicas}
+
+
 def local_server_conf(upstream_ports, listen_port: int, debug_header: bool = True) -> str:
     """deploy/nginx.conf with its upstream pointed at loopback replicas and a loopback port.
 

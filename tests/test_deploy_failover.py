@@ -23,7 +23,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import signal
 import sys
 import threading
@@ -53,14 +52,8 @@ def _loadtest():
 
 @pytest.fixture
 def cluster():
-    ds.require(shutil.which("nginx") is not None,
-               "nginx is not installed (apt-get install nginx); failover test skipped")
-    ports = [ds.free_port(), ds.free_port()]
-    with ds.streamlit_replica(ports[0], "failover-a") as a, \
-            ds.streamlit_replica(ports[1], "failover-b") as b, \
-            ds.nginx_proxy(ports, ds.free_port()) as (base, access_log):
-        yield {"base": base, "access_log": access_log,
-               "replicas": {f"127.0.0.1:{ports[0]}": a, f"127.0.0.1:{ports[1]}": b}}
+    with ds.replicas_behind_nginx(("failover-a", "failover-b")) as cluster:
+        yield cluster
 
 
 def _get(url: str, cookie: str | None = None):

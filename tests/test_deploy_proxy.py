@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import shutil
 import socket
 import time
 import urllib.parse
@@ -25,15 +24,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 @pytest.fixture(scope="module")
 def proxy():
-    ds.require(shutil.which("nginx") is not None,
-               "nginx is not installed (apt-get install nginx); proxy test skipped")
     ds.require((ds.ROOT / "app.py").exists(), "app.py is not there yet")
-    ports = [ds.free_port(), ds.free_port()]
-    with ds.streamlit_replica(ports[0], "replica-a") as a, \
-            ds.streamlit_replica(ports[1], "replica-b") as b, \
-            ds.nginx_proxy(ports, ds.free_port()) as (base, access_log):
-        yield {"base": base, "access_log": access_log,
-               "replicas": {f"127.0.0.1:{ports[0]}": a, f"127.0.0.1:{ports[1]}": b}}
+    with ds.replicas_behind_nginx(("replica-a", "replica-b")) as cluster:
+        yield cluster
 
 
 def _get(url, cookie=None):
