@@ -129,14 +129,9 @@ class _Groups:
     def meaning(self, g) -> str:
         parent = self.parent[g]
         if parent is None:
-            return latex_free(g)
+            return g
         own = [p for p in g.split(":") if p not in set(parent.split(":"))]
-        return f"{' : '.join(own) or g} within {latex_free(parent)} {self.letter[parent]}"
-
-
-def latex_free(name: str) -> str:
-    """A name for plain-text captions (no LaTeX)."""
-    return str(name)
+        return f"{' : '.join(own) or g} within {parent} {self.letter[parent]}"
 
 
 def _coefficient_meaning(name: str, factor_columns: dict) -> str:
