@@ -82,7 +82,7 @@ def _cookie_for(base: str, replica: str) -> str:
 
 class Prober(threading.Thread):
     """Requests through nginx every 50 ms, as new browsers (no cookie) and as browsers whose
-    cookie pointed at the replica that dies; records (seconds, status, replicas tried)."""
+    cookie pointed at the replica that dies; records (seconds when sent, status, replicas tried)."""
 
     def __init__(self, base: str, cookie: str):
         super().__init__(daemon=True, name="failover-prober")
@@ -96,8 +96,11 @@ class Prober(threading.Thread):
         i = 0
         while not self.stop.is_set():
             cookie = self.cookie if i % 2 else None
+            # stamped when sent: a request the doomed replica answered just before its kill
+            # may complete a moment after it, and is not a request "after the kill"
+            sent = time.monotonic() - self.t0
             status, tried, _ = _get(self.base + paths[i % len(paths)], cookie)
-            self.records.append((time.monotonic() - self.t0, status, tried, bool(cookie)))
+            self.records.append((sent, status, tried, bool(cookie)))
             i += 1
             self.stop.wait(0.05)
 
