@@ -195,8 +195,12 @@ def _variance_shares(f: Fitted) -> None:
 
 
 def _checks(f: Fitted) -> None:
-    _variance_shares(f)
+    # On a projector the residual plot comes straight after the tabs; the ICC and R² follow.
+    if not f.lecture:
+        _variance_shares(f)
     intervals_ui.checks_section(f.mixed, f.parsed, f.fit_key, f.lecture)
+    if f.lecture:
+        _variance_shares(f)
 
 
 def _side_by_side(lecture: bool):
@@ -247,16 +251,6 @@ def _tables(f: Fitted) -> None:
                                mime="text/csv", key=key)
 
 
-def _explained(text: str, lecture: bool, draw: Callable[[], None]) -> None:
-    """A chart with its one-line explanation: above it, or below it on a projector, where
-    the chart must start high enough to fill the first screen."""
-    if not lecture:
-        st.markdown(text)
-    draw()
-    if lecture:
-        st.markdown(text)
-
-
 def _plots(f: Fitted) -> None:
     mixed, linear, response, lecture = f.mixed, f.linear, f.parsed.response.label, f.lecture
     panels = {}
@@ -265,18 +259,18 @@ def _plots(f: Fitted) -> None:
     if mixed is not None:
         panels["lmer (partial pooling)"] = (mixed.fitted, mixed.fitted + mixed.residuals, mixed.residuals)
     drawn = f.fit_key + (tuple(panels), response, lecture)
-    _explained("**Observed vs fitted**: points on the dashed line are explained by the model.", lecture,
+    charts.explained("**Observed vs fitted**: points on the dashed line are explained by the model.", lecture,
                lambda: charts.show_cached(("fitted_pairs", "observed") + drawn,
                                           lambda: charts.fitted_pairs(panels, "observed", response, lecture),
                                           S.MODEL_CHART_OBSERVED, "observed_vs_fitted"))
-    _explained("**Residuals vs fitted**: what is left over.", lecture,
+    charts.explained("**Residuals vs fitted**: what is left over.", lecture,
                lambda: charts.show_cached(("fitted_pairs", "residuals") + drawn,
                                           lambda: charts.fitted_pairs(panels, "residuals", response, lecture),
                                           S.MODEL_CHART_RESIDUALS, "residuals_vs_fitted"))
     main = mixed if mixed is not None else linear
     c1, c2 = st.columns(2)
     with c1:
-        _explained("**Normal Q-Q plot of the residuals**" + (" (lmer)" if mixed is not None else " (lm)"), lecture,
+        charts.explained("**Normal Q-Q plot of the residuals**" + (" (lmer)" if mixed is not None else " (lm)"), lecture,
                    lambda: charts.show_cached(("qq",) + drawn,
                                               lambda: charts.qq_plot(teaching.qq_points(main.residuals), lecture),
                                               S.MODEL_CHART_QQ, "qq_plot"))
@@ -286,7 +280,7 @@ def _plots(f: Fitted) -> None:
             if st.session_state.get(S.MODEL_CAT_GROUP) not in groups:  # kept from another model
                 st.session_state[S.MODEL_CAT_GROUP] = groups[0]
             g = st.selectbox("Caterpillar plot of", groups, key=S.MODEL_CAT_GROUP) if len(groups) > 1 else groups[0]
-            _explained("**Random effects with 95% conditional intervals**", lecture,
+            charts.explained("**Random effects with 95% conditional intervals**", lecture,
                        lambda: charts.show_cached(("caterpillar", g) + drawn,
                                                   lambda: charts.caterpillar_plot(teaching.caterpillar(mixed, g),
                                                                                   g, lecture),
@@ -388,6 +382,8 @@ def _paired(f: Fitted) -> None:
         st.caption("This tab is for a model like `value ~ condition + (1 | participant)` where every "
                    "participant is measured once in each of two conditions (try the df_original dataset).")
         return
+    # On a projector the pictures come straight after the tabs; the t values follow them.
+    pictures = st.container() if f.lecture else None
     st.markdown(f"Every level of **{md(res['group'])}** is measured once in each of two conditions of "
                 f"**{md(res['condition'])}**: the random-intercept model is the paired t-test.")
     c1, c2, c3, c4 = st.columns(4)
@@ -400,7 +396,8 @@ def _paired(f: Fitted) -> None:
                "An lm that ignores the pairing treats the observations as independent and gets a much "
                "smaller t (see the lm table).")
     if linear is not None:
-        _condition_pictures(f, res)
+        with pictures or st.container():
+            _condition_pictures(f, res)
 
 
 def _condition_pictures(f: Fitted, res: dict) -> None:
@@ -416,13 +413,13 @@ def _condition_pictures(f: Fitted, res: dict) -> None:
     table = table.sort_values(condition, key=lambda c: c.map({v: i for i, v in enumerate(
         teaching.level_order(rows[condition]))}), kind="stable")
     drawn = f.fit_key + (condition, group, lecture)
-    _explained("**What each model predicts.** The lm has one prediction per condition for everyone; the "
+    charts.explained("**What each model predicts.** The lm has one prediction per condition for everyone; the "
                f"lmer gives every {md(group)} a line of their own across the two conditions.", lecture,
                lambda: charts.show_cached(("condition_panels", "predictions") + drawn,
                                           lambda: charts.condition_panels(table, condition, group, response,
                                                                           "predictions", lecture),
                                           S.MODEL_CHART_CONDITION_FIT, "condition_predictions"))
-    _explained(f"**What is left over.** The lm leaves much of the variance (residual SD σ = {linear.sigma:.3g}); "
+    charts.explained(f"**What is left over.** The lm leaves much of the variance (residual SD σ = {linear.sigma:.3g}); "
                f"the lmer's lines explain almost all of it (σ = {mixed.sigma:.3g}): the differences "
                f"between {md(group)}s were the variance.", lecture,
                lambda: charts.show_cached(("condition_panels", "residuals") + drawn,

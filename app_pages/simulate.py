@@ -20,6 +20,8 @@ from explorer.simulate_ui import copies_section, run_on_click, study
 from explorer.tables import table as show_table
 
 SECTIONS = ["Simulated groups", "Cross-validation", "Power"]
+INTRO = ("Does partial pooling really estimate each group better? On real data nobody knows the true "
+         "group values; here they are drawn first, so each method's miss can be measured.")
 METHOD_NAMES = {"complete": "complete pooling", "no": "no pooling", "partial": "partial pooling"}
 RANDOM_LABELS = {"intercept+slope": "intercept and slope vary by group", "intercept": "intercept only"}
 # setting -> (label, min, max, step, help); the keys are S.SIM_SETTING_KEYS[setting]
@@ -52,27 +54,34 @@ def _settings() -> dict:
     return {name: ss[key] for name, key in S.SIM_SETTING_KEYS.items()}
 
 
-def _controls() -> tuple:
-    """Preset, seed and fitted models across the top; the explanation of the preset."""
+def _controls(lecture: bool, explain=None) -> tuple:
+    """Preset, seed and fitted models across the top; the explanation of the preset under
+    them, or in ``explain`` (a container below the chart, on a projector).  In lecture
+    mode the fitted models are a menu, one line high like the other two, so the row stays
+    compact and the chart starts high on the first screen."""
     ss = st.session_state
     options = ["none"] + list(PRESETS)
     if ss.get(S.SIM_PRESET) not in options:
         ss[S.SIM_PRESET] = "none"
-    c1, c2, c3 = st.columns([2, 1, 1.2])
+    c1, c2, c3 = st.columns([2, 1, 1.2] if not lecture else [1.6, 0.8, 1.6])
     preset = c1.selectbox("Preset", options, key=S.SIM_PRESET, on_change=_apply_preset,
                           format_func=lambda k: "none: set the sliders yourself" if k == "none" else PRESETS[k].title)
     c2.number_input("Seed", min_value=0, max_value=1_000_000, step=1, key=S.SIM_SEED,
                     help="The same seed gives the same data; change it for a new draw.")
-    c3.radio("Fitted models", list(RANDOM_LABELS), key=S.SIM_RANDOM, format_func=RANDOM_LABELS.get)
+    (c3.selectbox if lecture else c3.radio)("Fitted models", list(RANDOM_LABELS), key=S.SIM_RANDOM,
+                                            format_func=RANDOM_LABELS.get)
     if preset in PRESETS:
-        st.info(md(PRESETS[preset].explanation), icon=":material/lightbulb:")
+        (explain or st).info(md(PRESETS[preset].explanation), icon=":material/lightbulb:")
     return (None if preset == "none" else preset), int(ss[S.SIM_SEED]), ss[S.SIM_RANDOM]
 
 
-def _sliders() -> None:
+def _sliders(ncols: int = 1) -> None:
+    """The simulation's settings, one under the other (beside the chart), or in ``ncols``
+    columns (under the chart, on a projector)."""
     st.markdown("**The model the data are drawn from**")
-    for name, (label, lo, hi, step, help_text) in SLIDERS.items():
-        st.slider(label, lo, hi, step=step, key=S.SIM_SETTING_KEYS[name], help=help_text)
+    cols = st.columns(ncols) if ncols > 1 else [st.container()]
+    for i, (name, (label, lo, hi, step, help_text)) in enumerate(SLIDERS.items()):
+        cols[i % ncols].slider(label, lo, hi, step=step, key=S.SIM_SETTING_KEYS[name], help=help_text)
     st.checkbox("Centre x at 0 in every group", key=S.SIM_SETTING_KEYS["centre_x"],
                 help="The intercept is then each group's mean level (the theory's reference values assume this).")
     st.caption("y = (intercept + b₀ⱼ) + (slope + b₁ⱼ)·x + e, with (b₀ⱼ, b₁ⱼ) normal with SDs τ₀, τ₁ and "
@@ -149,30 +158,46 @@ def _repeat(settings: dict, preset, seed: int, random: str) -> None:
 
 
 def _simulated_groups(lecture: bool) -> None:
-    preset, seed, random = _controls()
-    left, right = st.columns([1, 2.4], gap="medium")
-    with left:
-        _sliders()
+    if lecture:
+        # On a projector the chart comes straight after the compact row of pickers; the
+        # sliders, the preset's explanation and the words follow it.
+        top, chart, legend, below = st.container(), st.container(), st.container(), st.container()
+        with top:
+            preset, seed, random = _controls(lecture, below)
+        with below:
+            _sliders(ncols=3)
+        words = st.container()
+    else:
+        preset, seed, random = _controls(lecture)
+        left, words = st.columns([1, 2.4], gap="medium")
+        with left:
+            _sliders()
+        chart = words
     settings = _settings()
     with st.spinner("Simulating and fitting..."):
         result = study(tuple(sorted(settings.items())), preset, seed, random)
     data, truth, est, err = result
     fit = est.fit
     key = (tuple(sorted(settings.items())), preset, seed, random, lecture)
-    with right:
+    shrinkage_words = ("**Shrinkage with the truth**: arrows go from no pooling to partial pooling; the stars are "
+                       "the true values, each tied to its partial-pooling estimate by a dotted line (the miss).")
+    with words:
         for message in fit.messages:
             st.warning(md(message), icon=":material/info:")
         st.markdown("**Each method against the truth** (root mean squared error over the groups)")
         show_table(_error_table(err, True))
         st.markdown(_winner_sentence(err))
-        st.markdown("**Shrinkage with the truth**: arrows go from no pooling to partial pooling; the stars are "
-                    "the true values, each tied to its partial-pooling estimate by a dotted line (the miss).")
-        if random == "intercept+slope":
-            def build():
-                return charts.shrinkage_2d(est, lmmcore.re_contours(fit, "group"), lecture, truth=truth)
-        else:
-            def build():
-                return charts.shrinkage_1d(est, lecture, truth=truth)
+        if not lecture:
+            st.markdown(shrinkage_words)
+    if lecture:
+        legend.markdown(shrinkage_words)
+    if random == "intercept+slope":
+        def build():
+            return charts.shrinkage_2d(est, lmmcore.re_contours(fit, "group"), lecture, truth=truth)
+    else:
+        def build():
+            return charts.shrinkage_1d(est, lecture, truth=truth)
+    with chart:
         charts.show_cached(("sim_shrinkage", random) + key, build, S.SIM_SHRINKAGE_CHART, "simulated_shrinkage")
     # The panels cost more to draw than everything else on the tab: in an expander (open by
     # default) whose content runs only while it is open.
@@ -237,11 +262,18 @@ def _cv_controls(data) -> tuple | None:
 
 
 def _cross_validation(lecture: bool) -> None:
-    ss = st.session_state
     data = D.active()
-    st.markdown(f"Dataset: **{md(data.label)}** (pick another in the sidebar). Each split fits complete pooling "
-                "`lm(y ~ x)`, no pooling `lm(y ~ x * g)` and partial pooling `lmer(y ~ x + (x | g))` to the "
-                "training rows and predicts the held-out rows.")
+    # On a projector the result's chart comes first, the pickers and the words below it.
+    chart, body, tail = (st.container(), st.container(), st.container()) if lecture else (st.container(),) * 3
+    tail.markdown(f"Dataset: **{md(data.label)}** (pick another in the sidebar). Each split fits complete pooling "
+                  "`lm(y ~ x)`, no pooling `lm(y ~ x * g)` and partial pooling `lmer(y ~ x + (x | g))` to the "
+                  "training rows and predicts the held-out rows.")
+    with body:
+        _cv_run(data, lecture, chart)
+
+
+def _cv_run(data, lecture: bool, chart) -> None:
+    """The pickers, the Run button and, once run, the errors (chart in ``chart``) and the table."""
     chosen = _cv_controls(data)
     if chosen is None:
         return
@@ -260,8 +292,9 @@ def _cross_validation(lecture: bool) -> None:
                          "sleepstudy).")
     if table is None:
         return
-    charts.show_cached(("cv_errors", lecture) + signature, lambda: charts.cv_errors(table, lecture),
-                       S.SIM_CV_CHART, "cross_validation")
+    with chart:
+        charts.show_cached(("cv_errors", lecture) + signature, lambda: charts.cv_errors(table, lecture),
+                           S.SIM_CV_CHART, "cross_validation")
     show_table(table.rename(index=METHOD_NAMES).rename(columns={"rmse": "prediction RMSE",
                                                                  "n": "predictions made"}))
     best = table["rmse"].idxmin()
@@ -320,8 +353,8 @@ def render() -> None:
     ss = st.session_state
     lecture = bool(ss.get(S.APP_LECTURE))
     st.title("Simulate")
-    st.markdown("Does partial pooling really estimate each group better? On real data nobody knows the true "
-                "group values; here they are drawn first, so each method's miss can be measured.")
+    if not lecture:
+        st.markdown(INTRO)
     if ss.get(S.SIM_SECTION) not in SECTIONS:
         ss[S.SIM_SECTION] = SECTIONS[0]
     # Only the open tab runs (as on the model page): a student looks at one at a time.
@@ -335,6 +368,8 @@ def render() -> None:
     if tabs[2].open:
         with tabs[2], guard("power"):
             _power(lecture)
+    if lecture:  # on a projector the open tab's chart comes first
+        st.markdown(INTRO)
 
 
 render()

@@ -150,6 +150,18 @@ def show_cached(cache_key: tuple, build, key: str, name: str) -> None:
     show(_Built(_built_spec(cache_key, build)), key, name)
 
 
+def explained(text: str, lecture: bool, draw) -> None:
+    """A chart with its explanation (markdown): above it, or below it on a projector, where
+    the chart must start high enough to fill half the first screen.  ``draw()`` shows the chart."""
+    import streamlit as st
+
+    if not lecture:
+        st.markdown(text)
+    draw()
+    if lecture:
+        st.markdown(text)
+
+
 def _line(a: float, b: float, x0: float, x1: float) -> tuple[list, list]:
     return [x0, x1], [a + b * x0, a + b * x1]
 
@@ -794,7 +806,8 @@ def cv_errors(table: pd.DataFrame, lecture: bool) -> go.Figure:
                      rangemode="tozero")
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(showlegend=False, uniformtext={"minsize": max(10, s["font"] - 4), "mode": "hide"})
-    return _layout(fig, lecture, height=90 + 60 * len(table))
+    # On a projector the bars are the tab's main chart: tall enough to fill half the first screen.
+    return _layout(fig, lecture, height=90 + (90 if lecture else 60) * len(table))
 
 
 def simulated_copies(panels: dict, group: str, response: str, lecture: bool) -> go.Figure:

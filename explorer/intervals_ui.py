@@ -106,7 +106,9 @@ def _run_bootstrap(mixed, key: tuple, nsim: int, seed: int, bar) -> dict:
     return state
 
 
-def _bootstrap_section(mixed, fit_key: tuple, level: float, lecture: bool) -> None:
+def _bootstrap_section(mixed, fit_key: tuple, level: float, lecture: bool, chart) -> None:
+    """The bootstrap's settings, Run and Stop, and its intervals; the densities' chart (and
+    its explanation) go in ``chart`` (above the pickers, on a projector), or in place when None."""
     ss = st.session_state
     c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
     nsim = int(c1.number_input("Bootstrap samples", min_value=20, max_value=5000, value=500,
@@ -146,11 +148,13 @@ def _bootstrap_section(mixed, fit_key: tuple, level: float, lecture: bool) -> No
     show_table(limits)
     st.caption(f"{done:,} samples, seed {seed}" + (f"; {failed} refits failed and are left out"
                                                      if failed else "") + ".")
-    st.markdown("**Density of the bootstrap estimates**: solid line the fit's estimate, dashed "
-                "lines the interval's limits.")
-    charts.show_cached(("boot_density", level, done, lecture) + key,
-                       lambda: ic.bootstrap_densities(reps, result.estimate, limits, lecture),
-                       S.MODEL_CHART_BOOT, "bootstrap_densities")
+    with chart or st.container():
+        charts.explained("**Density of the bootstrap estimates**: solid line the fit's estimate, dashed "
+                         "lines the interval's limits.", lecture,
+                         lambda: charts.show_cached(("boot_density", level, done, lecture) + key,
+                                                    lambda: ic.bootstrap_densities(reps, result.estimate,
+                                                                                   limits, lecture),
+                                                    S.MODEL_CHART_BOOT, "bootstrap_densities"))
 
 
 def intervals_section(mixed, fit_key: tuple, lecture: bool) -> None:
@@ -160,6 +164,8 @@ def intervals_section(mixed, fit_key: tuple, lecture: bool) -> None:
         ss[K_METHOD] = "profile"
     if ss.get(K_LEVEL) not in LEVELS:
         ss[K_LEVEL] = 0.95
+    # On a projector the bootstrap's chart, once run, comes straight after the tabs.
+    chart = st.container() if lecture else None
     c1, c2 = st.columns([3, 1])
     method = c1.radio("Method", list(METHODS), key=K_METHOD, format_func=METHODS.get,
                       horizontal=True)
@@ -182,7 +188,7 @@ def intervals_section(mixed, fit_key: tuple, lecture: bool) -> None:
         _reproduce(f"confint(fit, method = \"profile\", level = {lvl}, oldNames = FALSE)",
                    f"fit.confint(method=\"profile\", level={lvl})")
     else:
-        _bootstrap_section(mixed, fit_key, level, lecture)
+        _bootstrap_section(mixed, fit_key, level, lecture, chart)
         nsim, seed = ss.get(K_NSIM, 500), ss.get(K_SEED, 1)
         _reproduce(f"confint(fit, method = \"boot\", nsim = {nsim}, level = {lvl}, oldNames = FALSE)"
                    f"\n# or: bootMer(fit, FUN, nsim = {nsim}, seed = {seed})",
@@ -223,6 +229,8 @@ def predictions_section(mixed, data, parsed, fit_key: tuple, lecture: bool) -> N
                    "a grouping factor, e.g. `Reaction ~ Days + (Days | Subject)`; this model has "
                    "no numeric predictor (or its grouping factor combines several columns).")
         return
+    # On a projector the chart comes straight after the tabs; the pickers and the words follow.
+    chart = st.container() if lecture else None
     c1, c2 = st.columns(2)
     if ss.get(K_PRED_X) not in numeric:
         ss[K_PRED_X] = numeric[0]
@@ -269,11 +277,12 @@ def predictions_section(mixed, data, parsed, fit_key: tuple, lecture: bool) -> N
                 "noise added); each faint line is one group's own prediction."
                 + (f" The population line holds the other predictors at {held}; a group's line uses "
                    "its own value where it has only one." if held else ""))
-    charts.show_cached(("predictions", x, group, len(lines), lecture) + fit_key
-                       + tuple(map(str, highlight)),
-                       lambda: ic.predictions(df.assign(**{x: xv}), x, response, population, band,
-                                              lines, highlight, lecture),
-                       S.MODEL_CHART_PREDICT, "predictions")
+    with chart or st.container():
+        charts.show_cached(("predictions", x, group, len(lines), lecture) + fit_key
+                           + tuple(map(str, highlight)),
+                           lambda: ic.predictions(df.assign(**{x: xv}), x, response, population, band,
+                                                  lines, highlight, lecture),
+                           S.MODEL_CHART_PREDICT, "predictions")
     if highlight:
         desc = " and ".join(f"{md(str(k))} ({len(v[2])} observation{'s' if len(v[2]) != 1 else ''})"
                             for k, v in highlight.items())
@@ -304,11 +313,11 @@ def checks_section(mixed, parsed, fit_key: tuple, lecture: bool) -> None:
     response = parsed.response.label
     panel = {"lmer (partial pooling)": (mixed.fitted, mixed.fitted + mixed.residuals,
                                         mixed.residuals)}
-    st.markdown("**Residuals vs fitted**: no pattern, and the same spread everywhere, is what the "
-                "model assumes.")
-    charts.show_cached(("checks_resid",) + fit_key + (lecture,),
-                       lambda: charts.fitted_pairs(panel, "residuals", response, lecture),
-                       S.MODEL_CHART_CHECKS_RESID, "residuals_vs_fitted")
+    charts.explained("**Residuals vs fitted**: no pattern, and the same spread everywhere, is what the "
+                     "model assumes.", lecture,
+                     lambda: charts.show_cached(("checks_resid",) + fit_key + (lecture,),
+                                                lambda: charts.fitted_pairs(panel, "residuals", response, lecture),
+                                                S.MODEL_CHART_CHECKS_RESID, "residuals_vs_fitted"))
     groups = list(mixed.ranef)
     if ss.get(K_RE_GROUP) not in groups:
         ss[K_RE_GROUP] = groups[0]
