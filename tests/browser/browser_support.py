@@ -98,6 +98,24 @@ def page_problems(pg, server_log: ServerLog | None = None) -> list[str]:
     return problems
 
 
+PROJECTOR = (1280, 720)  # lecture mode's screen: tests/browser/conftest.py's viewport
+
+
+def first_screen_share(pg, chart=None) -> float:
+    """The share of the first 1280x720 screen covered by ``chart`` (a locator; by default
+    the page's first Plotly chart): its bounding box clipped to the viewport, with every
+    scrolled area back at the top."""
+    pg.evaluate("() => document.querySelectorAll('*').forEach(e => { if (e.scrollTop) e.scrollTop = 0; })")
+    pg.wait_for_timeout(200)
+    chart = chart if chart is not None else pg.locator('[data-testid="stPlotlyChart"]').first
+    box = chart.bounding_box()
+    assert box is not None, "no chart on the page"
+    width, height = PROJECTOR
+    visible_w = max(0.0, min(box["x"] + box["width"], width) - max(box["x"], 0.0))
+    visible_h = max(0.0, min(box["y"] + box["height"], height) - max(box["y"], 0.0))
+    return visible_w * visible_h / (width * height)
+
+
 def upload_table(pg, name: str, data: bytes, mime: str = "text/csv") -> None:
     """Upload a file through the Dataset page's uploader and wait until the app shows it."""
     uploader = pg.locator('[data-testid="stFileUploaderDropzoneInput"]').first

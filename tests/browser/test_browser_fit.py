@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from browser_support import wait_for_app
-from test_browser_pages import _assert_clean, _first_screen_share, _open
+from browser_support import first_screen_share, wait_for_app
+from test_browser_pages import _assert_clean, _open
 
 pytestmark = pytest.mark.browser
 
@@ -35,7 +35,7 @@ def test_every_view_draws_and_fills_the_projector(page, base_url, server_log, sc
         name = label.split()[-1].lower()
         page.screenshot(path=str(screenshot_dir / f"fit-{tag}-{name}.png"))
         if lecture:
-            share = _first_screen_share(page)
+            share = first_screen_share(page)
             assert share >= 0.5, f"view {label!r}: its chart covers {share:.0%} of the first screen"
 
 

@@ -13,7 +13,8 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from browser_support import RUN_TIMEOUT_MS, choose, fit_on_model_page, page_problems, upload_table, wait_for_app
+from browser_support import (RUN_TIMEOUT_MS, choose, first_screen_share, fit_on_model_page, page_problems,
+                             upload_table, wait_for_app)
 from explorer.pages import names
 
 pytestmark = pytest.mark.browser
@@ -161,42 +162,6 @@ def test_lecture_mode_starts_with_the_sidebar_collapsed(page, base_url):
     assert on_screen(), "a rerun folded the sidebar away again"
 
 
-VIEWPORT_SIZE = (1280, 720)  # the projector: tests/browser/conftest.py's viewport
-
-
-def _first_screen_share(pg) -> float:
-    """The share of the first 1280x720 screen covered by the page's first chart (its
-    bounding box clipped to the viewport, with every scrolled area back at the top)."""
-    pg.evaluate("() => document.querySelectorAll('*').forEach(e => { if (e.scrollTop) e.scrollTop = 0; })")
-    pg.wait_for_timeout(200)
-    box = pg.locator('[data-testid="stPlotlyChart"]').first.bounding_box()
-    assert box is not None, "no chart on the page"
-    width, height = VIEWPORT_SIZE
-    visible_w = max(0.0, min(box["x"] + box["width"], width) - max(box["x"], 0.0))
-    visible_h = max(0.0, min(box["y"] + box["height"], height) - max(box["y"], 0.0))
-    return visible_w * visible_h / (width * height)
-
-
-# The page's main chart: on the model page, the Plots tab's first figure.  The dataset page
-# draws no chart.
-MAIN_CHART_TAB = {"model": "Plots", "pooling": None, "shrinkage": None, "fit": None}
-
-
-@pytest.mark.parametrize("name", ["model", "pooling", "shrinkage", "fit"])
-def test_lecture_mode_main_chart_fills_half_the_first_screen(page, base_url, server_log, screenshot_dir, name):
-    """On a 1280x720 projector the figure everyone came to see needs no scrolling: in
-    lecture mode the page's main chart covers at least half of the first screen."""
-    assert page.viewport_size == {"width": VIEWPORT_SIZE[0], "height": VIEWPORT_SIZE[1]}
-    _open(page, base_url, name, lecture=1)
-    if MAIN_CHART_TAB[name]:
-        page.get_by_role("tab", name=MAIN_CHART_TAB[name]).click()
-        wait_for_app(page)
-    _assert_clean(page, server_log, f"page {name!r} in lecture mode")
-    page.screenshot(path=str(screenshot_dir / f"{name}-lecture-first-screen.png"))
-    share = _first_screen_share(page)
-    assert share >= 0.5, f"the {name} page's main chart covers {share:.0%} of the first screen"
-
-
 @pytest.mark.parametrize("lecture", [False, True], ids=["normal", "lecture"])
 def test_pvalues_lmertest_layout_and_type_iii_anova(page, base_url, server_log, screenshot_dir,
                                                     lecture):
@@ -252,7 +217,7 @@ def test_factor_predictor_then_one_click_to_the_paired_t(page, base_url, server_
     page.screenshot(path=str(screenshot_dir / f"shrinkage-factor{suffix}.png"))
     _assert_clean(page, server_log, "the shrinkage page with a factor predictor")
     if lecture:
-        assert _first_screen_share(page) >= 0.5
+        assert first_screen_share(page) >= 0.5
     # the predictor persists across pages (sidebar navigation keeps the session)
     if lecture:
         page.locator('[data-testid="stExpandSidebarButton"]').click()
