@@ -158,7 +158,7 @@ def _several_knobs(est, key: tuple, lecture: bool, chart_slot, knob_slot) -> Non
     descent = path[path["descent"]].drop(columns="descent").reset_index(drop=True)
     descent.index = pd.Index(range(1, len(descent) + 1), name="step")
     st.markdown("**The optimiser's way down** (each step lower than all before)")
-    show_table(descent.map(lambda v: f"{v:.6g}"), drop_empty=False)
+    show_table(descent.map(lambda v: f"{v:.6g}"), drop_empty=False, page_key=S.FIT_DESCENT_PAGE)
     st.caption(f"{rec.method}; converged: {'yes' if rec.converged else 'no'} ({md(rec.message)}).")
     st.info("Pick the random part **intercept** above for a one-knob model: a slider on θ moves every "
             "group's estimate.", icon=":material/tune:")

@@ -566,7 +566,7 @@ def _glmer_results(data, formula: str, parsed, family: str, lecture: bool) -> No
         with left:
             scale = "log-odds" if family == "binomial" else "log of the expected count"
             st.markdown(f"**Fixed effects** (on the {scale} scale)")
-            show_table(fitted.coef_table())
+            show_table(fitted.coef_table(), page_key=S.MODEL_FIXEF_PAGE)
         with right:
             st.markdown("**Random effects (VarCorr)**")
             show_table(fitted.varcorr.rename(columns=VARCORR_HEADINGS), hide_index=True,

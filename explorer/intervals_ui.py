@@ -145,7 +145,7 @@ def _bootstrap_section(mixed, fit_key: tuple, level: float, lecture: bool, chart
     result = iv.BootstrapResult(iv.bootstrap_estimate(mixed), reps, seed)
     limits = result.confint(level)
     failed = int(reps.isna().any(axis=1).sum())
-    show_table(limits)
+    show_table(limits, page_key=S.MODEL_CI_PAGE)
     st.caption(f"{done:,} samples, seed {seed}" + (f"; {failed} refits failed and are left out"
                                                      if failed else "") + ".")
     with chart or st.container():
@@ -174,7 +174,7 @@ def intervals_section(mixed, fit_key: tuple, lecture: bool) -> None:
     if method == "wald":
         st.markdown("Estimate ± normal quantile × standard error. lme4 gives no Wald intervals for "
                     "the variance parameters (their sampling distribution is far from normal).")
-        show_table(mixed.confint(method="wald", level=level))
+        show_table(mixed.confint(method="wald", level=level), page_key=S.MODEL_CI_PAGE)
         _reproduce(f"confint(fit, method = \"Wald\", level = {lvl})",
                    f"fit.confint(method=\"wald\", level={lvl})")
     elif method == "profile":
@@ -184,7 +184,7 @@ def intervals_section(mixed, fit_key: tuple, lecture: bool) -> None:
                     "of a REML fit sit around the ML estimates. `sd_` rows are standard deviations, "
                     "`cor_` rows correlations.")
         with st.spinner("Profiling the likelihood..."):
-            show_table(_profile(fit_key, level, mixed))
+            show_table(_profile(fit_key, level, mixed), page_key=S.MODEL_CI_PAGE)
         _reproduce(f"confint(fit, method = \"profile\", level = {lvl}, oldNames = FALSE)",
                    f"fit.confint(method=\"profile\", level={lvl})")
     else:
@@ -366,7 +366,7 @@ def checks_section(mixed, parsed, fit_key: tuple, lecture: bool) -> None:
                        lambda: ic.fixef_shifts(shifts, mixed.se, g, lecture),
                        S.MODEL_CHART_SHIFTS, "fixef_shifts")
     with st.expander("The numbers"):
-        show_table(table)
+        show_table(table, page_key=S.MODEL_INFLUENCE_PAGE)
     _reproduce(f"inf <- influence(fit, groups = \"{g}\")\ncooks.distance(inf)\n"
                f"inf[[\"fixed.effects[-{g}]\"]]",
                f"fit.influence(\"{g}\")")

@@ -9,9 +9,12 @@ import json
 
 import pandas as pd
 import pytest
+from streamlit.testing.v1 import AppTest
 
 import lmmcore
 from lmmcore.equation import model_equation
+from explorer import state as S
+from explorer.pages import names
 from test_app_pages import FIXTURES, ROOT, _app, _codes, _figures, _problems, _save, _section
 
 LECTURE_REF = json.loads((FIXTURES / "lecture" / "lm_comparisons.json").read_text())
@@ -88,3 +91,78 @@ def test_no_pictures_without_the_paired_design():
     assert _problems(at) == []
     assert not any("one prediction" in json.dumps(f["layout"]) for f in _figures(at))
     assert any("measured once in each of two conditions" in str(c.value) for c in at.caption)
+
+
+# ------------------------------------------------------------------ tables in the large font
+
+def _tables_app(rows: int, columns: int, page_key: str | None, lecture: bool = True):
+    """One explorer.tables.table of ``rows`` x ``columns`` numbers, in lecture mode or not."""
+    def script(rows, columns, page_key, lecture):
+        import numpy as np
+        import pandas as pd
+        import streamlit as st
+
+        from explorer.state import APP_LECTURE
+        from explorer.tables import table
+
+        st.session_state[APP_LECTURE] = lecture
+        table(pd.DataFrame(np.arange(rows * columns, dtype=float).reshape(rows, columns) + 0.5,
+                           columns=[f"column {j}" for j in range(columns)]), page_key=page_key)
+
+    at = AppTest.from_function(script, args=(rows, columns, page_key, lecture), default_timeout=30)
+    return at.run()
+
+
+def test_lecture_tables_are_large_paged_or_scroll_never_the_grid():
+    """The grid's canvas font cannot be enlarged: in lecture mode a table longer than 25 rows
+    is paged when its page gives a page key, and otherwise drawn whole in the large font (in
+    a box that scrolls); a wide table is drawn large too.  Normal mode keeps the grid."""
+    from explorer.tables import LECTURE_MAX_ROWS
+
+    paged = _tables_app(60, 3, "model.coef_page")
+    (shown,) = [t.value for t in paged.table]
+    assert len(shown) == LECTURE_MAX_ROWS and len(paged.dataframe) == 0
+    assert float(shown.iloc[0, 0]) == 0.5
+    paged.number_input(key="model.coef_page").set_value(3).run()
+    (shown,) = [t.value for t in paged.table]
+    assert len(shown) == 60 - 2 * LECTURE_MAX_ROWS
+    whole = _tables_app(60, 3, None)
+    assert [len(t.value) for t in whole.table] == [60] and len(whole.dataframe) == 0
+    wide = _tables_app(10, 14, None)
+    assert [t.value.shape for t in wide.table] == [(10, 14)] and len(wide.dataframe) == 0
+    normal = _tables_app(60, 3, "model.coef_page", lecture=False)
+    assert len(normal.table) == 0 and len(normal.dataframe) == 1
+
+
+# The key of each page's open tab or view (st.tabs, st.segmented_control).
+VIEW_KEYS = {"model": S.MODEL_SECTION, "simulate": S.SIM_SECTION, "fit": S.FIT_SECTION}
+# ChickWeight's 50 chicks give tables longer than a projector's page.
+CHICKS = {"data.key": "chickweight", "app.lecture": True, "model.formula": "weight ~ Time + (1 | Chick)"}
+
+
+@pytest.mark.parametrize("name", names())
+def test_lecture_mode_shows_no_table_in_the_small_grid(name):
+    """Every page and every tab or view on it, in lecture mode with ChickWeight (50 chicks):
+    no table is drawn in the data grid's small font; the long ones (the dataset, coef(),
+    the pooling estimates, the influence of each chick) are paged."""
+    at = _app(name, **CHICKS)
+    views = [t.label for t in at.tabs]
+    if not views and name in VIEW_KEYS:
+        views = list(at.segmented_control(key=VIEW_KEYS[name]).options)
+    assert not views or name in VIEW_KEYS, f"page {name!r} has views: add its key to VIEW_KEYS"
+    paged = set()
+    for view in views or [None]:
+        if view is not None:
+            at.session_state[VIEW_KEYS[name]] = view
+            at.run()
+        where = f"{name} / {view}" if view else name
+        assert _problems(at) == [], where
+        assert len(at.dataframe) == 0, f"{where}: a table in the grid's small font"
+        pages = [n for n in at.number_input if (n.key or "").endswith("_page") and n.label.startswith("Page (1–")]
+        paged |= {f"{where}: {n.key}" for n in pages}
+        for n in pages:  # a page holds at most LECTURE_MAX_ROWS rows
+            assert n.label == f"Page (1–{int(n.max)})" and n.max > 1, where
+    expected = {"dataset": {"dataset: data.preview_page"},
+                "model": {"model / Tables: model.coef_page", "model / Model checks: model.influence_page"},
+                "pooling": {"pooling: pool.table_page"}}.get(name, set())
+    assert expected <= paged, f"not paged: {sorted(expected - paged)}"
