@@ -362,14 +362,14 @@ def render() -> None:
     if tabs[0].open:
         with tabs[0], guard("simulation"):
             _simulated_groups(lecture)
+            if lecture:  # on a projector the chart comes first, the page's question after it
+                st.markdown(INTRO)
     if tabs[1].open:
         with tabs[1], guard("cross-validation"):
             _cross_validation(lecture)
     if tabs[2].open:
         with tabs[2], guard("power"):
             _power(lecture)
-    if lecture:  # on a projector the open tab's chart comes first
-        st.markdown(INTRO)
 
 
 render()
