@@ -138,6 +138,19 @@ def fit_on_model_page(pg, formula: str) -> None:
     wait_for_app(pg)
 
 
+def run_bootstrap(pg, samples: int) -> None:
+    """On the model page's open Intervals tab: choose the parametric bootstrap, ``samples``
+    samples, press Run and wait for the refits to finish."""
+    pg.get_by_text("Parametric bootstrap").click()
+    wait_for_app(pg)
+    box = pg.get_by_label("Bootstrap samples")
+    box.fill(str(samples))
+    box.press("Enter")
+    wait_for_app(pg)
+    pg.get_by_role("button", name="Run", exact=True).click()
+    wait_for_app(pg, timeout_ms=120_000)
+
+
 def choose(pg, key: str, option: str) -> None:
     """Pick ``option`` in the selectbox with session-state key ``key`` (its element carries
     the class ``st-key-<key with dots as dashes>``) and wait for the rerun."""

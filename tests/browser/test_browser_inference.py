@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from browser_support import page_problems, wait_for_app
+from browser_support import page_problems, run_bootstrap, wait_for_app
 
 pytestmark = pytest.mark.browser
 
@@ -42,14 +42,7 @@ def test_inference_tabs_render_clean(page, base_url, server_log, screenshot_dir,
             page.locator('[data-testid="stPlotlyChart"]').nth(4).scroll_into_view_if_needed()
         page.screenshot(path=str(screenshot_dir / f"model-{shot}{suffix}.png"))
     _open_tab(page, "Intervals")
-    page.get_by_text("Parametric bootstrap").click()
-    wait_for_app(page)
-    box = page.get_by_label("Bootstrap samples")
-    box.fill("100")
-    box.press("Enter")
-    wait_for_app(page)
-    page.get_by_role("button", name="Run").click()
-    wait_for_app(page, timeout_ms=120_000)
+    run_bootstrap(page, 100)
     _assert_clean(page, server_log, f"bootstrap{suffix}")
     assert "Density of the bootstrap estimates" in page.locator('[data-testid="stMain"]').first.inner_text()
     page.locator('[data-testid="stPlotlyChart"]').first.scroll_into_view_if_needed()

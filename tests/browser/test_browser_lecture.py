@@ -8,7 +8,7 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from browser_support import PROJECTOR, first_screen_share, page_problems, wait_for_app
+from browser_support import PROJECTOR, first_screen_share, page_problems, run_bootstrap, wait_for_app
 from explorer.pages import names
 
 pytestmark = pytest.mark.browser
@@ -103,18 +103,6 @@ def test_every_view_s_main_chart_fills_half_the_first_screen(page, base_url, ser
     assert not small, "main charts below half of the first screen: " + "; ".join(small)
 
 
-def _bootstrap(pg) -> None:
-    pg.get_by_text("Parametric bootstrap").click()
-    wait_for_app(pg)
-    box = pg.get_by_label("Bootstrap samples")
-    box.fill("40")
-    box.press("Enter")
-    wait_for_app(pg)
-    pg.get_by_role("button", name="Run", exact=True).click()
-    pg.get_by_text("Density of the bootstrap estimates").first.wait_for(timeout=120_000)
-    wait_for_app(pg, timeout_ms=120_000)
-
-
 def _cross_validate(pg) -> None:
     pg.get_by_text("k-fold", exact=True).click()
     wait_for_app(pg)
@@ -127,7 +115,8 @@ def _cross_validate(pg) -> None:
 BEHIND_A_CLICK = {
     "model-paired": ("model", {"dataset": "df_original", "formula": PAIRED}, "Paired t-test", None,
                      "What each model predicts"),
-    "model-bootstrap": ("model", {}, "Intervals", _bootstrap, "Density of the bootstrap estimates"),
+    "model-bootstrap": ("model", {}, "Intervals", lambda pg: run_bootstrap(pg, 40),
+                        "Density of the bootstrap estimates"),
     "simulate-cv": ("simulate", {}, "Cross-validation", _cross_validate, "predicts best here"),
     "simulate-intercept-only": ("simulate", {}, "Simulated groups",
                                 lambda pg: _pick_random(pg, "intercept only"), "Shrinkage with the truth"),
