@@ -80,7 +80,7 @@ def _main_chart_share(pg, screenshot) -> float:
 
 
 @pytest.mark.parametrize("name", names())
-def test_every_view_s_main_chart_fills_half_the_first_screen(page, base_url, server_log, screenshot_dir, name):
+def test_main_chart_of_every_page_and_tab_fills_half_the_first_screen(page, base_url, server_log, screenshot_dir, name):
     """Every registered page, and every tab (or view) on it: where it draws a chart with the
     default data, in lecture mode its first chart covers at least half of the first
     1280x720 screen, so the figure everyone came to see needs no scrolling."""
