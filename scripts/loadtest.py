@@ -766,7 +766,13 @@ def _serve(args):
     env = {}
     if args.session_ttl is not None:
         env["STREAMLIT_SERVER_DISCONNECTED_SESSION_TTL"] = str(int(args.session_ttl))
-    ports = [ds.free_port() for _ in range(args.serve)]
+    # --ports: the replicas', then nginx's, then its internal static server's (a machine
+    # shared with other servers gives each its own range); free ports otherwise.
+    ports = list(args.ports or []) or [ds.free_port() for _ in range(args.serve + 2)]
+    need = args.serve + (2 if args.serve > 1 else 0)
+    if len(ports) < need:
+        raise SystemExit(f"--ports: {need} ports needed (the replicas, then nginx and its static server)")
+    ports, proxy_ports = ports[:args.serve], ports[args.serve:]
     replicas = [stack.enter_context(ds.streamlit_replica(port, f"loadtest-{i}", env))
                 for i, port in enumerate(ports)]
     args.server_pid = [proc.pid for _, proc, _ in replicas]
@@ -776,7 +782,7 @@ def _serve(args):
     else:
         if not shutil.which("nginx"):
             raise SystemExit("--serve 2 or more needs nginx (apt-get install nginx)")
-        args.url, _ = stack.enter_context(ds.nginx_proxy(ports, ds.free_port()))
+        args.url, _ = stack.enter_context(ds.nginx_proxy(ports, proxy_ports[0], proxy_ports[1]))
     return stack
 
 
@@ -789,6 +795,9 @@ def main(argv=None) -> int:
                    help="start this many replicas of the app here first (2 or more behind "
                         "nginx with deploy/nginx.conf, each opened once before measuring) "
                         "and stop them afterwards")
+    p.add_argument("--ports", type=lambda v: [int(x) for x in v.split(",")],
+                   help="with --serve: comma-separated loopback ports for the replicas, then "
+                        "nginx and its internal static-file server (default: free ports)")
     p.add_argument("--session-ttl", type=float,
                    help="with --serve: the replicas' disconnectedSessionTTL in seconds")
     p.add_argument("--sessions", type=int, default=30)
