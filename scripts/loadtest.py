@@ -100,6 +100,14 @@ def _cpu_s(pid: int) -> float:
         return 0.0
 
 
+def _own_cpu_s() -> float:
+    """CPU seconds this process (every thread) has used so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _descendants(pid: int) -> list[int]:
     """``pid`` and every process below it (worker processes, the fork server)."""
     children = {}
@@ -496,24 +504,118 @@ def _describe(exc: BaseException) -> str:
 HALL_CHANGES = [("intercept", "Reaction ~ Days + (1 | Subject)"),
                 ("slope", "Reaction ~ Days + (0 + Days | Subject)")]
 RANDOM_KEY = "pool.random"
+HALL_PAGE, HALL_QUERY = "shrinkage", "dataset=sleepstudy_fake&lecture=1"
+
+
+def browser_requests(base: str, path: str, chromium: str | None = None, timeout_s: float = 60) -> list[str]:
+    """The HTTP requests (paths) a browser that has not opened the app before makes on
+    ``base + path`` until the plot is drawn: the page, Streamlit's web client (static/...:
+    JavaScript, CSS, fonts), its health and host-config requests; the websocket aside.
+
+    Recorded once with headless Chromium (through the proxy this also fills nginx's
+    static-file cache, as the lecturer's own look at the page would)."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not executable:
+        raise SystemExit("--browser-files needs chromium (apt-get install chromium, or --chromium PATH)")
+    origin = urllib.parse.urlsplit(base)
+    paths = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context().new_page()
+
+            def record(request):
+                url = urllib.parse.urlsplit(request.url)
+                if url.netloc == origin.netloc and url.scheme in ("http", "https") \
+                        and not url.path.endswith("/_stcore/stream"):
+                    paths.append(url.path + (f"?{url.query}" if url.query else ""))
+
+            page.on("request", record)
+            page.goto(base + path, timeout=timeout_s * 1000)
+            page.wait_for_selector(".js-plotly-plot", timeout=timeout_s * 1000)
+            page.wait_for_timeout(500)  # files requested as the plot is drawn
+        finally:
+            browser.close()
+    return paths
+
+
+async def fetch_as_browser(base: str, paths, cookies: dict, timeout_s: float) -> int:
+    """GET ``paths`` in order over one keep-alive connection, as a browser would (gzip
+    accepted, cookies kept in ``cookies``); returns the bytes received.  The bodies are
+    read and dropped: a plain asyncio client, so 200 of them cost the shared cores little
+    (a real browser downloads and parses them on its own machine)."""
+    origin = urllib.parse.urlsplit(base)
+    host, port = origin.hostname, origin.port or 80
+    received, conn = 0, None
+    try:
+        for path in paths:
+            if conn is None:
+                conn = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+            reader, writer = conn
+            cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
+            writer.write((f"GET {path} HTTP/1.1\r\nHost: {origin.netloc}\r\n"
+                          "Accept-Encoding: gzip, deflate, br\r\n"
+                          + (f"Cookie: {cookie}\r\n" if cookie else "") + "\r\n").encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout_s)
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split()[1])
+            headers = [line.partition(":") for line in lines[1:] if line]
+            length, chunked, close = 0, False, False
+            for name, _, value in headers:
+                name, value = name.strip().lower(), value.strip()
+                if name == "content-length":
+                    length = int(value)
+                elif name == "transfer-encoding" and "chunked" in value.lower():
+                    chunked = True
+                elif name == "connection" and value.lower() == "close":
+                    close = True
+                elif name == "set-cookie":
+                    key, _, rest = value.partition("=")
+                    cookies[key.strip()] = rest.split(";")[0]
+            if chunked:
+                while True:
+                    size = int((await asyncio.wait_for(reader.readline(), timeout_s)).split(b";")[0], 16)
+                    await asyncio.wait_for(reader.readexactly(size + 2), timeout_s)
+                    received += size
+                    if size == 0:
+                        break
+            else:
+                await asyncio.wait_for(reader.readexactly(length), timeout_s)
+                received += length
+            if status >= 500:
+                raise RuntimeError(f"GET {path}: HTTP {status}")
+            if close:
+                writer.close()
+                conn = None
+    finally:
+        if conn is not None:
+            conn[1].close()
+    return received
 
 
 async def _hall_session(base: str, index: int, rounds: int, timeout_s: float,
                         start_delay: float, result: SessionResult, hold: asyncio.Event,
-                        think: float = 0.0):
+                        think: float = 0.0, files: list | None = None):
     """The lecture-hall scenario: open the shared link of the shrinkage page on the
-    lecture's data (open -> plot), then change the random part ``rounds`` times."""
+    lecture's data (open -> plot), then change the random part ``rounds`` times.
+
+    ``files``: the HTTP requests a new browser makes first (:func:`browser_requests`);
+    without them, one health request stands for them (it gets the proxy's cookie)."""
     from streamlit.proto.WidgetStates_pb2 import WidgetState
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's lmmcore
     from lmmcore.pooling import RANDOM_CHOICES  # the order of the page's menu
 
     await asyncio.sleep(start_delay)
-    client = WsClient(base, "shrinkage", "dataset=sleepstudy_fake&lecture=1", timeout_s)
+    client = WsClient(base, HALL_PAGE, HALL_QUERY, timeout_s)
     try:
         t0 = time.perf_counter()
         # a browser loads the page first (and gets the proxy's affinity cookie)
-        await client.connect(fetch_cookies=True)
+        if files:
+            await fetch_as_browser(base, files, client.cookies, timeout_s)
+        await client.connect(fetch_cookies=not files)
         seen, _ = await client.run(element_marker("plotly_chart"))
         result.load_s = time.perf_counter() - t0 - _ + seen  # until the plot arrived
 
@@ -583,6 +685,45 @@ async def _upload_session(base: str, index: int, rounds: int, timeout_s: float,
 UPLOAD_KEY = "data.uploader"
 
 
+async def open_cost(base: str, n: int, server_pids, proxy_pids, files, timeout_s: float) -> dict:
+    """CPU per open of the hall's page, one session at a time: the servers' (all
+    replicas together), nginx's and this client's, over ``n`` opens; a load-independent
+    figure (CPU time, not latency).  One session (the lecturer's) stays connected
+    throughout, as in a lecture: Streamlit drops its compiled scripts when the last
+    session of a process closes."""
+    lecturer = WsClient(base, HALL_PAGE, HALL_QUERY, timeout_s)
+    await lecturer.connect()
+    await lecturer.run(element_marker("plotly_chart"))
+
+    async def one():
+        client = WsClient(base, HALL_PAGE, HALL_QUERY, timeout_s)
+        try:
+            if files:
+                await fetch_as_browser(base, files, client.cookies, timeout_s)
+            await client.connect(fetch_cookies=not files)
+            await client.run(element_marker("plotly_chart"))
+        finally:
+            await client.close()
+
+    for _ in range(3):  # each replica's first sessions (the affinity spreads them)
+        await one()
+    server0, proxy0, client0 = (sum(_cpu_s(p) for p in server_pids), sum(_cpu_s(p) for p in proxy_pids),
+                                _own_cpu_s())
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await one()
+    wall = time.perf_counter() - t0
+    await asyncio.sleep(0.2)
+    await lecturer.close()
+    ms = 1000 / n
+    return {"scenario": "open-cost", "url": base, "opens": n, "browser_requests": len(files or []),
+            "server_cpu_per_open_ms": round(ms * (sum(_cpu_s(p) for p in server_pids) - server0), 1),
+            "proxy_cpu_per_open_ms": round(ms * (sum(_cpu_s(p) for p in proxy_pids) - proxy0), 1)
+            if proxy_pids else None,
+            "client_cpu_per_open_ms": round(ms * (_own_cpu_s() - client0), 1),
+            "wall_per_open_ms": round(ms * wall, 1), "loadavg": os.getloadavg()[0]}
+
+
 async def run(args) -> dict:
     base = _loopback_only(args.url)
     load_before = os.getloadavg()[0]
@@ -634,13 +775,27 @@ async def run(args) -> dict:
                 raise SystemExit(f"warming {url} failed: {warm.errors}")
         baseline_main, baseline_tree = sampler.sample()
         cpu_before = sum(_cpu_s(p) for p in sampler.pids)
+    files = None
+    if args.scenario == "hall" and args.browser_files:
+        files = await asyncio.to_thread(browser_requests, base, f"/{HALL_PAGE}?{HALL_QUERY}",
+                                        args.chromium, args.timeout)
+        cpu_before = sum(_cpu_s(p) for p in sampler.pids)
+    # what the load's other parts cost on the same cores: this client, and nginx
+    proxy_pids = [c for p in args.proxy_pid or [] for c in _descendants(p)]
+    if args.open_cost:
+        return await open_cost(base, args.open_cost, sampler.pids, proxy_pids, files, args.timeout)
+    client_before, proxy_before = _own_cpu_s(), sum(_cpu_s(p) for p in proxy_pids)
     if args.client == "ws":
         session = {"model": _ws_session, "hall": _hall_session, "upload": _upload_session}[args.scenario]
         extra = {"data": student_csv(args.upload_mb * 1_000_000)} if args.scenario == "upload" else {}
+        if files:
+            extra["files"] = files
         tasks = [session(base, r.index, args.rounds, args.timeout, delays[r.index], r, hold,
                          args.think, **extra) for r in results]
         wall, (connected_main, connected_tree) = await drive(tasks)
         cpu_used = sum(_cpu_s(p) for p in sampler.pids) - cpu_before
+        client_used = _own_cpu_s() - client_before
+        proxy_used = sum(_cpu_s(p) for p in proxy_pids) - proxy_before
         if args.release_wait > 0:
             # the sessions are closed now: does the server give their memory back?
             release = []
@@ -697,6 +852,11 @@ async def run(args) -> dict:
         runs = len(loads) + len(changes)
         report["server_cpu_s"] = round(cpu_used, 2)
         report["server_cpu_per_run_ms"] = round(1000 * cpu_used / max(1, runs), 1)
+        report["client_cpu_s"] = round(client_used, 2)
+        if proxy_pids:
+            report["proxy_cpu_s"] = round(proxy_used, 2)
+    if files is not None:
+        report["browser_requests"] = len(files)
     if args.client == "ws" and args.release_wait > 0:
         report["rss_after_close_mb"] = release  # (seconds since the sessions closed, MB)
     if args.server_pid:
@@ -712,6 +872,16 @@ async def run(args) -> dict:
 
 
 def _print(report: dict, target: float) -> None:
+    if report["scenario"] == "open-cost":
+        extra = f" + {report['browser_requests']} browser requests" if report["browser_requests"] else ""
+        proxy = (f", nginx {report['proxy_cpu_per_open_ms']:.1f} ms"
+                 if report["proxy_cpu_per_open_ms"] is not None else "")
+        print(f"{report['opens']} opens of the hall's page{extra}, one at a time, against {report['url']}: "
+              f"CPU per open: servers {report['server_cpu_per_open_ms']:.1f} ms{proxy}, "
+              f"load client {report['client_cpu_per_open_ms']:.1f} ms "
+              f"({report['wall_per_open_ms']:.0f} ms wall per open, load average {report['loadavg']:.1f})")
+        return
+
     def f(x):
         return "-" if x is None else f"{x:.2f}"
 
@@ -737,6 +907,13 @@ def _print(report: dict, target: float) -> None:
     if "server_cpu_s" in report:
         print(f"server CPU (main processes): {report['server_cpu_s']:.1f} s in all, "
               f"{report['server_cpu_per_run_ms']:.0f} ms per page run")
+        others = f"load clients {report['client_cpu_s']:.1f} s"
+        if "proxy_cpu_s" in report:
+            others += f", nginx {report['proxy_cpu_s']:.1f} s"
+        print(f"CPU of the rest of the load on the same cores: {others}")
+    if "browser_requests" in report:
+        print(f"each session first made the {report['browser_requests']} HTTP requests of a new browser "
+              "(page, web client's static files, health, host-config)")
     print(f"machine: {report['cpus']} CPUs, load average {report['loadavg_before']:.1f} before, "
           f"{report['loadavg_after']:.1f} after (server and browser share these cores)")
     print(f"errors: {report['error_count']} in {report['sessions_with_errors']} sessions")
@@ -782,7 +959,8 @@ def _serve(args):
     else:
         if not shutil.which("nginx"):
             raise SystemExit("--serve 2 or more needs nginx (apt-get install nginx)")
-        args.url, _ = stack.enter_context(ds.nginx_proxy(ports, proxy_ports[0], proxy_ports[1]))
+        args.url, access_log = stack.enter_context(ds.nginx_proxy(ports, proxy_ports[0], proxy_ports[1]))
+        args.proxy_pid = [int((access_log.parents[1] / "nginx.pid").read_text())]
     return stack
 
 
@@ -811,6 +989,15 @@ def main(argv=None) -> int:
                         "shrinkage page's shared link, then change its random part (issue 12 "
                         "part 2, e.g. --sessions 200 --ramp 10 --rounds 2 through nginx); "
                         "upload: upload a distinct CSV of --upload-mb MB and fit it (part 5)")
+    p.add_argument("--browser-files", action="store_true",
+                   help="hall scenario: each session first makes the HTTP requests a new browser "
+                        "makes (the page, the web client's static files, health, host-config), "
+                        "recorded once with headless Chromium before the run")
+    p.add_argument("--open-cost", type=int, default=0, metavar="N",
+                   help="hall scenario: instead of the load, open the page N times one after "
+                        "another and report the CPU per open of the servers, nginx and this client")
+    p.add_argument("--proxy-pid", type=int, action="append",
+                   help="nginx's master process, for its CPU (set by --serve 2 or more)")
     p.add_argument("--warm-url", action="append", default=[],
                    help="open the scenario's page once on this URL before measuring (repeat "
                         "with each replica's own address: the lecturer opened the link first)")
@@ -830,6 +1017,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not 1 <= args.sessions <= 200 or not 1 <= args.rounds <= 50:
         p.error("--sessions must be 1..200 and --rounds 1..50 (a bounded load)")
+    if args.open_cost and (args.scenario != "hall" or args.client != "ws"):
+        p.error("--open-cost is for the hall scenario with the websocket client")
     if args.serve:
         if not 1 <= args.serve <= 8:
             p.error("--serve must be 1..8")
@@ -847,6 +1036,8 @@ def main(argv=None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
+    if report["scenario"] == "open-cost":
+        return 0
     ok = report["error_count"] == 0 and (report["change_p95_s"] or 1e9) < args.target_p95
     if args.scenario == "hall":
         ok = ok and (report["load_p95_s"] or 1e9) < args.target_p95
