@@ -97,7 +97,8 @@ class PoolingEstimates(ReadOnly):
 
     def __init__(self, *, table: pd.DataFrame, fit, formulas: dict, response: str,
                  predictor: str | None, group: str, random: str, levels=None,
-                 columns=COEFFICIENTS, family: str = "gaussian"):
+                 columns=COEFFICIENTS, family: str = "gaussian", _own_table: bool = False):
+        # _own_table: ``table`` is this object's alone (just unpickled), no copy needed.
         columns = tuple(columns)
         needed = ["group", "method", *columns, "n", "note"]
         missing = [c for c in needed if c not in table.columns]
@@ -109,7 +110,7 @@ class PoolingEstimates(ReadOnly):
         if levels is not None and len(columns) != len(levels):
             raise LmmError("a factor's estimates need an intercept and one contrast per "
                            f"non-reference level ({len(levels) - 1}); got columns {', '.join(columns)}.")
-        self._table = table.reset_index(drop=True).copy()
+        self._table = table if _own_table else table.reset_index(drop=True).copy()
         self.levels = tuple(str(v) for v in levels) if levels is not None else None
         self.columns = columns
         self._formulas = dict(formulas)
@@ -308,7 +309,10 @@ class PoolingEstimates(ReadOnly):
 
 
 def _rebuild_estimates(cls, state):
-    return cls(**state)
+    # The unpickled table belongs to the new object alone and was stored with its index
+    # reset: copying it again was most of the time a cache read of the estimates took
+    # (Streamlit's st.cache_data unpickles them for every session on every run).
+    return cls(**state, _own_table=True)
 
 
 def pooling_formulas(response: str, predictor: str | None, group: str,
