@@ -63,6 +63,7 @@ class SessionResult:
     load_s: float | None = None
     change_s: list = field(default_factory=list)
     run_s: list = field(default_factory=list)  # until the whole script run finished (ws client)
+    files_s: float | None = None  # hall with --browser-files: the browser's HTTP requests
     errors: list = field(default_factory=list)
 
 
@@ -541,58 +542,70 @@ def browser_requests(base: str, path: str, chromium: str | None = None, timeout_
     return paths
 
 
+BROWSER_CONNECTIONS = 6  # a browser's parallel HTTP/1.1 connections to one host
+
+
 async def fetch_as_browser(base: str, paths, cookies: dict, timeout_s: float) -> int:
-    """GET ``paths`` in order over one keep-alive connection, as a browser would (gzip
-    accepted, cookies kept in ``cookies``); returns the bytes received.  The bodies are
-    read and dropped: a plain asyncio client, so 200 of them cost the shared cores little
-    (a real browser downloads and parses them on its own machine)."""
+    """GET ``paths`` as a browser would: the first (the page) alone, the rest over
+    :data:`BROWSER_CONNECTIONS` keep-alive connections, gzip accepted, cookies kept in
+    ``cookies``; returns the bytes received.  The bodies are read and dropped: a plain
+    asyncio client, so 200 of them cost the shared cores little (a real browser
+    downloads and parses them on its own machine)."""
     origin = urllib.parse.urlsplit(base)
     host, port = origin.hostname, origin.port or 80
-    received, conn = 0, None
-    try:
-        for path in paths:
-            if conn is None:
-                conn = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-            reader, writer = conn
-            cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
-            writer.write((f"GET {path} HTTP/1.1\r\nHost: {origin.netloc}\r\n"
-                          "Accept-Encoding: gzip, deflate, br\r\n"
-                          + (f"Cookie: {cookie}\r\n" if cookie else "") + "\r\n").encode())
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout_s)
-            lines = head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split()[1])
-            headers = [line.partition(":") for line in lines[1:] if line]
-            length, chunked, close = 0, False, False
-            for name, _, value in headers:
-                name, value = name.strip().lower(), value.strip()
-                if name == "content-length":
-                    length = int(value)
-                elif name == "transfer-encoding" and "chunked" in value.lower():
-                    chunked = True
-                elif name == "connection" and value.lower() == "close":
-                    close = True
-                elif name == "set-cookie":
-                    key, _, rest = value.partition("=")
-                    cookies[key.strip()] = rest.split(";")[0]
-            if chunked:
-                while True:
-                    size = int((await asyncio.wait_for(reader.readline(), timeout_s)).split(b";")[0], 16)
-                    await asyncio.wait_for(reader.readexactly(size + 2), timeout_s)
-                    received += size
-                    if size == 0:
-                        break
-            else:
-                await asyncio.wait_for(reader.readexactly(length), timeout_s)
-                received += length
-            if status >= 500:
-                raise RuntimeError(f"GET {path}: HTTP {status}")
-            if close:
-                writer.close()
-                conn = None
-    finally:
-        if conn is not None:
-            conn[1].close()
-    return received
+
+    async def get_all(queue: list) -> int:
+        received, conn = 0, None
+        try:
+            while queue:
+                path = queue.pop(0)
+                if conn is None:
+                    conn = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+                reader, writer = conn
+                cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
+                writer.write((f"GET {path} HTTP/1.1\r\nHost: {origin.netloc}\r\n"
+                              "Accept-Encoding: gzip, deflate, br\r\n"
+                              + (f"Cookie: {cookie}\r\n" if cookie else "") + "\r\n").encode())
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout_s)
+                lines = head.decode("latin-1").split("\r\n")
+                status = int(lines[0].split()[1])
+                length, chunked, close = 0, False, False
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    name, value = name.strip().lower(), value.strip()
+                    if name == "content-length":
+                        length = int(value)
+                    elif name == "transfer-encoding" and "chunked" in value.lower():
+                        chunked = True
+                    elif name == "connection" and value.lower() == "close":
+                        close = True
+                    elif name == "set-cookie":
+                        key, _, rest = value.partition("=")
+                        cookies[key.strip()] = rest.split(";")[0]
+                if chunked:
+                    while True:
+                        size = int((await asyncio.wait_for(reader.readline(), timeout_s)).split(b";")[0], 16)
+                        await asyncio.wait_for(reader.readexactly(size + 2), timeout_s)
+                        received += size
+                        if size == 0:
+                            break
+                else:
+                    await asyncio.wait_for(reader.readexactly(length), timeout_s)
+                    received += length
+                if status >= 500:
+                    raise RuntimeError(f"GET {path}: HTTP {status}")
+                if close:
+                    writer.close()
+                    conn = None
+        finally:
+            if conn is not None:
+                conn[1].close()
+        return received
+
+    paths = list(paths)
+    received = await get_all(paths[:1])  # the page: its answer carries the affinity cookie
+    queue = paths[1:]
+    return received + sum(await asyncio.gather(*(get_all(queue) for _ in range(BROWSER_CONNECTIONS))))
 
 
 async def _hall_session(base: str, index: int, rounds: int, timeout_s: float,
@@ -615,6 +628,7 @@ async def _hall_session(base: str, index: int, rounds: int, timeout_s: float,
         # a browser loads the page first (and gets the proxy's affinity cookie)
         if files:
             await fetch_as_browser(base, files, client.cookies, timeout_s)
+            result.files_s = time.perf_counter() - t0
         await client.connect(fetch_cookies=not files)
         seen, _ = await client.run(element_marker("plotly_chart"))
         result.load_s = time.perf_counter() - t0 - _ + seen  # until the plot arrived
@@ -857,6 +871,8 @@ async def run(args) -> dict:
             report["proxy_cpu_s"] = round(proxy_used, 2)
     if files is not None:
         report["browser_requests"] = len(files)
+        fetched = [r.files_s for r in results if r.files_s is not None]
+        report["files_p50_s"], report["files_p95_s"] = _percentile(fetched, 0.5), _percentile(fetched, 0.95)
     if args.client == "ws" and args.release_wait > 0:
         report["rss_after_close_mb"] = release  # (seconds since the sessions closed, MB)
     if args.server_pid:
@@ -913,7 +929,8 @@ def _print(report: dict, target: float) -> None:
         print(f"CPU of the rest of the load on the same cores: {others}")
     if "browser_requests" in report:
         print(f"each session first made the {report['browser_requests']} HTTP requests of a new browser "
-              "(page, web client's static files, health, host-config)")
+              f"(page, web client's static files, health, host-config): p50 {f(report['files_p50_s'])} s, "
+              f"p95 {f(report['files_p95_s'])} s of the open")
     print(f"machine: {report['cpus']} CPUs, load average {report['loadavg_before']:.1f} before, "
           f"{report['loadavg_after']:.1f} after (server and browser share these cores)")
     print(f"errors: {report['error_count']} in {report['sessions_with_errors']} sessions")
