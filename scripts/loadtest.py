@@ -348,27 +348,28 @@ class WsClient:
 
         t0 = time.perf_counter()
         seen_at = None
-        deadline = t0 + self.timeout_s
-        while True:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                raise TimeoutError(f"the page did not finish within {self.timeout_s:.0f} s")
-            raw = await asyncio.wait_for(self.ws.recv(), remaining)
-            msg = ForwardMsg()
-            msg.ParseFromString(raw)
-            kind = msg.WhichOneof("type")
-            if kind == "new_session":
-                self.state["session_id"] = msg.new_session.initialize.session_id
-            elif kind == "delta":
-                self._track(msg)
-            elif kind == "file_urls_response":
-                self.state["file_urls"] = msg.file_urls_response
-            if seen_at is None and done(msg, raw):
-                seen_at = time.perf_counter() - t0
-            if kind == "script_finished":
-                # 2 = FINISHED_EARLY_FOR_RERUN: another run follows
-                if msg.script_finished != 2 and seen_at is not None:
-                    return seen_at, time.perf_counter() - t0
+        try:
+            # one limit for the run (a wait_for per message would cost a task and a timer each)
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    raw = await self.ws.recv()
+                    msg = ForwardMsg()
+                    msg.ParseFromString(raw)
+                    kind = msg.WhichOneof("type")
+                    if kind == "new_session":
+                        self.state["session_id"] = msg.new_session.initialize.session_id
+                    elif kind == "delta":
+                        self._track(msg)
+                    elif kind == "file_urls_response":
+                        self.state["file_urls"] = msg.file_urls_response
+                    if seen_at is None and done(msg, raw):
+                        seen_at = time.perf_counter() - t0
+                    if kind == "script_finished":
+                        # 2 = FINISHED_EARLY_FOR_RERUN: another run follows
+                        if msg.script_finished != 2 and seen_at is not None:
+                            return seen_at, time.perf_counter() - t0
+        except TimeoutError:
+            raise TimeoutError(f"the page did not finish within {self.timeout_s:.0f} s") from None
 
     def _track(self, msg) -> None:
         element = msg.delta.new_element
@@ -560,13 +561,13 @@ async def fetch_as_browser(base: str, paths, cookies: dict, timeout_s: float) ->
             while queue:
                 path = queue.pop(0)
                 if conn is None:
-                    conn = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+                    conn = await asyncio.open_connection(host, port)
                 reader, writer = conn
                 cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
                 writer.write((f"GET {path} HTTP/1.1\r\nHost: {origin.netloc}\r\n"
                               "Accept-Encoding: gzip, deflate, br\r\n"
                               + (f"Cookie: {cookie}\r\n" if cookie else "") + "\r\n").encode())
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout_s)
+                head = await reader.readuntil(b"\r\n\r\n")
                 lines = head.decode("latin-1").split("\r\n")
                 status = int(lines[0].split()[1])
                 length, chunked, close = 0, False, False
@@ -584,13 +585,13 @@ async def fetch_as_browser(base: str, paths, cookies: dict, timeout_s: float) ->
                         cookies[key.strip()] = rest.split(";")[0]
                 if chunked:
                     while True:
-                        size = int((await asyncio.wait_for(reader.readline(), timeout_s)).split(b";")[0], 16)
-                        await asyncio.wait_for(reader.readexactly(size + 2), timeout_s)
+                        size = int((await reader.readline()).split(b";")[0], 16)
+                        await reader.readexactly(size + 2)
                         received += size
                         if size == 0:
                             break
                 else:
-                    await asyncio.wait_for(reader.readexactly(length), timeout_s)
+                    await reader.readexactly(length)
                     received += length
                 if status >= 500:
                     raise RuntimeError(f"GET {path}: HTTP {status}")
@@ -603,9 +604,12 @@ async def fetch_as_browser(base: str, paths, cookies: dict, timeout_s: float) ->
         return received
 
     paths = list(paths)
-    received = await get_all(paths[:1])  # the page: its answer carries the affinity cookie
-    queue = paths[1:]
-    return received + sum(await asyncio.gather(*(get_all(queue) for _ in range(BROWSER_CONNECTIONS))))
+    # one limit for the whole page load (a wait_for per read would cost this shared-core
+    # client a task and a timer per request)
+    async with asyncio.timeout(timeout_s):
+        received = await get_all(paths[:1])  # the page: its answer carries the affinity cookie
+        queue = paths[1:]
+        return received + sum(await asyncio.gather(*(get_all(queue) for _ in range(BROWSER_CONNECTIONS))))
 
 
 async def _hall_session(base: str, index: int, rounds: int, timeout_s: float,

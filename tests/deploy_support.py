@@ -184,14 +184,18 @@ def nginx_prefix(upstream_ports, listen_port: int, static_port: int | None = Non
         (prefix / "pooling.conf").write_text(local_server_conf(
             upstream_ports, listen_port, static_port=static_port or free_port(), cache_dir=prefix / "cache"))
         # As root, nginx's workers would drop to `nobody` and could not use the temp dirs.
+        # Workers, sendfile and keep-alive as in the nginx image (docker-compose.yml).
         user = "user root;\n" if os.geteuid() == 0 else ""
         main = prefix / "nginx.conf"
         main.write_text(f"""{user}daemon off;
-worker_processes 1;
+worker_processes auto;
 pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log info;
 events {{ worker_connections 1024; }}
 http {{
+    # as in the nginx image's own main config (docker-compose.yml's proxy)
+    sendfile on;
+    keepalive_timeout 65;
     log_format pooling '$status "$request" upstream=$upstream_addr affinity=$cookie_pooling_affinity';
     access_log {prefix}/logs/access.log pooling;
     client_body_temp_path {prefix}/tmp/body;
