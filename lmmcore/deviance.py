@@ -45,6 +45,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+import math
+
 import numpy as np
 import scipy.sparse as sp
 from scipy.linalg.lapack import dpotrf, dpotri, dtrtri, dtrtrs
@@ -427,14 +429,20 @@ def profiled_criterion(logdet_L2: float, LM: np.ndarray, n: int, p: int, reml: b
     top-left p x p block, sqrt(pwrss) as its last diagonal element.  Returns ``inf``
     where it is not finite (pwrss = 0: y fitted exactly).
     """
+    # scalar math: the optimiser calls this for every theta it tries, on p + 1 numbers
     pwrss = float(LM[p, p]) ** 2
+    if not (pwrss > 0.0 and math.isfinite(pwrss) and math.isfinite(logdet_L2)):
+        return float("inf")
     if reml:
         nmp = n - p
-        ldRX2 = 2.0 * float(np.log(np.diagonal(LM)[:p]).sum())
-        val = logdet_L2 + ldRX2 + nmp * (1.0 + _LOG_2PI + np.log(pwrss / nmp))
+        diag = np.diagonal(LM)[:p].tolist()
+        if min(diag, default=1.0) <= 0.0:
+            return float("inf")
+        ldRX2 = 2.0 * sum(map(math.log, diag))
+        val = logdet_L2 + ldRX2 + nmp * (1.0 + _LOG_2PI + math.log(pwrss / nmp))
     else:
-        val = logdet_L2 + n * (1.0 + _LOG_2PI + np.log(pwrss / n))
-    return float(val) if np.isfinite(val) else float("inf")
+        val = logdet_L2 + n * (1.0 + _LOG_2PI + math.log(pwrss / n))
+    return val if math.isfinite(val) else float("inf")
 
 
 def fixed_effects(LM: np.ndarray, p: int):
@@ -463,16 +471,18 @@ def _lead_blocks(A11: np.ndarray, T: np.ndarray):
         return 1.0 / np.sqrt(d), float(np.log(d).sum())
     S = T.T @ A11 @ T                                 # T' A11_j T for every level j
     if k == 2:
-        s00, s10, s11 = S[:, 0, 0] + 1.0, S[:, 1, 0], S[:, 1, 1] + 1.0
-        i00 = 1.0 / np.sqrt(s00)
-        l10 = s10 * i00
-        d11 = s11 - l10 * l10                         # L11[1, 1]^2
-        i11 = 1.0 / np.sqrt(d11)
-        Li = np.zeros_like(S)
-        Li[:, 0, 0] = i00
-        Li[:, 1, 0] = -l10 * i00 * i11
-        Li[:, 1, 1] = i11
-        return Li, float(np.log(s00 * d11).sum())
+        s = S.reshape(-1, 4)                          # rows (S00, S01, S10, S11)
+        s00 = s[:, 0] + 1.0
+        i00 = s00 ** -0.5
+        l10 = s[:, 2] * i00
+        d11 = s[:, 3] + 1.0 - l10 * l10               # L11[1, 1]^2
+        i11 = d11 ** -0.5
+        Li = np.empty_like(s)
+        Li[:, 0] = i00
+        Li[:, 1] = 0.0
+        Li[:, 2] = -l10 * i00 * i11
+        Li[:, 3] = i11
+        return Li.reshape(-1, 2, 2), float(np.log(s00 * d11).sum())
     S += np.eye(k)
     L = np.linalg.cholesky(S)
     return np.linalg.inv(L), 2.0 * float(np.log(np.diagonal(L, axis1=1, axis2=2)).sum())

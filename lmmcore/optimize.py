@@ -161,26 +161,25 @@ class _Tracked:
         self.best_value = np.inf
         self.best_gradient = None
         self._best_signs = None
+        self._best_key = None
 
     def __call__(self, theta):
         theta = np.array(theta, dtype=float)
         val = float(self.fun(theta))
         s = self.signs(theta)
-        theta = s * theta
-        self.thetas.append(theta)
+        canonical = s * theta
+        self.thetas.append(canonical)
         self.values.append(val)
         if val < self.best_value:
             # its gradient, if wanted, comes later through attach_gradient()
-            self.best_value, self.best_theta, self.best_gradient = val, theta, None
-            self._best_signs = s
+            self.best_value, self.best_theta, self.best_gradient = val, canonical, None
+            self._best_signs, self._best_key = s, theta.tobytes()
         return val
 
     def attach_gradient(self, theta, gradient):
-        """The gradient at the last recorded theta (computed after its value)."""
-        if self.best_theta is not None:
-            s = self._best_signs
-            if np.array_equal(s * np.asarray(theta, float), self.best_theta):
-                self.best_gradient = s * gradient
+        """The gradient at ``theta`` if it is the best point so far (its value came first)."""
+        if self._best_key is not None and np.asarray(theta, float).tobytes() == self._best_key:
+            self.best_gradient = self._best_signs * gradient
 
 
 def _fd_value_and_gradient(f, x, h):
@@ -381,9 +380,14 @@ def _minimize(fun, space: ThetaSpace, theta0, hessian0):
         return fx, g
 
     diagonal = np.isfinite(lower)
+    last_z = [None, None]                           # (z's bytes, theta): an accepted
+                                                    # point is mapped twice (value, gradient)
 
     def theta_of(z):
-        return np.where(diagonal, SINH_SCALE * np.sinh(z), z)
+        key = z.tobytes()
+        if key != last_z[0]:
+            last_z[0], last_z[1] = key, np.where(diagonal, SINH_SCALE * np.sinh(z), z)
+        return last_z[1]
 
     def value_z(z):
         return value_only(theta_of(z))
