@@ -262,6 +262,10 @@ def _rank_keep(X: np.ndarray, tol: float = RANK_TOLERANCE) -> np.ndarray:
     # Q is orthogonal, so the small triangular factor has X's column geometry.
     R = np.linalg.qr(X, mode="r") if X.shape[0] > p else X
     norms = np.linalg.norm(R, axis=0)
+    if X.shape[0] > p and np.all(np.abs(np.diagonal(R)) >= tol * norms) and np.all(norms > 0):
+        # R's diagonal holds each column's residual on the columns before it: none is
+        # below the tolerance, so the loop below would keep every column
+        return np.arange(p)
     basis = np.empty((R.shape[0], 0))
     keep = []
     for j in range(p):

@@ -43,9 +43,9 @@ business (``lmmcore.optimize``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-
+import functools
 import math
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -95,14 +95,22 @@ class TermLayout:
         return T
 
 
+@functools.lru_cache(maxsize=16)
+def _lower_triangle(k: int) -> tuple:
+    """(rows, cols) of a k x k lower triangle, column by column (lme4's theta order);
+    read-only, shared by every layout with this k."""
+    c, r = np.triu_indices(k)                       # triu of the transpose
+    r.flags.writeable = c.flags.writeable = False
+    return r, c
+
+
 def term_layouts(design: MixedDesign) -> tuple:
     """One :class:`TermLayout` per random term, in lme4's order."""
     layouts = []
     offset = 0
     for term in design.random_terms:
         k = term.n_columns
-        # triu of the transpose walks the lower triangle column by column
-        c, r = np.triu_indices(k)
+        r, c = _lower_triangle(k)
         layouts.append(TermLayout(k, term.n_levels, offset, r, c))
         offset += k * (k + 1) // 2
     return tuple(layouts)
@@ -279,23 +287,23 @@ def cross_products(design: MixedDesign) -> CrossProducts:
     rest = tuple(i for i in range(len(terms)) if i != lead)
     XY = np.column_stack([X, y])
 
-    # Lead term: per-level sums of z_i z_i' and z_i [x_i y_i]': for each column a the
-    # level indicator matrix (built straight in CSR form, one entry per observation)
-    # weighted by z_ia, times [z_i x_i y_i]; no n x k (k + p + 1) array of outer products.
+    # Lead term: per-level sums of z_i z_i' and z_i [x_i y_i]': for each column a, one
+    # bincount of z_ia [z_i x_i y_i] by (level, column); no n x k (k + p + 1) array of
+    # outer products, and no sparse indicator matrix (its construction cost more than
+    # the sums on class-size data).
     t1 = terms[lead]
     k1, m1 = layouts[lead].k, layouts[lead].m
     Z1 = np.asarray(t1.Z_raw, float).reshape(n, k1)
     codes1 = np.asarray(t1.codes, np.intp)
-    V = np.empty((n, k1 + p + 1))
+    width = k1 + p + 1
+    V = np.empty((n, width))
     V[:, :k1] = Z1
     V[:, k1:] = XY
-    J = sp.csr_matrix((np.ones(n), codes1, np.arange(n + 1)), shape=(n, m1)).T.tocsr()
-    sums = np.empty((m1, k1, k1 + p + 1))
+    cell = (codes1[:, None] * width + np.arange(width)[None, :]).ravel()
+    sums = np.empty((m1, k1, width))
     for a in range(k1):
-        # the indicator weighted by z_ia (entries are in observation order): no n-row
-        # temporaries
-        J.data = Z1[J.indices, a]
-        sums[:, a, :] = J @ V
+        sums[:, a, :] = np.bincount(cell, weights=(Z1[:, a:a + 1] * V).ravel(),
+                                    minlength=m1 * width).reshape(m1, width)
     A11 = np.ascontiguousarray(sums[:, :, :k1])
     C1 = np.ascontiguousarray(sums[:, :, k1:])
 
