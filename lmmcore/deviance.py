@@ -749,20 +749,18 @@ class OneTerm:
         ST = S @ T                                                # S_j T
         Ainv = _batched_gram(Li)                                  # A_j^{-1}
         Zr = cp.C1[:, :, p] - cp.C1[:, :, :p] @ beta - (ST @ u[:, :, None])[:, :, 0]
-        rows, cols = lay.rows, lay.cols
+        # the three parts as k x k matrices, each read at (c_e, r_e), so summed first
         H = (Ainv @ np.swapaxes(ST, 1, 2)).sum(axis=0)            # sum_j A_j^{-1} T'S_j
-        grad = 2.0 * H[cols, rows]
-        denom = (n - p) if reml else n
-        grad -= 2.0 * denom / pwrss * (Zr[:, rows] * u[:, cols]).sum(axis=0)
         if reml and p:
             ZtX = cp.C1[:, :, :p]
             G = ZtX - ST @ (Ainv @ (T.T @ ZtX))                   # (m, k, p)
             LXi = _trsolve(f.LM[:p, :p], np.eye(p), lower=True)
-            GV = G @ LXi.T                                        # G R_X^{-1}
-            GVf = GV.transpose(1, 0, 2).reshape(lay.k, -1)
-            TK = T.T @ (GVf @ GVf.T)
-            grad -= 2.0 * TK[cols, rows]
-        return grad
+            GVf = (G @ LXi.T).transpose(1, 0, 2).reshape(lay.k, -1)  # G R_X^{-1}
+            H = H - T.T @ (GVf @ GVf.T)
+        denom = (n - p) if reml else n
+        # d pwrss reads sum_j (Z_j'r) u_j' at (r_e, c_e): its transpose at (c_e, r_e)
+        K = 2.0 * H - (2.0 * denom / pwrss) * (u.T @ Zr)
+        return K[lay.cols, lay.rows]
 
 
 def _diag_block_sums(P_lower, offset, lay):
