@@ -56,6 +56,12 @@ from lmmcore.structure import MixedDesign
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
+#: Up to this many cells (rows x pairs of columns), the lead term's cross-products are
+#: summed by one bincount per pair of columns; past it, one sparse product per z column
+#: is faster.  Measured on the 2-core machine: sleepstudy (1,800 cells) 25 us against
+#: 72 us sparse; the simulated 2,000-group model (10^6 cells) 7.6 ms against 4.4 ms.
+LEAD_BINCOUNT_CELLS = 20_000
+
 #: Largest number of random-effect columns outside the lead term that the dense
 #: block A_22 may have (8000 columns = 512 MB); beyond that the fit is refused.
 MAX_DENSE_REST = 8000
@@ -287,10 +293,8 @@ def cross_products(design: MixedDesign) -> CrossProducts:
     rest = tuple(i for i in range(len(terms)) if i != lead)
     XY = np.column_stack([X, y])
 
-    # Lead term: per-level sums of z_i z_i' and z_i [x_i y_i]': for each column a, one
-    # bincount of z_ia [z_i x_i y_i] by (level, column); no n x k (k + p + 1) array of
-    # outer products, and no sparse indicator matrix (its construction cost more than
-    # the sums on class-size data).
+    # Lead term: per-level sums of z_i z_i' and z_i [x_i y_i]' (no n x k (k + p + 1)
+    # array of outer products).
     t1 = terms[lead]
     k1, m1 = layouts[lead].k, layouts[lead].m
     Z1 = np.asarray(t1.Z_raw, float).reshape(n, k1)
@@ -299,11 +303,20 @@ def cross_products(design: MixedDesign) -> CrossProducts:
     V = np.empty((n, width))
     V[:, :k1] = Z1
     V[:, k1:] = XY
-    cell = (codes1[:, None] * width + np.arange(width)[None, :]).ravel()
     sums = np.empty((m1, k1, width))
-    for a in range(k1):
-        sums[:, a, :] = np.bincount(cell, weights=(Z1[:, a:a + 1] * V).ravel(),
-                                    minlength=m1 * width).reshape(m1, width)
+    if n * k1 * width <= LEAD_BINCOUNT_CELLS:
+        # one bincount by level per (z column, [z x y] column): no sparse matrix to build
+        for a in range(k1):
+            for c in range(width):
+                sums[:, a, c] = np.bincount(codes1, weights=Z1[:, a] * V[:, c],
+                                            minlength=m1)
+    else:
+        # many columns on many rows: the level indicator (built straight in CSR form)
+        # weighted by z_ia, times [z x y], one sparse product per z column
+        J = sp.csr_matrix((np.ones(n), codes1, np.arange(n + 1)), shape=(n, m1)).T.tocsr()
+        for a in range(k1):
+            J.data = Z1[J.indices, a]
+            sums[:, a, :] = J @ V
     A11 = np.ascontiguousarray(sums[:, :, :k1])
     C1 = np.ascontiguousarray(sums[:, :, k1:])
 
