@@ -45,7 +45,7 @@ import pandas as pd
 
 from lmmcore import deviance as _dev
 from lmmcore.errors import LmmError
-from lmmcore.mixed import coef_frames, group_covariance
+from lmmcore.mixed import coef_frames, group_covariance, ranef_frames
 
 __all__ = ["ThetaState", "state_at", "estimates_at", "criterion_curve", "criterion_surface", "optimizer_path",
            "theta_names", "theta_is_diagonal", "theta_range", "PART_LABELS"]
@@ -192,12 +192,7 @@ def state_at(fit, theta, reml: bool | None = None) -> ThetaState:
     denom = (n - p) if dev.reml else n
     pwrss_term = denom * (1.0 + _LOG_2PI + math.log(sol.pwrss / denom))
     design = fit.design
-    ranef = {}
-    for term, b in zip(design.random_terms, sol.b):
-        frame = pd.DataFrame(np.asarray(b, float), index=pd.Index(list(term.levels), name=term.group_name),
-                             columns=list(term.column_names))
-        ranef[term.group_name] = (pd.concat([ranef[term.group_name], frame], axis=1)
-                                  if term.group_name in ranef else frame)
+    ranef = ranef_frames(design, sol.b)
     templates = tuple(lay.template(theta) for lay in cp.layouts)
     return ThetaState(
         theta=theta.copy(), reml=dev.reml, criterion=float(sol.objective),
