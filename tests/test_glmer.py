@@ -24,11 +24,7 @@ DATA = {"bdf": ROOT / "data" / "bdf.csv", "cbpp": ROOT / "data" / "cbpp.csv",
         "grouseticks": ROOT / "data" / "grouseticks.csv",
         "VerbAgg": ROOT / "bench" / "data" / "VerbAgg.csv"}
 CASES = ["bdf_repeat", "cbpp", "grouseticks", "cbpp_agq9", "grouse_brood_agq5", "bdf_iq_slope",
-         pytest.param("grouse_location_slope", marks=pytest.mark.xfail(
-             strict=False, reason="our optimum is 2e-6 lower than lme4's, which stopped early "
-                                  "(theta differs by 1e-2); the probe at lme4's optimum then "
-                                  "starts PIRLS from another stage-1 linear predictor (2e-6)")),
-         "verbagg", "grouse_singular"]
+         "grouse_location_slope_tight", "verbagg", "grouse_singular"]
 _FITS = {}
 
 
@@ -45,9 +41,9 @@ def _fit(name):
     return _FITS[name], _ref(name)
 
 
-def _rel(a, b):
+def _rel(a, b, floor=1e-3):
     a, b = np.asarray(a, float), np.asarray(b, float)
-    return np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-3))
+    return np.max(np.abs(a - b) / np.maximum(np.abs(b), floor))
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -66,7 +62,10 @@ def test_optimum_and_estimates(name):
     assert fit.bic == pytest.approx(ref["BIC"], rel=1e-6)
     assert fit.nobs == ref["nobs"]
     assert list(fit.fixef.index) == list(ref["fixef"])
-    assert _rel(fit.theta, ref["theta"]) < 2e-3
+    # A theta element near 0 is compared on the scale of the largest: the criterion is flat
+    # there.  grouse_location_slope_tight's off-diagonal (-0.0029) differs by 7e-6; moving
+    # from lme4's theta and beta to ours changes lme4's own deviance function by 1e-6 (of 2297).
+    assert _rel(fit.theta, ref["theta"], floor=max(1e-3, 1e-2 * np.abs(ref["theta"]).max())) < 2e-3
     assert _rel(fit.fixef, list(ref["fixef"].values())) < 2e-3
     assert _rel(fit.se, list(ref["se"].values())) < 2e-3
     table = fit.coef_table()
@@ -95,7 +94,25 @@ def test_summary_line_for_line(name):
     fit, ref = _fit(name)
     # the one known difference: the optimiser's name in the convergence line
     got = fit.summary().replace("optimizer (L-BFGS-B)", "optimizer (Nelder_Mead)")
-    _assert_same_printout(got, ref["summary_text"])
+    # a reference made with glmerControl(...) prints it: the reference's setting, not the model's
+    want = "\n".join(line for line in ref["summary_text"].splitlines() if line != "Control: ctrl")
+    _assert_same_printout(got, want)
+
+
+def test_lme4_default_stopped_early_on_grouse_location_slope():
+    """lme4's default Nelder-Mead stops early on this model (grouse_location_slope.json);
+    run to tight tolerances (grouse_location_slope_tight.json, compared in CASES) it reaches
+    our optimum.  Here: ours is lower than where the default stopped, by our criterion and
+    by the value lme4 reported."""
+    fit, _ = _fit("grouse_location_slope_tight")
+    early = _ref("grouse_location_slope")
+    tight = _ref("grouse_location_slope_tight")
+    dev = fit.deviance_function()
+    at_early = dev(early["theta"] + list(early["fixef"].values()))
+    assert -2 * fit.loglik < at_early < -2 * early["loglik"]
+    # lme4's deviance function (tight fit's) at the early stop: the last probe
+    assert tight["devfun_probes"][-1]["par"] == early["theta"] + list(early["fixef"].values())
+    assert at_early == pytest.approx(tight["devfun_probes"][-1]["value"], rel=1e-6)
 
 
 def test_factor_response_second_level_is_success():
