@@ -102,7 +102,7 @@ def test_gaussian_family_on_bdf_is_lm_and_lmer():
     assert "lmer fit" in " ".join(c.value for c in at.caption)
 
 
-@pytest.mark.parametrize("key, family", [("cbpp", "poisson"), ("grouseticks", "poisson")])
+@pytest.mark.parametrize("key, family", [("cbpp", "binomial"), ("grouseticks", "poisson")])
 def test_count_datasets_open_on_both_pages(key, family):
     at = AppTest.from_file(APP, default_timeout=240)
     at.run()
