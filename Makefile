@@ -48,9 +48,13 @@ loadtest: $(VENV)/.dev
 # Issue 12, on a quiet machine (figures in deploy/README.md). Each starts its own servers on
 # free loopback ports and stops them.
 # A lecture hall: 200 sessions open the shrinkage page's shared link within 10 s through
-# nginx in front of 2 replicas, then change its random part twice.
+# nginx in front of 2 replicas (each first making the HTTP requests of a new browser: the
+# page and the web client's static files, as recorded with Chromium), then change its
+# random part twice.  HALL_PORTS=a,b,c,d: the replicas', nginx's and its static server's
+# ports (default: free ones).
 loadtest-hall: $(VENV)/.dev
 	$(PY) scripts/loadtest.py --serve 2 --scenario hall --sessions 200 --ramp 10 --rounds 2 \
+	  --browser-files $(if $(HALL_PORTS),--ports $(HALL_PORTS)) \
 	  --timeout 120 --json artifacts/loadtest/hall.json
 # 30 sessions upload a distinct 20 MB CSV each and fit it; then the sessions close and the
 # server's memory is followed past the disconnected-session TTL (60 s here, 300 s deployed).

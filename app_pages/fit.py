@@ -235,6 +235,13 @@ def _singular_view(est, key, lecture, chart_slot, knob_slot) -> None:
         charts.show(charts.shrinkage_1d(est, lecture), S.FIT_CHART_SINGULAR_SHRINK, "singular_shrinkage")
 
 
+# The page draws lmer's profiled criterion; a glmer has none to draw (lmmcore.glmm).
+GLMM_REFUSED = ("This page shows how **lmer** finds its estimates: the profiled REML or ML criterion, a "
+                "function of θ alone. A binomial or Poisson model (glmer) has no such criterion: its "
+                "Laplace deviance depends on θ and the fixed effects together. Choose **Gaussian** "
+                "as the family here; the glmer itself is on the Model builder, Pooling and Shrinkage pages.")
+
+
 VIEW_DRAW = dict(zip(VIEWS, (_criterion_view, _reml_ml_view, _singular_view)))
 
 
@@ -259,6 +266,9 @@ def render() -> None:
         with pickers:
             chosen = controls(data)
             if chosen is None:
+                return
+            if chosen[-1] != "gaussian":
+                st.info(GLMM_REFUSED, icon=":material/info:")
                 return
             with st.spinner("Fitting..."):
                 est = pooling(data, *chosen)

@@ -25,8 +25,21 @@ from explorer.pooling_ui import chosen_estimates, link_scale_switch, model_line
 
 SORTS = {"name": "group name", "fewest": "fewest observations first",
          "shrinkage": "largest change, no → partial pooling"}
-INTRO = ("**Complete pooling** ignores the groups (one lm) · **no pooling** fits each group "
-         "alone (an lm per group) · **partial pooling** (lmer) lets groups borrow strength.")
+# The three methods' models, by family (lmmcore.pooling_estimates).
+_MODELS = {"gaussian": ("lm", "an lm per group", "lmer"),
+           "binomial": ("logistic glm", "a logistic glm per group", "glmer, binomial"),
+           "poisson": ("Poisson glm", "a Poisson glm per group", "glmer, Poisson")}
+
+
+def intro(family: str) -> str:
+    """What the three methods are, for the chosen family."""
+    one, per_group, mixed = _MODELS.get(family, _MODELS["gaussian"])
+    text = (f"**Complete pooling** ignores the groups (one {one}) · **no pooling** fits each group "
+            f"alone ({per_group}) · **partial pooling** ({mixed}) lets groups borrow strength.")
+    if family != "gaussian":
+        text += (" The estimates are on the " + ("log-odds" if family == "binomial" else "log")
+                 + " scale; a group whose own glm has no finite estimate (separation) gets none.")
+    return text
 
 
 def _order(est, sort: str) -> list:
@@ -112,12 +125,14 @@ def render() -> None:
     lecture = bool(ss.get(S.APP_LECTURE))
     st.title("Pooling comparison")
     if not lecture:
-        st.markdown(INTRO)
+        intro_slot = st.empty()  # filled once the family is read from its widget
     with guard("pooling page"):
         data = D.active()
         est = chosen_estimates(data, name_model=not lecture)
         if est is None:
             return
+        if not lecture:
+            intro_slot.markdown(intro(est.family))
         few = teaching.few_observations(est.n)
         per_page = 6 if lecture else 12
         view, page, pages = _view(est, per_page)
@@ -143,7 +158,7 @@ def render() -> None:
         st.caption(f"{where}showing {len(view)} of {len(est.groups)} groups. ▲ marks groups with few observations. "
                    f"A group whose data cannot give no-pooling {what} shows none and says why.")
         if lecture:
-            st.markdown(INTRO)
+            st.markdown(intro(est.family))
             model_line(est)
         if est.is_factor:
             st.caption(f"Treatment coding, as in lme4's table: the intercept is the mean at "

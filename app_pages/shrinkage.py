@@ -11,7 +11,7 @@ from explorer import charts
 from explorer import data as D
 from explorer import state as S
 from explorer.tables import table as show_table
-from explorer.fitting import guard, shrinkage_sd
+from explorer.fitting import guard, shrinkage_facts
 from explorer.escape import md
 from explorer.pooling_ui import chosen_estimates, model_line
 
@@ -90,6 +90,7 @@ def render() -> None:
             return
         # The figures are cached on the table and the columns chosen (and lecture mode).
         chosen_key = (data.digest, est.response, est.predictor, est.group, est.random, est.levels, est.family, lecture)
+        facts = shrinkage_facts(data, est)
         # Lecture mode: the chart straight after the pickers, everything else below it.
         left, right = st.columns([2, 1]) if not lecture else (st.container(), st.container())
         with left:
@@ -112,12 +113,12 @@ def render() -> None:
                     charts.show_cached(("shrinkage_2d", coef, tuple(strong)) + chosen_key, build, S.SHRINK_CHART,
                                        "shrinkage_2d")
                 with below:
-                    sd = teaching.random_sd(est.fit, est.group)
+                    sd = facts.random_sd
                     st.caption(f"The contours are drawn in the data's units: the groups' intercepts spread with "
                                f"SD {sd['(Intercept)']:.3g} and their {md(coef)} with SD {sd[est.term(coef)]:.3g} "
                                "(VarCorr), so each contour is an ellipse; how round it looks depends on the two "
                                "axes' scales.")
-                    if not est.own_estimate.all():
+                    if not facts.all_own:
                         st.caption("Labelled points: groups too small for their own estimate; they get a "
                                    "partial-pooling estimate anyway.")
             else:
@@ -134,8 +135,7 @@ def render() -> None:
                     model_line(est)
         with right:
             st.markdown("**Spread of the group estimates** (SD across groups)")
-            sd = shrinkage_sd(data, est)
-            show_table(sd.rename(index={"no": "no pooling", "partial": "partial pooling"}))
+            show_table(facts.sd_table.rename(index={"no": "no pooling", "partial": "partial pooling"}))
             st.caption("Partial-pooling estimates vary less than no-pooling ones: that is the shrinkage.")
             st.markdown(EXPLANATION.format(knows=KNOWS[est.random == "intercept+slope"]))
 

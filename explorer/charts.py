@@ -181,6 +181,8 @@ CURVE_POINTS = 41
 def link_names(estimates) -> tuple[str, str]:
     """A non-Gaussian family's (data-scale, link-scale) axis titles for the response."""
     r = estimates.response
+    if getattr(estimates, "trials_response", False):
+        return f"proportion of successes, {r}", f"log-odds of success, {r}"
     if estimates.family == "binomial":
         return f"P({r} = 1)", f"log-odds of {r} = 1"
     return f"expected {r}", f"log of expected {r}"
@@ -275,13 +277,14 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
         x0, x1 = float(np.nanmin(x)), float(np.nanmax(x))
     curves = _method_curves(estimates, methods, x0, x1, link_scale)
     gcol = data[group].astype(str)
+    observed = estimates.observed(data)  # a cbind response: the proportion of successes
     shown = set()
     for i, g in enumerate(groups):
         r, c = i // ncols + 1, i % ncols + 1
         mask = gcol == str(g)
         if not (glm and link_scale):
             fig.add_trace(go.Scatter(
-                x=x[mask], y=data.loc[mask, response], mode="markers", name="data",
+                x=x[mask], y=observed[mask], mode="markers", name="data",
                 legendgroup="data", showlegend="data" not in shown,
                 marker={"color": DATA_COLOUR, "size": s["data_marker"], "opacity": 0.75},
                 hovertemplate=f"{esc(group)} {esc(g)}<br>%{{x}}, %{{y}}<extra></extra>"), row=r, col=c)
@@ -303,7 +306,7 @@ def pooling_panels(data: pd.DataFrame, estimates, groups: list, few: pd.Series, 
                     # Separation: the group's own estimate is infinite.  A marker at the
                     # panel's edge the data push it to (all 1: the top; all 0: the bottom),
                     # its hover giving the note, never a huge number.
-                    edge = float(pd.to_numeric(data.loc[mask, response], errors="coerce").mean() >= 0.5)
+                    edge = float(observed[mask].mean() >= 0.5)
                     fig.add_trace(go.Scatter(
                         x=[x0], y=[edge if estimates.family == "binomial" else 0.0],
                         mode="markers", showlegend=False, cliponaxis=False,
@@ -398,10 +401,11 @@ def pooling_means(data: pd.DataFrame, estimates, groups: list, few: pd.Series, l
     for g in groups:
         count = int(counts.get(str(g), 0))
         labels[str(g)] = f"{esc(g)} (n={count}){' ▲' if bool(few.get(str(g), False)) else ''}"
+    observed = estimates.observed(data)  # a cbind response: the proportion of successes
     sub = data[gcol.isin([str(g) for g in groups])]
     if not (glm and link_scale):
         fig.add_trace(go.Scatter(
-            x=sub[response], y=[labels[str(v)] for v in sub[group].astype(str)], mode="markers",
+            x=observed[sub.index], y=[labels[str(v)] for v in sub[group].astype(str)], mode="markers",
             name="data", marker={"color": DATA_COLOUR, "size": s["data_marker"], "opacity": 0.6},
             hovertemplate="%{y}: %{x}<extra></extra>"))
     for method, style in method_styles(getattr(estimates, "family", "gaussian")).items():
@@ -422,7 +426,7 @@ def pooling_means(data: pd.DataFrame, estimates, groups: list, few: pd.Series, l
         if glm and not missing.empty:
             # Separation: no finite estimate; a marker at the axis' left edge, the note on hover.
             notes = [n if isinstance(n, str) else "no estimate" for n in missing["note"]]
-            y_mean = pd.to_numeric(data[response], errors="coerce").groupby(gcol).mean()
+            y_mean = observed.groupby(gcol).mean()
             edges = [float(y_mean.get(str(v), 0.0) >= 0.5) if estimates.family == "binomial" else 0.0
                      for v in missing["group"].astype(str)]
             fig.add_trace(go.Scatter(

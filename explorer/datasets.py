@@ -36,6 +36,9 @@ class BuiltinDataset:
     family : str
         Default family of the pooling pages: ``"gaussian"`` (lm, lmer), ``"binomial"``
         or ``"poisson"`` (glm, glmer).
+    trials : str or None
+        Binomial with several trials a row: the column of trials, the response being
+        the successes (``cbind(response, trials - response)``); None for 0/1 data.
     """
 
     key: str
@@ -48,6 +51,7 @@ class BuiltinDataset:
     predictor: str | None
     group: str
     family: str = "gaussian"
+    trials: str | None = None
 
     @property
     def path(self) -> Path:
@@ -105,12 +109,12 @@ _ALL = (
         ("schoolNR", "minority"), "repeatgr ~ 1 + ses + minority + (1 | schoolNR)",
         "repeatgr", "ses", "schoolNR", "binomial"),
     BuiltinDataset(
-        "cbpp", "cbpp.csv", "cbpp (disease incidence, counts)",
+        "cbpp", "cbpp.csv", "cbpp (disease incidence out of herd size)",
         "New cases of bovine pleuropneumonia out of the herd's size, 15 herds in 4 periods "
-        "(lme4). The pooling pages compare the counts (Poisson): a cbind(cases, non-cases) "
-        "response is for the Model builder.",
+        "(lme4): binomial with several trials a row, cbind(incidence, size - incidence); the "
+        "pooling pages compare each herd's proportion of new cases.",
         ("herd", "period"), "cbind(incidence, size - incidence) ~ period + (1 | herd)",
-        "incidence", None, "herd", "poisson"),
+        "incidence", None, "herd", "binomial", "size"),
     BuiltinDataset(
         "grouseticks", "grouseticks.csv", "grouseticks (tick counts)",
         "Ticks on 403 red grouse chicks by height of the site (centred, cHEIGHT), in 118 "

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
 
 import lmmcore
+from lmmcore import teaching
 from explorer.escape import md
 from explorer.settings import load_settings
 from lmmcore.worker import call_with_time_limit, fit_limited, run_in_worker
@@ -142,23 +144,50 @@ def pooling(data, response: str, predictor, group: str, random: str,
                     _df=data.df)
 
 
+@dataclass(frozen=True)
+class ShrinkageFacts:
+    """What the shrinkage page reads from :func:`pooling`'s estimates besides its chart.
+
+    Attributes
+    ----------
+    sd_table : DataFrame
+        ``lmmcore.shrinkage_sd``: the SD of the group estimates under each method.
+    random_sd : Series
+        ``teaching.random_sd`` of the mixed fit for the estimates' grouping factor
+        (lme4's VarCorr ``Std.Dev.``, indexed by coefficient).
+    all_own : bool
+        Whether every group has its own no-pooling estimate (``own_estimate.all()``).
+    """
+
+    sd_table: pd.DataFrame
+    random_sd: pd.Series
+    all_own: bool
+
+
+def _facts(estimates: lmmcore.PoolingEstimates) -> ShrinkageFacts:
+    return ShrinkageFacts(lmmcore.shrinkage_sd(estimates), teaching.random_sd(estimates.fit, estimates.group),
+                          bool(estimates.own_estimate.all()))
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
-def _shrinkage_sd(digest: str, response: str, predictor, group: str, random: str, levels, family: str,
-                  _estimates: lmmcore.PoolingEstimates) -> pd.DataFrame:
-    return lmmcore.shrinkage_sd(_estimates)
+def _shrinkage_facts(digest: str, response: str, predictor, group: str, random: str, levels, family: str,
+                     _estimates: lmmcore.PoolingEstimates) -> ShrinkageFacts:
+    return _facts(_estimates)
 
 
-def shrinkage_sd(data, estimates: lmmcore.PoolingEstimates) -> pd.DataFrame:
-    """``lmmcore.shrinkage_sd`` of :func:`pooling`'s estimates.
+def shrinkage_facts(data, estimates: lmmcore.PoolingEstimates) -> ShrinkageFacts:
+    """:class:`ShrinkageFacts` of :func:`pooling`'s estimates.
 
-    On a built-in dataset it is cached with the estimates' key (a factor predictor's
-    levels, reference first, included), so a lecture hall on the shared link computes it
-    once (it was about half of a shrinkage-page run's CPU); a student's own table is not
-    put in a shared cache for it.
+    On a built-in dataset they are cached with the estimates' key (a factor predictor's
+    levels, reference first, included), so a lecture hall on the shared link computes
+    them once per random part: the SD table was about half of a shrinkage-page run's
+    CPU, and ``own_estimate`` and the VarCorr behind ``random_sd`` (recomputed on every
+    copy of the estimates the cache hands out) about a fifth of a session's first run.
+    A student's own table is not put in a shared cache for them.
     """
     from explorer.datasets import CATALOGUE
 
     if data.key not in CATALOGUE:
-        return lmmcore.shrinkage_sd(estimates)
-    return _shrinkage_sd(data.digest, estimates.response, estimates.predictor, estimates.group,
-                         estimates.random, estimates.levels, estimates.family, _estimates=estimates)
+        return _facts(estimates)
+    return _shrinkage_facts(data.digest, estimates.response, estimates.predictor, estimates.group,
+                            estimates.random, estimates.levels, estimates.family, _estimates=estimates)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 import lmmcore
+from lmmcore.formula import quote_name
 from lmmcore.formula_menu import RANDOM_LABELS
 from lmmcore.pooling import FACTOR_RANDOM_CHOICES, RANDOM_CHOICES, PoolingEstimates
 from explorer import state as S
@@ -73,10 +74,30 @@ def controls(data) -> tuple | None:
         ss[S.POOL_FAMILY] = "gaussian"
     family = c5.selectbox("Family", list(FAMILIES), key=S.POOL_FAMILY, format_func=FAMILIES.get,
                           disabled=factor, help="A factor predictor: Gaussian only" if factor else None)
-    suggested, why = lmmcore.suggest_family(df, response)
+    if family == "binomial":
+        response = _trials_response(df, numeric, response, predictor, group)
+    suggested, why = lmmcore.suggest_family(df, response) if response in df.columns else ("binomial", "")
     if suggested != family and why:
         st.info(md(why) + f" Choose **{FAMILIES[suggested]}** as the family.", icon=":material/lightbulb:")
     return response, predictor, group, random, family
+
+
+def _trials_response(df, numeric: list, response: str, predictor, group: str) -> str:
+    """Binomial: one trial a row (a 0/1 response), or the successes out of a column of
+    trials, ``cbind(successes, trials - successes)``, as R writes it (the estimates are then
+    of the proportion of successes)."""
+    ss = st.session_state
+    options = [S.ONE_TRIAL] + [c for c in numeric if c not in (response, predictor, group)]
+    if ss.get(S.POOL_TRIALS) not in options:
+        ss[S.POOL_TRIALS] = S.ONE_TRIAL
+    trials = st.selectbox("Out of (trials per row)", options,
+                          key=S.POOL_TRIALS,
+                          help=f"Several trials a row (e.g. new cases out of a herd's size): {response} "
+                               "counts the successes out of this column, and the response is "
+                               "cbind(successes, trials − successes), as in R.")
+    if trials == S.ONE_TRIAL:
+        return response
+    return f"cbind({quote_name(response)}, {quote_name(trials)} - {quote_name(response)})"
 
 
 def model_line(estimates: PoolingEstimates) -> None:

@@ -133,6 +133,7 @@ POOL_PREDICTOR = "pool.predictor"
 POOL_GROUP = "pool.group"
 POOL_RANDOM = "pool.random"          # "intercept+slope", "intercept", "slope"
 POOL_FAMILY = "pool.family"          # "gaussian" (lm, lmer), "binomial" or "poisson" (glm, glmer)
+POOL_TRIALS = "pool.trials"          # binomial: the column of trials (cbind(y, trials - y)), or ONE_TRIAL
 POOL_LINK_SCALE = "pool.link_scale"  # a glmer's panels on the link (logit/log) scale, not the data's
 POOL_SELECTED = "pool.selected"      # groups picked to show (empty: page through all)
 POOL_SORT = "pool.sort"
@@ -223,12 +224,13 @@ FIT_CHART_SINGULAR = "fit.chart_singular"
 FIT_CHART_SINGULAR_SHRINK = "fit.chart_singular_shrinkage"
 
 NO_PREDICTOR = "(none: intercept only)"
+ONE_TRIAL = "(one trial a row: 0/1)"
 
 # DATA_KEY too: the sidebar draws it every run, but the rerun of a page's st.switch_page
 # (the pooling page's link to the paired t-test) carries no widget values.
 PERSISTENT = (
     DATA_KEY, MODEL_FORMULA, MODEL_METHOD, MODEL_FAMILY, POOL_RESPONSE, POOL_PREDICTOR, POOL_GROUP,
-    POOL_RANDOM, POOL_FAMILY, POOL_LINK_SCALE,
+    POOL_RANDOM, POOL_FAMILY, POOL_TRIALS, POOL_LINK_SCALE,
     POOL_SELECTED, POOL_SORT, POOL_PAGE, APP_IMAGE_FORMAT, MODEL_COMPARE, MODEL_SAVE_KIND,
     MODEL_SECTION, MODEL_RANEF_GROUP, MODEL_CAT_GROUP, MODEL_BUILDER_OPEN, SHRINK_HIGHLIGHT,
     MODEL_DDF,
@@ -239,14 +241,18 @@ PERSISTENT = (
 )
 
 
-def _dataset_defaults(formula: str, response, predictor, group, family: str = "gaussian") -> dict:
-    """A dataset's suggested formula and pooling columns, and the pooling page's view reset."""
+def _dataset_defaults(formula: str, response, predictor, group, family: str = "gaussian",
+                      trials: str | None = None) -> dict:
+    """A dataset's suggested formula and family, its pooling columns, and the pooling page's
+    view reset."""
     return {
         MODEL_FORMULA: formula,
+        MODEL_FAMILY: family,  # the suggested model's family (a built-in dataset's glmer)
         POOL_RESPONSE: response,
         POOL_PREDICTOR: predictor or NO_PREDICTOR,
         POOL_GROUP: group,
         POOL_FAMILY: family,
+        POOL_TRIALS: trials or ONE_TRIAL,
         POOL_LINK_SCALE: False,
         # Binary or count data: a random intercept (lme4's usual model; a slope per group
         # leaves many small groups without their own glm estimate).
@@ -259,7 +265,7 @@ def _dataset_defaults(formula: str, response, predictor, group, family: str = "g
 
 def _catalogue_defaults(key: str) -> dict:
     d = CATALOGUE[key]
-    return _dataset_defaults(d.formula, d.response, d.predictor, d.group, d.family)
+    return _dataset_defaults(d.formula, d.response, d.predictor, d.group, d.family, d.trials)
 
 
 def init() -> None:

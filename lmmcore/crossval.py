@@ -95,20 +95,18 @@ def _partial(fit_all, train, test, population_only: bool) -> np.ndarray:
     model matrices are taken from ``fit_all``'s design (as ``predict(newdata)`` would
     encode them, without encoding a table once per split).
     """
-    from lmmcore.mixed import random_part_of
-
     sub = fit_all.refit_subset(train)
     full = fit_all.design
-    pred = np.asarray(full.X, float)[test] @ sub._sol.beta
+    X_test = np.asarray(full.X, float)[test]
     if population_only:
-        return pred
+        return sub.linear_predictor(X_test)
     groups = []
     for t_all, t_sub in zip(full.random_terms, sub.design.random_terms):
         position = {level: i for i, level in enumerate(t_sub.levels)}
         code_map = np.array([position.get(level, -1) for level in t_all.levels], np.intp)
         groups.append((code_map[np.asarray(t_all.codes, np.intp)[test]],
                        np.asarray(t_all.Z_raw, float)[test]))
-    return pred + random_part_of(groups, sub._sol.b, test.size)
+    return sub.linear_predictor(X_test, groups)
 
 
 def _complete(x, y, train, test) -> np.ndarray:

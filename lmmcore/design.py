@@ -91,7 +91,10 @@ def _factorize(series: pd.Series) -> tuple:
         # ISO text sorts chronologically; dates without a time print as R prints them
         midnight = (series.dropna().dt.normalize() == series.dropna()).all()
         series = series.dt.strftime("%Y-%m-%d" if midnight else "%Y-%m-%d %H:%M:%S")
-    codes, uniques = pd.factorize(series, sort=False, use_na_sentinel=True)
+    # a numpy-backed column is factorized as its array: the same codes, without the
+    # Series wrapper's checks (a third of the time on class-size data)
+    values = series.to_numpy() if isinstance(series.dtype, np.dtype) else series
+    codes, uniques = pd.factorize(values, sort=False, use_na_sentinel=True)
     codes = codes.astype(np.intp, copy=False)
     uniques = np.asarray(uniques)
     if uniques.dtype.kind in "iuf":
@@ -259,6 +262,10 @@ def _rank_keep(X: np.ndarray, tol: float = RANK_TOLERANCE) -> np.ndarray:
     # Q is orthogonal, so the small triangular factor has X's column geometry.
     R = np.linalg.qr(X, mode="r") if X.shape[0] > p else X
     norms = np.linalg.norm(R, axis=0)
+    if X.shape[0] > p and np.all(np.abs(np.diagonal(R)) >= tol * norms) and np.all(norms > 0):
+        # R's diagonal holds each column's residual on the columns before it: none is
+        # below the tolerance, so the loop below would keep every column
+        return np.arange(p)
     basis = np.empty((R.shape[0], 0))
     keep = []
     for j in range(p):
@@ -279,13 +286,14 @@ def _rank_keep(X: np.ndarray, tol: float = RANK_TOLERANCE) -> np.ndarray:
 class _Columns:
     """Access to the data's columns, numeric or as factors, on all rows."""
 
-    def __init__(self, formula: Formula, data: pd.DataFrame, kinds: dict):
+    def __init__(self, formula: Formula, data: pd.DataFrame, kinds: dict,
+                 series: dict | None = None):
         self.formula = formula
         self.data = data
         self.kinds = kinds
         self._numeric: dict = {}
         self._factor: dict = {}
-        self._series: dict = {}
+        self._series: dict = dict(series or {})
 
     def series(self, name: str) -> pd.Series:
         got = self._series.get(name)
@@ -319,6 +327,9 @@ class _Columns:
 
 
 def _to_float(series: pd.Series, name: str) -> np.ndarray:
+    if isinstance(series.dtype, np.dtype) and series.dtype.kind in "iuf":
+        # numpy numbers: NaN already marks a missing float, an integer column has none
+        return series.to_numpy().astype(np.float64)
     if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(
             series.dtype):
         return series.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -332,7 +343,10 @@ def _to_float(series: pd.Series, name: str) -> np.ndarray:
     return converted.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _column_kinds(formula: Formula, data: pd.DataFrame, categorical, numeric) -> dict:
+def _column_kinds(formula: Formula, data: pd.DataFrame, categorical, numeric,
+                  series: dict) -> dict:
+    """``{column: "numeric" | "categorical"}`` for the formula's columns; ``series``
+    holds those columns, fetched once (each ``data[name]`` builds a new Series)."""
     categorical = set(categorical or ())
     numeric = set(numeric or ())
     for name in sorted(categorical | numeric):
@@ -345,7 +359,7 @@ def _column_kinds(formula: Formula, data: pd.DataFrame, categorical, numeric) ->
                         "categorical: choose one")
     kinds = {}
     for name in formula.columns:
-        dtype = data[name].dtype
+        dtype = series[name].dtype
         if name in categorical:
             kinds[name] = "categorical"
         elif name in numeric:
@@ -606,8 +620,9 @@ def build_design(formula, data: pd.DataFrame, *, categorical=None, numeric=None,
     formula = parse_formula(formula)
     data = _check_columns(formula, data)
     reference_levels = dict(reference_levels or {})
-    kinds = _column_kinds(formula, data, categorical, numeric)
-    cols = _Columns(formula, data, kinds)
+    series = {name: data[name] for name in formula.columns}
+    kinds = _column_kinds(formula, data, categorical, numeric, series)
+    cols = _Columns(formula, data, kinds, series)
 
     resp = formula.response
     for c in resp.columns:

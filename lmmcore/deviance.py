@@ -43,6 +43,8 @@ business (``lmmcore.optimize``).
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -53,6 +55,12 @@ from lmmcore.errors import FitError
 from lmmcore.structure import MixedDesign
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
+
+#: Up to this many cells (rows x pairs of columns), the lead term's cross-products are
+#: summed by one bincount per pair of columns; past it, one sparse product per z column
+#: is faster.  Measured on the 2-core machine: sleepstudy (1,800 cells) 25 us against
+#: 72 us sparse; the simulated 2,000-group model (10^6 cells) 7.6 ms against 4.4 ms.
+LEAD_BINCOUNT_CELLS = 20_000
 
 #: Largest number of random-effect columns outside the lead term that the dense
 #: block A_22 may have (8000 columns = 512 MB); beyond that the fit is refused.
@@ -93,14 +101,22 @@ class TermLayout:
         return T
 
 
+@functools.lru_cache(maxsize=16)
+def _lower_triangle(k: int) -> tuple:
+    """(rows, cols) of a k x k lower triangle, column by column (lme4's theta order);
+    read-only, shared by every layout with this k."""
+    c, r = np.triu_indices(k)                       # triu of the transpose
+    r.flags.writeable = c.flags.writeable = False
+    return r, c
+
+
 def term_layouts(design: MixedDesign) -> tuple:
     """One :class:`TermLayout` per random term, in lme4's order."""
     layouts = []
     offset = 0
     for term in design.random_terms:
         k = term.n_columns
-        # triu of the transpose walks the lower triangle column by column
-        c, r = np.triu_indices(k)
+        r, c = _lower_triangle(k)
         layouts.append(TermLayout(k, term.n_levels, offset, r, c))
         offset += k * (k + 1) // 2
     return tuple(layouts)
@@ -277,23 +293,30 @@ def cross_products(design: MixedDesign) -> CrossProducts:
     rest = tuple(i for i in range(len(terms)) if i != lead)
     XY = np.column_stack([X, y])
 
-    # Lead term: per-level sums of z_i z_i' and z_i [x_i y_i]': for each column a the
-    # level indicator matrix (built straight in CSR form, one entry per observation)
-    # weighted by z_ia, times [z_i x_i y_i]; no n x k (k + p + 1) array of outer products.
+    # Lead term: per-level sums of z_i z_i' and z_i [x_i y_i]' (no n x k (k + p + 1)
+    # array of outer products).
     t1 = terms[lead]
     k1, m1 = layouts[lead].k, layouts[lead].m
     Z1 = np.asarray(t1.Z_raw, float).reshape(n, k1)
     codes1 = np.asarray(t1.codes, np.intp)
-    V = np.empty((n, k1 + p + 1))
+    width = k1 + p + 1
+    V = np.empty((n, width))
     V[:, :k1] = Z1
     V[:, k1:] = XY
-    J = sp.csr_matrix((np.ones(n), codes1, np.arange(n + 1)), shape=(n, m1)).T.tocsr()
-    sums = np.empty((m1, k1, k1 + p + 1))
-    for a in range(k1):
-        # the indicator weighted by z_ia (entries are in observation order): no n-row
-        # temporaries
-        J.data = Z1[J.indices, a]
-        sums[:, a, :] = J @ V
+    sums = np.empty((m1, k1, width))
+    if n * k1 * width <= LEAD_BINCOUNT_CELLS:
+        # one bincount by level per (z column, [z x y] column): no sparse matrix to build
+        for a in range(k1):
+            for c in range(width):
+                sums[:, a, c] = np.bincount(codes1, weights=Z1[:, a] * V[:, c],
+                                            minlength=m1)
+    else:
+        # many columns on many rows: the level indicator (built straight in CSR form)
+        # weighted by z_ia, times [z x y], one sparse product per z column
+        J = sp.csr_matrix((np.ones(n), codes1, np.arange(n + 1)), shape=(n, m1)).T.tocsr()
+        for a in range(k1):
+            J.data = Z1[J.indices, a]
+            sums[:, a, :] = J @ V
     A11 = np.ascontiguousarray(sums[:, :, :k1])
     C1 = np.ascontiguousarray(sums[:, :, k1:])
 
@@ -427,14 +450,20 @@ def profiled_criterion(logdet_L2: float, LM: np.ndarray, n: int, p: int, reml: b
     top-left p x p block, sqrt(pwrss) as its last diagonal element.  Returns ``inf``
     where it is not finite (pwrss = 0: y fitted exactly).
     """
+    # scalar math: the optimiser calls this for every theta it tries, on p + 1 numbers
     pwrss = float(LM[p, p]) ** 2
+    if not (pwrss > 0.0 and math.isfinite(pwrss) and math.isfinite(logdet_L2)):
+        return float("inf")
     if reml:
         nmp = n - p
-        ldRX2 = 2.0 * float(np.log(np.diagonal(LM)[:p]).sum())
-        val = logdet_L2 + ldRX2 + nmp * (1.0 + _LOG_2PI + np.log(pwrss / nmp))
+        diag = np.diagonal(LM)[:p].tolist()
+        if min(diag, default=1.0) <= 0.0:
+            return float("inf")
+        ldRX2 = 2.0 * sum(map(math.log, diag))
+        val = logdet_L2 + ldRX2 + nmp * (1.0 + _LOG_2PI + math.log(pwrss / nmp))
     else:
-        val = logdet_L2 + n * (1.0 + _LOG_2PI + np.log(pwrss / n))
-    return float(val) if np.isfinite(val) else float("inf")
+        val = logdet_L2 + n * (1.0 + _LOG_2PI + math.log(pwrss / n))
+    return val if math.isfinite(val) else float("inf")
 
 
 def fixed_effects(LM: np.ndarray, p: int):
@@ -463,16 +492,18 @@ def _lead_blocks(A11: np.ndarray, T: np.ndarray):
         return 1.0 / np.sqrt(d), float(np.log(d).sum())
     S = T.T @ A11 @ T                                 # T' A11_j T for every level j
     if k == 2:
-        s00, s10, s11 = S[:, 0, 0] + 1.0, S[:, 1, 0], S[:, 1, 1] + 1.0
-        i00 = 1.0 / np.sqrt(s00)
-        l10 = s10 * i00
-        d11 = s11 - l10 * l10                         # L11[1, 1]^2
-        i11 = 1.0 / np.sqrt(d11)
-        Li = np.zeros_like(S)
-        Li[:, 0, 0] = i00
-        Li[:, 1, 0] = -l10 * i00 * i11
-        Li[:, 1, 1] = i11
-        return Li, float(np.log(s00 * d11).sum())
+        s = S.reshape(-1, 4)                          # rows (S00, S01, S10, S11)
+        s00 = s[:, 0] + 1.0
+        i00 = s00 ** -0.5
+        l10 = s[:, 2] * i00
+        d11 = s[:, 3] + 1.0 - l10 * l10               # L11[1, 1]^2
+        i11 = d11 ** -0.5
+        Li = np.empty_like(s)
+        Li[:, 0] = i00
+        Li[:, 1] = 0.0
+        Li[:, 2] = -l10 * i00 * i11
+        Li[:, 3] = i11
+        return Li.reshape(-1, 2, 2), float(np.log(s00 * d11).sum())
     S += np.eye(k)
     L = np.linalg.cholesky(S)
     return np.linalg.inv(L), 2.0 * float(np.log(np.diagonal(L, axis1=1, axis2=2)).sum())
@@ -731,20 +762,18 @@ class OneTerm:
         ST = S @ T                                                # S_j T
         Ainv = _batched_gram(Li)                                  # A_j^{-1}
         Zr = cp.C1[:, :, p] - cp.C1[:, :, :p] @ beta - (ST @ u[:, :, None])[:, :, 0]
-        rows, cols = lay.rows, lay.cols
+        # the three parts as k x k matrices, each read at (c_e, r_e), so summed first
         H = (Ainv @ np.swapaxes(ST, 1, 2)).sum(axis=0)            # sum_j A_j^{-1} T'S_j
-        grad = 2.0 * H[cols, rows]
-        denom = (n - p) if reml else n
-        grad -= 2.0 * denom / pwrss * (Zr[:, rows] * u[:, cols]).sum(axis=0)
         if reml and p:
             ZtX = cp.C1[:, :, :p]
             G = ZtX - ST @ (Ainv @ (T.T @ ZtX))                   # (m, k, p)
             LXi = _trsolve(f.LM[:p, :p], np.eye(p), lower=True)
-            GV = G @ LXi.T                                        # G R_X^{-1}
-            GVf = GV.transpose(1, 0, 2).reshape(lay.k, -1)
-            TK = T.T @ (GVf @ GVf.T)
-            grad -= 2.0 * TK[cols, rows]
-        return grad
+            GVf = (G @ LXi.T).transpose(1, 0, 2).reshape(lay.k, -1)  # G R_X^{-1}
+            H = H - T.T @ (GVf @ GVf.T)
+        denom = (n - p) if reml else n
+        # d pwrss reads sum_j (Z_j'r) u_j' at (r_e, c_e): its transpose at (c_e, r_e)
+        K = 2.0 * H - (2.0 * denom / pwrss) * (u.T @ Zr)
+        return K[lay.cols, lay.rows]
 
 
 def _diag_block_sums(P_lower, offset, lay):

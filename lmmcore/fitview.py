@@ -45,6 +45,7 @@ import pandas as pd
 
 from lmmcore import deviance as _dev
 from lmmcore.errors import LmmError
+from lmmcore.mixed import coef_frames, group_covariance, ranef_frames
 
 __all__ = ["ThetaState", "state_at", "estimates_at", "criterion_curve", "criterion_surface", "optimizer_path",
            "theta_names", "theta_is_diagonal", "theta_range", "PART_LABELS"]
@@ -145,31 +146,13 @@ class ThetaState:
     @property
     def coef(self) -> dict:
         """Grouping factor -> each group's coefficients (fixed + random), lme4's ``coef``."""
-        out = {}
-        for g, re in self.ranef.items():
-            df = pd.DataFrame(np.tile(self.fixef.to_numpy(), (len(re), 1)), index=re.index,
-                              columns=list(self.fixef.index))
-            for c in re.columns:
-                df[c] = (df[c] + re[c]) if c in df.columns else re[c]
-            out[g] = df
-        return out
+        return coef_frames(self.fixef, self.ranef)
 
     def re_cov(self, group: str) -> pd.DataFrame:
         """The random effects' covariance of one grouping factor at this theta:
         sigma^2 T T' (T the term's relative covariance factor)."""
-        names, blocks = [], []
-        for term, T in zip(self.design.random_terms, self._templates):
-            if term.group_name == group:
-                names.extend(term.column_names)
-                blocks.append(self.sigma ** 2 * T @ T.T)
-        if not blocks:
-            raise LmmError(f"No random effects for '{group}'.")
-        k = len(names)
-        cov, off = np.zeros((k, k)), 0
-        for b in blocks:
-            cov[off:off + len(b), off:off + len(b)] = b
-            off += len(b)
-        return pd.DataFrame(cov, index=names, columns=names)
+        covs = [self.sigma ** 2 * T @ T.T for T in self._templates]
+        return group_covariance(self.design, covs, group)
 
 
 def _check_theta(fit, theta) -> np.ndarray:
@@ -209,12 +192,7 @@ def state_at(fit, theta, reml: bool | None = None) -> ThetaState:
     denom = (n - p) if dev.reml else n
     pwrss_term = denom * (1.0 + _LOG_2PI + math.log(sol.pwrss / denom))
     design = fit.design
-    ranef = {}
-    for term, b in zip(design.random_terms, sol.b):
-        frame = pd.DataFrame(np.asarray(b, float), index=pd.Index(list(term.levels), name=term.group_name),
-                             columns=list(term.column_names))
-        ranef[term.group_name] = (pd.concat([ranef[term.group_name], frame], axis=1)
-                                  if term.group_name in ranef else frame)
+    ranef = ranef_frames(design, sol.b)
     templates = tuple(lay.template(theta) for lay in cp.layouts)
     return ThetaState(
         theta=theta.copy(), reml=dev.reml, criterion=float(sol.objective),

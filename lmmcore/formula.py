@@ -40,7 +40,7 @@ from lmmcore.errors import FormulaError
 __all__ = [
     "Formula", "ModelTerms", "RandomPart", "Term", "Variable", "Node", "Transform",
     "parse_formula", "deparse", "deparse_lines", "deparse_call_lines", "format_number",
-    "quote_name", "cbind_parts", "CBIND",
+    "quote_name", "cbind_parts", "CBIND", "cbind_response", "response_text",
     "MAX_LENGTH", "MAX_DEPTH", "MAX_OPERATORS", "TRANSFORMS", "ARITHMETIC",
 ]
 
@@ -271,6 +271,23 @@ def quote_name(name) -> str:
             and name not in _R_RESERVED:
         return name
     return f"`{name}`"
+
+
+def cbind_response(text):
+    """The ``cbind(successes, failures)`` response written as ``text`` (a Variable of kind
+    "cbind", its ``columns`` the columns it reads), or None for anything else."""
+    text = str(text).strip()
+    if not text.startswith(CBIND + "("):
+        return None
+    variable = parse_formula(f"{text} ~ 1").response
+    return variable if variable.kind == "cbind" else None
+
+
+def response_text(response) -> str:
+    """A response as a formula's left side: a column name quoted by :func:`quote_name`,
+    or a ``cbind(successes, failures)`` response as R deparses it."""
+    variable = cbind_response(response)
+    return deparse(variable.expr) if variable is not None else quote_name(response)
 
 
 _R_RESERVED = frozenset(("if", "else", "repeat", "while", "function", "for", "next", "break",

@@ -10,7 +10,7 @@ show.  Both use only the grammar's public API (:func:`lmmcore.formula.parse_form
 from __future__ import annotations
 
 from lmmcore.errors import FormulaError
-from lmmcore.formula import parse_formula, quote_name
+from lmmcore.formula import parse_formula, quote_name, response_text
 
 __all__ = ["compose_formula", "decompose_formula", "RANDOM_KINDS", "RANDOM_LABELS", "random_term"]
 
@@ -42,7 +42,7 @@ def compose_formula(response: str, fixed=(), interaction: bool = False, groups=(
     Parameters
     ----------
     response : str
-        Response column.
+        Response column, or a binomial ``cbind(successes, failures)`` response.
     fixed : sequence of str
         Fixed-effect predictors (columns); none gives ``1``.
     interaction : bool
@@ -84,7 +84,7 @@ def compose_formula(response: str, fixed=(), interaction: bool = False, groups=(
         else:
             terms = [random_term(random, x, quote_name(g)) for g in groups]
         rhs = " + ".join([rhs] + terms)
-    text = f"{quote_name(response)} ~ {rhs}"
+    text = f"{response_text(response)} ~ {rhs}"
     parse_formula(text)
     return text
 

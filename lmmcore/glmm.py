@@ -43,7 +43,7 @@ from lmmcore.errors import FitError
 from lmmcore.structure import MixedDesign
 
 __all__ = ["Family", "FAMILIES", "GlmmProblem", "GlmmDeviance", "gh_rule", "MAX_AGQ",
-           "conditional_variances", "fit_glm"]
+           "conditional_variances", "fit_glm", "separated_rows", "estimable_columns"]
 
 _DBL_EPS = float(np.finfo(float).eps)
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -448,6 +448,103 @@ def fit_glm(family: Family, X: np.ndarray, y: np.ndarray, weights=None, maxit: i
             return beta, family.linkinv(eta), True
         dev_old = dev
     return beta, family.linkinv(eta), False
+
+
+def separated_rows(family: Family, X, y, weights=None) -> np.ndarray:
+    """The rows a GLM can fit exactly (probability 0 or 1, expected count 0) only by
+    letting some coefficients go to infinity: where the maximum likelihood estimate
+    does not exist (complete or quasi-complete separation).
+
+    Parameters
+    ----------
+    family : Family
+    X : (n, p) array
+        The model matrix (rank deficiency is allowed).
+    y : (n,) array
+        0/1 or proportions (binomial), counts (Poisson).
+    weights : (n,) array, optional
+        Binomial trials (``cbind`` responses); rows with weight 0 take no part.
+
+    Returns
+    -------
+    ndarray of bool
+        True for a separated row; all False when the MLE exists (up to the columns of
+        X that are not identified, see :func:`estimable_columns`).
+
+    Notes
+    -----
+    A direction ``d`` in coefficient space along which the log-likelihood never
+    decreases and some linear predictors move is a certificate that the MLE does not
+    exist (Albert & Anderson 1984; Santner & Duffy 1986; Haberman 1974 for Poisson):
+
+    * binomial: ``x_i'd >= 0`` for rows with successes only, ``x_i'd <= 0`` for rows
+      with failures only, ``x_i'd = 0`` for rows with both;
+    * Poisson: ``x_i'd <= 0`` for zero counts, ``x_i'd = 0`` for positive counts.
+
+    The linear programme (Konis 2007) maximises ``sum |x_i'd|`` under those signs with
+    ``|x_i'd| <= 1``: the optimum is at least 1 if such a ``d`` exists, else 0.  The rows
+    it moves are separated; the search is repeated on the others (a direction found
+    there, plus a large multiple of the first, separates both sets), so all separated
+    rows are found.  In the limit along those directions the separated rows are fitted
+    exactly and the rest of the likelihood is that of the other rows: the finite
+    estimates are those of the glm on the other rows (:func:`estimable_columns`).
+    """
+    from scipy import sparse
+    from scipy.optimize import linprog
+
+    X = np.asarray(X, float)
+    y = np.asarray(y, float)
+    n = len(y)
+    wt = np.ones(n) if weights is None else np.asarray(weights, float)
+    used = wt > 0
+    if family.name == "binomial":
+        up, down = used & (y > 0), used & (y < 1)  # rows with successes / with failures
+    else:
+        up, down = np.zeros(n, bool), used & (y == 0)
+    fixed = used & ~(up ^ down)                   # both (binomial) or a positive count: x'd = 0
+    fixed |= used & (family.name == "poisson") & (y > 0)
+    sign = np.where(up & ~down, 1.0, np.where(down & ~up, -1.0, 0.0))
+    separated = np.zeros(n, bool)
+    for _ in range(n):
+        free = used & ~fixed & ~separated
+        if not free.any():
+            break
+        A_free = sparse.csr_matrix(X[free] * -sign[free][:, None])  # -sign x'd <= 0 and <= 1
+        A_ub = sparse.vstack([A_free, -A_free]).tocsr()
+        b_ub = np.concatenate([np.zeros(free.sum()), np.ones(free.sum())])
+        eq = fixed & ~separated
+        res = linprog(c=np.asarray(A_free.sum(axis=0)).ravel(), A_ub=A_ub, b_ub=b_ub,
+                      A_eq=sparse.csr_matrix(X[eq]) if eq.any() else None,
+                      b_eq=np.zeros(eq.sum()) if eq.any() else None,
+                      bounds=(None, None), method="highs")
+        if res.status != 0 or -res.fun < 0.5:
+            break
+        moved = free & (np.abs(X @ res.x) > 1e-6)
+        if not moved.any():
+            break
+        separated |= moved
+    return separated
+
+
+def estimable_columns(X, rows=None) -> np.ndarray:
+    """Which coefficients of a model matrix the given rows identify.
+
+    Returns
+    -------
+    ndarray of bool
+        True for column ``k`` when ``e_k`` lies in the row space of ``X[rows]`` (the
+        coefficient is an estimable function of those rows' linear predictors); False
+        for one that is aliased or only moved by rows left out (the separated rows of
+        :func:`separated_rows`, where it diverges).
+    """
+    X = np.asarray(X, float)
+    Xr = X if rows is None else X[np.asarray(rows)]
+    if Xr.shape[0] == 0:
+        return np.zeros(X.shape[1], bool)
+    _, sv, vt = np.linalg.svd(Xr, full_matrices=False)
+    rank = int(np.sum(sv > sv[0] * max(Xr.shape) * _DBL_EPS)) if sv.size and sv[0] > 0 else 0
+    # the length of e_k's projection on the row space
+    return np.sum(vt[:rank] ** 2, axis=0) > 1.0 - 1e-8
 
 
 #: Largest number of random effects for which conditional variances are computed (dense).

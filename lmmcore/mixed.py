@@ -349,6 +349,22 @@ class MixedFit(ReadOnly, InformationCriteria, FixedEffectsAndGroups):
             re_form = "full" if include_random else "none"
         return predict(self, newdata, re_form, interval, level)
 
+    def linear_predictor(self, X, groups=None) -> np.ndarray:
+        """``X beta``, plus ``Z b`` when ``groups`` is given, for rows already in model
+        matrix form: the step under :meth:`predict` for rows that need no encoding
+        (cross-validation reuses the full data's matrices for every split).
+
+        ``X``: the rows' fixed-effects matrix (this fit's columns); ``groups``: one
+        ``(codes, Z_raw)`` per random term in the design's order, codes indexing this
+        fit's levels (-1: a level it was not fitted with, which contributes 0, as with
+        lme4's ``allow.new.levels = TRUE``).
+        """
+        X = np.asarray(X, float)
+        eta = X @ self._sol.beta
+        if groups is not None:
+            eta = eta + random_part_of(groups, self._sol.b, X.shape[0])
+        return eta
+
     def influence(self, group: str) -> pd.DataFrame:
         """lme4's ``influence(fit, groups = group)``: Cook's distance and the fixed effects
         refitted without each level (:func:`lmmcore.influence.influence`)."""

@@ -161,26 +161,25 @@ class _Tracked:
         self.best_value = np.inf
         self.best_gradient = None
         self._best_signs = None
+        self._best_key = None
 
     def __call__(self, theta):
         theta = np.array(theta, dtype=float)
         val = float(self.fun(theta))
         s = self.signs(theta)
-        theta = s * theta
-        self.thetas.append(theta)
+        canonical = s * theta
+        self.thetas.append(canonical)
         self.values.append(val)
         if val < self.best_value:
             # its gradient, if wanted, comes later through attach_gradient()
-            self.best_value, self.best_theta, self.best_gradient = val, theta, None
-            self._best_signs = s
+            self.best_value, self.best_theta, self.best_gradient = val, canonical, None
+            self._best_signs, self._best_key = s, theta.tobytes()
         return val
 
     def attach_gradient(self, theta, gradient):
-        """The gradient at the last recorded theta (computed after its value)."""
-        if self.best_theta is not None:
-            s = self._best_signs
-            if np.array_equal(s * np.asarray(theta, float), self.best_theta):
-                self.best_gradient = s * gradient
+        """The gradient at ``theta`` if it is the best point so far (its value came first)."""
+        if self._best_key is not None and np.asarray(theta, float).tobytes() == self._best_key:
+            self.best_gradient = self._best_signs * gradient
 
 
 def _fd_value_and_gradient(f, x, h):
@@ -210,6 +209,13 @@ ZERO_PROBE = 0.05
 SINH_SCALE = 0.03
 #: Step for the forward-difference Hessian of the analytic gradient (lme4's deriv12 step).
 HESSIAN_STEP = 1e-4
+#: Largest step of a diagonal element in z (log-like above SINH_SCALE): a factor of
+#: e^0.75 ~ 2.1 in a relative SD per iteration.  Early BFGS steps, made with a poor
+#: Hessian approximation, otherwise overshoot by orders of magnitude and the line
+#: search spends evaluations coming back.  Objective evaluations on 20 reference fits
+#: (10 models, REML and ML) fell from 407 to 217, every optimum equal or lower
+#: (Orthodont's (age | Subject) 78 -> 16, ChickWeight's (Time | Chick) 23 -> 16).
+LOG_STEP_CAP = 0.75
 
 
 def _fd_hessian(grad_at, x, g, delta=HESSIAN_STEP):
@@ -229,7 +235,8 @@ def _fd_hessian(grad_at, x, g, delta=HESSIAN_STEP):
     return 0.5 * (H + H.T)
 
 
-def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None, H0=None):
+def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None, H0=None,
+          log_scale=None):
     """Unconstrained BFGS (full k x k Hessian approximation) with a backtracking line search.
 
     The first step has unit length along -g (L-BFGS-B's choice), after which the
@@ -241,6 +248,10 @@ def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None, 
 
     ``H0``: a positive definite Hessian approximation at x0 to start from (a warm
     start's curvature) instead of the scaled identity.
+
+    ``log_scale``: a boolean mask of the elements that act on a log scale (the sinh
+    transform's diagonal elements); no step moves one of them by more than
+    ``LOG_STEP_CAP``, a trust region on the relative SDs.
 
     Returns (x, f, g, H, converged, message); H is the Hessian approximation at x.
     """
@@ -258,6 +269,8 @@ def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None, 
         if decrement <= tol:
             return x, f, g, np.linalg.inv(B), True, "predicted decrease below tolerance"
         big = np.abs(p).max() / (2.0 * max(1.0, np.abs(x).max()))
+        if log_scale is not None:
+            big = max(big, np.abs(p[log_scale]).max() / LOG_STEP_CAP)
         if big > 1.0:
             # a step far beyond the scale of theta comes from a poor early Hessian: shorten
             p = p / big
@@ -381,9 +394,14 @@ def _minimize(fun, space: ThetaSpace, theta0, hessian0):
         return fx, g
 
     diagonal = np.isfinite(lower)
+    last_z = [None, None]                           # (z's bytes, theta): an accepted
+                                                    # point is mapped twice (value, gradient)
 
     def theta_of(z):
-        return np.where(diagonal, SINH_SCALE * np.sinh(z), z)
+        key = z.tobytes()
+        if key != last_z[0]:
+            last_z[0], last_z[1] = key, np.where(diagonal, SINH_SCALE * np.sinh(z), z)
+        return last_z[1]
 
     def value_z(z):
         return value_only(theta_of(z))
@@ -437,7 +455,8 @@ def _minimize(fun, space: ThetaSpace, theta0, hessian0):
             return False, "the objective cannot be evaluated at the start", None
         f0, g0 = value_and_gradient_z(z0)
         z, _, g, H, ok, msg = _bfgs(value_z, value_and_gradient_z, z0, f0, g0,
-                                    zero_probe=zero_probe, H0=z_hessian(z0, H0))
+                                    zero_probe=zero_probe, H0=z_hessian(z0, H0),
+                                    log_scale=diagonal if diagonal.any() else None)
         end = space.canonical_signs(theta_of(z)) * theta_of(z)
         return ok, msg, (end, theta_hessian(z, g, H))
 

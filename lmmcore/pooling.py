@@ -31,9 +31,10 @@ import pandas as pd
 from scipy import stats
 
 from lmmcore.errors import DataError, LmmError
-from lmmcore.formula import quote_name
+from lmmcore.formula import cbind_response, quote_name, response_text
 from lmmcore.formula_menu import compose_formula
 from lmmcore.results import ReadOnly
+from lmmcore.rformat import format_r_number
 
 __all__ = ["PoolingEstimates", "pooling_estimates", "pooling_formulas", "shrinkage_sd", "re_contours",
            "RANDOM_CHOICES", "FACTOR_RANDOM_CHOICES", "METHODS", "COEFFICIENTS"]
@@ -97,7 +98,8 @@ class PoolingEstimates(ReadOnly):
 
     def __init__(self, *, table: pd.DataFrame, fit, formulas: dict, response: str,
                  predictor: str | None, group: str, random: str, levels=None,
-                 columns=COEFFICIENTS, family: str = "gaussian"):
+                 columns=COEFFICIENTS, family: str = "gaussian", _own_table: bool = False):
+        # _own_table: ``table`` is this object's alone (just unpickled), no copy needed.
         columns = tuple(columns)
         needed = ["group", "method", *columns, "n", "note"]
         missing = [c for c in needed if c not in table.columns]
@@ -109,7 +111,7 @@ class PoolingEstimates(ReadOnly):
         if levels is not None and len(columns) != len(levels):
             raise LmmError("a factor's estimates need an intercept and one contrast per "
                            f"non-reference level ({len(levels) - 1}); got columns {', '.join(columns)}.")
-        self._table = table.reset_index(drop=True).copy()
+        self._table = table if _own_table else table.reset_index(drop=True).copy()
         self.levels = tuple(str(v) for v in levels) if levels is not None else None
         self.columns = columns
         self._formulas = dict(formulas)
@@ -266,6 +268,30 @@ class PoolingEstimates(ReadOnly):
                          name="note")
 
     @property
+    def trials_response(self) -> bool:
+        """Whether the response is ``cbind(successes, failures)`` (several binomial trials
+        a row): its data are then proportions, see :meth:`observed`."""
+        return cbind_response(self.response) is not None and self.family == "binomial"
+
+    def observed(self, data: pd.DataFrame) -> pd.Series:
+        """The response of each row of ``data`` on the data's scale, aligned with its index:
+        the response column, or for a ``cbind(successes, failures)`` response the
+        proportion ``successes / (successes + failures)`` (NaN where a value is missing
+        or there are no trials)."""
+        if not self.trials_response or self.response in data.columns:
+            return pd.to_numeric(data[self.response], errors="coerce")
+        from lmmcore.design import build_design
+        from lmmcore.formula import parse_formula
+
+        design = build_design(parse_formula(f"{self.response} ~ 1"), data)
+        s, f = np.asarray(design.y, float), np.asarray(design.failures, float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(s + f > 0, s / (s + f), np.nan)
+        out = pd.Series(np.nan, index=data.index, name=self.response)
+        out.loc[design.row_index] = share
+        return out
+
+    @property
     def shrinkage(self) -> pd.Series:
         """How far each group's estimate moves from no to partial pooling.
 
@@ -308,7 +334,10 @@ class PoolingEstimates(ReadOnly):
 
 
 def _rebuild_estimates(cls, state):
-    return cls(**state)
+    # The unpickled table belongs to the new object alone and was stored with its index
+    # reset: copying it again was most of the time a cache read of the estimates took
+    # (Streamlit's st.cache_data unpickles them for every session on every run).
+    return cls(**state, _own_table=True)
 
 
 def pooling_formulas(response: str, predictor: str | None, group: str,
@@ -334,7 +363,7 @@ def pooling_formulas(response: str, predictor: str | None, group: str,
     random = _check_random(random, predictor)
     fixed = (predictor,) if predictor is not None else ()
     formulas = {"complete": compose_formula(response, fixed=fixed)}
-    y, g = quote_name(response), quote_name(group)
+    y, g = response_text(response), quote_name(group)
     if predictor is None:
         formulas["no"] = f"{y} ~ 0 + {g}"
     else:
@@ -372,7 +401,10 @@ def pooling_estimates(data: pd.DataFrame, response: str, predictor: str | None, 
     ----------
     data : pandas.DataFrame
     response : str
-        Numeric response column.
+        Numeric response column; for ``family="binomial"`` also a ``cbind(successes,
+        failures)`` response such as ``"cbind(incidence, size - incidence)"`` (several
+        trials per row: the estimates are then of the proportion of successes, the glm
+        and glmer weighted by the trials, as R's).
     predictor : str or None
         Predictor column, numeric or a factor; None for intercept-only models (then the
         estimates are the grand mean, the group means and the mixed model's group
@@ -421,6 +453,16 @@ def pooling_estimates(data: pd.DataFrame, response: str, predictor: str | None, 
     ``lmer(response ~ predictor + (... | group))`` (REML), complete pooling ``lm``; rows
     with a missing value in any of the three columns are left out of all three.
 
+    Binomial and Poisson no pooling is the glm of ``formulas["no"]`` (a glm per group for
+    ``"intercept+slope"``).  Where a group's data are separated (all 0 or all 1; the 0s
+    and 1s split by the predictor, completely or apart from ties; all counts 0, or 0 on
+    one side of the predictor) its coefficients have no finite maximum likelihood
+    estimate: R's glm stops at a large number (and may warn "fitted probabilities
+    numerically 0 or 1 occurred").  Those rows are found by a linear programme
+    (:func:`lmmcore.glmm.separated_rows`); the group's coefficients that the other rows do
+    not identify are NaN, with a note saying why, and the rest are the glm of the other
+    rows (the limit of R's iterations).
+
     With a factor the coefficients are the intercept (the reference level's mean) and
     one condition effect per other level (treatment coding, lme4's names).  No pooling is
     one ``lm(response ~ predictor)`` per group (its cell means; a group missing a level
@@ -433,7 +475,12 @@ def pooling_estimates(data: pd.DataFrame, response: str, predictor: str | None, 
 
     if not isinstance(data, pd.DataFrame):
         raise DataError("pooling_estimates needs a table (pandas DataFrame).")
-    cols = [response, group] + ([predictor] if predictor is not None else [])
+    counts = cbind_response(response) if response not in data.columns else None
+    if counts is not None and family != "binomial":
+        raise DataError(f"{response} is a binomial response (successes, failures): choose "
+                        "family='binomial'.")
+    responses = list(counts.columns) if counts is not None else [response]
+    cols = [*responses, group] + ([predictor] if predictor is not None else [])
     missing = [c for c in cols if c not in data.columns]
     if missing:
         raise DataError(f"no column {', '.join(repr(c) for c in missing)} in the data; "
@@ -512,9 +559,10 @@ def _pooling_table(levels, n_g, complete, no, partial) -> pd.DataFrame:
 
 
 def _glm_pooling(d, response, predictor, group, random, formulas, family) -> PoolingEstimates:
-    """pooling_estimates for a binomial or Poisson response: glm, a glm per group, glmer."""
+    """pooling_estimates for a binomial or Poisson response: glm, a glm per group, glmer
+    (see its Notes on separation)."""
     from lmmcore.generalized import _family, glmer
-    from lmmcore.glmm import fit_glm
+    from lmmcore.glmm import estimable_columns, fit_glm, separated_rows
 
     fam = _family(family)
     numeric = [predictor] if predictor is not None else None
@@ -524,11 +572,14 @@ def _glm_pooling(d, response, predictor, group, random, formulas, family) -> Poo
     levels = [str(lv) for lv in term.levels]
     codes = np.asarray(term.codes)
     m = len(levels)
-    y = np.asarray(fit._problem.y, dtype=float)
+    problem = fit._problem
+    y = np.asarray(problem.y, dtype=float)
+    trials = np.asarray(problem.trials, dtype=float)   # 1 for a 0/1 response
+    weights = np.asarray(problem.weights, dtype=float)
     n_g = np.bincount(codes, minlength=m).astype(float)
     X = np.asarray(design.X, dtype=float)
 
-    cb = fit_glm(fam, X, y)[0]
+    cb = fit_glm(fam, X, y, weights)[0]
     c_int = float(cb[0])
     c_slope = float(cb[1]) if predictor is not None else np.nan
 
@@ -540,64 +591,53 @@ def _glm_pooling(d, response, predictor, group, random, formulas, family) -> Poo
                if predictor is not None else np.full(m, np.nan))
 
     # no pooling: one glm whose design separates the groups (the likelihood splits by
-    # group, so the group coefficients are those of a glm per group)
+    # group, so the group coefficients are those of a glm per group); cols[k] holds the
+    # design columns of the intercepts (k = 0) and slopes (k = 1), one per group
     onehot = np.zeros((len(y), m))
     onehot[np.arange(len(y)), codes] = 1.0
     x = X[:, 1] if predictor is not None else None
+    groups_ = np.arange(m)
     if x is None:
-        Xn = onehot
+        Xn, cols = onehot, (groups_, None)
     elif random == "intercept+slope":
-        Xn = np.hstack([onehot, onehot * x[:, None]])
+        Xn, cols = np.hstack([onehot, onehot * x[:, None]]), (groups_, m + groups_)
     elif random == "intercept":
-        Xn = np.hstack([onehot, x[:, None]])
+        Xn, cols = np.hstack([onehot, x[:, None]]), (groups_, np.full(m, m))
     else:
-        Xn = np.hstack([np.ones((len(y), 1)), onehot * x[:, None]])
+        Xn, cols = np.hstack([np.ones((len(y), 1)), onehot * x[:, None]]), (np.zeros(m, int), 1 + groups_)
+    notes = np.array([""] * m, dtype=object)
+    no_int, no_slope = np.full(m, np.nan), np.full(m, np.nan)
+    common_slope_lost = False
     if x is not None and random == "intercept":
         xbar = np.bincount(codes, weights=x, minlength=m) / n_g
         within = float(np.sum((x - xbar[codes]) ** 2))
-        if within <= 1e-12 * max(float(np.sum(x * x)), np.finfo(float).tiny):
-            # x is a property of the group: the common slope is not identified (R: NA)
-            Xn = onehot
-    beta, mu, _ = fit_glm(fam, Xn, y)
-    if x is not None and random == "intercept" and Xn.shape[1] == m:
-        no_int, no_slope = np.full(m, np.nan), np.full(m, np.nan)
-    elif x is None or random == "intercept+slope":
-        no_int = beta[:m].copy()
-        no_slope = beta[m:].copy() if x is not None else np.full(m, np.nan)
-    elif random == "intercept":
-        no_int, no_slope = beta[:m].copy(), np.full(m, beta[m])
-    else:
-        no_int, no_slope = np.full(m, beta[0]), beta[1:].copy()
-    notes = np.array([""] * m, dtype=object)
-    if not np.isfinite(no_int).any():
+        # x is a property of the group: the common slope is not identified (R: NA)
+        common_slope_lost = within <= 1e-12 * max(float(np.sum(x * x)), np.finfo(float).tiny)
+    if common_slope_lost:
         notes[:] = (f"{predictor} does not vary within any group: the common slope of the "
                     "no-pooling model cannot be estimated")
-    for j in range(m):
-        if notes[j]:
-            continue
-        sel = codes == j
-        yj, what = y[sel], ("counts" if fam.name == "poisson" else "responses")
-        if fam.name == "poisson" and np.all(yj == 0):
-            notes[j] = (f"all {int(n_g[j])} counts are 0: the group's own log expected count "
-                        "is minus infinity, so no pooling has no finite estimate")
-        elif fam.name == "binomial" and np.all(np.abs(yj - mu[sel]) < 1e-6):
-            if np.all(yj == yj[0]):
-                notes[j] = (f"all {int(n_g[j])} {what} are {yj[0]:g}: the group's own log-odds "
-                            f"is {'plus' if yj[0] == 1 else 'minus'} infinity (separation), so "
-                            "no pooling has no finite estimate")
-            else:
-                notes[j] = (f"{predictor} separates the 0s from the 1s in this group: its own "
-                            "slope is infinite (separation), so no pooling has no finite estimate")
-        elif x is not None and random != "intercept" and (
-                n_g[j] < 2 or np.ptp(x[sel]) <= 1e-12 * max(np.abs(x[sel]).max(), 1e-300)):
-            notes[j] = ("only 1 observation: no line can be fitted" if n_g[j] < 2 else
-                        f"all {int(n_g[j])} observations have the same {predictor} value: no "
-                        "line can be fitted")
-        if notes[j]:
-            no_int[j] = np.nan
-            no_slope[j] = np.nan if (x is not None and random != "intercept") else no_slope[j]
-            if random == "slope":
-                no_int[j] = np.nan
+    else:
+        # Rows fitted exactly only at infinite coefficients are left out; the coefficients
+        # the other rows identify are the finite estimates, the others have none.
+        separated = separated_rows(fam, Xn, y, weights)
+        kept = ~separated & (weights > 0)
+        finite = estimable_columns(Xn, kept)
+        beta = np.full(Xn.shape[1], np.nan)
+        if kept.any():
+            beta = fit_glm(fam, Xn[kept], y[kept], weights[kept])[0]
+        beta = np.where(finite, beta, np.nan)
+        no_int = beta[cols[0]]
+        no_slope = beta[cols[1]] if cols[1] is not None else np.full(m, np.nan)
+        varying = [cols[0] if random != "slope" else None, cols[1] if random != "intercept" else None]
+        for j in range(m):
+            lost = any(c is not None and not finite[c[j]] for c in varying)
+            if lost:
+                notes[j] = _glm_note(fam, predictor, random, x, y, trials, codes == j, separated)
+    for j in np.flatnonzero(notes != ""):
+        # no partial answers: a group without its own estimate shows none
+        no_int[j] = np.nan
+        if x is not None and random != "intercept":
+            no_slope[j] = np.nan
     formulas = dict(formulas)
     formulas["complete"] = f"glm({formulas['complete']}, family = {fam.name})"
     formulas["no"] = f"glm({formulas['no']}, family = {fam.name})"
@@ -608,6 +648,50 @@ def _glm_pooling(d, response, predictor, group, random, formulas, family) -> Poo
                             family=fam.name)
 
 
+def _glm_note(fam, predictor, random, x, y, trials, rows, separated) -> str:
+    """Why one group's own glm has no finite estimate, in plain words."""
+    n = int(rows.sum())
+    yj, sep = y[rows], separated[rows]
+    xj = x[rows] if x is not None else None
+    line = x is not None and random == "intercept+slope"
+    if line and n < 2:
+        return "only 1 observation: no line can be fitted"
+    if line and np.ptp(xj) <= 1e-12 * max(np.abs(xj).max(), 1e-300):
+        return f"all {n} observations have the same {predictor} value: no line can be fitted"
+    if random == "slope" and x is not None and np.all(xj == 0):
+        return f"all observations at {predictor} = 0: no slope through the common intercept can be estimated"
+    if not sep.any():
+        return "its data do not identify the group's own estimate"
+    if fam.name == "poisson":
+        if np.all(yj == 0):
+            return (f"all {n} counts are 0: the group's own log expected count is minus infinity, "
+                    "so no pooling has no finite estimate")
+        zeros = xj[sep]
+        side = "below" if zeros.max() <= xj[~sep].min() else "above"
+        return (f"the counts are 0 at every {predictor} {side} {_num(xj[~sep].min() if side == 'below' else xj[~sep].max())}: "
+                "the group's own slope of the log expected count is infinite (separation), so no "
+                "pooling has no finite estimate")
+    binary = bool(np.all(trials[rows] == 1))
+    if np.all(yj == 0) or np.all(yj == 1):
+        if binary:
+            said = f"all {n} responses are {int(yj[0])}"
+        else:
+            said = f"all {int(trials[rows].sum())} trials are {'successes' if yj[0] == 1 else 'failures'}"
+        return (f"{said}: the group's own log-odds is {'plus' if yj[0] == 1 else 'minus'} infinity "
+                "(separation), so no pooling has no finite estimate")
+    if sep.all():
+        how = f"{predictor} separates the 0s from the 1s in this group" if binary else \
+            f"{predictor} separates the successes from the failures in this group"
+    else:
+        ties = ", ".join(_num(v) for v in np.unique(xj[~sep])[:3])
+        how = (f"{predictor} separates the {'0s from the 1s' if binary else 'successes from the failures'} "
+               f"in this group except at {predictor} = {ties} (quasi-complete separation)")
+    return f"{how}: its own slope is infinite, so no pooling has no finite estimate"
+
+
+def _num(v) -> str:
+    """A predictor value in a note, as R's ``cat()`` shows it."""
+    return format_r_number(float(v))
 
 
 def _factor_estimates(d, fit, formulas, response, predictor, group, random, kinds) -> PoolingEstimates:

@@ -49,7 +49,6 @@ def predict(fit, newdata: pd.DataFrame | None = None, re_form: str = "full", int
     if interval not in _INTERVALS:
         raise DataError(f"interval must be None, 'confidence' or 'prediction', not {interval!r}")
     design = fit.design
-    beta = fit.fixef.to_numpy()
     if newdata is None:
         if interval is None and re_form == "full":
             return fit.fitted
@@ -63,10 +62,7 @@ def predict(fit, newdata: pd.DataFrame | None = None, re_form: str = "full", int
         needs_groups = re_form == "full" or interval == "prediction"
         groups = design.encoder.group_codes(newdata) if needs_groups else []
     n = X.shape[0]
-    pred = X @ beta
-    if re_form == "full":
-        from lmmcore.mixed import random_part_of
-        pred = pred + random_part_of(groups, fit._sol.b, n)
+    pred = fit.linear_predictor(X, groups if re_form == "full" else None)
     if interval is None:
         return pd.Series(pred, index=index, name="predicted")
     from lmmcore.intervals import _check_level

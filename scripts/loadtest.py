@@ -63,6 +63,7 @@ class SessionResult:
     load_s: float | None = None
     change_s: list = field(default_factory=list)
     run_s: list = field(default_factory=list)  # until the whole script run finished (ws client)
+    files_s: float | None = None  # hall with --browser-files: the browser's HTTP requests
     errors: list = field(default_factory=list)
 
 
@@ -98,6 +99,14 @@ def _cpu_s(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds this process (every thread) has used so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _descendants(pid: int) -> list[int]:
@@ -339,27 +348,28 @@ class WsClient:
 
         t0 = time.perf_counter()
         seen_at = None
-        deadline = t0 + self.timeout_s
-        while True:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                raise TimeoutError(f"the page did not finish within {self.timeout_s:.0f} s")
-            raw = await asyncio.wait_for(self.ws.recv(), remaining)
-            msg = ForwardMsg()
-            msg.ParseFromString(raw)
-            kind = msg.WhichOneof("type")
-            if kind == "new_session":
-                self.state["session_id"] = msg.new_session.initialize.session_id
-            elif kind == "delta":
-                self._track(msg)
-            elif kind == "file_urls_response":
-                self.state["file_urls"] = msg.file_urls_response
-            if seen_at is None and done(msg, raw):
-                seen_at = time.perf_counter() - t0
-            if kind == "script_finished":
-                # 2 = FINISHED_EARLY_FOR_RERUN: another run follows
-                if msg.script_finished != 2 and seen_at is not None:
-                    return seen_at, time.perf_counter() - t0
+        try:
+            # one limit for the run (a wait_for per message would cost a task and a timer each)
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    raw = await self.ws.recv()
+                    msg = ForwardMsg()
+                    msg.ParseFromString(raw)
+                    kind = msg.WhichOneof("type")
+                    if kind == "new_session":
+                        self.state["session_id"] = msg.new_session.initialize.session_id
+                    elif kind == "delta":
+                        self._track(msg)
+                    elif kind == "file_urls_response":
+                        self.state["file_urls"] = msg.file_urls_response
+                    if seen_at is None and done(msg, raw):
+                        seen_at = time.perf_counter() - t0
+                    if kind == "script_finished":
+                        # 2 = FINISHED_EARLY_FOR_RERUN: another run follows
+                        if msg.script_finished != 2 and seen_at is not None:
+                            return seen_at, time.perf_counter() - t0
+        except TimeoutError:
+            raise TimeoutError(f"the page did not finish within {self.timeout_s:.0f} s") from None
 
     def _track(self, msg) -> None:
         element = msg.delta.new_element
@@ -496,24 +506,134 @@ def _describe(exc: BaseException) -> str:
 HALL_CHANGES = [("intercept", "Reaction ~ Days + (1 | Subject)"),
                 ("slope", "Reaction ~ Days + (0 + Days | Subject)")]
 RANDOM_KEY = "pool.random"
+HALL_PAGE, HALL_QUERY = "shrinkage", "dataset=sleepstudy_fake&lecture=1"
+
+
+def browser_requests(base: str, path: str, chromium: str | None = None, timeout_s: float = 60) -> list[str]:
+    """The HTTP requests (paths) a browser that has not opened the app before makes on
+    ``base + path`` until the plot is drawn: the page, Streamlit's web client (static/...:
+    JavaScript, CSS, fonts), its health and host-config requests; the websocket aside.
+
+    Recorded once with headless Chromium (through the proxy this also fills nginx's
+    static-file cache, as the lecturer's own look at the page would)."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not executable:
+        raise SystemExit("--browser-files needs chromium (apt-get install chromium, or --chromium PATH)")
+    origin = urllib.parse.urlsplit(base)
+    paths = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context().new_page()
+
+            def record(request):
+                url = urllib.parse.urlsplit(request.url)
+                if url.netloc == origin.netloc and url.scheme in ("http", "https") \
+                        and not url.path.endswith("/_stcore/stream"):
+                    paths.append(url.path + (f"?{url.query}" if url.query else ""))
+
+            page.on("request", record)
+            page.goto(base + path, timeout=timeout_s * 1000)
+            page.wait_for_selector(".js-plotly-plot", timeout=timeout_s * 1000)
+            page.wait_for_timeout(500)  # files requested as the plot is drawn
+        finally:
+            browser.close()
+    return paths
+
+
+BROWSER_CONNECTIONS = 6  # a browser's parallel HTTP/1.1 connections to one host
+
+
+async def fetch_as_browser(base: str, paths, cookies: dict, timeout_s: float) -> int:
+    """GET ``paths`` as a browser would: the first (the page) alone, the rest over
+    :data:`BROWSER_CONNECTIONS` keep-alive connections, gzip accepted, cookies kept in
+    ``cookies``; returns the bytes received.  The bodies are read and dropped: a plain
+    asyncio client, so 200 of them cost the shared cores little (a real browser
+    downloads and parses them on its own machine)."""
+    origin = urllib.parse.urlsplit(base)
+    host, port = origin.hostname, origin.port or 80
+
+    async def get_all(queue: list) -> int:
+        received, conn = 0, None
+        try:
+            while queue:
+                path = queue.pop(0)
+                if conn is None:
+                    conn = await asyncio.open_connection(host, port)
+                reader, writer = conn
+                cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
+                writer.write((f"GET {path} HTTP/1.1\r\nHost: {origin.netloc}\r\n"
+                              "Accept-Encoding: gzip, deflate, br\r\n"
+                              + (f"Cookie: {cookie}\r\n" if cookie else "") + "\r\n").encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                status = int(lines[0].split()[1])
+                length, chunked, close = 0, False, False
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    name, value = name.strip().lower(), value.strip()
+                    if name == "content-length":
+                        length = int(value)
+                    elif name == "transfer-encoding" and "chunked" in value.lower():
+                        chunked = True
+                    elif name == "connection" and value.lower() == "close":
+                        close = True
+                    elif name == "set-cookie":
+                        key, _, rest = value.partition("=")
+                        cookies[key.strip()] = rest.split(";")[0]
+                if chunked:
+                    while True:
+                        size = int((await reader.readline()).split(b";")[0], 16)
+                        await reader.readexactly(size + 2)
+                        received += size
+                        if size == 0:
+                            break
+                else:
+                    await reader.readexactly(length)
+                    received += length
+                if status >= 500:
+                    raise RuntimeError(f"GET {path}: HTTP {status}")
+                if close:
+                    writer.close()
+                    conn = None
+        finally:
+            if conn is not None:
+                conn[1].close()
+        return received
+
+    paths = list(paths)
+    # one limit for the whole page load (a wait_for per read would cost this shared-core
+    # client a task and a timer per request)
+    async with asyncio.timeout(timeout_s):
+        received = await get_all(paths[:1])  # the page: its answer carries the affinity cookie
+        queue = paths[1:]
+        return received + sum(await asyncio.gather(*(get_all(queue) for _ in range(BROWSER_CONNECTIONS))))
 
 
 async def _hall_session(base: str, index: int, rounds: int, timeout_s: float,
                         start_delay: float, result: SessionResult, hold: asyncio.Event,
-                        think: float = 0.0):
+                        think: float = 0.0, files: list | None = None):
     """The lecture-hall scenario: open the shared link of the shrinkage page on the
-    lecture's data (open -> plot), then change the random part ``rounds`` times."""
+    lecture's data (open -> plot), then change the random part ``rounds`` times.
+
+    ``files``: the HTTP requests a new browser makes first (:func:`browser_requests`);
+    without them, one health request stands for them (it gets the proxy's cookie)."""
     from streamlit.proto.WidgetStates_pb2 import WidgetState
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's lmmcore
     from lmmcore.pooling import RANDOM_CHOICES  # the order of the page's menu
 
     await asyncio.sleep(start_delay)
-    client = WsClient(base, "shrinkage", "dataset=sleepstudy_fake&lecture=1", timeout_s)
+    client = WsClient(base, HALL_PAGE, HALL_QUERY, timeout_s)
     try:
         t0 = time.perf_counter()
         # a browser loads the page first (and gets the proxy's affinity cookie)
-        await client.connect(fetch_cookies=True)
+        if files:
+            await fetch_as_browser(base, files, client.cookies, timeout_s)
+            result.files_s = time.perf_counter() - t0
+        await client.connect(fetch_cookies=not files)
         seen, _ = await client.run(element_marker("plotly_chart"))
         result.load_s = time.perf_counter() - t0 - _ + seen  # until the plot arrived
 
@@ -583,6 +703,45 @@ async def _upload_session(base: str, index: int, rounds: int, timeout_s: float,
 UPLOAD_KEY = "data.uploader"
 
 
+async def open_cost(base: str, n: int, server_pids, proxy_pids, files, timeout_s: float) -> dict:
+    """CPU per open of the hall's page, one session at a time: the servers' (all
+    replicas together), nginx's and this client's, over ``n`` opens; a load-independent
+    figure (CPU time, not latency).  One session (the lecturer's) stays connected
+    throughout, as in a lecture: Streamlit drops its compiled scripts when the last
+    session of a process closes."""
+    lecturer = WsClient(base, HALL_PAGE, HALL_QUERY, timeout_s)
+    await lecturer.connect()
+    await lecturer.run(element_marker("plotly_chart"))
+
+    async def one():
+        client = WsClient(base, HALL_PAGE, HALL_QUERY, timeout_s)
+        try:
+            if files:
+                await fetch_as_browser(base, files, client.cookies, timeout_s)
+            await client.connect(fetch_cookies=not files)
+            await client.run(element_marker("plotly_chart"))
+        finally:
+            await client.close()
+
+    for _ in range(3):  # each replica's first sessions (the affinity spreads them)
+        await one()
+    server0, proxy0, client0 = (sum(_cpu_s(p) for p in server_pids), sum(_cpu_s(p) for p in proxy_pids),
+                                _own_cpu_s())
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await one()
+    wall = time.perf_counter() - t0
+    await asyncio.sleep(0.2)
+    await lecturer.close()
+    ms = 1000 / n
+    return {"scenario": "open-cost", "url": base, "opens": n, "browser_requests": len(files or []),
+            "server_cpu_per_open_ms": round(ms * (sum(_cpu_s(p) for p in server_pids) - server0), 1),
+            "proxy_cpu_per_open_ms": round(ms * (sum(_cpu_s(p) for p in proxy_pids) - proxy0), 1)
+            if proxy_pids else None,
+            "client_cpu_per_open_ms": round(ms * (_own_cpu_s() - client0), 1),
+            "wall_per_open_ms": round(ms * wall, 1), "loadavg": os.getloadavg()[0]}
+
+
 async def run(args) -> dict:
     base = _loopback_only(args.url)
     load_before = os.getloadavg()[0]
@@ -634,13 +793,27 @@ async def run(args) -> dict:
                 raise SystemExit(f"warming {url} failed: {warm.errors}")
         baseline_main, baseline_tree = sampler.sample()
         cpu_before = sum(_cpu_s(p) for p in sampler.pids)
+    files = None
+    if args.scenario == "hall" and args.browser_files:
+        files = await asyncio.to_thread(browser_requests, base, f"/{HALL_PAGE}?{HALL_QUERY}",
+                                        args.chromium, args.timeout)
+        cpu_before = sum(_cpu_s(p) for p in sampler.pids)
+    # what the load's other parts cost on the same cores: this client, and nginx
+    proxy_pids = [c for p in args.proxy_pid or [] for c in _descendants(p)]
+    if args.open_cost:
+        return await open_cost(base, args.open_cost, sampler.pids, proxy_pids, files, args.timeout)
+    client_before, proxy_before = _own_cpu_s(), sum(_cpu_s(p) for p in proxy_pids)
     if args.client == "ws":
         session = {"model": _ws_session, "hall": _hall_session, "upload": _upload_session}[args.scenario]
         extra = {"data": student_csv(args.upload_mb * 1_000_000)} if args.scenario == "upload" else {}
+        if files:
+            extra["files"] = files
         tasks = [session(base, r.index, args.rounds, args.timeout, delays[r.index], r, hold,
                          args.think, **extra) for r in results]
         wall, (connected_main, connected_tree) = await drive(tasks)
         cpu_used = sum(_cpu_s(p) for p in sampler.pids) - cpu_before
+        client_used = _own_cpu_s() - client_before
+        proxy_used = sum(_cpu_s(p) for p in proxy_pids) - proxy_before
         if args.release_wait > 0:
             # the sessions are closed now: does the server give their memory back?
             release = []
@@ -697,6 +870,13 @@ async def run(args) -> dict:
         runs = len(loads) + len(changes)
         report["server_cpu_s"] = round(cpu_used, 2)
         report["server_cpu_per_run_ms"] = round(1000 * cpu_used / max(1, runs), 1)
+        report["client_cpu_s"] = round(client_used, 2)
+        if proxy_pids:
+            report["proxy_cpu_s"] = round(proxy_used, 2)
+    if files is not None:
+        report["browser_requests"] = len(files)
+        fetched = [r.files_s for r in results if r.files_s is not None]
+        report["files_p50_s"], report["files_p95_s"] = _percentile(fetched, 0.5), _percentile(fetched, 0.95)
     if args.client == "ws" and args.release_wait > 0:
         report["rss_after_close_mb"] = release  # (seconds since the sessions closed, MB)
     if args.server_pid:
@@ -712,6 +892,16 @@ async def run(args) -> dict:
 
 
 def _print(report: dict, target: float) -> None:
+    if report["scenario"] == "open-cost":
+        extra = f" + {report['browser_requests']} browser requests" if report["browser_requests"] else ""
+        proxy = (f", nginx {report['proxy_cpu_per_open_ms']:.1f} ms"
+                 if report["proxy_cpu_per_open_ms"] is not None else "")
+        print(f"{report['opens']} opens of the hall's page{extra}, one at a time, against {report['url']}: "
+              f"CPU per open: servers {report['server_cpu_per_open_ms']:.1f} ms{proxy}, "
+              f"load client {report['client_cpu_per_open_ms']:.1f} ms "
+              f"({report['wall_per_open_ms']:.0f} ms wall per open, load average {report['loadavg']:.1f})")
+        return
+
     def f(x):
         return "-" if x is None else f"{x:.2f}"
 
@@ -737,6 +927,14 @@ def _print(report: dict, target: float) -> None:
     if "server_cpu_s" in report:
         print(f"server CPU (main processes): {report['server_cpu_s']:.1f} s in all, "
               f"{report['server_cpu_per_run_ms']:.0f} ms per page run")
+        others = f"load clients {report['client_cpu_s']:.1f} s"
+        if "proxy_cpu_s" in report:
+            others += f", nginx {report['proxy_cpu_s']:.1f} s"
+        print(f"CPU of the rest of the load on the same cores: {others}")
+    if "browser_requests" in report:
+        print(f"each session first made the {report['browser_requests']} HTTP requests of a new browser "
+              f"(page, web client's static files, health, host-config): p50 {f(report['files_p50_s'])} s, "
+              f"p95 {f(report['files_p95_s'])} s of the open")
     print(f"machine: {report['cpus']} CPUs, load average {report['loadavg_before']:.1f} before, "
           f"{report['loadavg_after']:.1f} after (server and browser share these cores)")
     print(f"errors: {report['error_count']} in {report['sessions_with_errors']} sessions")
@@ -766,7 +964,13 @@ def _serve(args):
     env = {}
     if args.session_ttl is not None:
         env["STREAMLIT_SERVER_DISCONNECTED_SESSION_TTL"] = str(int(args.session_ttl))
-    ports = [ds.free_port() for _ in range(args.serve)]
+    # --ports: the replicas', then nginx's, then its internal static server's (a machine
+    # shared with other servers gives each its own range); free ports otherwise.
+    ports = list(args.ports or []) or [ds.free_port() for _ in range(args.serve + 2)]
+    need = args.serve + (2 if args.serve > 1 else 0)
+    if len(ports) < need:
+        raise SystemExit(f"--ports: {need} ports needed (the replicas, then nginx and its static server)")
+    ports, proxy_ports = ports[:args.serve], ports[args.serve:]
     replicas = [stack.enter_context(ds.streamlit_replica(port, f"loadtest-{i}", env))
                 for i, port in enumerate(ports)]
     args.server_pid = [proc.pid for _, proc, _ in replicas]
@@ -776,7 +980,8 @@ def _serve(args):
     else:
         if not shutil.which("nginx"):
             raise SystemExit("--serve 2 or more needs nginx (apt-get install nginx)")
-        args.url, _ = stack.enter_context(ds.nginx_proxy(ports, ds.free_port()))
+        args.url, access_log = stack.enter_context(ds.nginx_proxy(ports, proxy_ports[0], proxy_ports[1]))
+        args.proxy_pid = [int((access_log.parents[1] / "nginx.pid").read_text())]
     return stack
 
 
@@ -789,6 +994,9 @@ def main(argv=None) -> int:
                    help="start this many replicas of the app here first (2 or more behind "
                         "nginx with deploy/nginx.conf, each opened once before measuring) "
                         "and stop them afterwards")
+    p.add_argument("--ports", type=lambda v: [int(x) for x in v.split(",")],
+                   help="with --serve: comma-separated loopback ports for the replicas, then "
+                        "nginx and its internal static-file server (default: free ports)")
     p.add_argument("--session-ttl", type=float,
                    help="with --serve: the replicas' disconnectedSessionTTL in seconds")
     p.add_argument("--sessions", type=int, default=30)
@@ -802,6 +1010,15 @@ def main(argv=None) -> int:
                         "shrinkage page's shared link, then change its random part (issue 12 "
                         "part 2, e.g. --sessions 200 --ramp 10 --rounds 2 through nginx); "
                         "upload: upload a distinct CSV of --upload-mb MB and fit it (part 5)")
+    p.add_argument("--browser-files", action="store_true",
+                   help="hall scenario: each session first makes the HTTP requests a new browser "
+                        "makes (the page, the web client's static files, health, host-config), "
+                        "recorded once with headless Chromium before the run")
+    p.add_argument("--open-cost", type=int, default=0, metavar="N",
+                   help="hall scenario: instead of the load, open the page N times one after "
+                        "another and report the CPU per open of the servers, nginx and this client")
+    p.add_argument("--proxy-pid", type=int, action="append",
+                   help="nginx's master process, for its CPU (set by --serve 2 or more)")
     p.add_argument("--warm-url", action="append", default=[],
                    help="open the scenario's page once on this URL before measuring (repeat "
                         "with each replica's own address: the lecturer opened the link first)")
@@ -821,6 +1038,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not 1 <= args.sessions <= 200 or not 1 <= args.rounds <= 50:
         p.error("--sessions must be 1..200 and --rounds 1..50 (a bounded load)")
+    if args.open_cost and (args.scenario != "hall" or args.client != "ws"):
+        p.error("--open-cost is for the hall scenario with the websocket client")
     if args.serve:
         if not 1 <= args.serve <= 8:
             p.error("--serve must be 1..8")
@@ -838,6 +1057,8 @@ def main(argv=None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
+    if report["scenario"] == "open-cost":
+        return 0
     ok = report["error_count"] == 0 and (report["change_p95_s"] or 1e9) < args.target_p95
     if args.scenario == "hall":
         ok = ok and (report["load_p95_s"] or 1e9) < args.target_p95

@@ -142,11 +142,15 @@ def replicas_behind_nginx(names=("replica-a", "replica-b")):
         yield {"base": base, "access_log": access_log, "replicas": replicas}
 
 
-def local_server_conf(upstream_ports, listen_port: int, debug_header: bool = True) -> str:
+def local_server_conf(upstream_ports, listen_port: int, debug_header: bool = True,
+                      static_port: int | None = None, cache_dir: Path | None = None) -> str:
     """deploy/nginx.conf with its upstream pointed at loopback replicas and a loopback port.
 
-    ``debug_header`` adds ``X-Pooling-Upstream`` (which replica answered) for the tests;
-    the deployed config does not reveal it.
+    ``debug_header`` adds ``X-Pooling-Upstream`` (which replica answered; empty for a
+    file nginx served from its cache) for the tests; the deployed config does not reveal
+    it.  ``static_port``: the internal server that compresses static files for the cache
+    listens there instead of 8079; ``cache_dir``: the cache's directory instead of
+    /var/cache/nginx/pooling_static.
     """
     conf = (ROOT / "deploy" / "nginx.conf").read_text()
     line = re.search(r"^\s*server app:8501([^;]*);", conf, flags=re.M)
@@ -154,33 +158,44 @@ def local_server_conf(upstream_ports, listen_port: int, debug_header: bool = Tru
     # the deployed health-check parameters (max_fails, fail_timeout) on every loopback replica
     servers = "\n".join(f"    server 127.0.0.1:{p}{line.group(1)};" for p in upstream_ports)
     conf = conf[:line.start()] + "\n" + servers + conf[line.end():]
-    conf, n = re.subn(r"^\s*listen 80;", f"    listen 127.0.0.1:{listen_port};", conf, flags=re.M)
-    assert n == 1, "deploy/nginx.conf: `listen 80;` not found"
+    front = f"    listen 127.0.0.1:{listen_port};"
     if debug_header:
-        conf = conf.replace("    location / {",
-                            "    add_header X-Pooling-Upstream $upstream_addr always;\n\n"
-                            "    location / {", 1)
+        front += "\n    add_header X-Pooling-Upstream $upstream_addr always;"
+    conf, n = re.subn(r"^\s*listen 80;", front, conf, flags=re.M)
+    assert n == 1, "deploy/nginx.conf: `listen 80;` not found"
+    if static_port is not None:
+        conf, n = re.subn(r"127\.0\.0\.1:8079\b", f"127.0.0.1:{static_port}", conf)
+        assert n == 2, "deploy/nginx.conf: the internal static server (127.0.0.1:8079) not found"
+    if cache_dir is not None:
+        conf, n = re.subn(r"/var/cache/nginx/pooling_static\b", str(cache_dir), conf)
+        assert n == 1, "deploy/nginx.conf: proxy_cache_path /var/cache/nginx/pooling_static not found"
     return conf
 
 
 @contextlib.contextmanager
-def nginx_prefix(upstream_ports, listen_port: int):
+def nginx_prefix(upstream_ports, listen_port: int, static_port: int | None = None):
     """A temporary nginx prefix: a main config (foreground, no root paths) including
-    the transformed deploy/nginx.conf.  Yields ``(prefix, main_conf_path)``."""
+    the transformed deploy/nginx.conf (its static-file cache in the prefix, its internal
+    server on ``static_port``, a free port by default).  Yields ``(prefix, main_conf_path)``."""
     with tempfile.TemporaryDirectory(prefix="pooling-nginx-") as tmp:
         prefix = Path(tmp)
         for sub in ("logs", "tmp"):
             (prefix / sub).mkdir()
-        (prefix / "pooling.conf").write_text(local_server_conf(upstream_ports, listen_port))
+        (prefix / "pooling.conf").write_text(local_server_conf(
+            upstream_ports, listen_port, static_port=static_port or free_port(), cache_dir=prefix / "cache"))
         # As root, nginx's workers would drop to `nobody` and could not use the temp dirs.
+        # Workers, sendfile and keep-alive as in the nginx image (docker-compose.yml).
         user = "user root;\n" if os.geteuid() == 0 else ""
         main = prefix / "nginx.conf"
         main.write_text(f"""{user}daemon off;
-worker_processes 1;
+worker_processes auto;
 pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log info;
 events {{ worker_connections 1024; }}
 http {{
+    # as in the nginx image's own main config (docker-compose.yml's proxy)
+    sendfile on;
+    keepalive_timeout 65;
     log_format pooling '$status "$request" upstream=$upstream_addr affinity=$cookie_pooling_affinity';
     access_log {prefix}/logs/access.log pooling;
     client_body_temp_path {prefix}/tmp/body;
@@ -195,12 +210,12 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx_proxy(upstream_ports, listen_port: int):
+def nginx_proxy(upstream_ports, listen_port: int, static_port: int | None = None):
     """Run Debian's nginx in the foreground in front of ``upstream_ports``.
 
     Yields ``(base_url, access_log_path)``; each access-log line names the replica that
     answered (``upstream=``) and the browser's affinity cookie (``affinity=``)."""
-    with nginx_prefix(upstream_ports, listen_port) as (prefix, conf):
+    with nginx_prefix(upstream_ports, listen_port, static_port) as (prefix, conf):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         log = ARTIFACTS / "nginx.log"
         with log.open("wb") as fh:

@@ -53,6 +53,37 @@ def test_health_and_page_through_the_proxy(proxy):
     assert _affinity(headers), headers["Set-Cookie"]
 
 
+def test_static_files_come_from_nginx_cache_gzipped(proxy):
+    """Streamlit's web client (deploy/nginx.conf, proxy_cache_path): the first request for a
+    file reaches a replica (through the internal compressing server), the next ones are
+    nginx's cached gzipped copy; a client without gzip gets the same bytes unpacked."""
+    import gzip
+
+    _, _, page = _get(f"{proxy['base']}/")
+    script = re.search(rb'src="\./(static/js/[^"]+\.js)"', page)
+    assert script, page[:500]
+    url = f"{proxy['base']}/{script.group(1).decode()}"
+    replica = next(iter(proxy["replicas"].values()))[0]
+    original = urllib.request.urlopen(f"{replica}/{script.group(1).decode()}", timeout=20).read()
+
+    def get(encoding):
+        req = urllib.request.Request(url, headers={"Accept-Encoding": encoding} if encoding else {})
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            return resp.headers, resp.read()
+
+    first, body = get("gzip, deflate, br")
+    assert first.get("X-Pooling-Upstream"), "the first request fills the cache from a replica"
+    assert first["Content-Encoding"] == "gzip" and gzip.decompress(body) == original
+    again, body = get("gzip, deflate, br")
+    assert not again.get("X-Pooling-Upstream"), "served from nginx's cache, not a replica"
+    assert again["Content-Encoding"] == "gzip" and len(body) < len(original) / 2
+    assert gzip.decompress(body) == original
+    assert "immutable" in again["Cache-Control"] and "Accept-Encoding" in again.get("Vary", "")
+    plain, body = get(None)
+    assert plain.get("Content-Encoding") is None and body == original
+    assert not plain.get("X-Pooling-Upstream")
+
+
 def test_cookie_keeps_a_browser_on_one_replica_and_new_browsers_spread(proxy):
     status, headers, _ = _get(f"{proxy['base']}/_stcore/health")
     cookie = _affinity(headers)
@@ -108,7 +139,9 @@ def test_a_student_session_through_the_proxy(proxy, chromium, tmp_path):
         if any("/_stcore/stream" in line for line in lines) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    upstreams = {re.search(r"upstream=(\S+)", line).group(1) for line in lines}
+    # Static files are answered by nginx (its cache, or its internal server filling it:
+    # "-" or that server's address), the rest by a replica.
+    upstreams = {re.search(r"upstream=(\S+)", line).group(1) for line in lines} & set(proxy["replicas"])
     assert any("/_stcore/stream" in line for line in lines), "no websocket in the session"
     assert any("/_stcore/upload_file" in line for line in lines), "no upload in the session"
     assert len(upstreams) == 1, f"one session was served by several replicas: {upstreams}"

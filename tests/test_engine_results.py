@@ -104,6 +104,20 @@ def test_predict_fitted_and_new_levels():
     assert fit.predict(new, include_random=False).to_numpy() == pytest.approx([population] * 2)
 
 
+def test_linear_predictor_is_predict_on_model_matrices():
+    """X beta (+ Z b) on rows given as matrices: the fitted values, and 0 for a level the
+    fit has not seen (code -1)."""
+    fit = _fit("sleepstudy_slope")
+    d = fit.design
+    groups = [(np.asarray(t.codes), np.asarray(t.Z_raw)) for t in d.random_terms]
+    np.testing.assert_allclose(fit.linear_predictor(d.X, groups), fit.fitted.to_numpy(),
+                               rtol=1e-12)
+    population = fit.linear_predictor(d.X)
+    np.testing.assert_allclose(population, d.X @ fit.fixef.to_numpy(), rtol=1e-12)
+    unseen = [(np.full(d.nobs, -1), np.asarray(d.random_terms[0].Z_raw))]
+    np.testing.assert_allclose(fit.linear_predictor(d.X, unseen), population, rtol=1e-12)
+
+
 def test_re_cov_and_condvar_shapes():
     fit = _fit("sleepstudy_slope")
     cov = fit.re_cov("Subject")

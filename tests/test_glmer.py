@@ -24,11 +24,7 @@ DATA = {"bdf": ROOT / "data" / "bdf.csv", "cbpp": ROOT / "data" / "cbpp.csv",
         "grouseticks": ROOT / "data" / "grouseticks.csv",
         "VerbAgg": ROOT / "bench" / "data" / "VerbAgg.csv"}
 CASES = ["bdf_repeat", "cbpp", "grouseticks", "cbpp_agq9", "grouse_brood_agq5", "bdf_iq_slope",
-         pytest.param("grouse_location_slope", marks=pytest.mark.xfail(
-             strict=False, reason="our optimum is 2e-6 lower than lme4's, which stopped early "
-                                  "(theta differs by 1e-2); the probe at lme4's optimum then "
-                                  "starts PIRLS from another stage-1 linear predictor (2e-6)")),
-         "verbagg", "grouse_singular"]
+         "grouse_location_slope_tight", "verbagg", "grouse_singular"]
 _FITS = {}
 
 
@@ -45,9 +41,9 @@ def _fit(name):
     return _FITS[name], _ref(name)
 
 
-def _rel(a, b):
+def _rel(a, b, floor=1e-3):
     a, b = np.asarray(a, float), np.asarray(b, float)
-    return np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-3))
+    return np.max(np.abs(a - b) / np.maximum(np.abs(b), floor))
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -66,7 +62,10 @@ def test_optimum_and_estimates(name):
     assert fit.bic == pytest.approx(ref["BIC"], rel=1e-6)
     assert fit.nobs == ref["nobs"]
     assert list(fit.fixef.index) == list(ref["fixef"])
-    assert _rel(fit.theta, ref["theta"]) < 2e-3
+    # A theta element near 0 is compared on the scale of the largest: the criterion is flat
+    # there.  grouse_location_slope_tight's off-diagonal (-0.0029) differs by 7e-6; moving
+    # from lme4's theta and beta to ours changes lme4's own deviance function by 1e-6 (of 2297).
+    assert _rel(fit.theta, ref["theta"], floor=max(1e-3, 1e-2 * np.abs(ref["theta"]).max())) < 2e-3
     assert _rel(fit.fixef, list(ref["fixef"].values())) < 2e-3
     assert _rel(fit.se, list(ref["se"].values())) < 2e-3
     table = fit.coef_table()
@@ -95,7 +94,25 @@ def test_summary_line_for_line(name):
     fit, ref = _fit(name)
     # the one known difference: the optimiser's name in the convergence line
     got = fit.summary().replace("optimizer (L-BFGS-B)", "optimizer (Nelder_Mead)")
-    _assert_same_printout(got, ref["summary_text"])
+    # a reference made with glmerControl(...) prints it: the reference's setting, not the model's
+    want = "\n".join(line for line in ref["summary_text"].splitlines() if line != "Control: ctrl")
+    _assert_same_printout(got, want)
+
+
+def test_lme4_default_stopped_early_on_grouse_location_slope():
+    """lme4's default Nelder-Mead stops early on this model (grouse_location_slope.json);
+    run to tight tolerances (grouse_location_slope_tight.json, compared in CASES) it reaches
+    our optimum.  Here: ours is lower than where the default stopped, by our criterion and
+    by the value lme4 reported."""
+    fit, _ = _fit("grouse_location_slope_tight")
+    early = _ref("grouse_location_slope")
+    tight = _ref("grouse_location_slope_tight")
+    dev = fit.deviance_function()
+    at_early = dev(early["theta"] + list(early["fixef"].values()))
+    assert -2 * fit.loglik < at_early < -2 * early["loglik"]
+    # lme4's deviance function (tight fit's) at the early stop: the last probe
+    assert tight["devfun_probes"][-1]["par"] == early["theta"] + list(early["fixef"].values())
+    assert at_early == pytest.approx(tight["devfun_probes"][-1]["value"], rel=1e-6)
 
 
 def test_factor_response_second_level_is_success():
@@ -229,3 +246,90 @@ def test_pooling_estimates_binary_and_counts_against_glm():
     assert counts.notes.str.contains("does not vary within any group").all()
     import pickle
     assert pickle.loads(pickle.dumps(counts)).family == "poisson"
+
+
+SEPARATION_CASES = ["bdf_ses", "bdf_iq", "bdf_intercept", "grouse_intercept", "cbpp_intercept"]
+_SEP_DATA = {"repeatgr": "bdf", "TICKS": "grouseticks"}
+
+
+@pytest.mark.parametrize("case", SEPARATION_CASES)
+def test_no_pooling_separation_against_glm_per_group(case):
+    """No pooling = one glm per group (separation_glm.json, gen_glmm_separation.R).  A group
+    has no finite estimate exactly when R's glm estimates keep moving once IRLS runs longer
+    (epsilon 1e-14, maxit 500: they walk off to infinity) or R drops an aliased slope; it
+    gets NaN and a note, the others equal R's (1e-7 relative: R's own convergence)."""
+    ref = json.loads((FIX / "separation_glm.json").read_text())[case]
+    predictor = ref["predictor"] or None
+    data = pd.read_csv(DATA[_SEP_DATA.get(ref["response"], "cbpp")])
+    est = lmmcore.pooling_estimates(data, ref["response"], predictor, ref["group"],
+                                    random="intercept+slope" if predictor else "intercept",
+                                    family=ref["family"])
+    no = est.method("no")
+    assert list(no.index) == [g["group"] for g in ref["groups"]]
+    for g in ref["groups"]:
+        row = no.loc[g["group"]]
+        ours = [row["intercept"], row["slope"]][:len(np.atleast_1d(g["coef"]))]
+        if g["diverging"] or g["aliased"]:
+            assert np.isnan(ours).all(), (g["group"], ours, g["coef"])
+            assert "no finite estimate" in row["note"] or "no line can be fitted" in row["note"]
+            assert g["group"] in est.notes.index
+        else:
+            assert np.allclose(ours, np.atleast_1d(g["coef_long"]).astype(float), rtol=1e-7, atol=1e-9)
+            assert row["note"] == ""
+    # every group where R warned "fitted probabilities numerically 0 or 1" is among ours
+    warned = {g["group"] for g in ref["groups"] if any("numerically 0 or 1" in w for w in g["warnings"])}
+    assert warned <= set(est.notes.index)
+    assert est.shrinkage[est.own_estimate].notna().all()
+
+
+def test_separation_notes_in_plain_words():
+    d = pd.read_csv(DATA["bdf"])
+    notes = lmmcore.pooling_estimates(d, "repeatgr", "ses", "schoolNR", family="binomial").notes
+    # school 10: 5 pupils, none repeated; 16: ses splits them; 182: one ses value
+    assert notes["10"].startswith("all 5 responses are 0: the group's own log-odds is minus infinity")
+    assert notes["16"].startswith("ses separates the 0s from the 1s in this group")
+    assert notes["182"] == "all 9 observations have the same ses value: no line can be fitted"
+    assert not notes.str.contains(r"\d{3,}\.\d").any()  # no huge numbers as if estimates
+    g = pd.read_csv(DATA["grouseticks"])
+    counts = lmmcore.pooling_estimates(g, "TICKS", None, "LOCATION", family="poisson").notes
+    assert counts["35"].startswith("all 1 counts are 0: the group's own log expected count is minus infinity")
+
+
+def test_separation_rows_found_by_the_linear_programme():
+    from lmmcore.glmm import Family, estimable_columns, separated_rows
+    binom, pois = Family("binomial"), Family("poisson")
+    X = np.column_stack([np.ones(7), [1, 2, 3, 4, 4, 5, 6]])
+    # complete, quasi-complete (tie at x = 4), none
+    assert separated_rows(binom, X, np.array([0, 0, 0, 1, 1, 1, 1.])).all()
+    quasi = separated_rows(binom, X, np.array([0, 0, 0, 1, 0, 1, 1.]))
+    assert quasi.tolist() == [True, True, True, False, False, True, True]
+    assert not estimable_columns(X, ~quasi).any()  # the tie alone identifies neither
+    assert not separated_rows(binom, X, np.array([0, 1, 0, 1, 0, 1, 1.])).any()
+    # cbind proportions: a row with successes and failures is never separated; one such row
+    # is a tie (quasi-complete), two at different x rule out any direction
+    tie = separated_rows(binom, X, np.array([0, 0, 0.5, 1, 1, 1, 1.]), np.full(7, 2.0))
+    assert tie.tolist() == [True, True, False, True, True, True, True]
+    assert not separated_rows(binom, X, np.array([0, 0.5, 0, 1, 1, 0.5, 1.]), np.full(7, 2.0)).any()
+    # Poisson: positive counts only at the largest x
+    assert separated_rows(pois, X, np.array([0, 0, 0, 0, 0, 0, 3.])).tolist() == [True] * 6 + [False]
+    assert not separated_rows(pois, X, np.array([0, 0, 0, 1, 0, 2, 0.])).any()
+
+
+def test_pooling_cbind_response_is_proportions_with_trials():
+    """cbpp: cbind(incidence, size - incidence) ~ 1 + (1 | herd): complete pooling the
+    weighted binomial glm, partial pooling glmer's coef (R: separation_glm.json)."""
+    ref = json.loads((FIX / "separation_glm.json").read_text())["cbpp_pooling"]
+    c = pd.read_csv(DATA["cbpp"])
+    est = lmmcore.pooling_estimates(c, "cbind(incidence, size - incidence)", None, "herd",
+                                    family="binomial")
+    assert est.trials_response
+    assert est.formulas["complete"] == "glm(cbind(incidence, size - incidence) ~ 1, family = binomial)"
+    assert est.method("complete")["intercept"].iloc[0] == pytest.approx(ref["complete"], rel=1e-8)
+    assert est.groups == ref["herds"]
+    assert _rel(est.method("partial")["intercept"], ref["partial"]) < 2e-3
+    assert est.fit.loglik == pytest.approx(ref["loglik"], rel=1e-6)
+    share = est.observed(c)
+    assert np.allclose(share, c["incidence"] / c["size"])
+    with pytest.raises(DataError, match="binomial response"):
+        lmmcore.pooling_estimates(c, "cbind(incidence, size - incidence)", None, "herd",
+                                  family="poisson")

@@ -18,6 +18,9 @@ from lmmcore.mixed import fit_design, lmer
 
 # lme4's devfun at fixed theta is exact arithmetic: the same tolerance as test_engine_fixtures.
 PROBE_RTOL = 1e-8
+#: Two factorizations of the same criterion (the blocked factor of solve() and the
+#: representation the optimiser uses) agree to rounding, up to ~1e-12 relative on Pastes.
+CROSS_REPRESENTATION = 1e-11
 FIT_CACHE = {}
 
 
@@ -76,9 +79,12 @@ def test_parts_add_up_to_the_profiled_criterion(name):
             st = fv.state_at(fit, theta, reml=reml)
             parts = st.parts
             assert parts.sum() == pytest.approx(st.criterion, rel=1e-12)
+            # state_at solves with the blocked factor, the deviance function with the
+            # representation chosen for speed (Dense on Pastes): equal up to rounding,
+            # which reaches 1e-12 relative on Pastes' two nested terms
             assert st.criterion == pytest.approx(fit.deviance_function()(theta) if reml == fit.reml
                                                  else fv.criterion_curve(fit, 0, [theta[0]], reml=reml,
-                                                                         at=theta)["criterion"][0], rel=1e-12)
+                                                                         at=theta)["criterion"][0], rel=CROSS_REPRESENTATION)
             # the profiled formula (JSS eq. 34 / 41), written out here on its own
             if reml:
                 expect = (st.logdet_L + st.logdet_RX
@@ -138,7 +144,9 @@ def test_path_starts_at_lme4s_start_and_ends_at_the_optimum(name):
     assert path.loc[0, "descent"]
     descent = path[path["descent"]]
     np.testing.assert_array_equal(descent[names].to_numpy(float)[-1], fit.theta)
-    assert descent["criterion"].iloc[-1] == pytest.approx(fit.objective, rel=1e-12)
+    # the path's values come from the optimiser's representation, fit.objective from the
+    # blocked factor (see CROSS_REPRESENTATION)
+    assert descent["criterion"].iloc[-1] == pytest.approx(fit.objective, rel=CROSS_REPRESENTATION)
     # the way down never goes up (beyond the boundary check's rounding tolerance)
     assert np.all(np.diff(descent["criterion"].to_numpy()) <= 1e-10 * abs(fit.objective))
     dev = fit.deviance_function()

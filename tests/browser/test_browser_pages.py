@@ -246,3 +246,41 @@ def test_binary_data_pooling_pages(page, base_url, server_log, screenshot_dir, n
     page.screenshot(path=str(screenshot_dir / f"{name}-bdf{suffix}.png"))
     _assert_clean(page, server_log, f"page {name!r} with bdf{' (lecture mode)' if lecture else ''}")
     assert "glmer" in _main_text(page)
+
+
+@pytest.mark.parametrize("name", ["pooling", "shrinkage"])
+@pytest.mark.parametrize("dataset, words", [("cbpp", "proportion of successes"), ("grouseticks", "Poisson glm")])
+def test_binomial_trials_and_poisson_pooling_pages(page, base_url, server_log, screenshot_dir, name, dataset, words):
+    """cbpp (cbind(incidence, size - incidence): proportions) and grouseticks (counts) on the
+    pooling pages: drawn clean, screenshots."""
+    _open(page, base_url, name, dataset=dataset)
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=RUN_TIMEOUT_MS)
+    page.screenshot(path=str(screenshot_dir / f"{name}-{dataset}.png"))
+    _assert_clean(page, server_log, f"page {name!r} with {dataset}")
+    text = _main_text(page)
+    assert "glmer" in text
+    if name == "pooling":
+        assert words in text or words in page.locator('[data-testid="stPlotlyChart"]').first.inner_html()
+
+
+def test_bdf_random_slopes_separation_markers(page, base_url, server_log, screenshot_dir):
+    """(1 + ses | schoolNR) on bdf, sorted by shrinkage: the schools without a finite
+    no-pooling estimate first, a marker at the panel's edge each; the page lists why."""
+    _open(page, base_url, "pooling", dataset="bdf")
+    page.locator(".st-key-pool-random").first.click()
+    page.get_by_role("option", name="intercept and slope").click()
+    wait_for_app(page)
+    page.locator(".st-key-pool-sort").first.click()
+    page.get_by_role("option", name="largest change, no → partial pooling").click()
+    wait_for_app(page)
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=RUN_TIMEOUT_MS)
+    page.screenshot(path=str(screenshot_dir / "pooling-bdf-separation.png"), full_page=True)
+    _assert_clean(page, server_log, "the pooling page with bdf's random slopes")
+    assert "38 of 131 groups of schoolNR cannot give their own estimate" in _main_text(page)
+
+
+def test_fit_page_refuses_a_glmer(page, base_url, server_log, screenshot_dir):
+    _open(page, base_url, "fit", dataset="bdf")
+    page.get_by_text("has no such criterion").first.wait_for(timeout=RUN_TIMEOUT_MS)
+    page.screenshot(path=str(screenshot_dir / "fit-bdf-glmer.png"))
+    _assert_clean(page, server_log, "the fit page with a binomial model")
