@@ -172,6 +172,14 @@ def local_server_conf(upstream_ports, listen_port: int, debug_header: bool = Tru
     return conf
 
 
+def main_worker_connections() -> int:
+    """worker_connections of deploy/nginx-main.conf, the proxy container's main config."""
+    text = (ROOT / "deploy" / "nginx-main.conf").read_text()
+    found = re.search(r"^\s*worker_connections\s+(\d+);", text, re.M)
+    assert found, "deploy/nginx-main.conf: worker_connections not found"
+    return int(found.group(1))
+
+
 @contextlib.contextmanager
 def nginx_prefix(upstream_ports, listen_port: int, static_port: int | None = None):
     """A temporary nginx prefix: a main config (foreground, no root paths) including
@@ -191,7 +199,7 @@ def nginx_prefix(upstream_ports, listen_port: int, static_port: int | None = Non
 worker_processes auto;
 pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log info;
-events {{ worker_connections 1024; }}
+events {{ worker_connections {main_worker_connections()}; }}
 http {{
     # as in the nginx image's own main config (docker-compose.yml's proxy)
     sendfile on;

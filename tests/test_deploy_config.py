@@ -1,6 +1,7 @@
 """The deployment files say what the issue asks: Streamlit's shared-server config, the Dockerfile,
 the nginx config and the compose file, each checked against the tool that reads it."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -148,6 +149,10 @@ def test_compose_file_runs_n_replicas_behind_nginx():
     text = (ROOT / "deploy" / "docker-compose.yml").read_text()
     assert re.search(r"replicas:\s*\$\{REPLICAS:-2\}", text)
     assert "./nginx.conf:/etc/nginx/conf.d/default.conf:ro" in text
+    # a lecture hall needs more connections than the image's 1024 (deploy/nginx-main.conf)
+    import deploy_support
+    assert "./nginx-main.conf:/etc/nginx/nginx.conf:ro" in text
+    assert deploy_support.main_worker_connections() >= 2000
     assert "condition: service_healthy" in text
     assert "STREAMLIT_SERVER_COOKIE_SECRET" in text
     for name in ("POOLING_MAX_UPLOAD_MB", "POOLING_MAX_ROWS", "POOLING_MAX_COLUMNS",
@@ -157,6 +162,29 @@ def test_compose_file_runs_n_replicas_behind_nginx():
     # the app service is reachable only through the proxy
     app = text.split("\n  proxy:")[0]
     assert "ports:" not in app.split("services:")[1]
+
+
+def test_nginx_accepts_the_main_config(tmp_path):
+    """``nginx -t`` on deploy/nginx-main.conf, its paths moved into a temporary prefix
+    (the image's user, log and pid paths do not exist here) and deploy/nginx.conf (upstream
+    on loopback) as the conf.d it includes."""
+    if shutil.which("nginx") is None:
+        pytest.skip("nginx is not installed")
+    import deploy_support
+
+    main = (ROOT / "deploy" / "nginx-main.conf").read_text()
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "default.conf").write_text(deploy_support.local_server_conf(
+        [8501, 8502], 8080, static_port=deploy_support.free_port(), cache_dir=tmp_path / "cache"))
+    main = (main.replace("user nginx;", "user root;" if os.geteuid() == 0 else "")
+            .replace("/var/log/nginx/", f"{tmp_path}/")
+            .replace("/var/run/nginx.pid", f"{tmp_path}/nginx.pid")
+            .replace("/etc/nginx/conf.d/", f"{tmp_path}/conf.d/"))
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(main)
+    result = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(conf)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.slow
