@@ -60,6 +60,10 @@ def _lecture_css() -> None:
       .stMainBlockContainer .katex-display .katex { font-size: 1.75em !important; }
       .stMainBlockContainer [data-testid="stTable"] td, .stMainBlockContainer [data-testid="stTable"] th
         { font-size: 1.25rem !important; padding: 0.3rem 0.5rem !important; }
+      /* the large tables carry their cells as text (explorer.tables): right-aligned, as R
+         prints a data frame */
+      .stMainBlockContainer [data-testid="stTable"] td,
+      .stMainBlockContainer [data-testid="stTable"] thead th { text-align: right !important; }
       section[data-testid="stSidebar"] p, section[data-testid="stSidebar"] label,
       section[data-testid="stSidebar"] span, section[data-testid="stSidebar"] li
         { font-size: 1.2rem !important; }
