@@ -29,6 +29,7 @@ Peers that are not installed are skipped with a message saying how to install th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib
 import importlib.metadata
@@ -271,17 +272,34 @@ def _git_revision() -> str:
 
 
 # --------------------------------------------------------------------------- timing
+@contextlib.contextmanager
+def frozen_heap():
+    """The imported modules' objects frozen out of the collector while timing, as the
+    app runs (``explorer.runtime.freeze_new_modules``): the full collection before each
+    timing then still frees the previous run's garbage, but no longer walks the ~200,000
+    objects of numpy, pandas, scipy, statsmodels..., a walk that evicts the CPU caches
+    the next run needs (+1.1 ms on a 3 ms fit, more than the fit's own overhead).
+    Every Python peer is timed inside it."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _time_python(peer: str, model: Model, repeats: int, warmup: bool) -> dict:
     fit = FITTERS[peer]
     if warmup:
         fit(model, model.data)
     times = []
     objective = theta = evaluations = None
-    for _ in range(repeats):
-        gc.collect()  # a collection of the previous fit's garbage must not land in this timing
-        start = time.perf_counter()
-        objective, theta, evaluations = fit(model, model.data)
-        times.append(time.perf_counter() - start)
+    with frozen_heap():
+        for _ in range(repeats):
+            gc.collect()  # the previous fit's garbage must not be collected in this timing
+            start = time.perf_counter()
+            objective, theta, evaluations = fit(model, model.data)
+            times.append(time.perf_counter() - start)
     return {"times": times, "median": statistics.median(times), "min": min(times),
             "objective": objective,
             "theta": theta.tolist(), "evaluations": evaluations}
@@ -488,12 +506,13 @@ def _time_inference_lmmcore(model: Model, ddf: str, repeats: int) -> list:
     fit = lmmcore.lmer(model.formula, model.data, reml=True)
     copy.copy(fit).coef_table(ddf)                 # warm-up (imports, first calls)
     times = []
-    for _ in range(repeats):
-        fresh = copy.copy(fit)
-        gc.collect()
-        start = time.perf_counter()
-        fresh.coef_table(ddf)
-        times.append(time.perf_counter() - start)
+    with frozen_heap():
+        for _ in range(repeats):
+            fresh = copy.copy(fit)
+            gc.collect()
+            start = time.perf_counter()
+            fresh.coef_table(ddf)
+            times.append(time.perf_counter() - start)
     return times
 
 
@@ -614,11 +633,12 @@ CV_R_SCRIPT = Path(__file__).resolve().parent / "bench_cv_lme4.R"
 
 def _median_time(fn, repeats: int) -> list:
     times = []
-    for _ in range(repeats):
-        gc.collect()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    with frozen_heap():
+        for _ in range(repeats):
+            gc.collect()
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
     return times
 
 
