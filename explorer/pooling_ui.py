@@ -42,8 +42,11 @@ def controls(data) -> tuple | None:
         ss[S.POOL_RESPONSE] = numeric[-1]
     if ss.get(S.POOL_GROUP) not in groups:
         ss[S.POOL_GROUP] = groups[0]
-    # The random part gets more room: "intercept and slope" must fit in lecture mode.
-    c1, c2, c3, c4, c5 = st.columns([1, 1, 1, 1.3, 1.3])
+    # The random part gets more room: "intercept and slope" must fit in lecture mode.  A
+    # binomial family adds its trials column to the same row (the chart stays high on a
+    # projector): the family chosen is in the session state when the run starts.
+    binomial = ss.get(S.POOL_FAMILY) == "binomial"
+    c1, c2, c3, c4, c5, *c6 = st.columns([1, 1, 1, 1.3, 1.3] + ([1.2] if binomial else []))
     response = c1.selectbox("Response", numeric, key=S.POOL_RESPONSE)
     factors = [c for c in data.categorical
                if c != ss[S.POOL_GROUP] and 2 <= df[c].nunique() <= MAX_FACTOR_LEVELS]
@@ -75,22 +78,22 @@ def controls(data) -> tuple | None:
     family = c5.selectbox("Family", list(FAMILIES), key=S.POOL_FAMILY, format_func=FAMILIES.get,
                           disabled=factor, help="A factor predictor: Gaussian only" if factor else None)
     if family == "binomial":
-        response = _trials_response(df, numeric, response, predictor, group)
+        response = _trials_response(c6[0] if c6 else st, df, numeric, response, predictor, group)
     suggested, why = lmmcore.suggest_family(df, response) if response in df.columns else ("binomial", "")
     if suggested != family and why:
         st.info(md(why) + f" Choose **{FAMILIES[suggested]}** as the family.", icon=":material/lightbulb:")
     return response, predictor, group, random, family
 
 
-def _trials_response(df, numeric: list, response: str, predictor, group: str) -> str:
+def _trials_response(where, df, numeric: list, response: str, predictor, group: str) -> str:
     """Binomial: one trial a row (a 0/1 response), or the successes out of a column of
     trials, ``cbind(successes, trials - successes)``, as R writes it (the estimates are then
-    of the proportion of successes)."""
+    of the proportion of successes).  The choice is drawn in ``where`` (the pickers' row)."""
     ss = st.session_state
     options = [S.ONE_TRIAL] + [c for c in numeric if c not in (response, predictor, group)]
     if ss.get(S.POOL_TRIALS) not in options:
         ss[S.POOL_TRIALS] = S.ONE_TRIAL
-    trials = st.selectbox("Out of (trials per row)", options,
+    trials = where.selectbox("Out of (trials)", options,
                           key=S.POOL_TRIALS,
                           help=f"Several trials a row (e.g. new cases out of a herd's size): {response} "
                                "counts the successes out of this column, and the response is "

@@ -224,7 +224,7 @@ FIT_CHART_SINGULAR = "fit.chart_singular"
 FIT_CHART_SINGULAR_SHRINK = "fit.chart_singular_shrinkage"
 
 NO_PREDICTOR = "(none: intercept only)"
-ONE_TRIAL = "(one trial a row: 0/1)"
+ONE_TRIAL = "0/1: one trial a row"
 
 # DATA_KEY too: the sidebar draws it every run, but the rerun of a page's st.switch_page
 # (the pooling page's link to the paired t-test) carries no widget values.

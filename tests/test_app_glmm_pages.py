@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from explorer import state as S
 from explorer.pages import by_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,7 +166,7 @@ def test_cbpp_pooling_shows_proportions_with_binomial_weights():
     np.testing.assert_allclose(np.sort(shares), np.sort(shown["incidence"] / shown["size"]), rtol=1e-12)
     assert "proportion of successes" in json.dumps(fig["layout"])
     # one trial a row instead: incidence is not 0/1, a clear message and no crash
-    at.selectbox(key="pool.trials").set_value("(one trial a row: 0/1)").run()
+    at.selectbox(key="pool.trials").set_value(S.ONE_TRIAL).run()
     assert not at.exception
     assert any("0/1" in e.value for e in at.error)
 
