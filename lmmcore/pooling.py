@@ -679,13 +679,11 @@ def _glm_note(fam, predictor, random, x, y, trials, rows, separated) -> str:
             said = f"all {int(trials[rows].sum())} trials are {'successes' if yj[0] == 1 else 'failures'}"
         return (f"{said}: the group's own log-odds is {'plus' if yj[0] == 1 else 'minus'} infinity "
                 "(separation), so no pooling has no finite estimate")
-    if sep.all():
-        how = f"{predictor} separates the 0s from the 1s in this group" if binary else \
-            f"{predictor} separates the successes from the failures in this group"
-    else:
+    how = (f"{predictor} separates the {'0s from the 1s' if binary else 'successes from the failures'} "
+           "in this group")
+    if not sep.all():
         ties = ", ".join(_num(v) for v in np.unique(xj[~sep])[:3])
-        how = (f"{predictor} separates the {'0s from the 1s' if binary else 'successes from the failures'} "
-               f"in this group except at {predictor} = {ties} (quasi-complete separation)")
+        how += f" except at {predictor} = {ties} (quasi-complete separation)"
     return f"{how}: its own slope is infinite, so no pooling has no finite estimate"
 
 
