@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
-import json
 import logging
 import os
 import statistics
@@ -41,6 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the app's packages are the repo's
+from bench_report import write_report  # noqa: E402 (bench/ is the script's own folder)
 ARTIFACT = ROOT / "artifacts" / "bench_app.json"
 
 # What the checks expect (see the module docstring).
@@ -272,12 +272,8 @@ def main(argv=None) -> int:
     for name, ok in checks.items():
         print(f"- {name}: {'ok' if ok else 'NO'}")
 
-    report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average_at_start": load,
-              "pages": pages, "gc": collector, "hostile_formulas": hostile, "checks": checks,
-              "fit_redraws": fit_redraws}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2, default=str))
-    print(f"\nwritten: {args.output}")
+    write_report(args.output, load_average_at_start=load, pages=pages, gc=collector,
+                 hostile_formulas=hostile, checks=checks, fit_redraws=fit_redraws)
     return 0
 
 

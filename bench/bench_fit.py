@@ -51,6 +51,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: lmmcore is the repo's package
+from bench_report import write_report  # noqa: E402 (bench/ is the script's own folder)
 ARTIFACT = ROOT / "artifacts" / "bench.json"
 R_SCRIPT = Path(__file__).resolve().parent / "bench_lme4.R"
 PEERS = ("lmmcore", "mixedlm", "statsmodels", "lme4")
@@ -862,14 +863,10 @@ def main(argv=None) -> int:
     if simulation is not None:
         _print_simulation(simulation)
 
-    report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick,
-              "load_average_at_start": load_at_start,
-              "versions": versions, "missing": missing, "environment": _environment(),
-              "models": rows, "inference": inference_rows, "intervals": intervals,
-              "glmer": glmm_rows, "simulation": simulation}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2, default=str))
-    print(f"\nwritten: {args.output}")
+    write_report(args.output, quick=args.quick, load_average_at_start=load_at_start,
+                 versions=versions, missing=missing, environment=_environment(), models=rows,
+                 inference=inference_rows, intervals=intervals, glmer=glmm_rows,
+                 simulation=simulation)
     return 0
 
 
