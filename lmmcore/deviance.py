@@ -1094,6 +1094,21 @@ class ProfiledDeviance:
             return val, None
         return val, self.rep.gradient(f, self.reml)
 
+    def solution(self, theta) -> "Solution":
+        """The penalised least-squares :class:`Solution` at ``theta`` (:func:`solve`).
+
+        When the representation's factor is the blocked one (one term, or the blocked
+        representation) and ``theta`` is the point just evaluated, as at the end of an
+        optimisation, that factor is reused instead of computed again.
+        """
+        factor = None
+        if isinstance(self.rep, (OneTerm, Blocked)):
+            last = self._last
+            theta = np.array(theta, dtype=float)
+            if last is not None and last[0] == theta.tobytes():
+                factor = last[1]
+        return solve(self.cp, theta, self.reml, factor=factor)
+
 
 def objective(cp: CrossProducts, theta, reml: bool = True) -> float:
     """The profiled REML criterion or ML deviance at ``theta`` (lme4's devfun value),
@@ -1148,9 +1163,12 @@ class Solution:
         return Ri @ Ri.T
 
 
-def solve(cp: CrossProducts, theta, reml: bool = True) -> Solution:
-    """Solve the penalised least-squares problem at ``theta`` (beta, u, b, sigma...)."""
-    f = factorize(cp, theta)
+def solve(cp: CrossProducts, theta, reml: bool = True, factor: Factor | None = None) -> Solution:
+    """Solve the penalised least-squares problem at ``theta`` (beta, u, b, sigma...).
+
+    ``factor``: the blocked factor at ``theta`` when the caller has it (not checked).
+    """
+    f = factorize(cp, theta) if factor is None else factor
     n, p = cp.n, cp.p
     beta, pwrss = fixed_effects(f.LM, p)
     u1, u2 = _spherical_effects(cp, f, beta)

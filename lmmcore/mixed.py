@@ -113,7 +113,7 @@ def _fit_cross_products(design: MixedDesign, cp, reml: bool, data_name: str,
                        "fixed effects, so there is no residual variation to split up.")
     check = check_convergence(dev, theta, value, space.lower, record.final_gradient,
                               record.final_hessian)
-    sol = _dev.solve(cp, theta, reml)
+    sol = dev.solution(theta)
     return MixedFit(design, bool(reml), cp, sol, record, check, data_name)
 
 

@@ -92,7 +92,23 @@ class ThetaSpace:
 
 def theta_space(layouts) -> ThetaSpace:
     """The :class:`ThetaSpace` of a model from its terms' layouts
-    (``lmmcore.deviance.term_layouts``: k and the lower-triangle positions per term)."""
+    (``lmmcore.deviance.term_layouts``: k and the lower-triangle positions per term).
+
+    Built once per shape (the terms' numbers of columns, which fix the layouts' theta
+    positions) and shared, its arrays read-only: a refit loop asks for it a thousand
+    times.
+    """
+    shape = tuple(lay.k for lay in layouts)
+    space = _SPACES.get(shape)
+    if space is None:
+        space = _SPACES[shape] = _build_theta_space(layouts)
+    return space
+
+
+_SPACES: dict = {}
+
+
+def _build_theta_space(layouts) -> ThetaSpace:
     lower, start, diag = [], [], []
     for lay in layouts:
         on_diag = lay.rows == lay.cols
@@ -102,10 +118,11 @@ def theta_space(layouts) -> ThetaSpace:
         diag.append(lay.theta_offset + np.array([pos[int(c)] for c in lay.cols], np.intp))
 
     def cat(parts, dtype=float):
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+        out = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+        out.flags.writeable = False
+        return out
 
     return ThetaSpace(cat(lower), cat(start), cat(diag, np.intp))
-
 
 
 @dataclass(frozen=True)
@@ -630,12 +647,21 @@ class ConvergenceCheck:
 VERDICT_MARGIN = 100.0
 
 
-def _check_hessian(H, tol):
+def _eigenvalues(H):
+    """The eigenvalues of a symmetric H, or None where they cannot be computed."""
+    if H is None or not np.all(np.isfinite(H)):
+        return None
     try:
-        evd = np.linalg.eigvalsh(H)
+        return np.linalg.eigvalsh(H)
     except np.linalg.LinAlgError:
-        return ["Problem with Hessian check (infinite or missing values?)"]
-    if not np.all(np.isfinite(evd)):
+        return None
+
+
+def _check_hessian(H, tol, evd=None):
+    """lme4's Hessian messages for H (``evd``: its eigenvalues, if already known)."""
+    if evd is None:
+        evd = _eigenvalues(H)
+    if evd is None or not np.all(np.isfinite(evd)):
         return ["Problem with Hessian check (infinite or missing values?)"]
     negative = int(np.sum(evd < -tol))
     if negative:
@@ -650,16 +676,16 @@ def _check_hessian(H, tol):
     return msgs
 
 
-def _clear_verdict(g, H) -> bool:
-    """Whether lme4's gradient and Hessian tests pass on (g, H) by ``VERDICT_MARGIN``
-    in every threshold, so that any Hessian within that factor gives the same verdict.
+def _clear_verdict(g, evd) -> bool:
+    """Whether lme4's gradient and Hessian tests pass by ``VERDICT_MARGIN`` in every
+    threshold on the gradient ``g`` and a Hessian with eigenvalues ``evd``, so that any
+    Hessian within that factor gives the same verdict.
 
     The gradient test takes max_i min(|scaled g_i|, |g_i|) with scaled g = R^{-T} g
     (R'R = H); it is at most min(max|g|, ||g|| / sqrt(smallest eigenvalue)).
     """
-    if H is None or g is None or not (np.all(np.isfinite(H)) and np.all(np.isfinite(g))):
+    if evd is None or g is None or not np.all(np.isfinite(g)):
         return False
-    evd = np.linalg.eigvalsh(H)
     m = VERDICT_MARGIN
     if not (evd.min() > m * HESSIAN_TOL and evd.max() * HESSIAN_TOL * m < 1.0
             and evd.min() / evd.max() > m * HESSIAN_TOL):
@@ -700,10 +726,12 @@ def check_convergence(fun, theta, value, lower, gradient=None, hessian=None) -> 
     if is_singular(theta, lower):
         # lme4 returns after the singular message without the derivative checks
         return ConvergenceCheck(True, True, (SINGULAR_MESSAGE,))
-    if gradient is not None and _clear_verdict(gradient, hessian):
+    evd = _eigenvalues(hessian) if gradient is not None else None
+    if _clear_verdict(gradient, evd):
         g, H, source = gradient, hessian, "optimizer"
     else:
         g, H, source = gradient_hessian(fun, theta, value, gradient=gradient)
+        evd = _eigenvalues(H)
     if not np.all(np.isfinite(g)):
         return ConvergenceCheck(False, False, ("Gradient contains NAs",), g, None, source)
     msgs = []
@@ -721,7 +749,7 @@ def check_convergence(fun, theta, value, lower, gradient=None, hessian=None) -> 
     except np.linalg.LinAlgError:
         ok = False
         msgs.append("unable to evaluate scaled gradient")
-    hess = _check_hessian(H, HESSIAN_TOL)
+    hess = _check_hessian(H, HESSIAN_TOL, evd)
     if hess:
         ok = False
         msgs.extend(hess)
