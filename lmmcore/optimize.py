@@ -87,7 +87,7 @@ class ThetaSpace:
         term: the absolute value).  By the same symmetry the gradient there is
         ``signs * gradient`` (and the Hessian ``outer(signs, signs) * Hessian``).
         """
-        return np.where(np.asarray(theta, float)[self.diag_index] < 0, -1.0, 1.0)
+        return np.where(np.asarray(theta, float)[..., self.diag_index] < 0, -1.0, 1.0)
 
 
 def theta_space(layouts) -> ThetaSpace:
@@ -165,8 +165,10 @@ class OptimizerRecord:
 class _Tracked:
     """Objective wrapper that remembers every evaluation (the optimiser's path).
 
-    With ``signs`` (``ThetaSpace.canonical_signs``) every theta is recorded inside
+    With ``signs`` (``ThetaSpace.canonical_signs``) every theta is reported inside
     lme4's bounds, where the objective is the same; the gradient is mapped with it.
+    The points are kept as evaluated and mapped only when read (``best_theta``,
+    :meth:`path`): the optimiser evaluates far more often than anyone reads.
     """
 
     def __init__(self, fun, signs):
@@ -174,29 +176,42 @@ class _Tracked:
         self.signs = signs
         self.thetas = []
         self.values = []
-        self.best_theta = None
         self.best_value = np.inf
-        self.best_gradient = None
-        self._best_signs = None
-        self._best_key = None
+        self._best_raw = None
+        self._best_gradient = None
 
     def __call__(self, theta):
-        theta = np.array(theta, dtype=float)
+        """The objective at ``theta`` (an array the caller does not change afterwards)."""
         val = float(self.fun(theta))
-        s = self.signs(theta)
-        canonical = s * theta
-        self.thetas.append(canonical)
+        self.thetas.append(theta)
         self.values.append(val)
         if val < self.best_value:
             # its gradient, if wanted, comes later through attach_gradient()
-            self.best_value, self.best_theta, self.best_gradient = val, canonical, None
-            self._best_signs, self._best_key = s, theta.tobytes()
+            self.best_value, self._best_raw, self._best_gradient = val, theta, None
         return val
+
+    @property
+    def best_theta(self):
+        """The best point so far inside lme4's bounds (None before any finite value)."""
+        raw = self._best_raw
+        return None if raw is None else self.signs(raw) * raw
+
+    @property
+    def best_gradient(self):
+        """The gradient at ``best_theta`` if it was attached, else None."""
+        g = self._best_gradient
+        return None if g is None else self.signs(self._best_raw) * g
 
     def attach_gradient(self, theta, gradient):
         """The gradient at ``theta`` if it is the best point so far (its value came first)."""
-        if self._best_key is not None and np.asarray(theta, float).tobytes() == self._best_key:
-            self.best_gradient = self._best_signs * gradient
+        raw = self._best_raw
+        if raw is not None and (theta is raw or np.array_equal(theta, raw)):
+            self._best_gradient = gradient
+
+    def path(self, n_theta):
+        """Every theta evaluated, in order, inside lme4's bounds: (evaluations, n_theta)."""
+        raw = np.array(self.thetas, dtype=float).reshape(len(self.thetas), n_theta)
+        return self.signs(raw) * raw
 
 
 def _fd_value_and_gradient(f, x, h):
@@ -278,16 +293,16 @@ def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None, 
     # only when returned
     n = x.size
     B = np.eye(n) / max(math.sqrt(float(g @ g)), 1e-8) if first else np.linalg.inv(H0)
-    eye = np.eye(n)
     for _ in range(max_iter):
         p = -(B @ g)
         decrement = -0.5 * float(g @ p)            # predicted decrease of the quadratic model
         tol = DECREMENT_TOL * (1.0 + abs(f))
         if decrement <= tol:
             return x, f, g, np.linalg.inv(B), True, "predicted decrease below tolerance"
-        big = np.abs(p).max() / (2.0 * max(1.0, np.abs(x).max()))
+        abs_p = np.abs(p)
+        big = abs_p.max() / (2.0 * max(1.0, np.abs(x).max()))
         if log_scale is not None:
-            big = max(big, np.abs(p[log_scale]).max() / LOG_STEP_CAP)
+            big = max(big, abs_p[log_scale].max() / LOG_STEP_CAP)
         if big > 1.0:
             # a step far beyond the scale of theta comes from a poor early Hessian: shorten
             p = p / big
@@ -305,7 +320,7 @@ def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None, 
             if t < 1e-10 or (near and trials >= 3):
                 return x, f, g, np.linalg.inv(B), near, (
                     "no further decrease at the rounding level" if near else "line search failed")
-            if np.isfinite(fn):
+            if math.isfinite(fn):
                 # minimiser of the parabola through f, slope and fn, kept in [0.1 t, 0.5 t]
                 tq = -slope * t * t / (2.0 * (fn - f - slope * t))
                 t = min(max(tq, 0.1 * t), 0.5 * t)
@@ -325,11 +340,15 @@ def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None, 
         yy = float(y_ @ y_)
         if sy > 1e-12 * math.sqrt(float(s_ @ s_) * yy):
             if first:
-                B = eye * (sy / yy)
+                B = np.eye(n) * (sy / yy)
                 first = False
-            # B+ = (I - rho s y') B (I - rho y s') + rho s s', rho = 1 / s'y
-            V = eye - np.outer(s_, y_) / sy
-            B = V @ B @ V.T + np.outer(s_, s_) / sy
+            # B+ = (I - rho s y') B (I - rho y s') + rho s s' (rho = 1 / s'y), expanded:
+            # B + a s s' - (By s' + s (By)') / s'y = B + s w' + w s' with
+            # a = (s'y + y'By) / (s'y)^2 and w = a s / 2 - By / s'y
+            By = B @ y_
+            w = (0.5 * (sy + float(y_ @ By)) / (sy * sy)) * s_ - By / sy
+            sw = s_[:, None] * w
+            B = B + sw + sw.T
         x, f, g = xn, fn, gn
     return x, f, g, np.linalg.inv(B), False, "iteration limit reached"
 
@@ -400,7 +419,7 @@ def _minimize(fun, space: ThetaSpace, theta0, hessian0):
 
     def value_only(x):
         fx = tracked(x)
-        return fx if np.isfinite(fx) else np.inf
+        return fx if math.isfinite(fx) else math.inf
 
     def value_and_gradient(x):
         # the point was just evaluated by value_only(): ProfiledDeviance reuses its factor
@@ -482,9 +501,9 @@ def _minimize(fun, space: ThetaSpace, theta0, hessian0):
         s0 = space.canonical_signs(theta0)
         hessian0 = np.outer(s0, s0) * np.asarray(hessian0, float)
     converged, message, end = run(theta0, hessian0)
-    if tracked.best_theta is None:                  # inf everywhere tried: nothing to check
-        tracked.best_theta, lower = theta0.copy(), np.full(theta0.size, -np.inf)
     theta, value = tracked.best_theta, tracked.best_value
+    if theta is None:                               # inf everywhere tried: nothing to check
+        theta, lower = theta0.copy(), np.full(theta0.size, -np.inf)
     # lme4's restart_edge: a diagonal element stuck at 0 may sit on a ridge where the
     # gradient vanishes by symmetry (the objective is even in it); probe inside and
     # restart when that is better.
@@ -518,7 +537,7 @@ def _minimize(fun, space: ThetaSpace, theta0, hessian0):
         method="BFGS on the unbounded problem, analytic gradient",
         theta_start=tuple(float(t) for t in theta0), theta_end=tuple(float(t) for t in theta),
         evaluations=len(tracked.values), converged=converged, message=message,
-        path_theta=np.array(tracked.thetas).reshape(len(tracked.thetas), theta0.size),
+        path_theta=tracked.path(theta0.size),
         path_objective=np.array(tracked.values), final_gradient=gradient,
         final_hessian=hessian if gradient is not None else None,
     )
@@ -557,7 +576,7 @@ class _RestrictedSpace:
 
     def canonical_signs(self, t_free):
         t = np.asarray(t_free, float)
-        flip = (self.diag_index >= 0) & (t[np.maximum(self.diag_index, 0)] < 0)
+        flip = (self.diag_index >= 0) & (t[..., np.maximum(self.diag_index, 0)] < 0)
         return np.where(flip, -1.0, 1.0)
 
 
