@@ -96,9 +96,15 @@ class TermLayout:
 
     def template(self, theta: np.ndarray) -> np.ndarray:
         """The term's k x k lower-triangular relative covariance factor."""
-        T = np.zeros((self.k, self.k))
-        T[self.rows, self.cols] = theta[self.theta_offset:self.theta_offset + self.n_theta]
-        return T
+        k = self.k
+        T = np.zeros(k * k)
+        T[self._flat] = theta[self.theta_offset:self.theta_offset + self.n_theta]
+        return T.reshape(k, k)
+
+    @functools.cached_property
+    def _flat(self) -> np.ndarray:
+        # positions in the flattened template: one index array assigns faster than two
+        return self.rows * self.k + self.cols
 
 
 @functools.lru_cache(maxsize=16)
@@ -666,7 +672,7 @@ def factorize(cp: CrossProducts, theta) -> Factor:
     if k1 == 1:
         c1 = cp.C1 * (T1[0, 0] * L11inv)
     else:
-        c1 = L11inv @ (T1.T @ cp.C1)
+        c1 = L11inv @ (np.ascontiguousarray(T1.T) @ cp.C1)
     c1f = c1.reshape(m1 * k1, p + 1)
     M = cp.M0 - c1f.T @ c1f
 
@@ -742,8 +748,11 @@ class OneTerm:
         d log|R_X|^2   = -2 (T' sum_j G_j (R_X'R_X)^{-1} G_j')[c_e, r_e],
                          G_j = Z_j'V0^{-1}X = Z_j'X - S_j T A_j^{-1} T'Z_j'X
 
-    Sums over levels of k x k blocks: the gradient costs about what the value does, and
-    it needs no inverse of T, so it holds on the boundary too.
+    With ``W_j = S_j T A_j^{-1}`` and ``Q_j = I - W_j T'``: ``G_j = Q_j Z_j'X`` and, as
+    ``u_j = A_j^{-1} T'Z_j'(y - X beta)``, ``Z_j'r = Q_j Z_j'(y - X beta)``; so one
+    product ``Q_j Z_j'[X y]`` gives both.  Sums over levels of k x k blocks: the
+    gradient costs about what the value does, and it needs no inverse of T, so it holds
+    on the boundary too.
     """
 
     def __init__(self, cp: CrossProducts):
@@ -756,20 +765,30 @@ class OneTerm:
         cp = self.cp
         n, p = cp.n, cp.p
         lay = cp.layouts[0]
-        T, Li, S = f.T1, f.L11inv, cp.A11
-        beta, pwrss = fixed_effects(f.LM, p)
-        u = _spherical_effects(cp, f, beta)[0][:, :, 0]          # (m, k)
-        ST = S @ T                                                # S_j T
-        Ainv = _batched_gram(Li)                                  # A_j^{-1}
-        Zr = cp.C1[:, :, p] - cp.C1[:, :, :p] @ beta - (ST @ u[:, :, None])[:, :, 0]
+        T, S, C1 = f.T1, cp.A11, cp.C1
+        Tt = np.ascontiguousarray(T.T)            # batched products run faster contiguous
+        LXi, info = dtrtri(f.LM[:p, :p], lower=1) if p else (np.zeros((0, 0)), 0)
+        if info != 0:                             # LXi = R_X'^{-1}
+            raise np.linalg.LinAlgError("singular R_X")
+        coef = np.empty(p + 1)                    # Z_j'[X y] coef = Z_j'(y - X beta)
+        coef[:p] = -(LXi.T @ f.LM[p, :p])         # beta = R_X^{-1} c_X
+        coef[p] = 1.0
+        pwrss = float(f.LM[p, p]) ** 2
+        Ainv = _batched_gram(f.L11inv)            # A_j^{-1}
+        W = (S @ T) @ Ainv                        # S_j T A_j^{-1}
+        Q = np.eye(lay.k) - W @ Tt
+        r = C1 @ coef                             # Z_j'(y - X beta), (m, k)
+        u = (Ainv @ (r @ T)[:, :, None])[:, :, 0]
         # the three parts as k x k matrices, each read at (c_e, r_e), so summed first
-        H = (Ainv @ np.swapaxes(ST, 1, 2)).sum(axis=0)            # sum_j A_j^{-1} T'S_j
+        H = W.sum(axis=0).T                       # sum_j A_j^{-1} T'S_j
         if reml and p:
-            ZtX = cp.C1[:, :, :p]
-            G = ZtX - ST @ (Ainv @ (T.T @ ZtX))                   # (m, k, p)
-            LXi = _trsolve(f.LM[:p, :p], np.eye(p), lower=True)
-            GVf = (G @ LXi.T).transpose(1, 0, 2).reshape(lay.k, -1)  # G R_X^{-1}
-            H = H - T.T @ (GVf @ GVf.T)
+            QC = Q @ C1
+            Zr = QC @ coef
+            GL = QC[:, :, :p] @ np.ascontiguousarray(LXi.T)   # G_j R_X^{-1}
+            GLf = GL.transpose(1, 0, 2).reshape(lay.k, -1)
+            H = H - Tt @ (GLf @ GLf.T)
+        else:
+            Zr = (Q @ r[:, :, None])[:, :, 0]
         denom = (n - p) if reml else n
         # d pwrss reads sum_j (Z_j'r) u_j' at (r_e, c_e): its transpose at (c_e, r_e)
         K = 2.0 * H - (2.0 * denom / pwrss) * (u.T @ Zr)
