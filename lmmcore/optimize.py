@@ -109,7 +109,9 @@ class ThetaSpace:
         term: the absolute value).  By the same symmetry the gradient there is
         ``signs * gradient`` (and the Hessian ``outer(signs, signs) * Hessian``).
         """
-        return np.where(np.asarray(theta, float)[..., self.diag_index] < 0, -1.0, 1.0)
+        t = np.asarray(theta, float)
+        diag = t[self.diag_index] if t.ndim == 1 else t[:, self.diag_index]   # (a path)
+        return np.where(diag < 0, -1.0, 1.0)
 
 
 def theta_space(layouts) -> ThetaSpace:
@@ -201,6 +203,7 @@ class _Tracked:
         self.best_value = np.inf
         self._best_raw = None
         self._best_gradient = None
+        self._signs_of = self._signs = None       # signs of _best_raw, when asked for
 
     def __call__(self, theta):
         """The objective at ``theta`` (an array the caller does not change afterwards)."""
@@ -212,17 +215,22 @@ class _Tracked:
             self.best_value, self._best_raw, self._best_gradient = val, theta, None
         return val
 
+    def _best_signs(self):
+        if self._signs_of is not self._best_raw:
+            self._signs_of, self._signs = self._best_raw, self.signs(self._best_raw)
+        return self._signs
+
     @property
     def best_theta(self):
         """The best point so far inside lme4's bounds (None before any finite value)."""
         raw = self._best_raw
-        return None if raw is None else self.signs(raw) * raw
+        return None if raw is None else self._best_signs() * raw
 
     @property
     def best_gradient(self):
         """The gradient at ``best_theta`` if it was attached, else None."""
         g = self._best_gradient
-        return None if g is None else self.signs(self._best_raw) * g
+        return None if g is None else self._best_signs() * g
 
     def attach_gradient(self, theta, gradient):
         """The gradient at ``theta`` if it is the best point so far (its value came first)."""
@@ -481,16 +489,14 @@ def _minimize(fun, space: ThetaSpace, theta0, hessian0):
         fx, g = value_and_gradient(theta_of(z))
         return fx, g * np.where(diagonal, SINH_SCALE * np.cosh(z), 1.0)
 
-    def theta_hessian(z, g_z, H_z):
-        """BFGS's Hessian in z mapped to theta at the (canonical) point theta(z):
-        H_z = D H D + diag(g * theta''(z)) with D = dtheta/dz, theta'' = theta on the
-        diagonal elements (sinh), 0 elsewhere."""
+    def theta_hessian(z, g_z, H_z, s):
+        """BFGS's Hessian in z mapped to theta at the (canonical) point theta(z), signs
+        ``s``: H_z = D H D + diag(g * theta''(z)) with D = dtheta/dz, theta'' = theta on
+        the diagonal elements (sinh), 0 elsewhere."""
         d = np.where(diagonal, SINH_SCALE * np.cosh(z), 1.0)
-        t = theta_of(z)
         g = g_z / d
-        H = (H_z - np.diag(np.where(diagonal, g * t, 0.0))) / np.outer(d, d)
-        s = space.canonical_signs(t)
-        return np.outer(s, s) * H
+        H = (H_z - np.diag(np.where(diagonal, g * theta_of(z), 0.0))) / (d[:, None] * d)
+        return (s[:, None] * s) * H
 
     def z_hessian(z, H):
         """A Hessian in theta as a starting approximation in z: D H D (D = dtheta/dz);
@@ -511,13 +517,16 @@ def _minimize(fun, space: ThetaSpace, theta0, hessian0):
         z, _, g, H, ok, msg = _bfgs(value_z, value_and_gradient_z, z0, f0, g0,
                                     zero_probe=zero_probe, H0=z_hessian(z0, H0),
                                     log_scale=diagonal if diagonal.any() else None)
-        end = space.canonical_signs(theta_of(z)) * theta_of(z)
-        return ok, msg, (end, theta_hessian(z, g, H))
+        t = theta_of(z)
+        s = space.canonical_signs(t)
+        return ok, msg, (s * t, theta_hessian(z, g, H, s))
 
     if hessian0 is not None:
         # the Hessian of a canonical theta0 maps to the sign pattern BFGS starts from
         s0 = space.canonical_signs(theta0)
-        hessian0 = np.outer(s0, s0) * np.asarray(hessian0, float)
+        hessian0 = np.asarray(hessian0, float)
+        if (s0 < 0).any():
+            hessian0 = (s0[:, None] * s0) * hessian0
     converged, message, end = run(theta0, hessian0)
     theta, value = tracked.best_theta, tracked.best_value
     if theta is None:                               # inf everywhere tried: nothing to check
@@ -525,8 +534,8 @@ def _minimize(fun, space: ThetaSpace, theta0, hessian0):
     # lme4's restart_edge: a diagonal element stuck at 0 may sit on a ridge where the
     # gradient vanishes by symmetry (the objective is even in it); probe inside and
     # restart when that is better.
-    for _ in range(3):
-        at_edge = np.flatnonzero(np.isfinite(lower) & (theta - lower < BOUNDARY_TOL))
+    for _ in range(3 if (theta - lower).min(initial=np.inf) < BOUNDARY_TOL else 0):
+        at_edge = np.flatnonzero(theta - lower < BOUNDARY_TOL)      # off the diagonal: inf
         best_trial, best_val = None, value - 1e-10 * abs(value)
         for i in at_edge:
             for step in (1e-3, 3e-2):
@@ -540,11 +549,12 @@ def _minimize(fun, space: ThetaSpace, theta0, hessian0):
         converged, message, end = run(best_trial)
         theta, value = tracked.best_theta, tracked.best_value
     gradient = tracked.best_gradient
-    hessian = end[1] if end is not None and np.array_equal(end[0], theta) else None
+    hessian = end[1] if end is not None and end[0].tobytes() == theta.tobytes() else None
     # lme4's check.boundary: a diagonal element within boundary.tol of 0 is tried at 0.
     # Without bounds the optimiser approaches a zero variance from inside (theta ~ 1e-8),
     # where the objective equals its value at 0 up to rounding: accept 0 within that.
-    near = np.isfinite(lower) & (theta - lower < BOUNDARY_TOL) & (theta != lower)
+    gap = theta - lower                             # inf off the diagonal
+    near = (gap < BOUNDARY_TOL) & (gap != 0.0)
     if near.any():
         trial = theta.copy()
         trial[near] = lower[near]
@@ -553,7 +563,7 @@ def _minimize(fun, space: ThetaSpace, theta0, hessian0):
             theta, value, gradient, hessian = trial, tv, None, None
     record = OptimizerRecord(
         method="BFGS on the unbounded problem, analytic gradient",
-        theta_start=tuple(float(t) for t in theta0), theta_end=tuple(float(t) for t in theta),
+        theta_start=tuple(theta0.tolist()), theta_end=tuple(theta.tolist()),
         evaluations=len(tracked.values), converged=converged, message=message,
         path_theta=tracked.path(theta0.size),
         path_objective=np.array(tracked.values), final_gradient=gradient,
@@ -594,7 +604,8 @@ class _RestrictedSpace:
 
     def canonical_signs(self, t_free):
         t = np.asarray(t_free, float)
-        flip = (self.diag_index >= 0) & (t[..., np.maximum(self.diag_index, 0)] < 0)
+        index = np.maximum(self.diag_index, 0)
+        flip = (self.diag_index >= 0) & ((t[index] if t.ndim == 1 else t[:, index]) < 0)
         return np.where(flip, -1.0, 1.0)
 
 
