@@ -19,11 +19,14 @@ criteria are (JSS eq. 34 and 41), in :func:`profiled_criterion` and nowhere else
 complement holds ``R_X'`` and ``sqrt(pwrss)`` (:func:`fixed_effects` reads beta and
 pwrss from it, for every representation).
 
-One criterion, three representations of ``L`` behind one interface (``factor(theta)``,
+One criterion, four representations of ``L`` behind one interface (``factor(theta)``,
 ``gradient(factor, reml)``), each with one analytic gradient:
 
 * :class:`OneTerm`: a single random term.  ``L`` is block diagonal, ``m`` blocks of
   ``k x k`` factored in a few batched numpy calls (closed forms for k <= 2);
+* :class:`TwoColumnTerm`: a single term of two columns (the lecture's random slope),
+  its value from rows of three numbers per level: a third of the numpy calls, which is
+  what a model of this size costs;
 * :class:`Blocked`: several terms, as in MixedModels.jl: the term with the most columns
   ``k m`` (the "lead" term) is block diagonal, the remaining terms form a dense block
   ``A_22`` and the off-diagonal block ``A_21`` is sparse.  No n x n or q x q matrix is
@@ -462,7 +465,7 @@ def profiled_criterion(logdet_L2: float, LM: np.ndarray, n: int, p: int, reml: b
         return float("inf")
     if reml:
         nmp = n - p
-        diag = np.diagonal(LM)[:p].tolist()
+        diag = LM.diagonal()[:p].tolist()
         if min(diag, default=1.0) <= 0.0:
             return float("inf")
         ldRX2 = 2.0 * sum(map(math.log, diag))
@@ -762,37 +765,122 @@ class OneTerm:
         return _factor_or_none(self.cp, theta)
 
     def gradient(self, f: Factor, reml: bool):
+        return _one_term_gradient(self.cp, f.T1, _batched_gram(f.L11inv), f.LM, reml)
+
+
+def _one_term_gradient(cp: CrossProducts, T: np.ndarray, Ainv: np.ndarray, LM: np.ndarray,
+                       reml: bool) -> np.ndarray:
+    """The gradient of a single random term (:class:`OneTerm`'s formula) from its
+    template ``T``, the inverses ``Ainv`` (m, k, k) of the blocks ``A_j`` and ``LM``."""
+    n, p = cp.n, cp.p
+    lay = cp.layouts[0]
+    S, C1 = cp.A11, cp.C1
+    Tt = np.ascontiguousarray(T.T)                # batched products run faster contiguous
+    LXi, info = dtrtri(LM[:p, :p], lower=1) if p else (np.zeros((0, 0)), 0)
+    if info != 0:                                 # LXi = R_X'^{-1}
+        raise np.linalg.LinAlgError("singular R_X")
+    coef = np.empty(p + 1)                        # Z_j'[X y] coef = Z_j'(y - X beta)
+    coef[:p] = -(LXi.T @ LM[p, :p])               # beta = R_X^{-1} c_X
+    coef[p] = 1.0
+    pwrss = float(LM[p, p]) ** 2
+    W = (S @ T) @ Ainv                            # S_j T A_j^{-1}
+    Q = np.eye(lay.k) - W @ Tt
+    r = C1 @ coef                                 # Z_j'(y - X beta), (m, k)
+    u = (Ainv @ (r @ T)[:, :, None])[:, :, 0]
+    # the three parts as k x k matrices, each read at (c_e, r_e), so summed first
+    H = W.sum(axis=0).T                           # sum_j A_j^{-1} T'S_j
+    if reml and p:
+        QC = Q @ C1
+        Zr = QC @ coef
+        GL = QC[:, :, :p] @ np.ascontiguousarray(LXi.T)   # G_j R_X^{-1}
+        GLf = GL.transpose(1, 0, 2).reshape(lay.k, -1)
+        H = H - Tt @ (GLf @ GLf.T)
+    else:
+        Zr = (Q @ r[:, :, None])[:, :, 0]
+    denom = (n - p) if reml else n
+    # d pwrss reads sum_j (Z_j'r) u_j' at (r_e, c_e): its transpose at (c_e, r_e)
+    K = 2.0 * H - (2.0 * denom / pwrss) * (u.T @ Zr)
+    return K[lay.cols, lay.rows]
+
+
+#: Largest size (elements) of :class:`TwoColumnTerm`'s table of per-level products
+#: (3 m (p + 1)^2); past it the model uses :class:`OneTerm`.
+PAIR_PRODUCTS_MAX = 2_000_000
+
+
+class _PairFactor:
+    """:class:`TwoColumnTerm`'s factor: ``logdet`` and ``LM`` (what the criterion reads)
+    and the rows of the blocks' inverses (what the gradient reads)."""
+
+    __slots__ = ("T", "inverse_rows", "logdet", "LM")
+
+    def __init__(self, T, inverse_rows, logdet, LM):
+        self.T, self.inverse_rows, self.logdet, self.LM = T, inverse_rows, logdet, LM
+
+
+class TwoColumnTerm:
+    """A single random term with two columns (an intercept and a slope: the lecture's
+    ``(Days | Subject)``), every level in closed form.
+
+    With ``T = [[t0, 0], [t1, t2]]`` the entries of ``A_j = T'S_j T + I``, of its
+    inverse and of ``B_j = T A_j^{-1} T'`` are linear in three numbers per level, so
+    each is one (3 x 3) @ (3 x m) product on rows of length m; and the Schur complement
+    of ``[X y]``, ``M = [X y]'[X y] - sum_j C_j' B_j C_j`` (``C_j = Z_j'[X y]``), is one
+    product of B's rows with a table of the levels' products ``C_j[a]' C_j[b]`` built
+    once per response.  The value takes a third of :class:`OneTerm`'s numpy calls,
+    which is what a fit of this size costs; the gradient is :class:`OneTerm`'s.
+    """
+
+    def __init__(self, cp: CrossProducts):
+        self.cp = cp
+        m = cp.layouts[0].m
+        # Z_j'Z_j's (S00, S10, S11), rows of length m
+        self.s_rows = np.ascontiguousarray(cp.A11.reshape(m, 4)[:, [0, 2, 3]].T)
+        c0, c1 = cp.C1[:, 0, :], cp.C1[:, 1, :]
+
+        def outer(a, b):
+            return (a[:, :, None] * b[:, None, :]).reshape(m, -1)
+
+        # rows for B's (b00, b10, b11): C_0'C_0, C_0'C_1 + C_1'C_0, C_1'C_1 per level
+        self.products = np.concatenate([outer(c0, c0), outer(c0, c1) + outer(c1, c0),
+                                        outer(c1, c1)])
+
+    @staticmethod
+    def applies(cp: CrossProducts) -> bool:
+        """One random term of two columns, its product table within PAIR_PRODUCTS_MAX."""
+        if cp.rest or cp.layouts[0].k != 2:
+            return False
+        return 3 * cp.layouts[0].m * (cp.p + 1) ** 2 <= PAIR_PRODUCTS_MAX
+
+    def factor(self, theta):
         cp = self.cp
-        n, p = cp.n, cp.p
-        lay = cp.layouts[0]
-        T, S, C1 = f.T1, cp.A11, cp.C1
-        Tt = np.ascontiguousarray(T.T)            # batched products run faster contiguous
-        LXi, info = dtrtri(f.LM[:p, :p], lower=1) if p else (np.zeros((0, 0)), 0)
-        if info != 0:                             # LXi = R_X'^{-1}
-            raise np.linalg.LinAlgError("singular R_X")
-        coef = np.empty(p + 1)                    # Z_j'[X y] coef = Z_j'(y - X beta)
-        coef[:p] = -(LXi.T @ f.LM[p, :p])         # beta = R_X^{-1} c_X
-        coef[p] = 1.0
-        pwrss = float(f.LM[p, p]) ** 2
-        Ainv = _batched_gram(f.L11inv)            # A_j^{-1}
-        W = (S @ T) @ Ainv                        # S_j T A_j^{-1}
-        Q = np.eye(lay.k) - W @ Tt
-        r = C1 @ coef                             # Z_j'(y - X beta), (m, k)
-        u = (Ainv @ (r @ T)[:, :, None])[:, :, 0]
-        # the three parts as k x k matrices, each read at (c_e, r_e), so summed first
-        H = W.sum(axis=0).T                       # sum_j A_j^{-1} T'S_j
-        if reml and p:
-            QC = Q @ C1
-            Zr = QC @ coef
-            GL = QC[:, :, :p] @ np.ascontiguousarray(LXi.T)   # G_j R_X^{-1}
-            GLf = GL.transpose(1, 0, 2).reshape(lay.k, -1)
-            H = H - Tt @ (GLf @ GLf.T)
-        else:
-            Zr = (Q @ r[:, :, None])[:, :, 0]
-        denom = (n - p) if reml else n
-        # d pwrss reads sum_j (Z_j'r) u_j' at (r_e, c_e): its transpose at (c_e, r_e)
-        K = 2.0 * H - (2.0 * denom / pwrss) * (u.T @ Zr)
-        return K[lay.cols, lay.rows]
+        p = cp.p
+        t0, t1, t2 = np.asarray(theta, float)[:3].tolist()
+        A = np.array([[t0 * t0, 2.0 * t0 * t1, t1 * t1],
+                      [0.0, t0 * t2, t1 * t2],
+                      [0.0, 0.0, t2 * t2]]) @ self.s_rows
+        A[0] += 1.0
+        A[2] += 1.0                                   # rows (A00, A10, A11)
+        det = A[0] * A[2] - A[1] * A[1]
+        inv = A[::-1] / det
+        inv[1] *= -1.0                                # rows of A^{-1}: (A11, -A10, A00) / det
+        B = np.array([[t0 * t0, 0.0, 0.0],
+                      [t0 * t1, t0 * t2, 0.0],
+                      [t1 * t1, 2.0 * t1 * t2, t2 * t2]]) @ inv
+        M = cp.M0 - (B.ravel() @ self.products).reshape(p + 1, p + 1)
+        logdet = float(np.log(det).sum())
+        LM = _chol_or_none(M)
+        if LM is None or not math.isfinite(logdet):
+            return None
+        return _PairFactor(np.array([[t0, 0.0], [t1, t2]]), inv, logdet, LM)
+
+    def gradient(self, f: _PairFactor, reml: bool):
+        rows = f.inverse_rows
+        Ainv = np.empty((rows.shape[1], 2, 2))
+        Ainv[:, 0, 0] = rows[0]
+        Ainv[:, 1, 0] = Ainv[:, 0, 1] = rows[1]
+        Ainv[:, 1, 1] = rows[2]
+        return _one_term_gradient(self.cp, f.T, Ainv, f.LM, reml)
 
 
 def _diag_block_sums(P_lower, offset, lay):
@@ -1033,22 +1121,29 @@ def blocked_gradient(cp: CrossProducts, f: Factor, reml: bool):
 
 
 def representation(cp: CrossProducts, kind: str | None = None):
-    """The factor representation for ``cp``: ``"one_term"``, ``"blocked"`` or ``"dense"``.
+    """The factor representation for ``cp``: ``"one_term"``, ``"two_column"``,
+    ``"blocked"`` or ``"dense"``.
 
-    ``None`` chooses as the optimiser does: one term -> :class:`OneTerm`; several terms
-    with at most ``DENSE_Q_MAX`` random effects -> :class:`Dense`; else :class:`Blocked`.
+    ``None`` chooses as the optimiser does: one term of two columns ->
+    :class:`TwoColumnTerm` (unless its product table would pass ``PAIR_PRODUCTS_MAX``);
+    any other single term -> :class:`OneTerm`; several terms with at most
+    ``DENSE_Q_MAX`` random effects -> :class:`Dense`; else :class:`Blocked`.
     """
     if kind is None:
         if not cp.rest:
-            kind = "one_term"
+            kind = "two_column" if TwoColumnTerm.applies(cp) else "one_term"
         elif cp.q1 + cp.q2 <= DENSE_Q_MAX:
             kind = "dense"
         else:
             kind = "blocked"
-    if kind != "dense" and (kind == "one_term") == bool(cp.rest):
+    if kind == "two_column" and not TwoColumnTerm.applies(cp):
+        raise ValueError("the two_column representation does not apply: it needs one "
+                         "random term of two columns")
+    if kind in ("one_term", "blocked") and (kind == "one_term") == bool(cp.rest):
         raise ValueError(f"the {kind} representation does not apply: it needs "
                          f"{'one random term' if kind == 'one_term' else 'several terms'}")
-    return {"one_term": OneTerm, "blocked": Blocked, "dense": Dense}[kind](cp)
+    return {"one_term": OneTerm, "two_column": TwoColumnTerm, "blocked": Blocked,
+            "dense": Dense}[kind](cp)
 
 
 class ProfiledDeviance:
@@ -1116,16 +1211,15 @@ class ProfiledDeviance:
     def solution(self, theta) -> "Solution":
         """The penalised least-squares :class:`Solution` at ``theta`` (:func:`solve`).
 
-        When the representation's factor is the blocked one (one term, or the blocked
-        representation) and ``theta`` is the point just evaluated, as at the end of an
-        optimisation, that factor is reused instead of computed again.
+        When ``theta`` is the point just evaluated, as at the end of an optimisation, and
+        the representation's factor is the blocked one (:class:`OneTerm`,
+        :class:`Blocked`), that factor is reused instead of computed again.
         """
+        theta = np.array(theta, dtype=float)
+        last = self._last
         factor = None
-        if isinstance(self.rep, (OneTerm, Blocked)):
-            last = self._last
-            theta = np.array(theta, dtype=float)
-            if last is not None and last[0] == theta.tobytes():
-                factor = last[1]
+        if last is not None and isinstance(last[1], Factor) and last[0] == theta.tobytes():
+            factor = last[1]
         return solve(self.cp, theta, self.reml, factor=factor)
 
 

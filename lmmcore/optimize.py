@@ -43,9 +43,21 @@ SINGULAR_MESSAGE = "boundary (singular) fit: see help('isSingular')"
 
 
 _BLAS_LOCK = threading.Lock()
-_BLAS_CONTROLLER = None
+_BLAS_LIBRARIES = None   # threadpoolctl's controllers of the loaded BLAS libraries
 _blas_depth = 0          # open one_blas_thread() contexts, over every thread
-_blas_limiter = None     # threadpoolctl's limiter while _blas_depth > 0
+_blas_restore = ()       # (library, its thread count) to restore when the last closes
+
+
+def _blas_libraries():
+    global _BLAS_LIBRARIES
+    if _BLAS_LIBRARIES is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _BLAS_LIBRARIES = [lib for lib in ThreadpoolController().lib_controllers
+                               if lib.user_api == "blas"]
+        except Exception:  # threadpoolctl missing or unusable: the default threads
+            _BLAS_LIBRARIES = []
+    return _BLAS_LIBRARIES
 
 
 @contextlib.contextmanager
@@ -59,27 +71,31 @@ def one_blas_thread():
     The thread count is a process-wide setting: the first context to open sets it and
     the last to close restores it, so nested contexts (a refit inside a bootstrap loop,
     the optimiser inside a fit) cost a counter, and a session's fit does not restore
-    the threads under another session's.
+    the threads under another session's.  The libraries are found once (threadpoolctl)
+    and set directly: its ``limit()`` looks them up again on every call, 8 us a refit.
     """
-    global _BLAS_CONTROLLER, _blas_depth, _blas_limiter
+    global _blas_depth, _blas_restore
     with _BLAS_LOCK:
         _blas_depth += 1
         if _blas_depth == 1:
             try:
-                if _BLAS_CONTROLLER is None:
-                    from threadpoolctl import ThreadpoolController
-                    _BLAS_CONTROLLER = ThreadpoolController()
-                _blas_limiter = _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
-            except Exception:  # threadpoolctl missing or unusable: the default threads
-                _blas_limiter = None
+                libraries = _blas_libraries()
+                _blas_restore = tuple((lib, lib.get_num_threads()) for lib in libraries)
+                for lib, threads in _blas_restore:
+                    if threads != 1:
+                        lib.set_num_threads(1)
+            except Exception:  # a library that refuses: run with its threads
+                _blas_restore = ()
     try:
         yield
     finally:
         with _BLAS_LOCK:
             _blas_depth -= 1
-            if _blas_depth == 0 and _blas_limiter is not None:
-                limiter, _blas_limiter = _blas_limiter, None
-                limiter.restore_original_limits()
+            if _blas_depth == 0:
+                for lib, threads in _blas_restore:
+                    if threads != 1:
+                        lib.set_num_threads(threads)
+                _blas_restore = ()
 
 
 @dataclass(frozen=True)
@@ -322,6 +338,7 @@ def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None, 
     # the inverse B = H^{-1} is updated (no linear solve per step); H itself is formed
     # only when returned
     n = x.size
+    log_index = [] if log_scale is None else np.flatnonzero(log_scale).tolist()
     B = np.eye(n) / max(math.sqrt(float(g @ g)), 1e-8) if first else np.linalg.inv(H0)
     for _ in range(max_iter):
         p = -(B @ g)
@@ -329,10 +346,11 @@ def _bfgs(value, value_and_gradient, x0, f0, g0, max_iter=500, zero_probe=None, 
         tol = DECREMENT_TOL * (1.0 + abs(f))
         if decrement <= tol:
             return x, f, g, np.linalg.inv(B), True, "predicted decrease below tolerance"
-        abs_p = np.abs(p)
-        big = abs_p.max() / (2.0 * max(1.0, np.abs(x).max()))
-        if log_scale is not None:
-            big = max(big, abs_p[log_scale].max() / LOG_STEP_CAP)
+        # scalars of a few numbers: Python's max beats numpy's reductions' overhead
+        abs_p = [abs(v) for v in p.tolist()]
+        big = max(abs_p) / (2.0 * max(1.0, max(map(abs, x.tolist()))))
+        if log_index:
+            big = max(big, max(abs_p[i] for i in log_index) / LOG_STEP_CAP)
         if big > 1.0:
             # a step far beyond the scale of theta comes from a poor early Hessian: shorten
             p = p / big

@@ -53,7 +53,8 @@ def _central_differences(dev, theta, h=1e-6):
 @pytest.mark.parametrize("name", sorted(DESIGNS))
 def test_every_representation_equals_the_dense_reference(name, reml):
     cp = dv.cross_products(DESIGNS[name])
-    kinds = ["blocked"] if cp.rest else ["one_term"]
+    kinds = ["blocked"] if cp.rest else ["one_term"] + (
+        ["two_column"] if dv.TwoColumnTerm.applies(cp) else [])
     ref = dv.ProfiledDeviance(cp, reml, "dense")
     for i, theta in enumerate(_thetas(cp, seed=len(name))):
         v_ref, g_ref = ref.value_and_gradient(theta)
@@ -96,9 +97,17 @@ def test_schur_pattern_equals_plain_sparse_products(reml):
                                rtol=1e-5, atol=1e-4)
 
 
-def test_representation_is_chosen_by_size():
-    assert isinstance(dv.ProfiledDeviance(dv.cross_products(DESIGNS["sleepstudy_slope"]), True).rep,
-                      dv.OneTerm)
+def test_representation_is_chosen_by_size(monkeypatch):
+    slope = dv.cross_products(DESIGNS["sleepstudy_slope"])
+    assert isinstance(dv.ProfiledDeviance(slope, True).rep, dv.TwoColumnTerm)
+    assert isinstance(dv.ProfiledDeviance(dv.cross_products(DESIGNS["sleepstudy_intercept"]),
+                                          True).rep, dv.OneTerm)
+    # a two-column term whose product table would be too large keeps the blocked factor
+    monkeypatch.setattr(dv, "PAIR_PRODUCTS_MAX", 3 * 18 * 9 - 1)
+    assert isinstance(dv.ProfiledDeviance(slope, True).rep, dv.OneTerm)
+    monkeypatch.undo()
+    with pytest.raises(ValueError):
+        dv.representation(dv.cross_products(DESIGNS["sleepstudy_intercept"]), "two_column")
     assert isinstance(dv.ProfiledDeviance(dv.cross_products(DESIGNS["penicillin_crossed"]), True).rep,
                       dv.Dense)
     with pytest.raises(ValueError):
