@@ -1211,14 +1211,18 @@ class ProfiledDeviance:
     def solution(self, theta) -> "Solution":
         """The penalised least-squares :class:`Solution` at ``theta`` (:func:`solve`).
 
-        When ``theta`` is the point just evaluated, as at the end of an optimisation, and
-        the representation's factor is the blocked one (:class:`OneTerm`,
-        :class:`Blocked`), that factor is reused instead of computed again.
+        When ``theta`` is the point just evaluated, as at the end of an optimisation, its
+        factor is reused (see :func:`solve`) instead of computed again, unless it is the
+        Dense representation's.
         """
         theta = np.array(theta, dtype=float)
         last = self._last
         factor = None
-        if last is not None and isinstance(last[1], Factor) and last[0] == theta.tobytes():
+        # not the Dense representation's: its q x q Cholesky differs from the blocked
+        # factor by up to 1e-12 relative (Pastes), where TwoColumnTerm's agrees to 4e-14
+        # (sleepstudy); a dense model is small, its blocked factor cheap
+        if (last is not None and last[1] is not None and not isinstance(last[1], DenseFactor)
+                and last[0] == theta.tobytes()):
             factor = last[1]
         return solve(self.cp, theta, self.reml, factor=factor)
 
@@ -1235,17 +1239,12 @@ def objective(cp: CrossProducts, theta, reml: bool = True) -> float:
 # ---------------------------------------------------------------------------
 # The solution at the optimum
 
-@dataclass(frozen=True)
 class Solution:
     """Penalised least squares at one theta (lme4's state after the last devfun call).
 
     Attributes
     ----------
     theta, beta : ndarray
-    u : tuple of ndarray
-        Spherical random effects per term (lme4's order), shape (m, k).
-    b : tuple of ndarray
-        Random effects ``Lambda u`` per term, shape (m, k).
     pwrss : float
         Penalised weighted residual sum of squares.
     sigma : float
@@ -1254,20 +1253,57 @@ class Solution:
     logdet_L2, logdet_RX2 : float
     RX : ndarray (p, p)
         Upper triangular, R_X'R_X = X'X - R_ZX'R_ZX; vcov(beta) = sigma^2 (R_X'R_X)^{-1}.
+    u : tuple of ndarray
+        Spherical random effects per term (lme4's order), shape (m, k).
+    b : tuple of ndarray
+        Random effects ``Lambda u`` per term, shape (m, k).
     factor : Factor
+        The blocked factor at theta.
+
+    The fixed-effect part comes from the factor of [X y]'s Schur complement alone; ``u``,
+    ``b`` and the blocked ``factor`` are computed when first read (a bootstrap refit
+    reads theta, sigma and beta only, and the optimiser's last factor may be another
+    representation's).
     """
 
-    theta: np.ndarray
-    beta: np.ndarray
-    u: tuple
-    b: tuple
-    pwrss: float
-    sigma: float
-    objective: float
-    logdet_L2: float
-    logdet_RX2: float
-    RX: np.ndarray
-    factor: Factor
+    def __init__(self, cp: CrossProducts, theta, reml: bool, LM: np.ndarray, logdet: float,
+                 factor: Factor | None = None):
+        n, p = cp.n, cp.p
+        self._cp, self._factor = cp, factor
+        self.theta = np.asarray(theta, float).copy()
+        self.beta, self.pwrss = fixed_effects(LM, p)
+        self.sigma = float(np.sqrt(self.pwrss / ((n - p) if reml else n)))
+        self.objective = profiled_criterion(logdet, LM, n, p, reml)
+        self.logdet_L2 = logdet
+        LX = LM[:p, :p]
+        self.logdet_RX2 = 2.0 * float(np.log(LX.diagonal()).sum()) if p else 0.0
+        self.RX = np.ascontiguousarray(LX.T)
+
+    @functools.cached_property
+    def factor(self) -> Factor:
+        return self._factor if self._factor is not None else factorize(self._cp, self.theta)
+
+    @functools.cached_property
+    def _effects(self) -> tuple:
+        cp, f = self._cp, self.factor
+        u1, u2 = _spherical_effects(cp, f, self.beta)
+        b1, b2 = _lambda_times(cp, f, u1, u2)
+        us, bs = [None] * len(cp.layouts), [None] * len(cp.layouts)
+        us[cp.lead], bs[cp.lead] = u1[:, :, 0], b1[:, :, 0]
+        for i, off in zip(cp.rest, cp.rest_offsets):
+            lay = cp.layouts[i]
+            sl = slice(off, off + lay.k * lay.m)
+            us[i] = u2[sl, 0].reshape(lay.m, lay.k)
+            bs[i] = b2[sl, 0].reshape(lay.m, lay.k)
+        return tuple(us), tuple(bs)
+
+    @property
+    def u(self) -> tuple:
+        return self._effects[0]
+
+    @property
+    def b(self) -> tuple:
+        return self._effects[1]
 
     def unscaled_vcov(self) -> np.ndarray:
         """(R_X'R_X)^{-1}: vcov(beta) / sigma^2."""
@@ -1276,31 +1312,17 @@ class Solution:
         return Ri @ Ri.T
 
 
-def solve(cp: CrossProducts, theta, reml: bool = True, factor: Factor | None = None) -> Solution:
+def solve(cp: CrossProducts, theta, reml: bool = True, factor=None) -> Solution:
     """Solve the penalised least-squares problem at ``theta`` (beta, u, b, sigma...).
 
-    ``factor``: the blocked factor at ``theta`` when the caller has it (not checked).
+    ``factor``: a representation's factor at ``theta`` when the caller has it (not
+    checked): its ``LM`` and ``logdet`` give the fixed effects at once, and a blocked
+    :class:`Factor` is kept for ``u`` and ``b``.
     """
-    f = factorize(cp, theta) if factor is None else factor
-    n, p = cp.n, cp.p
-    beta, pwrss = fixed_effects(f.LM, p)
-    u1, u2 = _spherical_effects(cp, f, beta)
-    b1, b2 = _lambda_times(cp, f, u1, u2)
-    us, bs = [None] * len(cp.layouts), [None] * len(cp.layouts)
-    us[cp.lead], bs[cp.lead] = u1[:, :, 0], b1[:, :, 0]
-    for i, off in zip(cp.rest, cp.rest_offsets):
-        lay = cp.layouts[i]
-        sl = slice(off, off + lay.k * lay.m)
-        us[i] = u2[sl, 0].reshape(lay.m, lay.k)
-        bs[i] = b2[sl, 0].reshape(lay.m, lay.k)
-    LX = f.LM[:p, :p]
-    return Solution(
-        theta=np.asarray(theta, float).copy(), beta=beta, u=tuple(us), b=tuple(bs),
-        pwrss=pwrss, sigma=float(np.sqrt(pwrss / ((n - p) if reml else n))),
-        objective=profiled_criterion(f.logdet, f.LM, n, p, reml), logdet_L2=f.logdet,
-        logdet_RX2=2.0 * float(np.log(np.diagonal(LX)).sum()) if p else 0.0,
-        RX=np.ascontiguousarray(LX.T), factor=f,
-    )
+    if factor is None:
+        factor = factorize(cp, theta)
+    return Solution(cp, theta, reml, factor.LM, factor.logdet,
+                    factor if isinstance(factor, Factor) else None)
 
 
 def conditional_variances(cp: CrossProducts, f: Factor) -> tuple:
