@@ -147,3 +147,26 @@ def test_new_response_replaces_only_the_response_blocks():
     for field in ("C1", "C2", "M0"):
         np.testing.assert_allclose(getattr(new, field), getattr(fresh, field), rtol=1e-12,
                                    atol=1e-12)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_solution_from_any_factor_equals_the_blocked_solution(reml):
+    """solve() from the optimiser's last factor (two-column or blocked) gives the blocked
+    factor's solution; u and b come from the blocked factor when first read."""
+    cp = dv.cross_products(DESIGNS["sleepstudy_slope"])
+    theta = np.array([0.9, 0.05, 0.2])
+    ref = dv.solve(cp, theta, reml)
+    for kind in ("two_column", "one_term"):
+        dev = dv.ProfiledDeviance(cp, reml, kind)
+        dev(theta)
+        sol = dev.solution(theta)
+        if kind == "two_column":
+            assert sol._factor is None                 # the blocked factor waits for u, b
+        else:
+            assert sol._factor is dev.factor(theta)    # the optimiser's factor, reused
+        assert sol.objective == pytest.approx(ref.objective, rel=1e-13)
+        np.testing.assert_allclose(sol.beta, ref.beta, rtol=1e-11)
+        assert sol.sigma == pytest.approx(ref.sigma, rel=1e-12)
+        np.testing.assert_allclose(sol.RX, ref.RX, rtol=1e-11)
+        for a, b in zip(sol.u + sol.b, ref.u + ref.b):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)

@@ -183,3 +183,38 @@ def test_fixed_theta_elements_for_a_profile():
     assert theta[1] == 0.0 and value >= fit.objective
     with pytest.raises(ValueError):
         minimize_theta(dev, space, fixed={2: -0.5})
+
+
+def test_one_blas_thread_nests_and_restores_the_thread_count():
+    """The outermost context sets BLAS to one thread and the last to close restores it,
+    from any thread: a session's fit must not restore the threads under another's."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from lmmcore.optimize import one_blas_thread
+
+    def blas_threads():
+        return sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+
+    before = blas_threads()
+    inside, other_open, other_done = [], threading.Event(), threading.Event()
+
+    def other_session():
+        with one_blas_thread():
+            other_open.set()
+            other_done.wait(5)
+
+    with one_blas_thread():
+        inside.append(blas_threads())
+        with one_blas_thread():
+            inside.append(blas_threads())
+        inside.append(blas_threads())
+        worker = threading.Thread(target=other_session)
+        worker.start()
+        other_open.wait(5)
+    inside.append(blas_threads())              # the other session's context is still open
+    other_done.set()
+    worker.join(5)
+    assert inside == [[1]] * 4 or not before   # (no BLAS found: nothing to set)
+    assert blas_threads() == before

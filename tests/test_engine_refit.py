@@ -55,6 +55,10 @@ def test_refit_on_a_simulated_response_equals_a_fresh_fit(name, seed):
     assert new.is_singular == fresh.is_singular and new.converged == fresh.converged
     np.testing.assert_array_equal(new.design.y, y)
     np.testing.assert_allclose(new.residuals + new.fitted, y)
+    # the random effects, computed when first read from the refit's solution
+    for g, re in fresh.ranef.items():
+        np.testing.assert_allclose(new.ranef[g].to_numpy(), re.to_numpy(), rtol=1e-4,
+                                   atol=1e-4 * max(1.0, float(np.abs(re.to_numpy()).max())))
 
 
 def test_refit_with_a_series_and_ml():
