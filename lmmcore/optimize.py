@@ -73,6 +73,12 @@ def one_blas_thread():
     the optimiser inside a fit) cost a counter, and a session's fit does not restore
     the threads under another session's.  The libraries are found once (threadpoolctl)
     and set directly: its ``limit()`` looks them up again on every call, 8 us a refit.
+
+    OpenBLAS ignores a raise of its thread count asked from a thread other than the
+    main one (measured: set to 1, then 2 from a worker thread, it stays 1).  So on the
+    server, whose sessions run in script threads, BLAS keeps one thread after the first
+    fit, as it did with threadpoolctl's ``limit()``; on the main thread (a script, the
+    bench) the count is restored.
     """
     global _blas_depth, _blas_restore
     with _BLAS_LOCK:
