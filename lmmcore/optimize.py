@@ -497,11 +497,13 @@ def _minimize(fun, space: ThetaSpace, theta0, hessian0):
         return value_only(theta_of(z))
 
     z_probe = math.asinh(ZERO_PROBE / SINH_SCALE)
+    diagonal_index = np.flatnonzero(diagonal).tolist()
 
     def zero_probe(z_old, z_new):
         """z_new with diagonal elements set to 0 that fell by a quarter or more to below
         ZERO_PROBE in theta; None when there are none."""
-        if not (diagonal & (np.abs(z_new) < z_probe)).any():
+        z_list = z_new.tolist()                     # (Python on a few numbers: cheaper)
+        if all(abs(z_list[i]) >= z_probe for i in diagonal_index):
             return None
         t_old, t_new = np.abs(theta_of(z_old)), np.abs(theta_of(z_new))
         falling = diagonal & (t_new < ZERO_PROBE) & (t_new < 0.75 * t_old) & (z_new != 0)
