@@ -37,3 +37,19 @@ def test_numbers_only_levels_sort_as_numbers():
     design = build_design("y ~ g + (1 | s)", pd.DataFrame(
         {"y": np.arange(12.0) ** 1.5, "g": ["10", "9", "1"] * 4, "s": list("aabbccddeeff")}))
     assert design.fixed_names == ("(Intercept)", "g9", "g10")
+
+
+def test_labels_of_one_case_sort_by_code_point_as_by_the_collation_key():
+    """design's fast path: ASCII digits and letters of one case sort the same either way."""
+    import random
+
+    from lmmcore.design import _sorted_labels
+
+    rng = random.Random(5)
+    for alphabet in ("0123456789abcdefz", "0123456789ABCDEFZ", "ab"):
+        labels = list({"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4)))
+                       for _ in range(300)})
+        assert _sorted_labels(labels) == sorted(labels, key=collation_key)
+    # mixed case and punctuation take the collation key: a A b B, not A B a b
+    assert _sorted_labels(["b", "A", "a", "B"]) == ["a", "A", "b", "B"]
+    assert _sorted_labels(["g_2", "g-1", "g1"]) == sorted(["g_2", "g-1", "g1"], key=collation_key)
