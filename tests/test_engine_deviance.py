@@ -150,6 +150,23 @@ def test_new_response_replaces_only_the_response_blocks():
 
 
 @pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("name", ["sleepstudy_slope", "chickweight", "orthodont"])
+def test_two_column_gradient_on_rows_equals_the_batched_one(name, reml, monkeypatch):
+    """TwoColumnTerm's gradient on rows (used from ROW_GRADIENT_MIN_LEVELS levels) equals
+    the batched one at thetas inside and outside the bounds and with a zero diagonal."""
+    cp = dv.cross_products(DESIGNS[name])
+    rep = dv.TwoColumnTerm(cp)
+    assert cp.layouts[0].m < dv.ROW_GRADIENT_MIN_LEVELS
+    for theta in _thetas(cp, seed=11):
+        f = rep.factor(theta)
+        batched = rep.gradient(f, reml)
+        monkeypatch.setattr(dv, "ROW_GRADIENT_MIN_LEVELS", 1)
+        rows = rep.gradient(f, reml)
+        monkeypatch.undo()
+        np.testing.assert_allclose(rows, batched, rtol=1e-9, atol=1e-9 * np.abs(batched).max())
+
+
+@pytest.mark.parametrize("reml", [True, False])
 def test_solution_from_any_factor_equals_the_blocked_solution(reml):
     """solve() from the optimiser's last factor (two-column or blocked) gives the blocked
     factor's solution; u and b come from the blocked factor when first read."""
