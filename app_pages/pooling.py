@@ -109,8 +109,13 @@ MANY_NOTES = 5
 
 
 def _notes(est) -> None:
-    """Why a group has no no-pooling estimate: one line each, or one box for many."""
+    """Why a group has no no-pooling estimate: one line each, or one box for many; a note
+    that groups with their own estimate share (a slope the model cannot estimate) once."""
     notes = est.notes
+    own = est.own_estimate.reindex(notes.index).fillna(False).to_numpy(dtype=bool)
+    for note in dict.fromkeys(notes[own]):
+        st.info(md(note))
+    notes = notes[~own]
     if len(notes) > MANY_NOTES:
         with st.expander(f"{len(notes)} of {len(est.groups)} groups of {md(est.group)} cannot give their own "
                          "estimate: why", icon=":material/info:"):

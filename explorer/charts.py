@@ -216,11 +216,17 @@ def _method_curves(estimates, methods, x0: float, x1: float, link_scale: bool = 
         out[method] = {}
         for g in rows.index:
             a, b = float(rows.at[g, "intercept"]), float(rows.at[g, "slope"])
+            # random intercepts whose common slope the model cannot estimate (R: NA, the
+            # predictor aliased with the groups): R's predict() leaves the NA term out, so
+            # each group's own estimate is a flat line
+            aliased = estimates.random == "intercept" and math.isnan(b) and math.isfinite(a)
+            drawn_b = 0.0 if aliased else b
             if inverse is None:
-                xs, ys = _line(a, b, x0, x1)
+                xs, ys = _line(a, drawn_b, x0, x1)
             else:
                 xs = np.linspace(x0, x1, CURVE_POINTS)
-                ys = inverse(a + b * xs) if np.isfinite([a, b]).all() else np.full(CURVE_POINTS, np.nan)
+                ys = (inverse(a + drawn_b * xs) if np.isfinite([a, drawn_b]).all()
+                      else np.full(CURVE_POINTS, np.nan))
                 xs, ys = xs.tolist(), ys.tolist()
             out[method][g] = (xs, ys, [[a, b, g]] * len(xs))
     return out

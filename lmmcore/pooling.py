@@ -447,6 +447,11 @@ def pooling_estimates(data: pd.DataFrame, response: str, predictor: str | None, 
       common slope (the pooled within-group slope);
     * ``"slope"``: ``lm(response ~ predictor:group)``: one common intercept, group slopes.
 
+    With ``"intercept"`` and a predictor constant within every group (a property of the
+    group), the common slope is aliased with the groups' intercepts: as in R, its
+    estimate is NaN (R: NA) and each group's intercept is the model's without it (the
+    group's mean; for a glm, its own intercept-only glm), every group noting why.
+
     These least-squares fits are computed in closed form from per-group sums (no loop
     of model fits).  A group whose data cannot give an estimate (one observation, or no
     variation in the predictor) gets NaN, never 0.  Partial pooling is ``coef()`` of
@@ -606,7 +611,6 @@ def _glm_pooling(d, response, predictor, group, random, formulas, family) -> Poo
     else:
         Xn, cols = np.hstack([np.ones((len(y), 1)), onehot * x[:, None]]), (np.zeros(m, int), 1 + groups_)
     notes = np.array([""] * m, dtype=object)
-    no_int, no_slope = np.full(m, np.nan), np.full(m, np.nan)
     common_slope_lost = False
     if x is not None and random == "intercept":
         xbar = np.bincount(codes, weights=x, minlength=m) / n_g
@@ -614,30 +618,33 @@ def _glm_pooling(d, response, predictor, group, random, formulas, family) -> Poo
         # x is a property of the group: the common slope is not identified (R: NA)
         common_slope_lost = within <= 1e-12 * max(float(np.sum(x * x)), np.finfo(float).tiny)
     if common_slope_lost:
-        notes[:] = (f"{predictor} does not vary within any group: the common slope of the "
-                    "no-pooling model cannot be estimated")
-    else:
-        # Rows fitted exactly only at infinite coefficients are left out; the coefficients
-        # the other rows identify are the finite estimates, the others have none.
-        separated = separated_rows(fam, Xn, y, weights)
-        kept = ~separated & (weights > 0)
-        finite = estimable_columns(Xn, kept)
-        beta = np.full(Xn.shape[1], np.nan)
-        if kept.any():
-            beta = fit_glm(fam, Xn[kept], y[kept], weights[kept])[0]
-        beta = np.where(finite, beta, np.nan)
-        no_int = beta[cols[0]]
-        no_slope = beta[cols[1]] if cols[1] is not None else np.full(m, np.nan)
-        varying = [cols[0] if random != "slope" else None, cols[1] if random != "intercept" else None]
-        for j in range(m):
-            lost = any(c is not None and not finite[c[j]] for c in varying)
-            if lost:
-                notes[j] = _glm_note(fam, predictor, random, x, y, trials, codes == j, separated)
+        # as R's glm(y ~ 0 + group + x): x is aliased with the groups, its coefficient NA;
+        # the groups' intercepts are those of the model without it
+        Xn, cols = onehot, (groups_, None)
+    # Rows fitted exactly only at infinite coefficients are left out; the coefficients
+    # the other rows identify are the finite estimates, the others have none.
+    separated = separated_rows(fam, Xn, y, weights)
+    kept = ~separated & (weights > 0)
+    finite = estimable_columns(Xn, kept)
+    beta = np.full(Xn.shape[1], np.nan)
+    if kept.any():
+        beta = fit_glm(fam, Xn[kept], y[kept], weights[kept])[0]
+    beta = np.where(finite, beta, np.nan)
+    no_int = beta[cols[0]]
+    no_slope = beta[cols[1]] if cols[1] is not None else np.full(m, np.nan)
+    varying = [cols[0] if random != "slope" else None, cols[1] if random != "intercept" else None]
+    for j in range(m):
+        lost = any(c is not None and not finite[c[j]] for c in varying)
+        if lost:
+            notes[j] = _glm_note(fam, predictor, random, x, y, trials, codes == j, separated)
     for j in np.flatnonzero(notes != ""):
         # no partial answers: a group without its own estimate shows none
         no_int[j] = np.nan
         if x is not None and random != "intercept":
             no_slope[j] = np.nan
+    if common_slope_lost:
+        no_slope[:] = np.nan
+        notes[notes == ""] = _slope_aliased_note(predictor)
     formulas = dict(formulas)
     formulas["complete"] = f"glm({formulas['complete']}, family = {fam.name})"
     formulas["no"] = f"glm({formulas['no']}, family = {fam.name})"
@@ -646,6 +653,14 @@ def _glm_pooling(d, response, predictor, group, random, formulas, family) -> Poo
     return PoolingEstimates(table=table, fit=fit, formulas=formulas,
                             response=response, predictor=predictor, group=group, random=random,
                             family=fam.name)
+
+
+def _slope_aliased_note(predictor) -> str:
+    """The note of every group when the predictor is constant within each group (random
+    intercepts): the no-pooling model's common slope is aliased with the groups."""
+    return (f"{predictor} does not vary within any group: the common slope of the no-pooling "
+            "model cannot be estimated (R: NA), so each group's own estimate is its intercept "
+            "alone, drawn flat")
 
 
 def _glm_note(fam, predictor, random, x, y, trials, rows, separated) -> str:
@@ -788,9 +803,10 @@ def _no_pooling(x, y, codes, n_g, random, predictor):
     if random == "intercept":
         total_cxx = cxx[~flat].sum()
         if total_cxx <= 1e-12 * max(sxx.sum(), np.finfo(float).tiny):
-            notes[:] = (f"{predictor} does not vary within any group: the common slope of the "
-                        "no-pooling model cannot be estimated")
-            return np.full(m, np.nan), np.full(m, np.nan), notes
+            # as R's lm(y ~ 0 + group + x): x is aliased with the groups, its coefficient
+            # NA; each group's intercept is then its mean
+            notes[:] = _slope_aliased_note(predictor)
+            return ybar, np.full(m, np.nan), notes
         b = cxy[~flat].sum() / total_cxx
         return ybar - b * xbar, np.full(m, b), notes
     # random == "slope": y = a + b_g x, one intercept a (normal equations solved for a).

@@ -240,10 +240,21 @@ def test_pooling_estimates_binary_and_counts_against_glm():
                                        family="poisson")
     assert np.allclose(counts.method("complete").iloc[0][["intercept", "slope"]].to_numpy(float),
                        ref["grouse_complete"], rtol=1e-8)
-    # cHEIGHT is a property of the location: R's glm gives NA for its no-pooling slope
+    # cHEIGHT is a property of the location: R's glm gives NA for its no-pooling slope and
+    # each location's intercept of the model without it
     assert ref["grouse_no"]["cHEIGHT"] == "NA"
-    assert counts.method("no")["slope"].isna().all()
-    assert counts.notes.str.contains("does not vary within any group").all()
+    no = counts.method("no")
+    assert no["slope"].isna().all()
+    r_glm = pd.Series({k[len("LOCATION"):]: v for k, v in ref["grouse_no"].items()
+                       if k.startswith("LOCATION")}, dtype=float)
+    own = no["intercept"].notna()
+    assert own.sum() == 55 and counts.own_estimate.sum() == 55
+    np.testing.assert_allclose(no["intercept"][own], r_glm[no.index[own]], rtol=1e-9, atol=1e-12)
+    # all counts 0: R's glm stops at a large negative number, we give none and say why
+    assert (r_glm[no.index[~own]] < -10).all()
+    notes = counts.notes
+    assert notes[own[own].index].str.contains("does not vary within any group").all()
+    assert notes[own[~own].index].str.contains("counts are 0").all()
     import pickle
     assert pickle.loads(pickle.dumps(counts)).family == "poisson"
 

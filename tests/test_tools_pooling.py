@@ -111,6 +111,23 @@ def test_no_variation_in_predictor_is_nan_not_zero(sleep):
     assert "same Days value" in row["note"]
 
 
+def test_predictor_constant_within_every_group_is_aliased_as_in_r(sleep):
+    """R's lm(y ~ 0 + group + x) with x a property of the group: x's coefficient is NA and
+    each group's intercept is its mean (the model without x)."""
+    d = sleep.copy()
+    codes = d["Subject"].astype("category").cat.codes
+    d["dose"] = (codes % 3).astype(float)              # one value per subject
+    est = pooling_estimates(d, "Reaction", "dose", "Subject", random="intercept")
+    no = est.method("no")
+    means = d.groupby(d["Subject"].astype(str))["Reaction"].mean()
+    np.testing.assert_allclose(no["intercept"], means[no.index], rtol=1e-12)
+    assert no["slope"].isna().all() and est.own_estimate.all()
+    assert est.notes.str.contains("does not vary within any group").all()
+    # complete and partial pooling still estimate the slope (it varies between groups)
+    assert np.isfinite(est.method("complete")["slope"]).all()
+    assert np.isfinite(est.method("partial")["slope"]).all()
+
+
 def test_shrinkage_sd_partial_smaller(fake_estimates):
     sd = shrinkage_sd(fake_estimates["intercept+slope"])
     assert list(sd.index) == ["no", "partial"] and list(sd.columns) == ["intercept", "slope"]
