@@ -260,20 +260,20 @@ def _plots(f: Fitted) -> None:
         panels["lmer (partial pooling)"] = (mixed.fitted, mixed.fitted + mixed.residuals, mixed.residuals)
     drawn = f.fit_key + (tuple(panels), response, lecture)
     charts.explained("**Observed vs fitted**: points on the dashed line are explained by the model.", lecture,
-               lambda: charts.show_cached(("fitted_pairs", "observed") + drawn,
-                                          lambda: charts.fitted_pairs(panels, "observed", response, lecture),
-                                          S.MODEL_CHART_OBSERVED, "observed_vs_fitted"))
+                     lambda: charts.show_cached(("fitted_pairs", "observed") + drawn,
+                                                lambda: charts.fitted_pairs(panels, "observed", response, lecture),
+                                                S.MODEL_CHART_OBSERVED, "observed_vs_fitted"))
     charts.explained("**Residuals vs fitted**: what is left over.", lecture,
-               lambda: charts.show_cached(("fitted_pairs", "residuals") + drawn,
-                                          lambda: charts.fitted_pairs(panels, "residuals", response, lecture),
-                                          S.MODEL_CHART_RESIDUALS, "residuals_vs_fitted"))
+                     lambda: charts.show_cached(("fitted_pairs", "residuals") + drawn,
+                                                lambda: charts.fitted_pairs(panels, "residuals", response, lecture),
+                                                S.MODEL_CHART_RESIDUALS, "residuals_vs_fitted"))
     main = mixed if mixed is not None else linear
     c1, c2 = st.columns(2)
     with c1:
         charts.explained("**Normal Q-Q plot of the residuals**" + (" (lmer)" if mixed is not None else " (lm)"), lecture,
-                   lambda: charts.show_cached(("qq",) + drawn,
-                                              lambda: charts.qq_plot(teaching.qq_points(main.residuals), lecture),
-                                              S.MODEL_CHART_QQ, "qq_plot"))
+                         lambda: charts.show_cached(("qq",) + drawn,
+                                                    lambda: charts.qq_plot(teaching.qq_points(main.residuals), lecture),
+                                                    S.MODEL_CHART_QQ, "qq_plot"))
     if mixed is not None:
         with c2:
             groups = list(mixed.ranef)
@@ -281,10 +281,10 @@ def _plots(f: Fitted) -> None:
                 st.session_state[S.MODEL_CAT_GROUP] = groups[0]
             g = st.selectbox("Caterpillar plot of", groups, key=S.MODEL_CAT_GROUP) if len(groups) > 1 else groups[0]
             charts.explained("**Random effects with 95% conditional intervals**", lecture,
-                       lambda: charts.show_cached(("caterpillar", g) + drawn,
-                                                  lambda: charts.caterpillar_plot(teaching.caterpillar(mixed, g),
-                                                                                  g, lecture),
-                                                  S.MODEL_CHART_CATERPILLAR, "caterpillar"))
+                             lambda: charts.show_cached(("caterpillar", g) + drawn,
+                                                        lambda: charts.caterpillar_plot(teaching.caterpillar(mixed, g),
+                                                                                        g, lecture),
+                                                        S.MODEL_CHART_CATERPILLAR, "caterpillar"))
         copies_section(mixed, response, lecture, drawn, "model")
 
 
@@ -414,18 +414,18 @@ def _condition_pictures(f: Fitted, res: dict) -> None:
         teaching.level_order(rows[condition]))}), kind="stable")
     drawn = f.fit_key + (condition, group, lecture)
     charts.explained("**What each model predicts.** The lm has one prediction per condition for everyone; the "
-               f"lmer gives every {md(group)} a line of their own across the two conditions.", lecture,
-               lambda: charts.show_cached(("condition_panels", "predictions") + drawn,
-                                          lambda: charts.condition_panels(table, condition, group, response,
-                                                                          "predictions", lecture),
-                                          S.MODEL_CHART_CONDITION_FIT, "condition_predictions"))
+                     f"lmer gives every {md(group)} a line of their own across the two conditions.", lecture,
+                     lambda: charts.show_cached(("condition_panels", "predictions") + drawn,
+                                                lambda: charts.condition_panels(table, condition, group, response,
+                                                                                "predictions", lecture),
+                                                S.MODEL_CHART_CONDITION_FIT, "condition_predictions"))
     charts.explained(f"**What is left over.** The lm leaves much of the variance (residual SD σ = {linear.sigma:.3g}); "
-               f"the lmer's lines explain almost all of it (σ = {mixed.sigma:.3g}): the differences "
-               f"between {md(group)}s were the variance.", lecture,
-               lambda: charts.show_cached(("condition_panels", "residuals") + drawn,
-                                          lambda: charts.condition_panels(table, condition, group, response,
-                                                                          "residuals", lecture),
-                                          S.MODEL_CHART_CONDITION_RESID, "condition_residuals"))
+                     f"the lmer's lines explain almost all of it (σ = {mixed.sigma:.3g}): the differences "
+                     f"between {md(group)}s were the variance.", lecture,
+                     lambda: charts.show_cached(("condition_panels", "residuals") + drawn,
+                                                lambda: charts.condition_panels(table, condition, group, response,
+                                                                                "residuals", lecture),
+                                                S.MODEL_CHART_CONDITION_RESID, "condition_residuals"))
 
 
 def _reproduce(f: Fitted) -> None:

@@ -293,14 +293,9 @@ def _time_python(peer: str, model: Model, repeats: int, warmup: bool) -> dict:
     fit = FITTERS[peer]
     if warmup:
         fit(model, model.data)
-    times = []
-    objective = theta = evaluations = None
-    with frozen_heap():
-        for _ in range(repeats):
-            gc.collect()  # the previous fit's garbage must not be collected in this timing
-            start = time.perf_counter()
-            objective, theta, evaluations = fit(model, model.data)
-            times.append(time.perf_counter() - start)
+    results = []
+    times = _median_time(lambda: results.append(fit(model, model.data)), repeats)
+    objective, theta, evaluations = results[-1]
     return {"times": times, "median": statistics.median(times), "min": min(times),
             "objective": objective,
             "theta": theta.tolist(), "evaluations": evaluations}
@@ -633,6 +628,8 @@ CV_R_SCRIPT = Path(__file__).resolve().parent / "bench_cv_lme4.R"
 
 
 def _median_time(fn, repeats: int) -> list:
+    """``repeats`` timings of ``fn()`` with the heap frozen, the previous call's garbage
+    collected before each (outside its timing)."""
     times = []
     with frozen_heap():
         for _ in range(repeats):

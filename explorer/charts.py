@@ -204,6 +204,8 @@ def _method_curves(estimates, methods, x0: float, x1: float, link_scale: bool = 
         from lmmcore.glmm import Family
         inverse = Family(estimates.family).linkinv
     out = {}
+    # no pooling's slope aliased with the groups (R: NA): each group's own line is flat
+    flat_no_pooling = not estimates.is_factor and estimates.slope_aliased
     for k, method in enumerate(methods):
         rows = estimates.method(method)
         if estimates.is_factor:
@@ -216,11 +218,7 @@ def _method_curves(estimates, methods, x0: float, x1: float, link_scale: bool = 
         out[method] = {}
         for g in rows.index:
             a, b = float(rows.at[g, "intercept"]), float(rows.at[g, "slope"])
-            # random intercepts whose common slope the model cannot estimate (R: NA, the
-            # predictor aliased with the groups): R's predict() leaves the NA term out, so
-            # each group's own estimate is a flat line
-            aliased = estimates.random == "intercept" and math.isnan(b) and math.isfinite(a)
-            drawn_b = 0.0 if aliased else b
+            drawn_b = 0.0 if method == "no" and flat_no_pooling else b
             if inverse is None:
                 xs, ys = _line(a, drawn_b, x0, x1)
             else:

@@ -93,11 +93,10 @@ def _trials_response(where, df, numeric: list, response: str, predictor, group: 
     options = [S.ONE_TRIAL] + [c for c in numeric if c not in (response, predictor, group)]
     if ss.get(S.POOL_TRIALS) not in options:
         ss[S.POOL_TRIALS] = S.ONE_TRIAL
-    trials = where.selectbox("Out of (trials)", options,
-                          key=S.POOL_TRIALS,
-                          help=f"Several trials a row (e.g. new cases out of a herd's size): {response} "
-                               "counts the successes out of this column, and the response is "
-                               "cbind(successes, trials − successes), as in R.")
+    trials = where.selectbox("Out of (trials)", options, key=S.POOL_TRIALS,
+                             help=f"Several trials a row (e.g. new cases out of a herd's size): {response} "
+                                  "counts the successes out of this column, and the response is "
+                                  "cbind(successes, trials − successes), as in R.")
     if trials == S.ONE_TRIAL:
         return response
     return f"cbind({quote_name(response)}, {quote_name(trials)} - {quote_name(response)})"

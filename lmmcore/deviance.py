@@ -768,6 +768,19 @@ class OneTerm:
         return _one_term_gradient(self.cp, f.T1, _batched_gram(f.L11inv), f.LM, reml)
 
 
+def _fixed_part(LM: np.ndarray, p: int):
+    """``(LXi, coef, pwrss)`` from the factor of [X y]'s Schur complement, for the
+    gradients: ``LXi = R_X'^{-1}``, ``coef = (-beta, 1)`` (so ``Z_j'[X y] coef =
+    Z_j'(y - X beta)``) and pwrss (:func:`fixed_effects` reads the same, without LXi)."""
+    LXi, info = dtrtri(LM[:p, :p], lower=1) if p else (np.zeros((0, 0)), 0)
+    if info != 0:
+        raise np.linalg.LinAlgError("singular R_X")
+    coef = np.empty(p + 1)
+    coef[:p] = -(LXi.T @ LM[p, :p])               # beta = R_X^{-1} c_X
+    coef[p] = 1.0
+    return LXi, coef, float(LM[p, p]) ** 2
+
+
 def _one_term_gradient(cp: CrossProducts, T: np.ndarray, Ainv: np.ndarray, LM: np.ndarray,
                        reml: bool) -> np.ndarray:
     """The gradient of a single random term (:class:`OneTerm`'s formula) from its
@@ -776,13 +789,7 @@ def _one_term_gradient(cp: CrossProducts, T: np.ndarray, Ainv: np.ndarray, LM: n
     lay = cp.layouts[0]
     S, C1 = cp.A11, cp.C1
     Tt = np.ascontiguousarray(T.T)                # batched products run faster contiguous
-    LXi, info = dtrtri(LM[:p, :p], lower=1) if p else (np.zeros((0, 0)), 0)
-    if info != 0:                                 # LXi = R_X'^{-1}
-        raise np.linalg.LinAlgError("singular R_X")
-    coef = np.empty(p + 1)                        # Z_j'[X y] coef = Z_j'(y - X beta)
-    coef[:p] = -(LXi.T @ LM[p, :p])               # beta = R_X^{-1} c_X
-    coef[p] = 1.0
-    pwrss = float(LM[p, p]) ** 2
+    LXi, coef, pwrss = _fixed_part(LM, p)
     W = (S @ T) @ Ainv                            # S_j T A_j^{-1}
     Q = np.eye(lay.k) - W @ Tt
     r = C1 @ coef                                 # Z_j'(y - X beta), (m, k)
@@ -835,7 +842,8 @@ class TwoColumnTerm:
     of ``[X y]``, ``M = [X y]'[X y] - sum_j C_j' B_j C_j`` (``C_j = Z_j'[X y]``), is one
     product of B's rows with a table of the levels' products ``C_j[a]' C_j[b]`` built
     once per response.  The value takes a third of :class:`OneTerm`'s numpy calls,
-    which is what a fit of this size costs; the gradient is :class:`OneTerm`'s.
+    which is what a fit of this size costs.  The gradient is :class:`OneTerm`'s, batched
+    below ``ROW_GRADIENT_MIN_LEVELS`` levels and written out on rows from there.
     """
 
     def __init__(self, cp: CrossProducts):
@@ -895,7 +903,8 @@ class TwoColumnTerm:
 
     def _row_gradient(self, f: _PairFactor, reml: bool):
         """:class:`OneTerm`'s gradient written out for 2 x 2 blocks, on rows of length m
-        (elementwise products instead of batched 2 x 2 products).  With ``S_j = [[a0, a1], [a1, a2]]``, ``A_j^{-1} = [[x0, x1], [x1, x2]]``,
+        (elementwise products instead of batched 2 x 2 products).  With
+        ``S_j = [[a0, a1], [a1, a2]]``, ``A_j^{-1} = [[x0, x1], [x1, x2]]``,
         ``B_j = T A_j^{-1} T' = [[b0, b1], [b1, b2]]`` and ``T = [[t0, 0], [t1, t2]]``:
 
             sum_j A_j^{-1} T'S_j   from the nine sums  sum_j x_a a_b  (one product)
@@ -907,14 +916,7 @@ class TwoColumnTerm:
         (t0, _), (t1, t2) = f.T.tolist()
         x0, x1, x2 = f.inverse_rows
         a0, a1, a2 = self.s_rows
-        LM = f.LM
-        LXi, info = dtrtri(LM[:p, :p], lower=1) if p else (np.zeros((0, 0)), 0)
-        if info != 0:                             # LXi = R_X'^{-1}
-            raise np.linalg.LinAlgError("singular R_X")
-        coef = np.empty(p + 1)                    # Z_j'[X y] coef = Z_j'(y - X beta)
-        coef[:p] = -(LXi.T @ LM[p, :p])
-        coef[p] = 1.0
-        pwrss = float(LM[p, p]) ** 2
+        LXi, coef, pwrss = _fixed_part(f.LM, p)
         # sum_j A_j^{-1} T'S_j, the entries the gradient reads (K[c_e, r_e]: 00, 01, 11)
         (xa00, xa01, xa02), (_, xa11, xa12), (_, _, xa22) = (
             f.inverse_rows @ self.s_rows.T).tolist()

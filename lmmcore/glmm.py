@@ -502,7 +502,6 @@ def separated_rows(family: Family, X, y, weights=None) -> np.ndarray:
     else:
         up, down = np.zeros(n, bool), used & (y == 0)
     fixed = used & ~(up ^ down)                   # both (binomial) or a positive count: x'd = 0
-    fixed |= used & (family.name == "poisson") & (y > 0)
     sign = np.where(up & ~down, 1.0, np.where(down & ~up, -1.0, 0.0))
     separated = np.zeros(n, bool)
     for _ in range(n):

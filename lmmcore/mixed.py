@@ -297,10 +297,7 @@ class MixedFit(ReadOnly, InformationCriteria, FixedEffectsAndGroups):
     @cached_property
     def _fitted(self) -> np.ndarray:
         d = self.design
-        f = np.asarray(d.X, float) @ self._sol.beta
-        for t, b in zip(d.random_terms, self._sol.b):
-            f = f + np.einsum("nk,nk->n", np.asarray(t.Z_raw, float), b[t.codes])
-        return f
+        return self.linear_predictor(d.X, [(t.codes, t.Z_raw) for t in d.random_terms])
 
     @property
     def fitted(self) -> pd.Series:

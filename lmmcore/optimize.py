@@ -225,7 +225,6 @@ class _Tracked:
         self.best_value = np.inf
         self._best_raw = None
         self._best_gradient = None
-        self._signs_of = self._signs = None       # signs of _best_raw, when asked for
 
     def __call__(self, theta):
         """The objective at ``theta`` (an array the caller does not change afterwards)."""
@@ -237,22 +236,17 @@ class _Tracked:
             self.best_value, self._best_raw, self._best_gradient = val, theta, None
         return val
 
-    def _best_signs(self):
-        if self._signs_of is not self._best_raw:
-            self._signs_of, self._signs = self._best_raw, self.signs(self._best_raw)
-        return self._signs
-
     @property
     def best_theta(self):
         """The best point so far inside lme4's bounds (None before any finite value)."""
         raw = self._best_raw
-        return None if raw is None else self._best_signs() * raw
+        return None if raw is None else self.signs(raw) * raw
 
     @property
     def best_gradient(self):
         """The gradient at ``best_theta`` if it was attached, else None."""
         g = self._best_gradient
-        return None if g is None else self._best_signs() * g
+        return None if g is None else self.signs(self._best_raw) * g
 
     def attach_gradient(self, theta, gradient):
         """The gradient at ``theta`` if it is the best point so far (its value came first)."""

@@ -167,6 +167,16 @@ class PoolingEstimates(ReadOnly):
         return self.levels is not None
 
     @property
+    def slope_aliased(self) -> bool:
+        """Whether no pooling's common slope is aliased with the groups (random intercepts,
+        the predictor constant within every group): its estimate is NaN (R: NA) and each
+        group's no-pooling line is its intercept alone, flat (R's ``predict()`` leaves the
+        NA term out)."""
+        if self.random != "intercept" or self.predictor is None or self.is_factor:
+            return False
+        return bool(self.method("no")["slope"].isna().all())
+
+    @property
     def coefficients(self) -> tuple:
         """The coefficients estimated: ``("intercept", "slope")``, ``("intercept",)``
         without a predictor, ``("intercept", "condition2", ...)`` for a factor."""

@@ -121,7 +121,8 @@ def test_predictor_constant_within_every_group_is_aliased_as_in_r(sleep):
     no = est.method("no")
     means = d.groupby(d["Subject"].astype(str))["Reaction"].mean()
     np.testing.assert_allclose(no["intercept"], means[no.index], rtol=1e-12)
-    assert no["slope"].isna().all() and est.own_estimate.all()
+    assert no["slope"].isna().all() and est.own_estimate.all() and est.slope_aliased
+    assert not pooling_estimates(sleep, "Reaction", "Days", "Subject", random="intercept").slope_aliased
     assert est.notes.str.contains("does not vary within any group").all()
     # complete and partial pooling still estimate the slope (it varies between groups)
     assert np.isfinite(est.method("complete")["slope"]).all()
